@@ -1,0 +1,34 @@
+# udprelayd: the two commands the README promises, and a few more.
+#   make run   - install what is missing, build a release binary, run it with config/udprelayd.ini
+#   make test  - install what is missing, build, run every test
+SHELL := /bin/bash
+CONFIG ?= config/udprelayd.ini
+SWIFT ?= swift
+
+.PHONY: deps test-deps build release run test check-config clean
+
+deps:
+	@scripts/install-deps.sh build
+
+test-deps:
+	@scripts/install-deps.sh test
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+run: release
+	.build/release/udprelayd --config $(CONFIG)
+
+check-config: release
+	.build/release/udprelayd --check-config --config $(CONFIG)
+
+test: test-deps
+	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
+	scripts/check-warnings.sh < .build-test.log
+	$(SWIFT) test --skip-build --disable-swift-testing
+
+clean:
+	rm -rf .build .build-test.log

@@ -1,0 +1,76 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way:
+//   UDPRelayConfig (pure) -> UDPRelayDatapath (sockets) -> status / systemd glue -> udprelayd (thin executable)
+let package = Package(
+    name: "udprelayd",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "udprelayd", targets: ["udprelayd"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // The only place that imports libsystemd.
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+        // mmsghdr, recvmmsg/sendmmsg and the CMSG macros are behind _GNU_SOURCE, which
+        // Swift's Glibc module does not see; this tiny C target exposes them.
+        .target(
+            name: "CUDPRelay",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        // INI file -> typed configuration. Pure: no I/O beyond reading the file.
+        .target(
+            name: "UDPRelayConfig"
+        ),
+        // Sockets, the syscall wrapper, batched I/O, listeners and counters.
+        .target(
+            name: "UDPRelayDatapath",
+            dependencies: [
+                "UDPRelayConfig",
+                "CUDPRelay",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .executableTarget(
+            name: "udprelayd",
+            dependencies: [
+                "UDPRelayConfig",
+                "UDPRelayDatapath",
+                "CSystemd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Helpers shared by the test targets: a UDP client and the daemon run as a child process.
+        .target(
+            name: "TestSupport",
+            dependencies: ["UDPRelayConfig"],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(
+            name: "UDPRelayConfigTests",
+            dependencies: ["UDPRelayConfig"]
+        ),
+        .testTarget(
+            name: "UDPRelayDatapathTests",
+            dependencies: ["UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport"]
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["UDPRelayConfig", "TestSupport"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,52 @@
+#ifndef UDPRELAYD_CUDPRELAY_H
+#define UDPRELAYD_CUDPRELAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+
+/// Same layout as glibc's `struct mmsghdr` (checked with static_assert in the .c file);
+/// Swift's Glibc module is built without _GNU_SOURCE and cannot see the real one.
+struct cur_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+
+/// recvmmsg(2) with MSG_DONTWAIT semantics left to the socket (non-blocking sockets).
+int cur_recvmmsg(int fd, struct cur_mmsghdr *vec, unsigned int vlen, int flags);
+
+/// sendmmsg(2).
+int cur_sendmmsg(int fd, struct cur_mmsghdr *vec, unsigned int vlen, int flags);
+
+/// Bytes of control buffer needed to hold one IPv4 or IPv6 packet-info message.
+size_t cur_pktinfo_space(void);
+
+/// Enables IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) on a socket. Returns setsockopt's result.
+int cur_enable_pktinfo(int fd, int family);
+
+/// Rewrites the control data of a *received* message in place so that the same msghdr can be
+/// handed to sendmsg and the reply leaves from the local address the datagram was sent to.
+/// Keeps only the packet-info message (ifindex cleared for IPv4 so routing picks the interface).
+/// Sets msg_controllen to 0 when no packet info was received.
+void cur_prepare_reply_control(struct msghdr *msg);
+
+/// Writes a packet-info control message that makes sendmsg use `local` (an AF_INET or AF_INET6
+/// sockaddr) as the source address. Returns the controllen to use, or 0 when `local` is a wildcard
+/// or of an unknown family.
+size_t cur_write_source_control(void *control, size_t capacity, const struct sockaddr *local, unsigned int ifindex);
+
+/// Extracts the local (destination) address and interface index from a received message's
+/// packet-info control data into `out` (port left 0). Returns 1 when found, 0 otherwise.
+int cur_received_destination(const struct msghdr *msg, struct sockaddr_storage *out, unsigned int *ifindex);
+
+/// Constants that Swift cannot import as plain values.
+extern const int CUR_MSG_TRUNC;
+extern const int CUR_MSG_DONTWAIT;
+extern const int CUR_SO_REUSEPORT;
+extern const int CUR_IPV6_V6ONLY;
+extern const int CUR_SOCK_CLOEXEC;
+extern const int CUR_SOCK_NONBLOCK;
+
+#endif

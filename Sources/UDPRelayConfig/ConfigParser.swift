@@ -1,0 +1,218 @@
+/// One row of a section's key table (the nginx way): a key name and how its value is parsed
+/// into the section's draft. Adding a key means adding a row, a draft field and a default.
+struct KeySpec<Draft>: Sendable {
+    let name: String
+    let apply: @Sendable (inout Draft, String) throws -> Void
+
+    init(_ name: String, _ apply: @escaping @Sendable (inout Draft, String) throws -> Void) {
+        self.name = name
+        self.apply = apply
+    }
+}
+
+/// Section contents as written, before defaults. `nil` means "not set in the file".
+struct DaemonDraft {
+    var logLevel: LogLevel?
+}
+
+struct StatusDraft {
+    var listen: SocketAddress??
+    var allow: [CIDR]?
+}
+
+struct ListenerDraft {
+    var name: String
+    var line: Int
+    var listen: [SocketAddress]?
+    /// Line of the `listen` key, nil when absent (set even when its value was invalid).
+    var listenLine: Int?
+    var mode: ListenerMode?
+    var maxDatagram: Int?
+    var receiveBuffer: Int?
+    var sendBuffer: Int?
+}
+
+/// The key tables of each section kind.
+enum Schema {
+    static let daemon: [KeySpec<DaemonDraft>] = [
+        KeySpec("log_level") { d, v in d.logLevel = try Values.oneOf(v, LogLevel.self) },
+    ]
+
+    static let status: [KeySpec<StatusDraft>] = [
+        KeySpec("listen") { d, v in
+            if v.lowercased() == "off" { d.listen = .some(nil); return }
+            let addresses = try Values.socketAddresses(v)
+            guard addresses.count == 1 else { throw ValueError("expected one ADDRESS:PORT or 'off', got \(addresses.count) addresses") }
+            d.listen = .some(addresses[0])
+        },
+        KeySpec("allow") { d, v in d.allow = try Values.cidrs(v) },
+    ]
+
+    static let listener: [KeySpec<ListenerDraft>] = [
+        KeySpec("listen") { d, v in d.listen = try Values.socketAddresses(v) },
+        KeySpec("mode") { d, v in d.mode = try Values.oneOf(v, ListenerMode.self) },
+        KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
+        KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
+        KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
+    ]
+
+    static let sectionKinds = ["daemon", "status", "listener"]
+}
+
+/// Turns lexed sections into a `Configuration`, collecting every error.
+struct ConfigParser {
+    let file: String
+    var errors: [ConfigError] = []
+
+    init(file: String) {
+        self.file = file
+    }
+
+    mutating func error(_ line: Int, _ section: String?, _ key: String?, _ message: String) {
+        errors.append(ConfigError(file: file, line: line, section: section, key: key, message: message))
+    }
+
+    /// Applies every entry of `section` to `draft` through `table`, reporting unknown and repeated keys.
+    mutating func apply<Draft>(_ section: INISection, to draft: inout Draft, table: [KeySpec<Draft>]) -> [String: Int] {
+        var seen: [String: Int] = [:]
+        for entry in section.entries {
+            guard let spec = table.first(where: { $0.name == entry.key }) else {
+                var message = "unknown key"
+                if let guess = Suggest.closest(to: entry.key, in: table.map(\.name)) {
+                    message += " (did you mean '\(guess)'?)"
+                } else {
+                    message += "; keys of [\(section.kind)] are: \(table.map(\.name).joined(separator: ", "))"
+                }
+                error(entry.line, section.header, entry.key, message)
+                continue
+            }
+            if let first = seen[entry.key] {
+                error(entry.line, section.header, entry.key, "repeated key (first set at line \(first)); give each key once, lists are comma-separated")
+                continue
+            }
+            seen[entry.key] = entry.line
+            if entry.value.isEmpty {
+                error(entry.line, section.header, entry.key, "missing value")
+                continue
+            }
+            do {
+                try spec.apply(&draft, entry.value)
+            } catch let e as ValueError {
+                error(entry.line, section.header, entry.key, e.message)
+            } catch {
+                self.error(entry.line, section.header, entry.key, "\(error)")
+            }
+        }
+        return seen
+    }
+
+    mutating func build(_ sections: [INISection]) -> Configuration? {
+        var daemon = DaemonDraft()
+        var status = StatusDraft()
+        var listeners: [ListenerDraft] = []
+        var singletonLines: [String: Int] = [:]
+        var listenerLines: [String: Int] = [:]
+
+        for section in sections {
+            switch section.kind {
+            case "daemon", "status":
+                if section.name != nil {
+                    error(section.line, section.header, nil, "[\(section.kind)] takes no name")
+                    continue
+                }
+                if let first = singletonLines[section.kind] {
+                    error(section.line, section.header, nil, "repeated section (first at line \(first))")
+                    continue
+                }
+                singletonLines[section.kind] = section.line
+                if section.kind == "daemon" {
+                    _ = apply(section, to: &daemon, table: Schema.daemon)
+                } else {
+                    _ = apply(section, to: &status, table: Schema.status)
+                }
+            case "listener":
+                guard let name = section.name else {
+                    error(section.line, section.header, nil, "a listener needs a name: [listener NAME]")
+                    continue
+                }
+                guard Self.isValidName(name) else {
+                    error(section.line, section.header, nil, "listener name may contain only letters, digits, '-' and '_' (at most 64), got '\(name)'")
+                    continue
+                }
+                if let first = listenerLines[name] {
+                    error(section.line, section.header, nil, "repeated listener name '\(name)' (first at line \(first))")
+                    continue
+                }
+                listenerLines[name] = section.line
+                var draft = ListenerDraft(name: name, line: section.line)
+                let seen = apply(section, to: &draft, table: Schema.listener)
+                draft.listenLine = seen["listen"]
+                listeners.append(draft)
+            default:
+                var message = "unknown section"
+                if let guess = Suggest.closest(to: section.kind, in: Schema.sectionKinds) {
+                    message += " (did you mean '[\(guess)\(section.name.map { " " + $0 } ?? "")]'?)"
+                } else {
+                    message += "; sections are [daemon], [status] and [listener NAME]"
+                }
+                error(section.line, section.header, nil, message)
+            }
+        }
+
+        return finalize(daemon: daemon, status: status, listeners: listeners)
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 64 && name.unicodeScalars.allSatisfy {
+            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-" || $0 == "_"
+        }
+    }
+
+    /// The one place defaults are applied and cross-field checks run.
+    mutating func finalize(daemon: DaemonDraft, status: StatusDraft, listeners drafts: [ListenerDraft]) -> Configuration? {
+        let daemonConfig = DaemonConfiguration(logLevel: daemon.logLevel ?? Defaults.logLevel)
+
+        let statusListen: SocketAddress? = status.listen ?? Defaults.statusListen
+        let statusAllow = status.allow ?? ((statusListen?.ip.isWildcard ?? true) ? Defaults.loopbackNetworks : Defaults.allNetworks)
+        let statusConfig = StatusConfiguration(listen: statusListen, allow: statusAllow)
+
+        var listeners: [ListenerConfiguration] = []
+        var owners: [SocketAddress: String] = [:]
+        for d in drafts {
+            guard let listen = d.listen else {
+                // An invalid value was already reported; only a missing key is new.
+                if d.listenLine != nil { continue }
+                error(d.line, "listener \(d.name)", "listen", "missing required key (e.g. listen = 0.0.0.0:7007, [::]:7007)")
+                continue
+            }
+            for address in listen where address.port != 0 {
+                if let owner = owners[address] ?? conflictingWildcard(address, owners) {
+                    error(d.listenLine ?? d.line, "listener \(d.name)", "listen", "\(address) overlaps \(owner); each address and port may belong to one listener")
+                } else {
+                    owners[address] = "listener '\(d.name)'"
+                }
+            }
+            listeners.append(ListenerConfiguration(
+                name: d.name,
+                line: d.line,
+                listen: listen,
+                mode: d.mode ?? Defaults.mode,
+                maxDatagram: d.maxDatagram ?? Defaults.maxDatagram,
+                receiveBuffer: d.receiveBuffer ?? Defaults.socketBuffer,
+                sendBuffer: d.sendBuffer ?? Defaults.socketBuffer
+            ))
+        }
+        guard errors.isEmpty else { return nil }
+        return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)
+    }
+
+    /// A wildcard and a specific address of the same family and port cannot both be bound.
+    func conflictingWildcard(_ address: SocketAddress, _ owners: [SocketAddress: String]) -> String? {
+        for (other, owner) in owners where other.port == address.port && other.ip.isIPv6 == address.ip.isIPv6 {
+            if other.ip.isWildcard || address.ip.isWildcard {
+                return "\(other) of \(owner)"
+            }
+        }
+        return nil
+    }
+}

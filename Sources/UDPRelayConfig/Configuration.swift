@@ -1,0 +1,100 @@
+/// The whole typed configuration of one daemon, as loaded from one INI file.
+///
+/// Values are complete: every default has been applied and every cross-field check has run,
+/// so code that receives a `Configuration` never needs to validate it again.
+public struct Configuration: Sendable, Equatable {
+    /// The file it was loaded from, as given by the user.
+    public var file: String
+    public var daemon: DaemonConfiguration
+    public var status: StatusConfiguration
+    /// Listeners in file order.
+    public var listeners: [ListenerConfiguration]
+
+    public init(file: String, daemon: DaemonConfiguration, status: StatusConfiguration, listeners: [ListenerConfiguration]) {
+        self.file = file
+        self.daemon = daemon
+        self.status = status
+        self.listeners = listeners
+    }
+}
+
+/// Log verbosity, from most to least verbose (the swift-log levels).
+public enum LogLevel: String, CaseIterable, Sendable, Comparable {
+    case trace, debug, info, notice, warning, error, critical
+
+    public static func < (a: LogLevel, b: LogLevel) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// The `[daemon]` section.
+public struct DaemonConfiguration: Sendable, Equatable {
+    public var logLevel: LogLevel
+}
+
+/// The `[status]` section: where the HTTP status endpoint listens and who may use it.
+public struct StatusConfiguration: Sendable, Equatable {
+    /// nil when `listen = off`.
+    public var listen: SocketAddress?
+    /// Networks allowed to connect. Already resolved from the default: loopback only when
+    /// listening on a wildcard address, everyone otherwise.
+    public var allow: [CIDR]
+}
+
+/// What a listener does with the datagrams it receives.
+public enum ListenerMode: String, CaseIterable, Sendable {
+    /// RFC 862: send every datagram back to its sender, unchanged.
+    case echo
+}
+
+/// One `[listener NAME]` section.
+public struct ListenerConfiguration: Sendable, Equatable {
+    /// Letters, digits, `-` and `_`; unique in the file.
+    public var name: String
+    /// The line of the section header, for messages about the listener as a whole.
+    public var line: Int
+    /// One or more local addresses; each becomes one socket.
+    public var listen: [SocketAddress]
+    public var mode: ListenerMode
+    /// Largest datagram accepted, in bytes; larger ones are dropped and counted (`too_large`).
+    public var maxDatagram: Int
+    /// Requested kernel receive buffer per socket, in bytes (SO_RCVBUF).
+    public var receiveBuffer: Int
+    /// Requested kernel send buffer per socket, in bytes (SO_SNDBUF).
+    public var sendBuffer: Int
+
+    public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
+                maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
+                sendBuffer: Int = Defaults.socketBuffer) {
+        self.name = name
+        self.line = line
+        self.listen = listen
+        self.mode = mode
+        self.maxDatagram = maxDatagram
+        self.receiveBuffer = receiveBuffer
+        self.sendBuffer = sendBuffer
+    }
+}
+
+/// Every default in one place; the reference in `config/README.md` documents the same values.
+public enum Defaults {
+    public static let configPath = "/etc/udprelayd/udprelayd.ini"
+    public static let logLevel = LogLevel.info
+    public static let statusListen = SocketAddress(ip: .v4(0x7F00_0001), port: 9180)
+    public static let mode = ListenerMode.echo
+    /// Large enough for the protocol maximum over IPv4 (65507) and IPv6 (65527).
+    public static let maxDatagram = 65535
+    /// Kernel socket buffers: room for bursts of thousands of small datagrams. Set with
+    /// SO_RCVBUFFORCE/SO_SNDBUFFORCE when permitted, otherwise capped by net.core.[rw]mem_max.
+    public static let socketBuffer = 4 << 20
+    /// Loopback networks: the status endpoint's `allow` when it listens on a wildcard address.
+    public static let loopbackNetworks: [CIDR] = [
+        CIDR(network: .v4(0x7F00_0000), prefixLength: 8),
+        CIDR(network: .v6(high: 0, low: 1), prefixLength: 128),
+    ]
+    /// Everyone: the status endpoint's `allow` when it listens on a specific address.
+    public static let allNetworks: [CIDR] = [
+        CIDR(network: .v4(0), prefixLength: 0),
+        CIDR(network: .v6(high: 0, low: 0), prefixLength: 0),
+    ]
+}

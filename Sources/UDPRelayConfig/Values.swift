@@ -1,0 +1,128 @@
+/// Parsers for the typed values of the configuration file. Each returns a value or throws a
+/// message that says what was expected; the caller adds file, line, section and key.
+enum Values {
+    static func bool(_ s: String) throws(ValueError) -> Bool {
+        switch s.lowercased() {
+        case "yes", "true", "on", "1": return true
+        case "no", "false", "off", "0": return false
+        default: throw ValueError("expected yes/no/true/false/on/off, got '\(s)'")
+        }
+    }
+
+    static func integer(_ s: String, in range: ClosedRange<Int>) throws(ValueError) -> Int {
+        guard let v = Int(s), range.contains(v) else {
+            throw ValueError("expected a whole number from \(range.lowerBound) to \(range.upperBound), got '\(s)'")
+        }
+        return v
+    }
+
+    /// `1400`, `1400B`, `64KiB`, `64K`, `1MiB`, `1M`: binary multiples.
+    static func size(_ s: String, in range: ClosedRange<Int>) throws(ValueError) -> Int {
+        let units: [(String, Int)] = [("KiB", 1024), ("MiB", 1 << 20), ("GiB", 1 << 30),
+                                      ("K", 1024), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
+        var number = Substring(s)
+        var multiplier = 1
+        for (suffix, m) in units where s.hasSuffix(suffix) {
+            number = s.dropLast(suffix.count)
+            multiplier = m
+            break
+        }
+        let expected = "expected a size from \(range.lowerBound) to \(range.upperBound) bytes (e.g. 1400, 64KiB), got '\(s)'"
+        guard let n = Int(number.trimmingSpaces()), n >= 0 else { throw ValueError(expected) }
+        let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
+        guard !overflow, range.contains(v) else { throw ValueError(expected) }
+        return v
+    }
+
+    /// `250ms`, `30s`, `5m`, `1h`, `1d`; a bare number means seconds.
+    static func duration(_ s: String, min: Duration = .zero, allowZero: Bool = false) throws(ValueError) -> Duration {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        var millisPerUnit: Int64 = 1000
+        var number = Substring(s)
+        for (suffix, m) in units where s.hasSuffix(suffix) {
+            number = s.dropLast(suffix.count)
+            millisPerUnit = m
+            break
+        }
+        let expected = "expected a duration such as 250ms, 30s, 5m or 1h, got '\(s)'"
+        guard let n = Int64(number.trimmingSpaces()), n >= 0 else { throw ValueError(expected) }
+        let (ms, overflow) = n.multipliedReportingOverflow(by: millisPerUnit)
+        guard !overflow else { throw ValueError(expected) }
+        let d = Duration.milliseconds(ms)
+        if d == .zero && !allowZero { throw ValueError("must be greater than zero, got '\(s)'") }
+        if d < min { throw ValueError("must be at least \(min), got '\(s)'") }
+        return d
+    }
+
+    /// Comma-separated, whitespace-trimmed, no empty items.
+    static func list(_ s: String) throws(ValueError) -> [Substring] {
+        let items = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingSpaces() }
+        if items.contains(where: \.isEmpty) { throw ValueError("empty item in comma list '\(s)'") }
+        return items
+    }
+
+    static func socketAddresses(_ s: String) throws(ValueError) -> [SocketAddress] {
+        var out: [SocketAddress] = []
+        for item in try list(s) {
+            do {
+                let a = try SocketAddress(parsing: item)
+                if out.contains(a) { throw ValueError("address \(a) is listed twice") }
+                out.append(a)
+            } catch let e as ValueErrorMessage {
+                throw ValueError(e.message)
+            } catch let e as ValueError {
+                throw e
+            } catch {
+                throw ValueError("\(error)")
+            }
+        }
+        return out
+    }
+
+    static func cidrs(_ s: String) throws(ValueError) -> [CIDR] {
+        var out: [CIDR] = []
+        for item in try list(s) {
+            do {
+                out.append(try CIDR(parsing: item))
+            } catch {
+                throw ValueError(error.message)
+            }
+        }
+        return out
+    }
+
+    static func oneOf<E: RawRepresentable & CaseIterable>(_ s: String, _ type: E.Type) throws(ValueError) -> E where E.RawValue == String {
+        if let v = E(rawValue: s.lowercased()) { return v }
+        let names = E.allCases.map(\.rawValue)
+        var message = "expected one of \(names.joined(separator: "|")), got '\(s)'"
+        if let guess = Suggest.closest(to: s.lowercased(), in: names) { message += " (did you mean '\(guess)'?)" }
+        throw ValueError(message)
+    }
+}
+
+/// "Did you mean" suggestions by edit distance.
+enum Suggest {
+    static func closest(to word: String, in candidates: [String]) -> String? {
+        let best = candidates.map { ($0, distance(word, $0)) }.min { $0.1 < $1.1 }
+        guard let (name, d) = best else { return nil }
+        let limit = max(1, min(3, word.count / 3 + 1))
+        return d <= limit ? name : nil
+    }
+
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var previous = Array(0...b.count)
+        var current = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...a.count {
+            current[0] = i
+            for j in 1...b.count {
+                let cost = a[i - 1] == b[j - 1] ? 0 : 1
+                current[j] = Swift.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            }
+            swap(&previous, &current)
+        }
+        return previous[b.count]
+    }
+}

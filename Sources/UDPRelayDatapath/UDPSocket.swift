@@ -1,0 +1,85 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CUDPRelay
+import UDPRelayConfig
+
+/// Helpers for one non-blocking, close-on-exec UDP socket descriptor. The descriptor has one
+/// owner (the read source that serves it), which closes it in the source's cancel handler.
+public enum UDPSocket {
+    /// Opens a non-blocking, close-on-exec datagram socket of the address's family.
+    public static func open(family: Int32) throws(SyscallError) -> Int32 {
+        try syscallNoWait("socket") { socket(family, Int32(SOCK_DGRAM.rawValue) | CUR_SOCK_NONBLOCK | CUR_SOCK_CLOEXEC, 0) }
+    }
+
+    public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, call: StaticString = "setsockopt") throws(SyscallError) {
+        var v = value
+        try syscallNoWait(call) { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
+    }
+
+    public static func getIntOption(_ fd: Int32, _ level: Int32, _ name: Int32) throws(SyscallError) -> Int32 {
+        var v: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        try syscallNoWait("getsockopt") { getsockopt(fd, level, name, &v, &len) }
+        return v
+    }
+
+    /// Opens and binds a socket for `address`: IPv6 sockets are IPv6-only so `0.0.0.0:P` and
+    /// `[::]:P` can both be bound; wildcard sockets ask for packet info so replies can leave
+    /// from the address each datagram was sent to.
+    public static func bound(to address: SocketAddress, reusePort: Bool = false) throws(SyscallError) -> Int32 {
+        let fd = try open(family: address.family)
+        do {
+            if address.ip.isIPv6 {
+                try setOption(fd, Int32(IPPROTO_IPV6), CUR_IPV6_V6ONLY, 1)
+            }
+            if reusePort {
+                try setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1)
+            }
+            if address.ip.isWildcard {
+                try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
+            }
+            var (storage, length) = address.storage()
+            try withUnsafePointer(to: &storage) { (p) throws(SyscallError) in
+                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
+                    _ = try syscallNoWait("bind") { bind(fd, sa, length) }
+                }
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Sets SO_RCVBUF/SO_SNDBUF, using the FORCE variants (which ignore net.core.[rw]mem_max)
+    /// when the process may; otherwise the kernel caps the value. Returns the sizes in effect.
+    @discardableResult
+    public static func setBuffers(_ fd: Int32, receive: Int, send: Int) -> (receive: Int, send: Int) {
+        let r = Int32(clamping: receive), s = Int32(clamping: send)
+        if (try? setOption(fd, SOL_SOCKET, SO_RCVBUFFORCE, r)) == nil {
+            try? setOption(fd, SOL_SOCKET, SO_RCVBUF, r)
+        }
+        if (try? setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, s)) == nil {
+            try? setOption(fd, SOL_SOCKET, SO_SNDBUF, s)
+        }
+        let er = (try? getIntOption(fd, SOL_SOCKET, SO_RCVBUF)) ?? 0
+        let es = (try? getIntOption(fd, SOL_SOCKET, SO_SNDBUF)) ?? 0
+        return (Int(er), Int(es))
+    }
+
+    /// The address the kernel actually bound (learns the port after binding port 0).
+    public static func localAddress(_ fd: Int32) throws(SyscallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) { (p) throws(SyscallError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
+                _ = try syscallNoWait("getsockname") { getsockname(fd, sa, &length) }
+            }
+        }
+        guard let address = SocketAddress(storage: storage) else {
+            throw SyscallError(call: "getsockname", errno: EAFNOSUPPORT)
+        }
+        return address
+    }
+}

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import CUDPRelay
+import UDPRelayConfig
+
+/// Tunables of the batched datapath.
+public struct DatapathTuning: Sendable {
+    /// Datagrams per `recvmmsg`/`sendmmsg`.
+    public var batchSize = 64
+    /// `recvmmsg` calls per wakeup before yielding, so one busy socket cannot starve the rest.
+    public var maxBatchesPerWakeup = 16
+
+    public init() {}
+}
+
+/// A worker serves one socket on its own serial queue with a Dispatch read source.
+/// Subclasses process batches; this base owns the descriptor, the queue, the source and the
+/// counters, and closes the descriptor only in the source's cancel handler.
+///
+/// @unchecked Sendable: all mutable state is touched only on `queue` (checked with
+/// `dispatchPrecondition`); the rest is immutable after init.
+public class SocketWorker: @unchecked Sendable {
+    public let fd: Int32
+    public let localAddress: SocketAddress
+    public let queue: DispatchQueue
+    public let counters = CounterSet()
+    private var source: DispatchSourceRead?
+    private let closed = DispatchGroup()
+
+    init(fd: Int32, localAddress: SocketAddress, label: String) {
+        self.fd = fd
+        self.localAddress = localAddress
+        self.queue = DispatchQueue(label: label, qos: .userInteractive)
+    }
+
+    /// Starts reading; `registered` runs once the source is armed.
+    func start(registered: DispatchGroup) {
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        registered.enter()
+        closed.enter()
+        source.setRegistrationHandler { registered.leave() }
+        source.setEventHandler { [unowned self] in self.readable() }
+        let fd = self.fd
+        let closed = self.closed
+        source.setCancelHandler {
+            close(fd)
+            closed.leave()
+        }
+        self.source = source
+        source.activate()
+    }
+
+    /// Stops reading and closes the socket; `done` is left after the descriptor is closed.
+    func stop(done: DispatchGroup) {
+        done.enter()
+        queue.async { [self] in
+            if let source {
+                source.cancel()
+                self.source = nil
+                closed.notify(queue: .global()) { done.leave() }
+            } else {
+                close(fd)
+                done.leave()
+            }
+        }
+    }
+
+    /// Runs `reply` on the worker's queue: a liveness probe that a wedged queue never answers.
+    public func ping(_ reply: @escaping @Sendable () -> Void) {
+        queue.async(execute: reply)
+    }
+
+    /// Called on `queue` when the socket is readable. Subclasses override.
+    func readable() {
+        fatalError("subclass must override")
+    }
+}
+
+/// RFC 862 echo: every datagram goes back to its sender, byte for byte, from the local address
+/// it was sent to. Receives and replies in place in the same vectors (no copy).
+final class EchoWorker: SocketWorker, @unchecked Sendable {
+    // @unchecked: as SocketWorker, state confined to `queue`.
+    private let batch: MessageBatch
+    private let tuning: DatapathTuning
+    private let usesPacketInfo: Bool
+
+    init(fd: Int32, localAddress: SocketAddress, label: String, maxDatagram: Int, tuning: DatapathTuning) {
+        self.tuning = tuning
+        self.usesPacketInfo = localAddress.ip.isWildcard
+        self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: maxDatagram, withControl: localAddress.ip.isWildcard)
+        super.init(fd: fd, localAddress: localAddress, label: label)
+    }
+
+    override func readable() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        var lastCount = batch.capacity
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            batch.prepareForReceive(count: lastCount)
+            let received: Int
+            do {
+                switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
+                case .wouldBlock: return
+                case .done(let n): received = Int(n)
+                }
+            } catch {
+                counters.add(.receiveErrors)
+                return
+            }
+            lastCount = max(received, 1)
+            guard received > 0 else { return }
+            echo(received)
+            if received < batch.capacity { return }
+        }
+    }
+
+    /// Turns the `count` received messages into replies and sends the runs between drops.
+    @inline(__always)
+    private func echo(_ count: Int) {
+        var bytes: UInt64 = 0
+        var runStart = 0
+        for i in 0..<count {
+            let m = batch.messages + i
+            bytes &+= UInt64(m.pointee.msg_len)
+            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
+                counters.add(.dropTooLarge)
+                send(from: runStart, to: i)
+                runStart = i + 1
+                continue
+            }
+            m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
+            if usesPacketInfo {
+                cur_prepare_reply_control(&m.pointee.msg_hdr)
+            } else {
+                m.pointee.msg_hdr.msg_controllen = 0
+            }
+        }
+        counters.add(.receivedPackets, UInt64(count))
+        counters.add(.receivedBytes, bytes)
+        send(from: runStart, to: count)
+    }
+
+    /// Sends messages `start..<end` with as few `sendmmsg` calls as possible; a datagram that
+    /// fails is counted under its drop reason and skipped; a full send buffer drops the rest of
+    /// the run (counted) instead of spinning.
+    @inline(__always)
+    private func send(from start: Int, to end: Int) {
+        var i = start
+        var sentBytes: UInt64 = 0
+        var sentCount = 0
+        while i < end {
+            do {
+                switch try syscall("sendmmsg", { cur_sendmmsg(fd, batch.messages + i, UInt32(end - i), 0) }) {
+                case .done(let n):
+                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(batch.messages[k].msg_len) }
+                    sentCount += Int(n)
+                    i += Int(n)
+                case .wouldBlock:
+                    counters.add(.dropSendBufferFull, UInt64(end - i))
+                    i = end
+                }
+            } catch {
+                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                i += 1
+            }
+        }
+        if sentCount > 0 {
+            counters.add(.sentPackets, UInt64(sentCount))
+            counters.add(.sentBytes, sentBytes)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+
+/// One line per event on stderr: `LEVEL message key=value ...`, metadata sorted by key.
+/// A timestamp is added when stderr is not the journal (which stamps lines itself).
+struct StderrLogHandler: LogHandler {
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+    let label: String
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        var line = "\(Self.timestamp()) \(event.level.rawValue.uppercased()) \(event.message)"
+        for (k, v) in merged.sorted(by: { $0.key < $1.key }) {
+            line += " \(k)=\(v)"
+        }
+        line += "\n"
+        writeStderr(line)
+    }
+
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var tm = tm()
+        var t = ts.tv_sec
+        gmtime_r(&t, &tm)
+        var buf = [CChar](repeating: 0, count: 32)
+        _ = strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tm)
+        let ms = ts.tv_nsec / 1_000_000
+        let msText = ms < 10 ? "00\(ms)" : (ms < 100 ? "0\(ms)" : "\(ms)")
+        let base = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return "\(base).\(msText)Z"
+    }
+}
+
+/// Writes the whole string to fd 2 with as few write(2) calls as possible, so concurrent lines
+/// do not interleave.
+func writeStderr(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in
+        var offset = 0
+        while offset < buf.count {
+            let n = write(2, buf.baseAddress! + offset, buf.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            offset += n
+        }
+    }
+}

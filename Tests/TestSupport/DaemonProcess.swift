@@ -1,0 +1,174 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import UDPRelayConfig
+
+/// The real `udprelayd` binary run as a child process, its stderr captured line by line.
+/// Tests wait for log lines (never fixed sleeps) and stop it with SIGTERM, then SIGKILL.
+public final class DaemonProcess: @unchecked Sendable {
+    // @unchecked: `lines` and `exitStatus` are guarded by `condition`.
+    public let process = Process()
+    public let configPath: String
+    private let condition = NSCondition()
+    private var lines: [String] = []
+    private var stdoutText = ""
+    private var exited = false
+    private let terminated = DispatchSemaphore(value: 0)
+    private var reaped = false
+
+    /// The built binary, next to the test bundle.
+    public static var binary: URL {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("udprelayd")
+    }
+
+    /// Writes `config` to a temporary file and starts the daemon with it.
+    public init(config: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        configPath = dir.appendingPathComponent("udprelayd.ini").path
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        process.executableURL = Self.binary
+        process.arguments = ["--config", configPath] + arguments
+        var env = ProcessInfo.processInfo.environment
+        env.removeValue(forKey: "NOTIFY_SOCKET")
+        env.removeValue(forKey: "LISTEN_FDS")
+        env.removeValue(forKey: "LISTEN_PID")
+        env.removeValue(forKey: "LISTEN_FDNAMES")
+        env.removeValue(forKey: "JOURNAL_STREAM")
+        env.removeValue(forKey: "WATCHDOG_USEC")
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let err = Pipe()
+        let out = Pipe()
+        process.standardError = err
+        process.standardOutput = out
+        process.standardInput = FileHandle.nullDevice
+        let terminated = self.terminated
+        process.terminationHandler = { _ in terminated.signal() }
+        try process.run()
+        let errHandle = err.fileHandleForReading
+        let outHandle = out.fileHandleForReading
+        Thread.detachNewThread { [self] in
+            var pending = Data()
+            while true {
+                let chunk = errHandle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
+                    pending.removeSubrange(pending.startIndex...nl)
+                    condition.lock()
+                    lines.append(line)
+                    condition.broadcast()
+                    condition.unlock()
+                }
+            }
+            condition.lock()
+            exited = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        Thread.detachNewThread { [self] in
+            let data = outHandle.readDataToEndOfFile()
+            condition.lock()
+            stdoutText = String(decoding: data, as: UTF8.self)
+            condition.unlock()
+        }
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+
+    /// All stderr lines so far.
+    public var log: [String] {
+        condition.lock(); defer { condition.unlock() }
+        return lines
+    }
+
+    public var standardOutput: String {
+        condition.lock(); defer { condition.unlock() }
+        return stdoutText
+    }
+
+    /// Waits until a stderr line (at index >= `after`) contains `text`; returns it, or nil at
+    /// the deadline or when stderr closes.
+    @discardableResult
+    public func waitForLine(containing text: String, after: Int = 0, timeout: Double = 20) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock(); defer { condition.unlock() }
+        var checked = after
+        while true {
+            while checked < lines.count {
+                if lines[checked].contains(text) { return lines[checked] }
+                checked += 1
+            }
+            if exited { return nil }
+            if !condition.wait(until: deadline) { return nil }
+        }
+    }
+
+    /// Waits for the "ready" line and returns the bound addresses per listener name.
+    public func waitUntilReady(timeout: Double = 20) throws -> [String: [SocketAddress]] {
+        guard waitForLine(containing: " ready", timeout: timeout) != nil else {
+            throw DaemonError.notReady(log.joined(separator: "\n"))
+        }
+        var out: [String: [SocketAddress]] = [:]
+        for line in log where line.contains(" listening ") {
+            guard let name = Self.field("listener.name", in: line),
+                  let address = Self.field("listener.address", in: line),
+                  let parsed = try? SocketAddress(parsing: address) else { continue }
+            out[name, default: []].append(parsed)
+        }
+        return out
+    }
+
+    /// Value of `key=value` in a log line.
+    public static func field(_ key: String, in line: String) -> String? {
+        for part in line.split(separator: " ") where part.hasPrefix(key + "=") {
+            return String(part.dropFirst(key.count + 1))
+        }
+        return nil
+    }
+
+    /// Sends a signal to the child (only to this child, by PID).
+    public func signal(_ sig: Int32) {
+        if process.isRunning { kill(process.processIdentifier, sig) }
+    }
+
+    /// Waits for exit up to `timeout` seconds, then SIGKILLs; returns the exit status, or nil if
+    /// it had to be killed.
+    @discardableResult
+    public func waitForExit(timeout: Double = 10) -> Int32? {
+        if !reaped {
+            if terminated.wait(timeout: .now() + timeout) == .timedOut {
+                kill(process.processIdentifier, SIGKILL)
+                terminated.wait()
+                reaped = true
+                return nil
+            }
+            reaped = true
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// SIGTERM, then wait; returns the exit status (nil if it had to be killed).
+    @discardableResult
+    public func stop(timeout: Double = 10) -> Int32? {
+        signal(SIGTERM)
+        return waitForExit(timeout: timeout)
+    }
+}
+
+public enum DaemonError: Error, CustomStringConvertible {
+    case notReady(String)
+    public var description: String {
+        switch self {
+        case .notReady(let log): "daemon did not become ready; its log:\n\(log)"
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import XCTest
+@testable import UDPRelayConfig
+
+final class ConfigTests: XCTestCase {
+    /// Path of the annotated example shipped in the repo.
+    static let examplePath: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.appendingPathComponent("config/udprelayd.ini").path
+    }()
+
+    func parse(_ text: String) throws -> Configuration {
+        try ConfigLoader.parse(text, file: "t.ini")
+    }
+
+    func errors(_ text: String) -> [ConfigError] {
+        do {
+            _ = try ConfigLoader.parse(text, file: "t.ini")
+            XCTFail("expected errors for:\n\(text)")
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    func testExampleFileParses() throws {
+        let c = try ConfigLoader.load(path: Self.examplePath)
+        XCTAssertEqual(c.listeners.map(\.name), ["echo", "echo-small"])
+        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["0.0.0.0:7007", "[::]:7007"])
+        XCTAssertEqual(c.listeners[1].maxDatagram, 1500)
+        XCTAssertEqual(c.daemon.logLevel, .info)
+        XCTAssertEqual(c.status.listen?.description, "127.0.0.1:9180")
+    }
+
+    func testDefaults() throws {
+        let c = try parse("[listener a]\nlisten = 127.0.0.1:9\n")
+        XCTAssertEqual(c.daemon.logLevel, .info)
+        XCTAssertEqual(c.status.listen, Defaults.statusListen)
+        XCTAssertEqual(c.status.allow, Defaults.allNetworks)
+        XCTAssertEqual(c.listeners[0].mode, .echo)
+        XCTAssertEqual(c.listeners[0].maxDatagram, 65535)
+    }
+
+    func testStatusOffAndWildcardAllowDefault() throws {
+        XCTAssertNil(try parse("[status]\nlisten = off\n").status.listen)
+        let c = try parse("[status]\nlisten = [::]:9180\n")
+        XCTAssertEqual(c.status.allow, Defaults.loopbackNetworks)
+        let d = try parse("[status]\nlisten = 0.0.0.0:9180\nallow = 10.0.0.0/8, 2001:db8::/32\n")
+        XCTAssertEqual(d.status.allow.map(\.description), ["10.0.0.0/8", "2001:db8::/32"])
+    }
+
+    func testCommentsQuotesAndWhitespace() throws {
+        let c = try parse("""
+        # hash comment
+        ; semicolon comment
+          [daemon]   ; trailing comment
+        log_level=debug#not-a-comment-without-space
+        """.replacingOccurrences(of: "#not-a-comment-without-space", with: "  # comment"))
+        XCTAssertEqual(c.daemon.logLevel, .debug)
+        XCTAssertEqual(try INILexer.parseValue("\"a;b # c\" ; comment"), "a;b # c")
+        XCTAssertEqual(try INILexer.parseValue("\"\\x41\\n\""), "A\n")
+    }
+
+    func testUnits() throws {
+        XCTAssertEqual(try Values.size("64KiB", in: 1...1 << 20), 65536)
+        XCTAssertEqual(try Values.size("1400", in: 1...65535), 1400)
+        XCTAssertEqual(try Values.size("2K", in: 1...65535), 2048)
+        XCTAssertThrowsError(try Values.size("1MiB", in: 1...65535))
+        XCTAssertThrowsError(try Values.size("12kb", in: 1...65535))
+        XCTAssertEqual(try Values.duration("250ms"), .milliseconds(250))
+        XCTAssertEqual(try Values.duration("30s"), .seconds(30))
+        XCTAssertEqual(try Values.duration("5m"), .seconds(300))
+        XCTAssertEqual(try Values.duration("1h"), .seconds(3600))
+        XCTAssertEqual(try Values.duration("7"), .seconds(7))
+        XCTAssertThrowsError(try Values.duration("0s"))
+        XCTAssertThrowsError(try Values.duration("-1s"))
+        XCTAssertThrowsError(try Values.duration("soon"))
+        XCTAssertEqual(try Values.bool("Yes"), true)
+        XCTAssertEqual(try Values.bool("off"), false)
+        XCTAssertThrowsError(try Values.bool("maybe"))
+    }
+
+    func testAddresses() throws {
+        XCTAssertEqual(try SocketAddress(parsing: "192.0.2.1:53").description, "192.0.2.1:53")
+        XCTAssertEqual(try SocketAddress(parsing: "[2001:db8::1]:53").description, "[2001:db8::1]:53")
+        XCTAssertEqual(try SocketAddress(parsing: "[::]:0").port, 0)
+        XCTAssertThrowsError(try SocketAddress(parsing: "2001:db8::1:53"))
+        XCTAssertThrowsError(try SocketAddress(parsing: "192.0.2.1"))
+        XCTAssertThrowsError(try SocketAddress(parsing: "192.0.2.1:65536"))
+        XCTAssertThrowsError(try SocketAddress(parsing: "example.com:53"))
+        let net = try CIDR(parsing: "10.1.2.3/8")
+        XCTAssertEqual(net.description, "10.0.0.0/8")
+        XCTAssertTrue(net.contains(IPAddress(literal: "10.200.0.1")!))
+        XCTAssertFalse(net.contains(IPAddress(literal: "11.0.0.1")!))
+        XCTAssertFalse(net.contains(IPAddress(literal: "::ffff:10.0.0.1")!))
+        let v6 = try CIDR(parsing: "2001:db8::/33")
+        XCTAssertTrue(v6.contains(IPAddress(literal: "2001:db8:7fff::1")!))
+        XCTAssertFalse(v6.contains(IPAddress(literal: "2001:db8:8000::1")!))
+    }
+
+    // MARK: errors, each with its line, section and key
+
+    func testUnknownKeySuggestsClosest() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmax_datagarm = 10\n")
+        XCTAssertEqual(e.count, 1)
+        XCTAssertEqual(e[0].line, 3)
+        XCTAssertEqual(e[0].key, "max_datagarm")
+        XCTAssertEqual(e[0].description, "t.ini:3: [listener a] max_datagarm: unknown key (did you mean 'max_datagram'?)")
+    }
+
+    func testRepeatedKey() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nlisten = 127.0.0.1:10\n")
+        XCTAssertEqual(e.map(\.line), [3])
+        XCTAssertTrue(e[0].message.contains("repeated key (first set at line 2)"), e[0].message)
+    }
+
+    func testRepeatedListenerName() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\n\n[listener a]\nlisten = 127.0.0.1:10\n")
+        XCTAssertEqual(e.map(\.line), [4])
+        XCTAssertTrue(e[0].description.hasPrefix("t.ini:4: [listener a]: repeated listener name 'a' (first at line 1)"), e[0].description)
+    }
+
+    func testTwoListenersOnSameAddress() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\n[listener b]\nmode = echo\nlisten = 127.0.0.1:9\n")
+        XCTAssertEqual(e.map(\.line), [5])
+        XCTAssertEqual(e[0].key, "listen")
+        XCTAssertTrue(e[0].message.contains("127.0.0.1:9 overlaps listener 'a'"), e[0].message)
+    }
+
+    func testWildcardOverlapsSpecificAddress() {
+        let e = errors("[listener a]\nlisten = 0.0.0.0:9\n[listener b]\nlisten = 127.0.0.1:9, [::1]:9\n")
+        XCTAssertEqual(e.count, 1)
+        XCTAssertEqual(e[0].line, 4)
+        // Different families do not overlap (IPv6 sockets are IPv6-only).
+        XCTAssertNoThrow(try parse("[listener a]\nlisten = 0.0.0.0:9\n[listener b]\nlisten = [::]:9\n"))
+        // Port 0 is ephemeral and never conflicts.
+        XCTAssertNoThrow(try parse("[listener a]\nlisten = 127.0.0.1:0\n[listener b]\nlisten = 127.0.0.1:0\n"))
+    }
+
+    func testMissingListen() {
+        let e = errors("[daemon]\nlog_level = info\n[listener a]\nmode = echo\n")
+        XCTAssertEqual(e.map(\.line), [3])
+        XCTAssertEqual(e[0].key, "listen")
+        XCTAssertTrue(e[0].message.contains("missing required key"))
+    }
+
+    func testOutOfRangeValues() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:70000\nmax_datagram = 65536\n")
+        XCTAssertEqual(e.map(\.line), [2, 3])
+        XCTAssertTrue(e[0].message.contains("port must be a number from 0 to 65535"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("expected a size from 1 to 65535"), e[1].message)
+    }
+
+    func testUnknownModeAndLevel() {
+        let e = errors("[daemon]\nlog_level = verbose\n[listener a]\nlisten = 127.0.0.1:9\nmode = ecko\n")
+        XCTAssertEqual(e.map(\.line), [2, 5])
+        XCTAssertTrue(e[0].message.contains("expected one of trace|debug|info|notice|warning|error|critical"))
+        XCTAssertTrue(e[1].message.contains("did you mean 'echo'?"), e[1].message)
+    }
+
+    func testSyntaxErrors() {
+        let e = errors("listen = 1.2.3.4:5\n[daemon\n[daemon]\njust words\n[listener]\n[listener bad!name]\n[lisener x]\n[listener ok]\nlisten =\n")
+        XCTAssertEqual(e.map(\.line), [1, 2, 4, 5, 6, 7, 9])
+        XCTAssertTrue(e[0].message.contains("outside of any section"))
+        XCTAssertTrue(e[1].message.contains("must end with ']'"))
+        XCTAssertTrue(e[2].message.contains("expected 'key = value'"))
+        XCTAssertTrue(e[3].message.contains("needs a name"))
+        XCTAssertTrue(e[4].message.contains("letters, digits"))
+        XCTAssertTrue(e[5].message.contains("did you mean '[listener x]'?"), e[5].message)
+        XCTAssertTrue(e[6].message.contains("missing value"))
+    }
+
+    func testRepeatedSection() {
+        let e = errors("[daemon]\n[daemon]\n")
+        XCTAssertEqual(e.map(\.line), [2])
+    }
+
+    func testUnreadableFile() {
+        XCTAssertThrowsError(try ConfigLoader.load(path: "/nonexistent/udprelayd.ini")) { error in
+            let e = (error as! ConfigErrors).errors
+            XCTAssertEqual(e.count, 1)
+            XCTAssertEqual(e[0].description, "/nonexistent/udprelayd.ini: cannot read configuration file: No such file or directory")
+        }
+    }
+
+    func testEveryErrorReportedInOnePass() {
+        let e = errors("[daemon]\nlog_level = x\nfoo = 1\n[listener a]\nmax_datagram = 0\n")
+        XCTAssertEqual(e.map(\.line), [2, 3, 4, 5])
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages udprelayd needs to build, run and test, if any are missing.
+# Idempotent and quick when everything is present. Usage: scripts/install-deps.sh [build|test]
+set -euo pipefail
+what=${1:-build}
+
+packages=(libsystemd-dev pkg-config)
+if [ "$what" = test ]; then
+  packages+=(socat curl procps iproute2 python3)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
