@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 import Logging
 import UDPRelayConfig
 
@@ -54,3 +55,51 @@ public final class Datapath: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// A consistent, lock-free view of one listener, for status pages and logs.
+public struct ListenerSnapshot: Sendable {
+    public let name: String
+    public let mode: String
+    public let addresses: [SocketAddress]
+    /// Summed over the listener's workers at the time of the snapshot.
+    public let counters: CounterSnapshot
+}
+
+extension Datapath {
+    /// Sums every worker's counters now; takes no lock the datapath holds.
+    public func snapshot() -> [ListenerSnapshot] {
+        listeners.map {
+            ListenerSnapshot(name: $0.name, mode: $0.configuration.mode.rawValue,
+                             addresses: $0.boundAddresses, counters: $0.counters())
+        }
+    }
+
+    /// Liveness probe: asks every worker queue to run a no-op and waits up to `timeout`.
+    /// Returns one line per queue that did not answer (empty when all are alive). A wedged
+    /// queue never answers, so health checks and the watchdog cannot be fooled by a healthy
+    /// side thread.
+    public func probe(timeout: Duration = .seconds(1)) async -> [String] {
+        let workers = listeners.flatMap { l in l.workers.map { (l.name, $0) } }
+        guard !workers.isEmpty else { return [] }
+        let answered = ProbeTally(count: workers.count)
+        for (index, (_, worker)) in workers.enumerated() {
+            worker.ping { answered.mark(index) }
+        }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline, !answered.all {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return answered.missing.map { i in
+            "listener '\(workers[i].0)' queue for \(workers[i].1.localAddress) did not answer within \(timeout)"
+        }
+    }
+}
+
+/// Which probes were answered.
+final class ProbeTally: Sendable {
+    private let seen: Mutex<[Bool]>
+    init(count: Int) { seen = Mutex(Array(repeating: false, count: count)) }
+    func mark(_ i: Int) { seen.withLock { $0[i] = true } }
+    var all: Bool { seen.withLock { !$0.contains(false) } }
+    var missing: [Int] { seen.withLock { s in s.indices.filter { !s[$0] } } }
+}
