@@ -36,11 +36,11 @@ public enum Counter: Int, CaseIterable, Sendable {
 /// take relaxed loads and sum workers on demand. 64-bit and monotonic.
 public final class CounterSet: @unchecked Sendable {
     // @unchecked: the storage is only accessed through atomic operations.
-    private let storage: UnsafeMutablePointer<UInt64.AtomicRepresentation>
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
 
     public init() {
         storage = .allocate(capacity: Counter.allCases.count)
-        storage.initialize(repeating: UInt64.AtomicRepresentation(0), count: Counter.allCases.count)
+        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: Counter.allCases.count)
     }
 
     deinit {
