@@ -1,0 +1,60 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// What the daemon knows about itself and its configuration: shared by reload (writes it),
+/// the status endpoint and the systemd STATUS= line (read it).
+final class DaemonState: Sendable {
+    /// The outcome of the last load or reload.
+    struct LoadResult: Sendable, Equatable {
+        var ok: Bool
+        /// Wall-clock time, seconds since the epoch.
+        var at: Double
+        /// One line per problem; empty when `ok`.
+        var errors: [String]
+    }
+
+    struct Snapshot: Sendable {
+        var configPath: String
+        /// 1 after start-up; +1 for every successful reload.
+        var generation: Int
+        /// When the running configuration was loaded (seconds since the epoch).
+        var loadedAt: Double
+        /// The last reload attempt, nil if there was none.
+        var lastReload: LoadResult?
+    }
+
+    let pid: Int32 = getpid()
+    /// Process start, seconds since the epoch.
+    let startTime: Double = DaemonState.now()
+    private let state: Mutex<Snapshot>
+
+    init(configPath: String) {
+        state = Mutex(Snapshot(configPath: configPath, generation: 1, loadedAt: DaemonState.now(), lastReload: nil))
+    }
+
+    var snapshot: Snapshot { state.withLock { $0 } }
+
+    /// Records a successful reload: the generation increments.
+    func reloadSucceeded() {
+        let now = DaemonState.now()
+        state.withLock {
+            $0.generation += 1
+            $0.loadedAt = now
+            $0.lastReload = LoadResult(ok: true, at: now, errors: [])
+        }
+    }
+
+    /// Records a failed reload: the running configuration (and generation) stay as they were.
+    func reloadFailed(_ errors: [String]) {
+        let now = DaemonState.now()
+        state.withLock { $0.lastReload = LoadResult(ok: false, at: now, errors: errors) }
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
