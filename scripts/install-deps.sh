@@ -6,7 +6,9 @@ what=${1:-build}
 
 packages=(libsystemd-dev pkg-config)
 if [ "$what" = test ]; then
-  packages+=(socat curl procps iproute2 python3)
+  # systemd (systemd-analyze), systemd-container (systemd-nspawn), debootstrap: the unit checks
+  # and the end-to-end test under a real systemd (scripts/nspawn.sh).
+  packages+=(socat curl procps iproute2 python3 systemd systemd-container debootstrap)
 fi
 
 missing=()
