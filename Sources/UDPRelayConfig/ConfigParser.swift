@@ -30,6 +30,20 @@ struct ListenerDraft {
     var maxDatagram: Int?
     var receiveBuffer: Int?
     var sendBuffer: Int?
+    var upstreams: [UpstreamEndpoint]?
+    var balance: BalanceAlgorithm?
+    var sampleEvery: Int?
+    var resolveInterval: Duration?
+    var sessionTimeout: Duration?
+    var maxSessions: Int?
+    var sessionMaxReplies: Int?
+    var maxFails: Int?
+    var failTimeout: Duration?
+    var healthProbe: [UInt8]?
+    var healthExpect: [UInt8]?
+    var healthInterval: Duration?
+    /// Line of every key set in the section, for cross-field messages.
+    var keyLines: [String: Int] = [:]
 }
 
 /// The key tables of each section kind.
@@ -54,6 +68,18 @@ enum Schema {
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
+        KeySpec("upstream") { d, v in d.upstreams = try Values.upstreams(v) },
+        KeySpec("balance") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
+        KeySpec("sample") { d, v in d.sampleEvery = try Values.sample(v) },
+        KeySpec("resolve_interval") { d, v in d.resolveInterval = try Values.duration(v, min: .seconds(1)) },
+        KeySpec("session_timeout") { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("max_sessions") { d, v in d.maxSessions = try Values.integer(v, in: 1...(1 << 24)) },
+        KeySpec("session_max_replies") { d, v in d.sessionMaxReplies = try Values.integer(v, in: 1...Int(Int32.max)) },
+        KeySpec("max_fails") { d, v in d.maxFails = try Values.integer(v, in: 0...1_000_000) },
+        KeySpec("fail_timeout") { d, v in d.failTimeout = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("health_probe") { d, v in d.healthProbe = try Values.payload(v) },
+        KeySpec("health_expect") { d, v in d.healthExpect = try Values.payload(v) },
+        KeySpec("health_interval") { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
     ]
 
     static let sectionKinds = ["daemon", "status", "listener"]
@@ -147,6 +173,7 @@ struct ConfigParser {
                 var draft = ListenerDraft(name: name, line: section.line)
                 let seen = apply(section, to: &draft, table: Schema.listener)
                 draft.listenLine = seen["listen"]
+                draft.keyLines = seen
                 listeners.append(draft)
             default:
                 var message = "unknown section"
@@ -192,18 +219,68 @@ struct ConfigParser {
                     owners[address] = "listener '\(d.name)'"
                 }
             }
+            let mode = d.mode ?? Defaults.mode
+            checkRelayKeys(d, mode: mode)
             listeners.append(ListenerConfiguration(
                 name: d.name,
                 line: d.line,
                 listen: listen,
-                mode: d.mode ?? Defaults.mode,
+                mode: mode,
                 maxDatagram: d.maxDatagram ?? Defaults.maxDatagram,
                 receiveBuffer: d.receiveBuffer ?? Defaults.socketBuffer,
-                sendBuffer: d.sendBuffer ?? Defaults.socketBuffer
+                sendBuffer: d.sendBuffer ?? Defaults.socketBuffer,
+                upstreams: d.upstreams ?? [],
+                balance: d.balance ?? Defaults.balance,
+                sampleEvery: d.sampleEvery ?? 1,
+                resolveInterval: d.resolveInterval ?? Defaults.resolveInterval,
+                sessions: SessionSettings(timeout: d.sessionTimeout ?? Defaults.sessionTimeout,
+                                          maxSessions: d.maxSessions ?? Defaults.maxSessions,
+                                          maxReplies: d.sessionMaxReplies),
+                health: HealthSettings(maxFails: d.maxFails ?? Defaults.maxFails,
+                                       failTimeout: d.failTimeout ?? Defaults.failTimeout,
+                                       probe: d.healthProbe, expect: d.healthExpect ?? [],
+                                       interval: d.healthInterval ?? Defaults.healthInterval)
             ))
         }
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)
+    }
+
+    /// Cross-field checks of the relay keys: which keys each mode takes and how many upstreams.
+    mutating func checkRelayKeys(_ d: ListenerDraft, mode: ListenerMode) {
+        let section = "listener \(d.name)"
+        let modeText = "mode = \(mode.rawValue)"
+        func line(_ key: String) -> Int { d.keyLines[key] ?? d.line }
+        func only(_ keys: [String], _ allowed: Bool, _ what: String) {
+            guard !allowed else { return }
+            for key in keys where d.keyLines[key] != nil {
+                error(line(key), section, key, "only valid with \(what), not with \(modeText)")
+            }
+        }
+        if mode.isRelay {
+            // An upstream key with an invalid value was already reported.
+            if d.upstreams == nil && d.keyLines["upstream"] == nil {
+                error(d.line, section, "upstream", "missing required key for \(modeText) (e.g. upstream = 192.0.2.10:53)")
+            }
+        }
+        only(["upstream", "resolve_interval", "max_fails", "fail_timeout", "health_probe", "health_expect", "health_interval"],
+             mode.isRelay, "mode = forward|balance|mirror")
+        only(["session_timeout", "max_sessions", "session_max_replies"], mode.hasSessions, "mode = forward|balance")
+        only(["sample"], mode == .mirror, "mode = mirror")
+        only(["balance"], mode == .balance, "mode = balance (with several upstreams)")
+        if let upstreams = d.upstreams {
+            if mode == .forward && upstreams.count > 1 {
+                error(line("upstream"), section, "upstream", "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")
+            }
+            if mode == .balance && upstreams.count < 2 {
+                error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
+            }
+        }
+        if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
+            for key in ["health_expect", "health_interval"] where d.keyLines[key] != nil && mode.isRelay {
+                error(line(key), section, key, "only valid together with health_probe")
+            }
+        }
     }
 
     /// A wildcard and a specific address of the same family and port cannot both be bound.

@@ -45,6 +45,17 @@ public struct StatusConfiguration: Sendable, Equatable {
 public enum ListenerMode: String, CaseIterable, Sendable {
     /// RFC 862: send every datagram back to its sender, unchanged.
     case echo
+    /// One session per client with its own upstream socket; replies go back to that client.
+    case forward
+    /// As `forward`, spreading sessions over several upstreams (`balance = ...`).
+    case balance
+    /// Every datagram is copied to every upstream; replies are counted and dropped.
+    case mirror
+
+    /// Modes that send to `upstream =` addresses.
+    public var isRelay: Bool { self != .echo }
+    /// Modes that keep a session (and an upstream socket) per client.
+    public var hasSessions: Bool { self == .forward || self == .balance }
 }
 
 /// One `[listener NAME]` section.
@@ -62,10 +73,25 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var receiveBuffer: Int
     /// Requested kernel send buffer per socket, in bytes (SO_SNDBUF).
     public var sendBuffer: Int
+    /// Relay modes: where datagrams go, in file order. Empty for `echo`.
+    public var upstreams: [UpstreamEndpoint]
+    /// `balance` mode: how a new session picks its upstream.
+    public var balance: BalanceAlgorithm
+    /// `mirror` mode: copy one datagram in `sampleEvery` (`sample = 1/N`); 1 copies all.
+    public var sampleEvery: Int
+    /// How often upstream hostnames are resolved again (literal addresses never are).
+    public var resolveInterval: Duration
+    /// `forward`/`balance`: session limits.
+    public var sessions: SessionSettings
+    /// Passive and active upstream health checks.
+    public var health: HealthSettings
 
     public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
                 maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
-                sendBuffer: Int = Defaults.socketBuffer) {
+                sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
+                balance: BalanceAlgorithm = Defaults.balance, sampleEvery: Int = 1,
+                resolveInterval: Duration = Defaults.resolveInterval,
+                sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings()) {
         self.name = name
         self.line = line
         self.listen = listen
@@ -73,6 +99,12 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.maxDatagram = maxDatagram
         self.receiveBuffer = receiveBuffer
         self.sendBuffer = sendBuffer
+        self.upstreams = upstreams
+        self.balance = balance
+        self.sampleEvery = sampleEvery
+        self.resolveInterval = resolveInterval
+        self.sessions = sessions
+        self.health = health
     }
 }
 
@@ -87,6 +119,15 @@ public enum Defaults {
     /// Kernel socket buffers: room for bursts of thousands of small datagrams. Set with
     /// SO_RCVBUFFORCE/SO_SNDBUFFORCE when permitted, otherwise capped by net.core.[rw]mem_max.
     public static let socketBuffer = 4 << 20
+    public static let balance = BalanceAlgorithm.roundRobin
+    public static let resolveInterval = Duration.seconds(30)
+    public static let sessionTimeout = Duration.seconds(60)
+    public static let maxSessions = 65536
+    /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
+    public static let maxFails = 3
+    /// Passive health: the failure window and how long an upstream stays down.
+    public static let failTimeout = Duration.seconds(10)
+    public static let healthInterval = Duration.seconds(5)
     /// Loopback networks: the status endpoint's `allow` when it listens on a wildcard address.
     public static let loopbackNetworks: [CIDR] = [
         CIDR(network: .v4(0x7F00_0000), prefixLength: 8),

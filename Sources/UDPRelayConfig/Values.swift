@@ -79,6 +79,56 @@ enum Values {
         return out
     }
 
+    /// Comma-separated `HOST:PORT` upstreams, no repeats.
+    static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
+        var out: [UpstreamEndpoint] = []
+        for item in try list(s) {
+            let e: UpstreamEndpoint
+            do {
+                e = try UpstreamEndpoint(parsing: item)
+            } catch {
+                throw ValueError(error.message)
+            }
+            if out.contains(e) { throw ValueError("upstream \(e) is listed twice") }
+            out.append(e)
+        }
+        return out
+    }
+
+    /// `1/N`: one in N, N from 1 to 1000000.
+    static func sample(_ s: String) throws(ValueError) -> Int {
+        let parts = s.split(separator: "/", omittingEmptySubsequences: false).map { $0.trimmingSpaces() }
+        guard parts.count == 2, parts[0] == "1", let n = Int(parts[1]), (1...1_000_000).contains(n) else {
+            throw ValueError("expected '1/N' with N from 1 to 1000000 (e.g. sample = 1/10), got '\(s)'")
+        }
+        return n
+    }
+
+    /// A payload: `0x` followed by hex digits (`0x0d0a`), otherwise the text itself as UTF-8
+    /// (quoted values also understand `\xHH`). May not be empty.
+    static func payload(_ s: String) throws(ValueError) -> [UInt8] {
+        if s.hasPrefix("0x") || s.hasPrefix("0X") {
+            let hex = Array(s.utf8.dropFirst(2))
+            guard !hex.isEmpty, hex.count % 2 == 0 else {
+                throw ValueError("hex payload needs an even number of hex digits after 0x, got '\(s)'")
+            }
+            var out: [UInt8] = []
+            for i in stride(from: 0, to: hex.count, by: 2) {
+                guard let b = UInt8(String(decoding: hex[i..<i + 2], as: UTF8.self), radix: 16) else {
+                    throw ValueError("'\(s)' is not valid hex (0x followed by pairs of 0-9, a-f)")
+                }
+                out.append(b)
+            }
+            return out
+        }
+        guard !s.isEmpty else { throw ValueError("payload may not be empty") }
+        // Quoted \xHH escapes arrive as scalars U+0000...U+00FF: one byte each.
+        if s.unicodeScalars.allSatisfy({ $0.value < 0x100 }) {
+            return s.unicodeScalars.map { UInt8($0.value) }
+        }
+        return Array(s.utf8)
+    }
+
     static func cidrs(_ s: String) throws(ValueError) -> [CIDR] {
         var out: [CIDR] = []
         for item in try list(s) {

@@ -44,6 +44,10 @@ public final class Listener: Sendable {
                 case .echo:
                     workers.append(EchoWorker(fd: fd, localAddress: local, label: label,
                                               maxDatagram: configuration.maxDatagram, tuning: tuning))
+                case .forward, .balance, .mirror:
+                    // The relay datapath lands in the next increment (issue 3).
+                    close(fd)
+                    throw SyscallError(call: "mode \(configuration.mode.rawValue)", errno: ENOSYS)
                 }
             } catch {
                 for w in workers { close(w.fd) }

@@ -1,0 +1,124 @@
+/// Where an `upstream =` entry points: a literal IP address or a hostname (resolved by the
+/// datapath at start-up and every `resolve_interval`), and a port.
+public struct UpstreamEndpoint: Hashable, Sendable, CustomStringConvertible {
+    /// A literal address or a DNS name.
+    public enum Host: Hashable, Sendable {
+        case address(IPAddress)
+        case name(String)
+    }
+
+    public var host: Host
+    /// 1 to 65535.
+    public var port: UInt16
+
+    public init(host: Host, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    /// The literal socket address, nil for a hostname.
+    public var literal: SocketAddress? {
+        if case .address(let ip) = host { return SocketAddress(ip: ip, port: port) }
+        return nil
+    }
+
+    /// Parses `A.B.C.D:PORT`, `[V6]:PORT` or `HOSTNAME:PORT` (port 1 to 65535).
+    public init(parsing text: some StringProtocol) throws(ValueErrorMessage) {
+        let s = Substring(text)
+        if s.first == "[" || IPAddress(literal: s.split(separator: ":").first ?? "") != nil {
+            let a = try SocketAddress(parsing: s)
+            guard a.port != 0 else { throw ValueErrorMessage("upstream port must be 1 to 65535, got 0 in '\(s)'") }
+            self.init(host: .address(a.ip), port: a.port)
+            return
+        }
+        guard let colon = s.lastIndex(of: ":") else {
+            throw ValueErrorMessage("expected 'HOST:PORT' (e.g. 192.0.2.10:53, [2001:db8::10]:53, dns.example:53), got '\(s)'")
+        }
+        let name = s[..<colon]
+        let portText = s[s.index(after: colon)...]
+        if name.contains(":") {
+            throw ValueErrorMessage("IPv6 addresses need brackets: '[\(name)]:\(portText)'")
+        }
+        guard let port = UInt16(portText), port != 0 else {
+            throw ValueErrorMessage("upstream port must be a number from 1 to 65535, got '\(portText)'")
+        }
+        guard UpstreamEndpoint.isHostname(name) else {
+            throw ValueErrorMessage("'\(name)' is neither an IP address nor a valid hostname")
+        }
+        self.init(host: .name(name.lowercased()), port: port)
+    }
+
+    /// RFC 1123 names: labels of letters, digits and `-` (not at either end), 1 to 63 each,
+    /// at most 253 characters in all.
+    static func isHostname(_ name: Substring) -> Bool {
+        guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+        let labels = name.hasSuffix(".") ? name.dropLast().split(separator: ".", omittingEmptySubsequences: false)
+                                         : name.split(separator: ".", omittingEmptySubsequences: false)
+        // A dotted all-numeric name (300.1.1.1) is a mistyped address, not a hostname.
+        if let last = labels.last, last.allSatisfy(\.isNumber) { return false }
+        return labels.allSatisfy { label in
+            !label.isEmpty && label.utf8.count <= 63 && label.first != "-" && label.last != "-"
+                && label.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-") }
+        }
+    }
+
+    public var description: String {
+        switch host {
+        case .address(let ip): SocketAddress(ip: ip, port: port).description
+        case .name(let n): "\(n):\(port)"
+        }
+    }
+}
+
+/// How `mode = balance` picks an upstream for a new session. A session keeps its upstream for
+/// its lifetime whatever the algorithm.
+public enum BalanceAlgorithm: String, CaseIterable, Sendable {
+    /// Each new session takes the next upstream that is up.
+    case roundRobin = "round-robin"
+    /// A uniformly random upstream that is up.
+    case random
+    /// Rendezvous (highest-random-weight) hashing of the client's address and port: removing
+    /// one of N upstreams moves only the clients that were on it.
+    case hash
+    /// Active/standby: the first upstream in file order that is up.
+    case first
+}
+
+/// Session limits of `forward` and `balance` listeners.
+public struct SessionSettings: Sendable, Equatable {
+    /// A session without traffic either way for this long is closed.
+    public var timeout: Duration
+    /// At most this many sessions per listener socket; a new client beyond it evicts the least
+    /// recently used session.
+    public var maxSessions: Int
+    /// Close a session after this many replies (nil: no limit), as nginx `proxy_responses`.
+    public var maxReplies: Int?
+
+    public init(timeout: Duration = Defaults.sessionTimeout, maxSessions: Int = Defaults.maxSessions, maxReplies: Int? = nil) {
+        self.timeout = timeout
+        self.maxSessions = maxSessions
+        self.maxReplies = maxReplies
+    }
+}
+
+/// Upstream health checks.
+public struct HealthSettings: Sendable, Equatable {
+    /// Passive: failures (refused, send errors) within `failTimeout` that mark an upstream down; 0 disables.
+    public var maxFails: Int
+    /// Passive: the window in which failures count, and how long an upstream then stays down.
+    public var failTimeout: Duration
+    /// Active: payload sent to each upstream every `interval`; nil disables probing.
+    public var probe: [UInt8]?
+    /// Active: a reply must start with these bytes (empty: any reply).
+    public var expect: [UInt8]
+    public var interval: Duration
+
+    public init(maxFails: Int = Defaults.maxFails, failTimeout: Duration = Defaults.failTimeout,
+                probe: [UInt8]? = nil, expect: [UInt8] = [], interval: Duration = Defaults.healthInterval) {
+        self.maxFails = maxFails
+        self.failTimeout = failTimeout
+        self.probe = probe
+        self.expect = expect
+        self.interval = interval
+    }
+}

@@ -1,0 +1,166 @@
+import XCTest
+@testable import UDPRelayConfig
+
+final class RelayConfigTests: XCTestCase {
+    func parse(_ text: String) throws -> Configuration {
+        try ConfigLoader.parse(text, file: "t.ini")
+    }
+
+    func errors(_ text: String) -> [ConfigError] {
+        do {
+            _ = try ConfigLoader.parse(text, file: "t.ini")
+            XCTFail("expected errors for:\n\(text)")
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    func testRelayKeysAndDefaults() throws {
+        let c = try parse("""
+        [listener f]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = dns.example.:53
+        [listener b]
+        listen = 127.0.0.1:0
+        mode = balance
+        upstream = 192.0.2.1:53, [2001:db8::1]:53, resolver-2.example:5353
+        balance = hash
+        session_timeout = 250ms
+        max_sessions = 100
+        session_max_replies = 1
+        resolve_interval = 5m
+        max_fails = 0
+        fail_timeout = 30s
+        health_probe = 0x0d0a
+        health_expect = "OK"
+        health_interval = 2s
+        [listener m]
+        listen = 127.0.0.1:0
+        mode = mirror
+        upstream = 127.0.0.1:514, 127.0.0.2:514
+        sample = 1/10
+        """)
+        let f = c.listeners[0], b = c.listeners[1], m = c.listeners[2]
+        XCTAssertEqual(f.mode, .forward)
+        XCTAssertEqual(f.upstreams, [UpstreamEndpoint(host: .name("dns.example."), port: 53)])
+        XCTAssertNil(f.upstreams[0].literal)
+        XCTAssertEqual(f.balance, .roundRobin)
+        XCTAssertEqual(f.sessions, SessionSettings(timeout: .seconds(60), maxSessions: 65536, maxReplies: nil))
+        XCTAssertEqual(f.health, HealthSettings(maxFails: 3, failTimeout: .seconds(10), probe: nil, expect: [], interval: .seconds(5)))
+        XCTAssertEqual(f.resolveInterval, .seconds(30))
+        XCTAssertEqual(b.upstreams.map(\.description), ["192.0.2.1:53", "[2001:db8::1]:53", "resolver-2.example:5353"])
+        XCTAssertEqual(b.upstreams[0].literal?.description, "192.0.2.1:53")
+        XCTAssertEqual(b.balance, .hash)
+        XCTAssertEqual(b.sessions, SessionSettings(timeout: .milliseconds(250), maxSessions: 100, maxReplies: 1))
+        XCTAssertEqual(b.resolveInterval, .seconds(300))
+        XCTAssertEqual(b.health, HealthSettings(maxFails: 0, failTimeout: .seconds(30), probe: [0x0d, 0x0a], expect: Array("OK".utf8), interval: .seconds(2)))
+        XCTAssertEqual(m.mode, .mirror)
+        XCTAssertEqual(m.sampleEvery, 10)
+        XCTAssertEqual(m.upstreams.count, 2)
+    }
+
+    func testUpstreamRequiredForRelayModesAndForbiddenForEcho() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:0
+        mode = forward
+        [listener b]
+        listen = 127.0.0.1:0
+        upstream = 127.0.0.1:9
+        session_timeout = 5s
+        health_probe = ping
+        """)
+        XCTAssertEqual(e.map(\.line), [1, 6, 7, 8])
+        XCTAssertEqual(e[0].description, "t.ini:1: [listener a] upstream: missing required key for mode = forward (e.g. upstream = 192.0.2.10:53)")
+        XCTAssertEqual(e[1].description, "t.ini:6: [listener b] upstream: only valid with mode = forward|balance|mirror, not with mode = echo")
+        XCTAssertTrue(e[2].message.contains("only valid with mode = forward|balance"), e[2].message)
+        XCTAssertTrue(e[3].message.contains("only valid with mode = forward|balance|mirror"), e[3].message)
+    }
+
+    func testUpstreamCountsPerMode() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = 127.0.0.1:9, 127.0.0.1:10
+        [listener b]
+        listen = 127.0.0.1:0
+        mode = balance
+        upstream = 127.0.0.1:9
+        [listener c]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = 127.0.0.1:9
+        balance = hash
+        """)
+        XCTAssertEqual(e.map(\.line), [4, 8, 13])
+        XCTAssertTrue(e[0].message.contains("mode = forward takes one upstream, got 2; use mode = balance"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("mode = balance needs at least two upstreams"), e[1].message)
+        XCTAssertTrue(e[2].message.contains("only valid with mode = balance"), e[2].message)
+    }
+
+    func testBadValues() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:0
+        mode = balance
+        upstream = 127.0.0.1:0, 10.0.0.1:53
+        balance = round-robbin
+        session_timeout = 0s
+        max_sessions = 0
+        fail_timeout = -1s
+        health_probe = 0xabc
+        health_interval = soon
+        [listener m]
+        listen = 127.0.0.1:0
+        mode = mirror
+        upstream = 10.0.0.1:53, 10.0.0.1:53
+        sample = 10%
+        session_max_replies = 1
+        [listener n]
+        listen = 127.0.0.1:0
+        mode = mirror
+        upstream = 2001:db8::1:53, bad_name:53, 300.1.2.3:53
+        """)
+        XCTAssertEqual(e.map(\.line), [4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 20])
+        XCTAssertTrue(e[0].message.contains("upstream port must be 1 to 65535"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("did you mean 'round-robin'?"), e[1].message)
+        XCTAssertTrue(e[2].message.contains("must be greater than zero"), e[2].message)
+        XCTAssertTrue(e[3].message.contains("from 1 to"), e[3].message)
+        XCTAssertTrue(e[4].message.contains("expected a duration"), e[4].message)
+        XCTAssertTrue(e[5].message.contains("even number of hex digits"), e[5].message)
+        XCTAssertTrue(e[7].message.contains("listed twice"), e[7].message)
+        XCTAssertTrue(e[8].message.contains("expected '1/N'"), e[8].message)
+        XCTAssertTrue(e[9].message.contains("only valid with mode = forward|balance, not with mode = mirror"), e[9].message)
+        XCTAssertTrue(e[10].message.contains("IPv6 addresses need brackets"), e[10].message)
+    }
+
+    func testUpstreamEndpointParsing() throws {
+        XCTAssertEqual(try UpstreamEndpoint(parsing: "Resolver.Example:53").description, "resolver.example:53")
+        XCTAssertEqual(try UpstreamEndpoint(parsing: "localhost:7").host, .name("localhost"))
+        XCTAssertEqual(try UpstreamEndpoint(parsing: "[::1]:7").literal, SocketAddress(ip: .v6(high: 0, low: 1), port: 7))
+        for bad in ["bad_name:53", "300.1.2.3:53", "-x.example:53", "x.example", "x.example:0", "x.example:70000", "[::1]:0", ":53"] {
+            XCTAssertThrowsError(try UpstreamEndpoint(parsing: bad), bad)
+        }
+    }
+
+    func testSampleAndPayloadValues() throws {
+        XCTAssertEqual(try Values.sample("1/1"), 1)
+        XCTAssertEqual(try Values.sample("1 / 100"), 100)
+        XCTAssertThrowsError(try Values.sample("2/3"))
+        XCTAssertThrowsError(try Values.sample("1/0"))
+        XCTAssertEqual(try Values.payload("0xDEADbeef"), [0xde, 0xad, 0xbe, 0xef])
+        XCTAssertEqual(try Values.payload("ping"), Array("ping".utf8))
+        XCTAssertEqual(try INILexer.parseValue("\"\\xff\\x00a\"").unicodeScalars.map(\.value), [0xff, 0, 0x61])
+        XCTAssertEqual(try Values.payload(INILexer.parseValue("\"\\xff\\x00a\"")), [0xff, 0, 0x61])
+        XCTAssertThrowsError(try Values.payload("0xzz"))
+    }
+
+    func testHealthExpectNeedsProbe() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = 127.0.0.1:9\nhealth_expect = ok\n")
+        XCTAssertEqual(e.map(\.line), [5])
+        XCTAssertTrue(e[0].message.contains("only valid together with health_probe"), e[0].message)
+    }
+}
