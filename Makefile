@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config clean
+.PHONY: deps test-deps build release run test check-config clean fuzz sanitize
 
 deps:
 	@scripts/install-deps.sh build
@@ -32,3 +32,15 @@ test: test-deps
 
 clean:
 	rm -rf .build .build-test.log
+
+# libFuzzer + AddressSanitizer on every fuzz target, FUZZ_SECONDS each (the recorded long run used 600).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The unit and end-to-end tests under ThreadSanitizer, then AddressSanitizer (separate build folders).
+sanitize: test-deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing

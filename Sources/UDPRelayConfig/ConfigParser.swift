@@ -44,6 +44,27 @@ struct ListenerDraft {
     var healthInterval: Duration?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
+    var protection = ProtectionDraft()
+}
+
+struct ProtectionDraft {
+    var allow: [CIDR]?
+    var deny: [CIDR]?
+    var denySourcePorts: PortSet?
+    var loopGuard: Bool?
+    var rateLimit: Rate?
+    var rateBurst: Int?
+    var rateLimitTotal: Rate?
+    var rateLimitSources: Int?
+
+    /// Defaults applied, as everywhere, in one place (ProtectionConfiguration.init).
+    var configuration: ProtectionConfiguration {
+        ProtectionConfiguration(allow: allow ?? [], deny: deny ?? [],
+                                denySourcePorts: denySourcePorts ?? Defaults.denySourcePorts,
+                                loopGuard: loopGuard ?? true, rateLimit: rateLimit, rateBurst: rateBurst,
+                                rateLimitTotal: rateLimitTotal,
+                                rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources)
+    }
 }
 
 /// The key tables of each section kind.
@@ -80,6 +101,14 @@ enum Schema {
         KeySpec("health_probe") { d, v in d.healthProbe = try Values.payload(v) },
         KeySpec("health_expect") { d, v in d.healthExpect = try Values.payload(v) },
         KeySpec("health_interval") { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
+        KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
+        KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
+        KeySpec("loop_guard") { d, v in d.protection.loopGuard = try Values.bool(v) },
+        KeySpec("rate_limit") { d, v in d.protection.rateLimit = try Values.rate(v) },
+        KeySpec("rate_burst") { d, v in d.protection.rateBurst = try Values.integer(v, in: 1...10_000_000) },
+        KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.rate(v) },
+        KeySpec("rate_limit_sources") { d, v in d.protection.rateLimitSources = try Values.integer(v, in: 16...16_777_216) },
     ]
 
     static let sectionKinds = ["daemon", "status", "listener"]
@@ -241,6 +270,10 @@ struct ConfigParser {
                                        probe: d.healthProbe, expect: d.healthExpect ?? [],
                                        interval: d.healthInterval ?? Defaults.healthInterval)
             ))
+            if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
+                error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
+            }
+            listeners[listeners.count - 1].protection = d.protection.configuration
         }
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)

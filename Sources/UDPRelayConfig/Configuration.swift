@@ -85,6 +85,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var sessions: SessionSettings
     /// Passive and active upstream health checks.
     public var health: HealthSettings
+    /// Access control, loop guard and rate limits.
+    public var protection = ProtectionConfiguration()
 
     public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
                 maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,

@@ -14,8 +14,20 @@ public enum Counter: Int, CaseIterable, Sendable {
     case dropRefused
     /// Any other per-datagram send failure (EHOSTUNREACH, ENETUNREACH, EMSGSIZE, EPERM, ...).
     case dropSendError
+    /// Source port is a known reflector (`deny_source_ports`).
+    case dropSourcePort
+    /// Source is one of this daemon's own listener addresses (`loop_guard`).
+    case dropLoop
+    /// Denied by the listener's `allow`/`deny` rules.
+    case dropDenied
+    /// The source address is over `rate_limit`.
+    case dropRateLimited
+    /// The listener as a whole is over `rate_limit_total`.
+    case dropRateLimitedTotal
     /// Receive calls that failed with an error other than "would block".
     case receiveErrors
+    /// Sources forgotten by the per-source rate limiter because its table was full.
+    case rateLimitEvictions
 
     /// The drop reason label for `drop…` counters, nil for the others.
     public var dropReason: String? {
@@ -24,6 +36,11 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .dropSendBufferFull: "send_buffer_full"
         case .dropRefused: "refused"
         case .dropSendError: "send_error"
+        case .dropSourcePort: "source_port"
+        case .dropLoop: "loop"
+        case .dropDenied: "denied"
+        case .dropRateLimited: "rate_limited"
+        case .dropRateLimitedTotal: "rate_limited_total"
         default: nil
         }
     }

@@ -27,6 +27,8 @@ public final class Datapath: Sendable {
 
     /// Arms every read source and returns once all are registered with the kernel.
     public func start() {
+        let own = LocalAddresses.expand(listeners.flatMap(\.boundAddresses))
+        for l in listeners { for w in l.workers { w.setOwnAddresses(own) } }
         let registered = DispatchGroup()
         for l in listeners {
             l.start(registered: registered)

@@ -54,6 +54,7 @@ public final class Listener: Sendable {
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
         }
+        for w in workers { w.filter = IngressFilter(configuration.protection) }
         self.workers = workers
     }
 

@@ -26,6 +26,9 @@ public class SocketWorker: @unchecked Sendable {
     public let localAddress: SocketAddress
     public let queue: DispatchQueue
     public let counters = CounterSet()
+    /// Abuse protection applied to every datagram received on `fd`. Installed before `start`,
+    /// afterwards touched only on `queue`.
+    var filter = IngressFilter(ProtectionConfiguration(denySourcePorts: PortSet(), loopGuard: false))
     private var source: DispatchSourceRead?
     private let closed = DispatchGroup()
 
@@ -65,6 +68,11 @@ public class SocketWorker: @unchecked Sendable {
                 done.leave()
             }
         }
+    }
+
+    /// Replaces the set of this daemon's own addresses used by the loop guard.
+    func setOwnAddresses(_ addresses: Set<SocketAddress>) {
+        queue.async { [self] in filter.setOwnAddresses(addresses) }
     }
 
     /// Runs `reply` on the worker's queue: a liveness probe that a wedged queue never answers.
@@ -120,9 +128,16 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     private func echo(_ count: Int) {
         var bytes: UInt64 = 0
         var runStart = 0
+        let now = filter.needsClock ? IngressFilter.monotonicNow() : 0
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)
+            if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
+                counters.add(reason)
+                send(from: runStart, to: i)
+                runStart = i + 1
+                continue
+            }
             if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
                 counters.add(.dropTooLarge)
                 send(from: runStart, to: i)
@@ -138,6 +153,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
         }
         counters.add(.receivedPackets, UInt64(count))
         counters.add(.receivedBytes, bytes)
+        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
         send(from: runStart, to: count)
     }
 
