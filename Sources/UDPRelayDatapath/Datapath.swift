@@ -7,28 +7,50 @@ import UDPRelayConfig
 /// fails before anything is announced; `start()` arms the read sources; `stop()` cancels them
 /// and waits until every socket is closed.
 public final class Datapath: Sendable {
-    public let listeners: [Listener]
-    private let logger: Logger
+    /// The current listeners, in configuration order. A reload (`apply`) replaces the set.
+    public var listeners: [Listener] { current.withLock { $0 } }
+    let current: Mutex<[Listener]>
+    /// True between `start()` and `stop()`: listeners added by a reload start at once.
+    let running = Mutex(false)
+    /// Serializes reloads.
+    let reloading = Mutex(())
+    /// Sockets passed in by systemd, by listener name. Kept open for the life of the process;
+    /// listeners serve duplicates, so a reload can hand the same socket to a new listener.
+    let inherited: [String: [Int32]]
+    let tuning: DatapathTuning
+    let logger: Logger
 
-    /// Binds every listener of `configuration`; on failure closes everything already bound.
-    public init(configuration: Configuration, logger: Logger, tuning: DatapathTuning = DatapathTuning()) throws(BindError) {
+    /// Binds every listener of `configuration`, except those named in `inherited`, which serve
+    /// the sockets passed in for them instead; on failure closes everything already opened.
+    public init(configuration: Configuration, logger: Logger, tuning: DatapathTuning = DatapathTuning(),
+                inherited: [String: [Int32]] = [:]) throws(BindError) {
+        self.inherited = inherited
+        self.tuning = tuning
+        self.logger = logger
         var listeners: [Listener] = []
         for lc in configuration.listeners {
-            do {
-                listeners.append(try Listener(lc, tuning: tuning))
+            do throws(BindError) {
+                listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:]))
             } catch {
                 for l in listeners { for w in l.workers { close(w.fd) } }
                 throw error
             }
         }
-        self.listeners = listeners
-        self.logger = logger
+        current = Mutex(listeners)
     }
 
     /// Arms every read source and returns once all are registered with the kernel.
     public func start() {
-        let own = LocalAddresses.expand(listeners.flatMap(\.boundAddresses))
-        for l in listeners { for w in l.workers { w.setOwnAddresses(own) } }
+        running.withLock { $0 = true }
+        let all = listeners
+        start(all, all: all)
+    }
+
+    /// Arms `listeners`; `all` is the whole set they will be part of (each worker learns every
+    /// local address, for the loop guard).
+    func start(_ listeners: [Listener], all: [Listener]) {
+        let own = LocalAddresses.expand(all.flatMap(\.boundAddresses))
+        for l in all { for w in l.workers { w.setOwnAddresses(own) } }
         let registered = DispatchGroup()
         for l in listeners {
             l.start(registered: registered)
@@ -44,6 +66,13 @@ public final class Datapath: Sendable {
 
     /// Stops reading, closes every socket and returns when all are closed.
     public func stop() {
+        reloading.withLock { _ in
+            running.withLock { $0 = false }
+            stop(listeners)
+        }
+    }
+
+    func stop(_ listeners: [Listener]) {
         let done = DispatchGroup()
         for l in listeners { l.stop(done: done) }
         done.wait()

@@ -1,3 +1,4 @@
+import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
@@ -24,13 +25,18 @@ public final class Listener: Sendable {
 
     public var name: String { configuration.name }
 
-    /// Opens and binds every socket of the listener; on failure closes what it opened.
-    public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning()) throws(BindError) {
+    /// Opens every socket of the listener: by default one bound per `listen` address; `sockets`
+    /// replaces them (sockets passed in by systemd, or kept across a reload). On failure closes
+    /// what it opened, adopted descriptors included.
+    public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
+                sockets: [SocketSource]? = nil) throws(BindError) {
         self.configuration = configuration
         var workers: [SocketWorker] = []
-        for address in configuration.listen {
+        let sources = sockets ?? configuration.listen.map { .bind($0) }
+        for (index, source) in sources.enumerated() {
+            let address = source.address
             do throws(SyscallError) {
-                let fd = try UDPSocket.bound(to: address)
+                let fd = try source.open()
                 UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
                 let local: SocketAddress
                 do {
@@ -51,6 +57,7 @@ public final class Listener: Sendable {
                 }
             } catch {
                 for w in workers { close(w.fd) }
+                for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
         }
@@ -75,3 +82,57 @@ public final class Listener: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Where one socket of a listener comes from.
+public enum SocketSource: Sendable {
+    /// A new socket bound to the address.
+    case bind(SocketAddress)
+    /// A datagram socket that is already bound (passed in by systemd, or kept across a reload);
+    /// the listener takes ownership of `fd` and closes it when it stops.
+    case adopt(fd: Int32, address: SocketAddress)
+
+    /// The configured address (`bind`) or the address the socket is bound to (`adopt`).
+    public var address: SocketAddress {
+        switch self {
+        case .bind(let a): a
+        case .adopt(_, let a): a
+        }
+    }
+
+    /// Takes over a duplicate of `fd` (close-on-exec), which stays open for the caller.
+    public static func adopting(duplicateOf fd: Int32) throws(SyscallError) -> SocketSource {
+        let copy = try syscallNoWait("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        do {
+            return .adopt(fd: copy, address: try UDPSocket.localAddress(copy))
+        } catch {
+            close(copy)
+            throw error
+        }
+    }
+
+    /// Binds or prepares the socket: non-blocking, packet info on wildcard addresses. On failure
+    /// an adopted descriptor is closed.
+    func open() throws(SyscallError) -> Int32 {
+        switch self {
+        case .bind(let address):
+            return try UDPSocket.bound(to: address)
+        case .adopt(let fd, let address):
+            do {
+                let flags = try syscallNoWait("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
+                try syscallNoWait("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+                if address.ip.isWildcard {
+                    try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
+                }
+            } catch {
+                close(fd)
+                throw error
+            }
+            return fd
+        }
+    }
+
+    /// Closes an adopted descriptor that will not be used after all.
+    func discard() {
+        if case .adopt(let fd, _) = self { close(fd) }
+    }
+}

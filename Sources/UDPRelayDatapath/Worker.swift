@@ -56,10 +56,13 @@ public class SocketWorker: @unchecked Sendable {
     }
 
     /// Stops reading and closes the socket; `done` is left after the descriptor is closed.
+    /// Datagrams already queued on the socket are served first (one last read pass), so a
+    /// listener removed or replaced by a reload drains instead of dropping them.
     func stop(done: DispatchGroup) {
         done.enter()
         queue.async { [self] in
             if let source {
+                readable()
                 source.cancel()
                 self.source = nil
                 closed.notify(queue: .global()) { done.leave() }

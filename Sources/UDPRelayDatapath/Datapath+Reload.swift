@@ -1,0 +1,98 @@
+import Dispatch
+import Logging
+import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Datapath {
+    /// Applies a new configuration as a diff (see `ListenerChanges`): unchanged listeners keep
+    /// their sockets, workers and counters and are not touched at all; changed and new ones are
+    /// opened and started first, then swapped in; the replaced and removed ones are then drained
+    /// and closed. A changed or new listener on an address the running daemon already has open
+    /// (same configured address, port not 0) takes over a duplicate of that socket instead of
+    /// binding again, so rebinding neither fails with EADDRINUSE nor loses queued datagrams.
+    /// If any socket cannot be opened, nothing changes and the error is thrown.
+    @discardableResult
+    public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
+        try reloading.withLock { _ throws(BindError) -> ListenerChanges in
+            let old = listeners
+            let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
+            let keep = Set(changes.unchanged)
+            let byName = Dictionary(uniqueKeysWithValues: old.map { ($0.name, $0) })
+
+            // Sockets of the listeners that go away, by configured address.
+            var reusable: [SocketAddress: Int32] = [:]
+            for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
+                for (address, worker) in zip(l.configuration.listen, l.workers) where address.port != 0 {
+                    reusable[address] = worker.fd
+                }
+            }
+
+            var opened: [Listener] = []
+            var next: [Listener] = []
+            for lc in configuration.listeners {
+                if keep.contains(lc.name), let l = byName[lc.name] {
+                    next.append(l)
+                    continue
+                }
+                do throws(BindError) {
+                    let l = try Self.open(lc, tuning: tuning, inherited: inherited, reusable: reusable)
+                    opened.append(l)
+                    next.append(l)
+                } catch {
+                    for l in opened { for w in l.workers { close(w.fd) } }
+                    throw error
+                }
+            }
+
+            let isRunning = running.withLock { $0 }
+            if isRunning { start(opened, all: next) }
+            current.withLock { $0 = next }
+            let retired = old.filter { !keep.contains($0.name) }
+            if isRunning {
+                stop(retired)
+            } else {
+                for l in retired { for w in l.workers { close(w.fd) } }
+            }
+            for name in changes.removed where inherited[name] != nil {
+                logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
+                               metadata: ["listener.name": "\(name)"])
+            }
+            return changes
+        }
+    }
+
+    /// Opens one listener: systemd's sockets for it if there are any, else a duplicate of a
+    /// running socket on the same configured address, else a fresh bind per address.
+    static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
+                     reusable: [SocketAddress: Int32]) throws(BindError) -> Listener {
+        var sources: [SocketSource] = []
+        func abandon() { for s in sources { s.discard() } }
+        if let fds = inherited[lc.name] {
+            for fd in fds {
+                do {
+                    sources.append(try SocketSource.adopting(duplicateOf: fd))
+                } catch {
+                    abandon()
+                    throw BindError(listener: lc.name, address: lc.listen.first ?? SocketAddress(ip: .v4(0), port: 0), underlying: error)
+                }
+            }
+        } else {
+            for address in lc.listen {
+                guard let fd = reusable[address] else {
+                    sources.append(.bind(address))
+                    continue
+                }
+                do {
+                    sources.append(try SocketSource.adopting(duplicateOf: fd))
+                } catch {
+                    abandon()
+                    throw BindError(listener: lc.name, address: address, underlying: error)
+                }
+            }
+        }
+        return try Listener(lc, tuning: tuning, sockets: sources)
+    }
+}

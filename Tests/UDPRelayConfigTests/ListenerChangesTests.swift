@@ -1,0 +1,48 @@
+import XCTest
+import UDPRelayConfig
+
+final class ListenerChangesTests: XCTestCase {
+    func parse(_ text: String) throws -> [ListenerConfiguration] {
+        try ConfigLoader.parse(text, file: "t.ini").listeners
+    }
+
+    func testClassifiesListenersByNameAndSettings() throws {
+        let old = try parse("""
+        [listener same]
+        listen = 127.0.0.1:7001
+        [listener tuned]
+        listen = 127.0.0.1:7002
+        [listener gone]
+        listen = 127.0.0.1:7003
+        """)
+        let new = try parse("""
+        ; a comment moves every section down a line: that alone is no change
+        [listener new]
+        listen = 127.0.0.1:7004
+        [listener tuned]
+        listen = 127.0.0.1:7002
+        max_datagram = 1500
+        [listener same]
+        listen = 127.0.0.1:7001
+        """)
+        let c = ListenerChanges(from: old, to: new)
+        XCTAssertEqual(c, ListenerChanges(unchanged: ["same"], changed: ["tuned"], removed: ["gone"], added: ["new"]))
+        XCTAssertFalse(c.isEmpty)
+        XCTAssertEqual(c.summary, "unchanged=1 (same) changed=1 (tuned) removed=1 (gone) added=1 (new)")
+    }
+
+    func testIdenticalFilesAreNoChange() throws {
+        let text = "[listener a]\nlisten = 127.0.0.1:7001, [::1]:7001\n[listener b]\nlisten = 0.0.0.0:0\n"
+        let c = ListenerChanges(from: try parse(text), to: try parse(text))
+        XCTAssertTrue(c.isEmpty)
+        XCTAssertEqual(c.unchanged, ["a", "b"])
+    }
+
+    func testAnyKeyCountsAsAChange() throws {
+        let base = "[listener a]\nlisten = 127.0.0.1:7001\n"
+        for extra in ["listen = 127.0.0.1:7001, [::1]:7001", "rcvbuf = 64KiB", "sndbuf = 64KiB", "max_datagram = 100"] {
+            let edited = extra.hasPrefix("listen") ? "[listener a]\n\(extra)\n" : base + extra + "\n"
+            XCTAssertEqual(ListenerChanges(from: try parse(base), to: try parse(edited)).changed, ["a"], extra)
+        }
+    }
+}

@@ -1,0 +1,168 @@
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+import UDPRelayConfig
+@testable import UDPRelayDatapath
+
+/// `Datapath.apply`: reload as a diff, in process.
+final class ReloadTests: XCTestCase {
+    func configuration(_ text: String) throws -> Configuration {
+        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
+    }
+
+    /// A port that was free a moment ago (for tests that must name a fixed port).
+    func freePort() throws -> UInt16 {
+        let fd = try UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: 0))
+        defer { close(fd) }
+        return try UDPSocket.localAddress(fd).port
+    }
+
+    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
+        client.send(Array(text.utf8), to: address)
+        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
+    }
+
+    func testUnchangedListenerKeepsSocketAndCountersAndLosesNothingAcrossReloads() throws {
+        let base = "[listener steady]\nlisten = 127.0.0.1:0\n"
+        let datapath = try Datapath(configuration: try configuration(base), logger: Logger(label: "test"))
+        datapath.start()
+        defer { datapath.stop() }
+        let steady = try XCTUnwrap(datapath.listener(named: "steady"))
+        let address = steady.boundAddresses[0]
+        let client = try UDPClient()
+
+        let stopSending = Shared(false)
+        let sent = Shared(0)
+        let progress = Shared(0)
+        // The sender thread only sends and this thread only receives on the client's socket.
+        nonisolated(unsafe) let sending = client
+        let sender = Thread {
+            var i = 0
+            while !stopSending.value && i < 200_000 {
+                // Numbered datagrams, paced so the socket buffers never overflow.
+                sending.send(Array("\(i)".utf8), to: address)
+                i += 1
+                if i % 50 == 0 {
+                    progress.value = i
+                    usleep(1000)
+                }
+            }
+            sent.value = i
+        }
+        sender.start()
+        for round in 0..<20 {
+            // Reload while datagrams are in flight: wait for a few hundred more to be sent.
+            let target = progress.value + 300
+            let deadline = Date().addingTimeInterval(10)
+            while progress.value < target && Date() < deadline { usleep(1000) }
+            // Alternate adding and removing another listener, and changing a third.
+            var text = base + "[listener churn]\nlisten = 127.0.0.1:0\nmax_datagram = \(1000 + round)\n"
+            if round % 2 == 0 { text += "[listener extra]\nlisten = [::1]:0\n" }
+            let changes = try datapath.apply(try configuration(text))
+            XCTAssertEqual(changes.unchanged.first, "steady")
+            XCTAssertTrue(datapath.listener(named: "steady") === steady, "an unchanged listener is the same object")
+        }
+        stopSending.value = true
+        while sent.value == 0 { usleep(1000) }
+        let total = sent.value
+        var seen = Set<Int>()
+        while seen.count < total, let r = client.receive(timeout: 3) {
+            seen.insert(Int(String(decoding: r.bytes, as: UTF8.self))!)
+        }
+        XCTAssertGreaterThan(total, 20 * 300)
+        XCTAssertEqual(seen.count, total, "lost \(total - seen.count) of \(total) datagrams during 20 reloads")
+        XCTAssertEqual(steady.counters()[.receivedPackets], UInt64(total), "counters survive reloads")
+    }
+
+    func testChangedListenerOnTheSamePortIsRebuiltWithoutRebinding() throws {
+        let port = try freePort()
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n"), logger: Logger(label: "test"))
+        datapath.start()
+        defer { datapath.stop() }
+        let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, address, "before"), "before")
+        let changes = try datapath.apply(try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\nmax_datagram = 10\n"))
+        XCTAssertEqual(changes.changed, ["a"])
+        XCTAssertEqual(datapath.listener(named: "a")?.configuration.maxDatagram, 10)
+        XCTAssertEqual(echo(client, address, "after"), "after")
+        client.send(Array("longer than ten".utf8), to: address)
+        XCTAssertNil(client.receive(timeout: 0.3), "the new max_datagram applies")
+    }
+
+    func testRemovedListenerClosesAndNewOneBinds() async throws {
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
+        datapath.start()
+        defer { datapath.stop() }
+        let oldAddress = try XCTUnwrap(datapath.listener(named: "a")?.boundAddresses.first)
+        let changes = try datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
+        XCTAssertEqual(changes, ListenerChanges(removed: ["a"], added: ["b"]))
+        XCTAssertNil(datapath.listener(named: "a"))
+        let b = try XCTUnwrap(datapath.listener(named: "b")?.boundAddresses.first)
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, b, "new"), "new")
+        // The removed listener's port is free again.
+        let fd = try UDPSocket.bound(to: oldAddress)
+        close(fd)
+        XCTAssertEqual(datapath.snapshot().map(\.name), ["b"])
+        let problems = await datapath.probe(timeout: .seconds(1))
+        XCTAssertEqual(problems, [])
+    }
+
+    func testFailedApplyChangesNothing() throws {
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
+        datapath.start()
+        defer { datapath.stop() }
+        let a = try XCTUnwrap(datapath.listener(named: "a"))
+        let holder = try UDPClient()
+        XCTAssertThrowsError(try datapath.apply(try configuration("""
+        [listener b]
+        listen = 127.0.0.1:0
+        [listener busy]
+        listen = \(holder.localAddress)
+        """))) { error in
+            XCTAssertEqual((error as? BindError)?.listener, "busy")
+        }
+        XCTAssertEqual(datapath.listeners.map(\.name), ["a"])
+        XCTAssertTrue(datapath.listener(named: "a") === a)
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, a.boundAddresses[0], "still"), "still")
+    }
+
+    func testInheritedSocketServesTheListenerInsteadOfABind() throws {
+        // Stands in for a socket systemd passes in: bound, blocking, not close-on-exec.
+        let passed = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(passed) }
+        var (storage, length) = TestAddress.storage(SocketAddress(ip: .v4(0x7F00_0001), port: 0))
+        XCTAssertEqual(withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(passed, $0, length) } }, 0)
+        let address = try UDPSocket.localAddress(passed)
+        let config = try configuration("[listener act]\nlisten = 127.0.0.1:9\n[listener plain]\nlisten = 127.0.0.1:0\n")
+        let datapath = try Datapath(configuration: config, logger: Logger(label: "test"), inherited: ["act": [passed]])
+        datapath.start()
+        XCTAssertEqual(datapath.listener(named: "act")?.boundAddresses, [address])
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, address, "activated"), "activated")
+        // A changed listener takes the inherited socket again.
+        try datapath.apply(try configuration("[listener act]\nlisten = 127.0.0.1:9\nmax_datagram = 100\n[listener plain]\nlisten = 127.0.0.1:0\n"))
+        XCTAssertEqual(echo(client, address, "again"), "again")
+        datapath.stop()
+        // The datapath served duplicates: the passed-in descriptor is still open.
+        XCTAssertNotEqual(fcntl(passed, F_GETFD), -1)
+    }
+}
+
+/// A value shared between the test and a sender thread.
+final class Shared<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ v: T) { m = Mutex(v) }
+    var value: T {
+        get { m.withLock { $0 } }
+        set { m.withLock { $0 = newValue } }
+    }
+}
