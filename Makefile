@@ -1,11 +1,12 @@
 # udprelayd: the two commands the README promises, and a few more.
 #   make run   - install what is missing, build a release binary, run it with config/udprelayd.ini
 #   make test  - install what is missing, build, run every test
+#   make deb   - build udprelayd_<version>_amd64.deb (installs its Build-Depends), check it with lintian
 SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config clean fuzz sanitize
+.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize
 
 deps:
 	@scripts/install-deps.sh build
@@ -29,9 +30,14 @@ test: test-deps
 	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
 	scripts/check-warnings.sh < .build-test.log
 	$(SWIFT) test --skip-build --disable-swift-testing
+	scripts/check-version.sh .build/debug/udprelayd
+	scripts/check-man.sh .build/debug/udprelayd
+
+deb:
+	SWIFT=$$(command -v $(SWIFT)) scripts/build-deb.sh
 
 clean:
-	rm -rf .build .build-test.log
+	rm -rf .build .build-test.log .build-deb udprelayd_*.deb
 
 # libFuzzer + AddressSanitizer on every fuzz target, FUZZ_SECONDS each (the recorded long run used 600).
 FUZZ_SECONDS ?= 60

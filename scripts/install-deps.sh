@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages udprelayd needs to build, run and test, if any are missing.
-# Idempotent and quick when everything is present. Usage: scripts/install-deps.sh [build|test]
+# Idempotent and quick when everything is present. Usage: scripts/install-deps.sh [build|test|deb]
 set -euo pipefail
 what=${1:-build}
 
@@ -9,6 +9,12 @@ if [ "$what" = test ]; then
   # systemd (systemd-analyze), systemd-container (systemd-nspawn), debootstrap: the unit checks
   # and the end-to-end test under a real systemd (scripts/nspawn.sh).
   packages+=(socat curl procps iproute2 python3 systemd systemd-container debootstrap)
+fi
+# The Debian package (`make deb`, and its tests in `make test`): dpkg-dev and debhelper build it,
+# lintian checks it, python3/groff-base/man-db generate and check the man pages.
+# (scripts/build-deb.sh also installs debian/control's Build-Depends with apt-get satisfy.)
+if [ "$what" = test ] || [ "$what" = deb ]; then
+  packages+=(dpkg-dev debhelper lintian python3 groff-base man-db)
 fi
 
 missing=()
