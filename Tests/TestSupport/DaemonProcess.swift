@@ -16,6 +16,8 @@ public final class DaemonProcess: @unchecked Sendable {
     private var exited = false
     private let terminated = DispatchSemaphore(value: 0)
     private var reaped = false
+    /// Left when the stderr and stdout readers have seen end of file.
+    private let readers = DispatchGroup()
 
     /// The built binary, next to the test bundle.
     public static var binary: URL {
@@ -49,6 +51,8 @@ public final class DaemonProcess: @unchecked Sendable {
         try process.run()
         let errHandle = err.fileHandleForReading
         let outHandle = out.fileHandleForReading
+        readers.enter()
+        readers.enter()
         Thread.detachNewThread { [self] in
             var pending = Data()
             while true {
@@ -68,12 +72,14 @@ public final class DaemonProcess: @unchecked Sendable {
             exited = true
             condition.broadcast()
             condition.unlock()
+            readers.leave()
         }
         Thread.detachNewThread { [self] in
             let data = outHandle.readDataToEndOfFile()
             condition.lock()
             stdoutText = String(decoding: data, as: UTF8.self)
             condition.unlock()
+            readers.leave()
         }
     }
 
@@ -153,6 +159,8 @@ public final class DaemonProcess: @unchecked Sendable {
             reaped = true
         }
         process.waitUntilExit()
+        // The child is gone; let the readers take in the last of its output.
+        _ = readers.wait(timeout: .now() + 5)
         return process.terminationStatus
     }
 
