@@ -28,6 +28,25 @@ public enum Counter: Int, CaseIterable, Sendable {
     case receiveErrors
     /// Sources forgotten by the per-source rate limiter because its table was full.
     case rateLimitEvictions
+    /// Relay modes (issue 3); zero on echo listeners.
+    /// Sessions open now (a gauge, not monotonic).
+    case sessionsActive
+    case sessionsCreated
+    /// Closed after `session_timeout` without traffic.
+    case sessionsExpired
+    /// Closed to make room for a new client at `max_sessions` (least recently used first).
+    case sessionsEvicted
+    /// Closed after `session_max_replies` replies.
+    case sessionsClosed
+    /// A session could not be opened (no upstream address, socket or connect failed): the
+    /// datagram is dropped.
+    case sessionErrors
+    /// New sessions given an upstream while every upstream was down.
+    case failOpen
+    /// Mirror: datagrams not copied because of `sample = 1/N`.
+    case sampledOut
+    /// Mirror: replies from upstreams, counted and dropped.
+    case repliesIgnored
 
     /// The drop reason label for `drop…` counters, nil for the others.
     public var dropReason: String? {
@@ -72,6 +91,12 @@ public final class CounterSet: @unchecked Sendable {
         a.store(a.load(ordering: .relaxed) &+ n, ordering: .relaxed)
     }
 
+    /// Sets a gauge (`sessionsActive`). Call only from the owning worker's queue.
+    @inline(__always)
+    public func set(_ counter: Counter, _ v: UInt64) {
+        UnsafeAtomic<UInt64>(at: storage + counter.rawValue).store(v, ordering: .relaxed)
+    }
+
     public func value(_ counter: Counter) -> UInt64 {
         UnsafeAtomic<UInt64>(at: storage + counter.rawValue).load(ordering: .relaxed)
     }
@@ -102,4 +127,87 @@ public struct CounterSnapshot: Sendable, Equatable {
 
     /// Sum of all drop counters.
     public var dropped: UInt64 { Counter.dropCounters.reduce(0) { $0 + self[$1] } }
+}
+
+/// Per-upstream counters of one worker (single writer, like `CounterSet`).
+public enum UpstreamCounter: Int, CaseIterable, Sendable {
+    /// Datagrams and bytes sent to the upstream.
+    case sentPackets
+    case sentBytes
+    /// Datagrams and bytes received from it (replies; for mirror, ignored replies).
+    case receivedPackets
+    case receivedBytes
+    /// Datagrams for it that were dropped (send buffer full, send error, refused).
+    case sendDrops
+    /// Failures counted by passive health (refused, send errors).
+    case failures
+    /// Sessions given this upstream.
+    case sessions
+    /// Health probes sent and answered.
+    case probesSent
+    case probesAnswered
+}
+
+/// One worker's counters for one upstream: single writer, lock-free readers.
+public final class UpstreamCounterSet: @unchecked Sendable {
+    // @unchecked: the storage is only accessed through atomic operations.
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+
+    public init() {
+        storage = .allocate(capacity: UpstreamCounter.allCases.count)
+        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: UpstreamCounter.allCases.count)
+    }
+
+    deinit {
+        storage.deinitialize(count: UpstreamCounter.allCases.count)
+        storage.deallocate()
+    }
+
+    /// Adds `n`. Call only from the owning queue (single writer).
+    @inline(__always)
+    public func add(_ counter: UpstreamCounter, _ n: UInt64 = 1) {
+        let a = UnsafeAtomic<UInt64>(at: storage + counter.rawValue)
+        a.store(a.load(ordering: .relaxed) &+ n, ordering: .relaxed)
+    }
+
+    public func value(_ counter: UpstreamCounter) -> UInt64 {
+        UnsafeAtomic<UInt64>(at: storage + counter.rawValue).load(ordering: .relaxed)
+    }
+}
+
+/// A plain copy of one upstream's counters, summed over workers.
+public struct UpstreamCounterSnapshot: Sendable, Equatable {
+    public var values = [UInt64](repeating: 0, count: UpstreamCounter.allCases.count)
+
+    public init() {}
+
+    public subscript(_ c: UpstreamCounter) -> UInt64 {
+        get { values[c.rawValue] }
+        set { values[c.rawValue] = newValue }
+    }
+}
+
+/// A fixed number of 64-bit atomics (relaxed), for state that one queue writes and any thread
+/// reads without a lock (upstream health for balancing and snapshots).
+final class AtomicSlots: @unchecked Sendable {
+    // @unchecked: the storage is only accessed through atomic operations.
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        storage = .allocate(capacity: max(count, 1))
+        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: max(count, 1))
+    }
+
+    deinit {
+        storage.deinitialize(count: max(count, 1))
+        storage.deallocate()
+    }
+
+    @inline(__always)
+    subscript(_ i: Int) -> UInt64 {
+        get { UnsafeAtomic<UInt64>(at: storage + i).load(ordering: .relaxed) }
+        set { UnsafeAtomic<UInt64>(at: storage + i).store(newValue, ordering: .relaxed) }
+    }
 }

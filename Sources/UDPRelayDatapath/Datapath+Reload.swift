@@ -67,7 +67,7 @@ extension Datapath {
     /// Opens one listener: systemd's sockets for it if there are any, else a duplicate of a
     /// running socket on the same configured address, else a fresh bind per address.
     static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
-                     reusable: [SocketAddress: Int32]) throws(BindError) -> Listener {
+                     reusable: [SocketAddress: Int32], logger: Logger = Logger(label: "udprelayd")) throws(BindError) -> Listener {
         var sources: [SocketSource] = []
         func abandon() { for s in sources { s.discard() } }
         if let fds = inherited[lc.name] {
@@ -93,6 +93,6 @@ extension Datapath {
                 }
             }
         }
-        return try Listener(lc, tuning: tuning, sockets: sources)
+        return try Listener(lc, tuning: tuning, sockets: sources, logger: logger)
     }
 }

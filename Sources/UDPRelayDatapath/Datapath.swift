@@ -30,7 +30,7 @@ public final class Datapath: Sendable {
         var listeners: [Listener] = []
         for lc in configuration.listeners {
             do throws(BindError) {
-                listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:]))
+                listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:], logger: logger))
             } catch {
                 for l in listeners { for w in l.workers { close(w.fd) } }
                 throw error
@@ -92,8 +92,13 @@ public struct ListenerSnapshot: Sendable {
     public let name: String
     public let mode: String
     public let addresses: [SocketAddress]
-    /// Summed over the listener's workers at the time of the snapshot.
+    /// Summed over the listener's workers at the time of the snapshot. Relay listeners also
+    /// fill the session counters (`sessionsActive`, `sessionsCreated`, `sessionsExpired`,
+    /// `sessionsEvicted`, `sessionsClosed`, `sessionErrors`, `failOpen`, `sampledOut`,
+    /// `repliesIgnored`); they stay zero for echo.
     public let counters: CounterSnapshot
+    /// Relay modes: one entry per `upstream =` address in file order; empty for echo.
+    public var upstreams: [UpstreamSnapshot] = []
 }
 
 extension Datapath {
@@ -101,7 +106,8 @@ extension Datapath {
     public func snapshot() -> [ListenerSnapshot] {
         listeners.map {
             ListenerSnapshot(name: $0.name, mode: $0.configuration.mode.rawValue,
-                             addresses: $0.boundAddresses, counters: $0.counters())
+                             addresses: $0.boundAddresses, counters: $0.counters(),
+                             upstreams: $0.upstreamSnapshots())
         }
     }
 

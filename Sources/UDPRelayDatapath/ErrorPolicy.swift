@@ -8,6 +8,10 @@ import Glibc
 ///   port unreachable from an earlier send), an unreachable host or network, a datagram too
 ///   big for the path, a full send buffer, a firewall refusal.
 /// - EBADF/EFAULT trap in `syscall` (programmer errors).
+/// - Relay modes: a failed send to an upstream, or an ICMP error reported on a session socket
+///   (ECONNREFUSED after an earlier datagram hit a closed port), is counted as a drop and as a
+///   failure of that upstream (`isUpstreamFailure`), which feeds passive health; a full buffer
+///   or an oversized datagram is not the upstream's fault.
 /// - Everything else on receive is counted as a receive error; the read source fires again
 ///   only if the socket is still readable, so a persistent error cannot spin.
 enum ErrorPolicy {
@@ -17,6 +21,16 @@ enum ErrorPolicy {
         case EAGAIN, EWOULDBLOCK, ENOBUFS, ENOMEM: .dropSendBufferFull
         case ECONNREFUSED: .dropRefused
         default: .dropSendError
+        }
+    }
+
+    /// Whether a failed send to (or ICMP error from) an upstream counts against its passive
+    /// health: refused, unreachable, or any send error other than a full buffer. A full send
+    /// buffer is our own congestion, not the upstream's fault.
+    static func isUpstreamFailure(errno err: Int32) -> Bool {
+        switch err {
+        case EAGAIN, EWOULDBLOCK, ENOBUFS, ENOMEM, EMSGSIZE: false
+        default: true
         }
     }
 }

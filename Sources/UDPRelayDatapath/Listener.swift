@@ -25,14 +25,21 @@ public final class Listener: Sendable {
 
     public var name: String { configuration.name }
 
+    /// Relay modes: the upstreams shared by the workers (nil for echo).
+    let upstreams: UpstreamTable?
+
     /// Opens every socket of the listener: by default one bound per `listen` address; `sockets`
     /// replaces them (sockets passed in by systemd, or kept across a reload). On failure closes
-    /// what it opened, adopted descriptors included.
+    /// what it opened, adopted descriptors included. Relay listeners resolve upstream hostnames
+    /// here (a failure is logged, not fatal: the upstream takes no traffic until it resolves).
     public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
-                sockets: [SocketSource]? = nil) throws(BindError) {
+                sockets: [SocketSource]? = nil, logger: Logger = Logger(label: "udprelayd")) throws(BindError) {
         self.configuration = configuration
         var workers: [SocketWorker] = []
         let sources = sockets ?? configuration.listen.map { .bind($0) }
+        let upstreams = configuration.mode.isRelay
+            ? UpstreamTable(configuration: configuration, workers: sources.count, logger: logger) : nil
+        self.upstreams = upstreams
         for (index, source) in sources.enumerated() {
             let address = source.address
             do throws(SyscallError) {
@@ -50,10 +57,12 @@ public final class Listener: Sendable {
                 case .echo:
                     workers.append(EchoWorker(fd: fd, localAddress: local, label: label,
                                               maxDatagram: configuration.maxDatagram, tuning: tuning))
-                case .forward, .balance, .mirror:
-                    // The relay datapath lands in the next increment (issue 3).
-                    close(fd)
-                    throw SyscallError(call: "mode \(configuration.mode.rawValue)", errno: ENOSYS)
+                case .forward, .balance:
+                    workers.append(RelayWorker(fd: fd, localAddress: local, label: label, configuration: configuration,
+                                               upstreams: upstreams!, workerIndex: workers.count, tuning: tuning, logger: logger))
+                case .mirror:
+                    workers.append(MirrorWorker(fd: fd, localAddress: local, label: label, configuration: configuration,
+                                                upstreams: upstreams!, workerIndex: workers.count, tuning: tuning))
                 }
             } catch {
                 for w in workers { close(w.fd) }
@@ -70,11 +79,18 @@ public final class Listener: Sendable {
         workers.reduce(CounterSnapshot()) { $0 + $1.counters.snapshot() }
     }
 
+    /// Relay modes: each upstream's address, health and counters, summed now (empty for echo).
+    public func upstreamSnapshots() -> [UpstreamSnapshot] {
+        upstreams?.snapshot() ?? []
+    }
+
     func start(registered: DispatchGroup) {
         for w in workers { w.start(registered: registered) }
+        upstreams?.start()
     }
 
     func stop(done: DispatchGroup) {
+        upstreams?.stop(done: done)
         for w in workers { w.stop(done: done) }
     }
 }

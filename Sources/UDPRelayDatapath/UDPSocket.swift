@@ -83,3 +83,15 @@ public enum UDPSocket {
         return address
     }
 }
+
+extension UDPSocket {
+    /// Connects a datagram socket to `address` (sets its peer; no packets are sent).
+    public static func connect(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
+        var (storage, length) = address.storage()
+        try withUnsafePointer(to: &storage) { (p) throws(SyscallError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
+                _ = try syscallNoWait("connect") { Glibc.connect(fd, sa, length) }
+            }
+        }
+    }
+}

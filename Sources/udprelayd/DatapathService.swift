@@ -21,7 +21,24 @@ struct DatapathService: Service {
                 "sent": "\(c[.sentPackets])",
             ]
             for d in Counter.dropCounters { metadata["drop.\(d.dropReason!)"] = "\(c[d])" }
+            if listener.configuration.mode.isRelay {
+                let relay: [(String, Counter)] = [
+                    ("sessions.created", .sessionsCreated), ("sessions.expired", .sessionsExpired),
+                    ("sessions.evicted", .sessionsEvicted), ("sessions.closed", .sessionsClosed),
+                    ("sessions.errors", .sessionErrors), ("fail_open", .failOpen),
+                    ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
+                ]
+                for (key, counter) in relay { metadata[key] = "\(c[counter])" }
+            }
             logger.info("totals", metadata: metadata)
+            for u in listener.upstreamSnapshots() {
+                logger.info("upstream totals", metadata: [
+                    "listener.name": "\(listener.name)", "upstream": "\(u.endpoint)",
+                    "sent": "\(u.counters[.sentPackets])", "received": "\(u.counters[.receivedPackets])",
+                    "sessions": "\(u.counters[.sessions])", "drops": "\(u.counters[.sendDrops])",
+                    "failures": "\(u.counters[.failures])", "down": "\(u.down)",
+                ])
+            }
         }
         logger.info("stopped")
     }

@@ -1,0 +1,44 @@
+/// The health of one upstream: a pure state machine fed with failures, probe results and the
+/// time (nanoseconds, injected), so tests run it on a fake clock.
+///
+/// Passive: `maxFails` failures within `failTimeout` of the first one mark the upstream down for
+/// `failTimeout`. Active: a probe that got no answer marks it down until a probe is answered.
+struct HealthState: Sendable, Equatable {
+    let maxFails: Int
+    let failTimeout: UInt64
+    private(set) var failures = 0
+    private(set) var windowStart: UInt64 = 0
+    /// Passively down while `now < downUntil`.
+    private(set) var downUntil: UInt64 = 0
+    /// Actively down: the last probe went unanswered.
+    private(set) var probeDown = false
+
+    init(maxFails: Int, failTimeout: UInt64) {
+        self.maxFails = maxFails
+        self.failTimeout = failTimeout
+    }
+
+    func isDown(now: UInt64) -> Bool { probeDown || now < downUntil }
+
+    /// Records one failure; returns true when this failure marked the upstream down.
+    mutating func recordFailure(now: UInt64) -> Bool {
+        guard maxFails > 0, now >= downUntil else { return false }
+        if failures == 0 || now &- windowStart >= failTimeout {
+            failures = 0
+            windowStart = now
+        }
+        failures += 1
+        guard failures >= maxFails else { return false }
+        failures = 0
+        downUntil = now &+ failTimeout
+        return true
+    }
+
+    /// Records a probe outcome; returns the new "down" value when it changed, nil otherwise.
+    mutating func recordProbe(answered: Bool, now: UInt64) -> Bool? {
+        let wasDown = isDown(now: now)
+        probeDown = !answered
+        let isNowDown = isDown(now: now)
+        return wasDown == isNowDown ? nil : isNowDown
+    }
+}

@@ -1,0 +1,234 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CUDPRelay
+import Dispatch
+import Logging
+import UDPRelayConfig
+
+/// `mirror`: every datagram (or one in `sample` N) is copied to every upstream, each from a
+/// connected non-blocking socket of its own, with one `sendmmsg` per upstream per batch. A full
+/// buffer or an error on one upstream drops only that upstream's copies (counted), never the
+/// others'. Replies are read, counted as `repliesIgnored` and dropped.
+final class MirrorWorker: SocketWorker, @unchecked Sendable {
+    // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
+    private let batch: MessageBatch
+    /// Replies are only counted: 1-byte buffers, real lengths via MSG_TRUNC.
+    private let replyBatch: MessageBatch
+    private let scratch: UnsafeMutablePointer<cur_mmsghdr>
+    private let tuning: DatapathTuning
+    private let sampleEvery: Int
+    private var sampleCounter = 0
+    let upstreams: UpstreamTable
+    private let upCounters: [UpstreamCounterSet]
+    private var upstreamFDs: [Int32]
+    private var upstreamSources: [DispatchSourceRead?]
+    private var connectedGeneration: UInt64 = .max
+    private let upstreamsClosed = DispatchGroup()
+
+    init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
+         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) {
+        self.tuning = tuning
+        self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: false)
+        self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 1, withControl: false)
+        self.scratch = .allocate(capacity: tuning.batchSize)
+        self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
+        self.sampleEvery = configuration.sampleEvery
+        self.upstreams = upstreams
+        self.upCounters = upstreams.counters[workerIndex]
+        self.upstreamFDs = Array(repeating: -1, count: upstreams.count)
+        self.upstreamSources = Array(repeating: nil, count: upstreams.count)
+        super.init(fd: fd, localAddress: localAddress, label: label)
+    }
+
+    deinit { scratch.deallocate() }
+
+    override func start(registered: DispatchGroup) {
+        queue.async { [self] in connectUpstreams() }
+        super.start(registered: registered)
+    }
+
+    /// Stops the listener socket first (its last read pass may still copy datagrams), then
+    /// closes the upstream sockets; `done` is left once all are closed.
+    override func stop(done: DispatchGroup) {
+        super.stop(done: done)
+        done.enter()
+        queue.async { [self] in
+            for (i, s) in upstreamSources.enumerated() {
+                if let s { s.cancel() } else if upstreamFDs[i] >= 0 { close(upstreamFDs[i]) }
+                upstreamFDs[i] = -1
+            }
+            upstreamSources = []
+            upstreamsClosed.notify(queue: .global()) { done.leave() }
+        }
+    }
+
+    /// (Re)connects each upstream socket to its current address; called at start and when a
+    /// hostname resolves to a new address.
+    private func connectUpstreams() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        connectedGeneration = upstreams.generation[0]
+        for i in 0..<upstreams.count {
+            guard let address = upstreams.address(i) else { continue }
+            if upstreamFDs[i] >= 0, (try? UDPSocket.connect(upstreamFDs[i], to: address)) != nil { continue }
+            if let s = upstreamSources[i] {
+                s.cancel()
+                upstreamSources[i] = nil
+                upstreamFDs[i] = -1
+            }
+            guard let ufd = try? UDPSocket.open(family: address.family) else { continue }
+            guard (try? UDPSocket.connect(ufd, to: address)) != nil else {
+                close(ufd)
+                continue
+            }
+            UDPSocket.setBuffers(ufd, receive: 1 << 16, send: 1 << 22)
+            let source = DispatchSource.makeReadSource(fileDescriptor: ufd, queue: queue)
+            source.setEventHandler { [unowned self] in drainReplies(i, fd: ufd) }
+            let closed = upstreamsClosed
+            closed.enter()
+            source.setCancelHandler {
+                close(ufd)
+                closed.leave()
+            }
+            upstreamFDs[i] = ufd
+            upstreamSources[i] = source
+            source.activate()
+        }
+    }
+
+    override func readable() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if connectedGeneration != upstreams.generation[0] { connectUpstreams() }
+        var lastCount = batch.capacity
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            batch.prepareForReceive(count: lastCount)
+            let received: Int
+            do {
+                switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
+                case .wouldBlock: return
+                case .done(let n): received = Int(n)
+                }
+            } catch {
+                counters.add(.receiveErrors)
+                return
+            }
+            lastCount = max(received, 1)
+            guard received > 0 else { return }
+            mirror(received)
+            if received < batch.capacity { return }
+        }
+    }
+
+    @inline(__always)
+    private func mirror(_ count: Int) {
+        var bytes: UInt64 = 0
+        var n = 0
+        let now = filter.needsClock ? IngressFilter.monotonicNow() : 0
+        for i in 0..<count {
+            let m = batch.messages + i
+            bytes &+= UInt64(m.pointee.msg_len)
+            if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
+                counters.add(reason)
+                continue
+            }
+            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
+                counters.add(.dropTooLarge)
+                continue
+            }
+            if sampleEvery > 1 {
+                sampleCounter += 1
+                if sampleCounter < sampleEvery {
+                    counters.add(.sampledOut)
+                    continue
+                }
+                sampleCounter = 0
+            }
+            m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
+            scratch[n] = m.pointee
+            scratch[n].msg_hdr.msg_name = nil
+            scratch[n].msg_hdr.msg_namelen = 0
+            scratch[n].msg_hdr.msg_control = nil
+            scratch[n].msg_hdr.msg_controllen = 0
+            n += 1
+        }
+        counters.add(.receivedPackets, UInt64(count))
+        counters.add(.receivedBytes, bytes)
+        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+        guard n > 0 else { return }
+        var copies = 0
+        for u in 0..<upstreamFDs.count {
+            copies += send(n, toUpstream: u)
+        }
+        counters.add(.sentPackets, UInt64(copies))
+    }
+
+    /// Sends the `count` messages of `scratch` to one upstream; returns how many went out.
+    @inline(__always)
+    private func send(_ count: Int, toUpstream u: Int) -> Int {
+        let up = upCounters[u]
+        let ufd = upstreamFDs[u]
+        guard ufd >= 0 else {
+            up.add(.sendDrops, UInt64(count))
+            return 0
+        }
+        var i = 0
+        var sent = 0
+        var sentBytes: UInt64 = 0
+        while i < count {
+            do {
+                switch try syscall("sendmmsg", { cur_sendmmsg(ufd, scratch + i, UInt32(count - i), 0) }) {
+                case .done(let k):
+                    for j in i..<(i + Int(k)) { sentBytes &+= UInt64(scratch[j].msg_len) }
+                    sent += Int(k)
+                    i += Int(k)
+                case .wouldBlock:
+                    up.add(.sendDrops, UInt64(count - i))
+                    counters.add(.dropSendBufferFull, UInt64(count - i))
+                    i = count
+                }
+            } catch {
+                up.add(.sendDrops)
+                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
+                    up.add(.failures)
+                    upstreams.recordFailure(u, now: monotonicNanos())
+                }
+                i += 1
+            }
+        }
+        up.add(.sentPackets, UInt64(sent))
+        up.add(.sentBytes, sentBytes)
+        return sent
+    }
+
+    private func drainReplies(_ u: Int, fd ufd: Int32) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        let up = upCounters[u]
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            replyBatch.prepareForReceive(count: replyBatch.capacity)
+            let received: Int
+            do {
+                switch try syscall("recvmmsg", { cur_recvmmsg(ufd, replyBatch.messages, UInt32(replyBatch.capacity), CUR_MSG_TRUNC) }) {
+                case .wouldBlock: return
+                case .done(let n): received = Int(n)
+                }
+            } catch {
+                // ECONNREFUSED for an earlier copy: count it against the upstream and go on.
+                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
+                    up.add(.failures)
+                    upstreams.recordFailure(u, now: monotonicNanos())
+                    continue
+                }
+                counters.add(.receiveErrors)
+                return
+            }
+            guard received > 0 else { return }
+            var bytes: UInt64 = 0
+            for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
+            up.add(.receivedPackets, UInt64(received))
+            up.add(.receivedBytes, bytes)
+            counters.add(.repliesIgnored, UInt64(received))
+            if received < replyBatch.capacity { return }
+        }
+    }
+}

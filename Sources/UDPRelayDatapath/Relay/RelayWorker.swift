@@ -1,0 +1,420 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CUDPRelay
+import Dispatch
+import Logging
+import UDPRelayConfig
+
+/// One client session of a forward/balance listener: a connected, non-blocking upstream socket
+/// on an ephemeral port, read by its own Dispatch source on the worker's queue.
+///
+/// Not thread-safe: touched only on its worker's queue.
+final class Session {
+    let slot: Int32
+    let key: ClientKey
+    let fd: Int32
+    let upstream: Int
+    /// The client's address: the destination of replies (msg_name).
+    let client: UnsafeMutablePointer<sockaddr_storage>
+    let clientLength: socklen_t
+    /// Packet-info control data that makes replies leave from the address the client sent to
+    /// (wildcard listeners only; length 0 otherwise).
+    let control: UnsafeMutableRawPointer
+    var controlLength: Int = 0
+    var replies = 0
+    var source: DispatchSourceRead?
+
+    init(slot: Int32, key: ClientKey, fd: Int32, upstream: Int, client: UnsafeRawPointer, clientLength: socklen_t, controlCapacity: Int) {
+        self.slot = slot
+        self.key = key
+        self.fd = fd
+        self.upstream = upstream
+        self.client = .allocate(capacity: 1)
+        self.client.initialize(to: sockaddr_storage())
+        UnsafeMutableRawPointer(self.client).copyMemory(from: client, byteCount: Int(clientLength))
+        self.clientLength = clientLength
+        self.control = .allocate(byteCount: max(controlCapacity, 8), alignment: 8)
+    }
+
+    deinit {
+        client.deallocate()
+        control.deallocate()
+    }
+}
+
+/// `forward` and `balance`: datagrams from each client go to that client's session socket;
+/// replies go back to the client from the listener's socket. Everything (listener socket,
+/// session sockets, the expiry timer) runs on the one serial queue of this worker.
+///
+/// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
+/// sent with one `sendmmsg` per session; replies are read with `recvmmsg` and sent back with
+/// one `sendmmsg`. Session lookup hashes a fixed-size key. Nothing allocates per datagram;
+/// opening a session does.
+final class RelayWorker: SocketWorker, @unchecked Sendable {
+    // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
+    private let batch: MessageBatch
+    private let replyBatch: MessageBatch
+    /// Send vector: messages of one group are copied here (pointing at the same buffers).
+    private let scratch: UnsafeMutablePointer<cur_mmsghdr>
+    /// Per received message: its session slot, -1 when dropped or already sent.
+    private let sessionOf: UnsafeMutablePointer<Int32>
+    private let tuning: DatapathTuning
+    private let usesPacketInfo: Bool
+    private let controlCapacity: Int
+    private let settings: SessionSettings
+    private let timeoutNanos: UInt64
+    let upstreams: UpstreamTable
+    private let upCounters: [UpstreamCounterSet]
+    private let logger: Logger
+
+    private var table: [ClientKey: Int32] = [:]
+    private var sessions: [Session?] = []
+    private var freeSlots: [Int32] = []
+    private var idle = IdleList()
+    private var balancer: Balancer
+    private var random = SystemRandomNumberGenerator()
+    private var timer: DispatchSourceTimer?
+    private let sessionsClosed = DispatchGroup()
+
+    init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
+         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) {
+        self.tuning = tuning
+        self.usesPacketInfo = localAddress.ip.isWildcard
+        self.controlCapacity = (cur_pktinfo_space() + 7) & ~7
+        self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: localAddress.ip.isWildcard)
+        self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 65535, withControl: false)
+        self.scratch = .allocate(capacity: tuning.batchSize)
+        self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
+        self.sessionOf = .allocate(capacity: tuning.batchSize)
+        self.sessionOf.initialize(repeating: -1, count: tuning.batchSize)
+        self.settings = configuration.sessions
+        self.timeoutNanos = configuration.sessions.timeout.nanoseconds
+        self.upstreams = upstreams
+        self.upCounters = upstreams.counters[workerIndex]
+        self.balancer = Balancer(algorithm: configuration.mode == .balance ? configuration.balance : .first,
+                                 upstreams: configuration.upstreams.map(\.description))
+        var log = logger
+        log[metadataKey: "listener.name"] = "\(configuration.name)"
+        self.logger = log
+        super.init(fd: fd, localAddress: localAddress, label: label)
+    }
+
+    deinit {
+        scratch.deallocate()
+        sessionOf.deallocate()
+    }
+
+    override func start(registered: DispatchGroup) {
+        super.start(registered: registered)
+        queue.async { [self] in
+            let t = DispatchSource.makeTimerSource(queue: queue)
+            // Check often enough that a session lives at most ~1/4 longer than its timeout.
+            let every = min(max(timeoutNanos / 4, 5_000_000), 1_000_000_000)
+            t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
+            t.setEventHandler { [unowned self] in expireIdle(now: monotonicNanos()) }
+            timer = t
+            t.activate()
+        }
+    }
+
+    /// Stops the listener socket first (its last read pass may still forward datagrams), then
+    /// closes every session; `done` is left once all their descriptors are closed.
+    override func stop(done: DispatchGroup) {
+        super.stop(done: done)
+        done.enter()
+        queue.async { [self] in
+            timer?.cancel()
+            timer = nil
+            for case let s? in sessions { closeSession(s, reason: nil) }
+            sessionsClosed.notify(queue: .global()) { done.leave() }
+        }
+    }
+
+    // MARK: client -> upstream
+
+    override func readable() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        var lastCount = batch.capacity
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            batch.prepareForReceive(count: lastCount)
+            let received: Int
+            do {
+                switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
+                case .wouldBlock: return
+                case .done(let n): received = Int(n)
+                }
+            } catch {
+                counters.add(.receiveErrors)
+                return
+            }
+            lastCount = max(received, 1)
+            guard received > 0 else { return }
+            forward(received, now: monotonicNanos())
+            if received < batch.capacity { return }
+        }
+    }
+
+    @inline(__always)
+    private func forward(_ count: Int, now: UInt64) {
+        var bytes: UInt64 = 0
+        var pending = 0
+        for i in 0..<count {
+            let m = batch.messages + i
+            bytes &+= UInt64(m.pointee.msg_len)
+            sessionOf[i] = -1
+            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
+                counters.add(.dropTooLarge)
+                continue
+            }
+            guard let name = m.pointee.msg_hdr.msg_name, let key = ClientKey(sockaddr: name) else { continue }
+            if let source = SocketAddress(sockaddr: name), let reason = filter.check(source, now: now) {
+                counters.add(reason)
+                continue
+            }
+            m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
+            if let slot = table[key] {
+                idle.touch(slot, now: now)
+                sessionOf[i] = slot
+                continue
+            }
+            if table.count >= settings.maxSessions {
+                // Send what is queued first: it may belong to the session about to be evicted.
+                sendGroups(from: pending, to: i)
+                pending = i
+                let oldest = idle.tail
+                if oldest >= 0, let s = sessions[Int(oldest)] {
+                    closeSession(s, reason: .sessionsEvicted)
+                }
+            }
+            if let s = openSession(key: key, message: m, now: now) {
+                sessionOf[i] = s.slot
+            }
+        }
+        counters.add(.receivedPackets, UInt64(count))
+        counters.add(.receivedBytes, bytes)
+        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+        sendGroups(from: pending, to: count)
+    }
+
+    /// Sends messages `start..<end` to their sessions: one `sendmmsg` per session and run.
+    @inline(__always)
+    private func sendGroups(from start: Int, to end: Int) {
+        var i = start
+        while i < end {
+            let slot = sessionOf[i]
+            guard slot >= 0, let session = sessions[Int(slot)] else {
+                i += 1
+                continue
+            }
+            var n = 0
+            for j in i..<end where sessionOf[j] == slot {
+                scratch[n] = batch.messages[j]
+                scratch[n].msg_hdr.msg_name = nil
+                scratch[n].msg_hdr.msg_namelen = 0
+                scratch[n].msg_hdr.msg_control = nil
+                scratch[n].msg_hdr.msg_controllen = 0
+                n += 1
+                sessionOf[j] = -1
+            }
+            sendToUpstream(session, count: n)
+            i += 1
+        }
+    }
+
+    @inline(__always)
+    private func sendToUpstream(_ session: Session, count: Int) {
+        let up = upCounters[session.upstream]
+        var i = 0
+        var sentBytes: UInt64 = 0
+        var sent = 0
+        while i < count {
+            do {
+                switch try syscall("sendmmsg", { cur_sendmmsg(session.fd, scratch + i, UInt32(count - i), 0) }) {
+                case .done(let n):
+                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(scratch[k].msg_len) }
+                    sent += Int(n)
+                    i += Int(n)
+                case .wouldBlock:
+                    counters.add(.dropSendBufferFull, UInt64(count - i))
+                    up.add(.sendDrops, UInt64(count - i))
+                    i = count
+                }
+            } catch {
+                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                up.add(.sendDrops)
+                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
+                    up.add(.failures)
+                    upstreams.recordFailure(session.upstream, now: monotonicNanos())
+                }
+                i += 1
+            }
+        }
+        up.add(.sentPackets, UInt64(sent))
+        up.add(.sentBytes, sentBytes)
+    }
+
+    // MARK: sessions
+
+    private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Session? {
+        let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) }, random: &random)
+        if pick.failOpen { counters.add(.failOpen) }
+        guard let address = upstreams.address(pick.index) else {
+            counters.add(.sessionErrors)
+            return nil
+        }
+        let fd: Int32
+        do {
+            fd = try UDPSocket.open(family: address.family)
+        } catch {
+            counters.add(.sessionErrors)
+            return nil
+        }
+        do {
+            try UDPSocket.connect(fd, to: address)
+        } catch {
+            close(fd)
+            counters.add(.sessionErrors)
+            upCounters[pick.index].add(.failures)
+            upstreams.recordFailure(pick.index, now: now)
+            return nil
+        }
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = Int32(sessions.count)
+            sessions.append(nil)
+        }
+        let s = Session(slot: slot, key: key, fd: fd, upstream: pick.index, client: m.pointee.msg_hdr.msg_name!,
+                        clientLength: m.pointee.msg_hdr.msg_namelen, controlCapacity: controlCapacity)
+        if usesPacketInfo {
+            var local = sockaddr_storage()
+            var ifindex: UInt32 = 0
+            if cur_received_destination(&m.pointee.msg_hdr, &local, &ifindex) == 1 {
+                s.controlLength = withUnsafePointer(to: &local) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        cur_write_source_control(s.control, controlCapacity, $0, ifindex)
+                    }
+                }
+            }
+        }
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        source.setEventHandler { [unowned self, unowned s] in upstreamReadable(s) }
+        let closed = sessionsClosed
+        closed.enter()
+        source.setCancelHandler {
+            close(fd)
+            closed.leave()
+        }
+        s.source = source
+        sessions[Int(slot)] = s
+        table[key] = slot
+        idle.insert(slot, now: now)
+        counters.add(.sessionsCreated)
+        counters.set(.sessionsActive, UInt64(table.count))
+        upCounters[pick.index].add(.sessions)
+        source.activate()
+        return s
+    }
+
+    /// Removes a session and cancels its source; the descriptor is closed in the cancel handler.
+    private func closeSession(_ s: Session, reason: Counter?) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard sessions[Int(s.slot)] === s else { return }
+        table.removeValue(forKey: s.key)
+        idle.remove(s.slot)
+        sessions[Int(s.slot)] = nil
+        freeSlots.append(s.slot)
+        // After cancel() the event handler (which holds `s` unowned) never runs again.
+        s.source?.cancel()
+        s.source = nil
+        if let reason { counters.add(reason) }
+        counters.set(.sessionsActive, UInt64(table.count))
+    }
+
+    func expireIdle(now: UInt64) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        while let slot = idle.expired(now: now, timeout: timeoutNanos), let s = sessions[Int(slot)] {
+            closeSession(s, reason: .sessionsExpired)
+        }
+    }
+
+    // MARK: upstream -> client
+
+    private func upstreamReadable(_ s: Session) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard sessions[Int(s.slot)] === s else { return }
+        let up = upCounters[s.upstream]
+        var lastCount = replyBatch.capacity
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            replyBatch.prepareForReceive(count: lastCount)
+            let received: Int
+            do {
+                switch try syscall("recvmmsg", { cur_recvmmsg(s.fd, replyBatch.messages, UInt32(replyBatch.capacity), 0) }) {
+                case .wouldBlock: return
+                case .done(let n): received = Int(n)
+                }
+            } catch {
+                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
+                    // An ICMP error for an earlier datagram: the upstream is not there.
+                    counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                    up.add(.failures)
+                    upstreams.recordFailure(s.upstream, now: monotonicNanos())
+                    continue
+                }
+                counters.add(.receiveErrors)
+                return
+            }
+            lastCount = max(received, 1)
+            guard received > 0 else { return }
+            var allowed = received
+            if let max = settings.maxReplies { allowed = min(received, max - s.replies) }
+            var bytes: UInt64 = 0
+            for k in 0..<allowed {
+                scratch[k] = replyBatch.messages[k]
+                bytes &+= UInt64(scratch[k].msg_len)
+                scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
+                scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(s.client)
+                scratch[k].msg_hdr.msg_namelen = s.clientLength
+                scratch[k].msg_hdr.msg_control = s.controlLength > 0 ? s.control : nil
+                scratch[k].msg_hdr.msg_controllen = s.controlLength
+            }
+            up.add(.receivedPackets, UInt64(received))
+            up.add(.receivedBytes, bytes)
+            sendToClient(count: allowed)
+            s.replies += allowed
+            idle.touch(s.slot, now: monotonicNanos())
+            if let max = settings.maxReplies, s.replies >= max {
+                closeSession(s, reason: .sessionsClosed)
+                return
+            }
+            if received < replyBatch.capacity { return }
+        }
+    }
+
+    @inline(__always)
+    private func sendToClient(count: Int) {
+        var i = 0
+        var sentBytes: UInt64 = 0
+        var sent = 0
+        while i < count {
+            do {
+                switch try syscall("sendmmsg", { cur_sendmmsg(fd, scratch + i, UInt32(count - i), 0) }) {
+                case .done(let n):
+                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(scratch[k].msg_len) }
+                    sent += Int(n)
+                    i += Int(n)
+                case .wouldBlock:
+                    counters.add(.dropSendBufferFull, UInt64(count - i))
+                    i = count
+                }
+            } catch {
+                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                i += 1
+            }
+        }
+        counters.add(.sentPackets, UInt64(sent))
+        counters.add(.sentBytes, sentBytes)
+    }
+}

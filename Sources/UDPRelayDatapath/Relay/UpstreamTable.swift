@@ -1,0 +1,305 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Logging
+import Synchronization
+import UDPRelayConfig
+
+/// The upstreams of one relay listener, shared by its workers: resolved addresses, health and
+/// per-worker counters. Resolution and active probes run on a control queue of their own.
+///
+/// Reads on the datapath are lock-free (atomics); the mutex is taken only when an address
+/// changes, a failure is recorded or a session picks its upstream's address.
+final class UpstreamTable: @unchecked Sendable {
+    // @unchecked: mutable state is either behind `lock`, in atomics, or confined to
+    // `controlQueue` (probe sockets, timers, `awaiting`, `resolveFailing`).
+    let endpoints: [UpstreamEndpoint]
+    let settings: HealthSettings
+    let resolveInterval: Duration
+    let listenerName: String
+    let logger: Logger
+    /// counters[worker][upstream]; the last row belongs to the control queue (probes).
+    let counters: [[UpstreamCounterSet]]
+    /// Bumped whenever an address changes, so workers with long-lived sockets reconnect.
+    let generation = AtomicSlots(count: 1)
+
+    private struct Locked {
+        var addresses: [SocketAddress?]
+        var health: [HealthState]
+    }
+
+    private let lock: Mutex<Locked>
+    /// Per upstream: [0] passively down until (ns), [1] probe down (0/1), [2] has an address (0/1).
+    private let state: AtomicSlots
+    private let controlQueue: DispatchQueue
+    private var resolveTimer: DispatchSourceTimer?
+    private var probeTimer: DispatchSourceTimer?
+    private var probeSources: [DispatchSourceRead?] = []
+    private var probeFDs: [Int32] = []
+    private var probeGeneration: UInt64 = .max
+    private var awaiting: [Bool] = []
+    private var resolveFailing: [Bool] = []
+    private let probeClosed = DispatchGroup()
+
+    init(configuration: ListenerConfiguration, workers: Int, logger: Logger) {
+        endpoints = configuration.upstreams
+        settings = configuration.health
+        resolveInterval = configuration.resolveInterval
+        listenerName = configuration.name
+        var log = logger
+        log[metadataKey: "listener.name"] = "\(configuration.name)"
+        self.logger = log
+        let n = endpoints.count
+        counters = (0...workers).map { _ in (0..<n).map { _ in UpstreamCounterSet() } }
+        let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds)
+        lock = Mutex(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
+        state = AtomicSlots(count: 3 * n)
+        controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
+        awaiting = Array(repeating: false, count: n)
+        resolveFailing = Array(repeating: false, count: n)
+        for i in 0..<n where endpoints[i].literal != nil { state[3 * i + 2] = 1 }
+        resolveNames(initial: true)
+    }
+
+    var count: Int { endpoints.count }
+
+    // MARK: datapath reads (any queue)
+
+    /// Whether upstream `i` may take new sessions now: resolved and not down.
+    @inline(__always)
+    func isUp(_ i: Int, now: UInt64) -> Bool {
+        state[3 * i + 2] == 1 && state[3 * i + 1] == 0 && now >= state[3 * i]
+    }
+
+    func isDown(_ i: Int, now: UInt64) -> Bool { state[3 * i + 1] == 1 || now < state[3 * i] }
+
+    func address(_ i: Int) -> SocketAddress? { lock.withLock { $0.addresses[i] } }
+
+    /// Records a failure seen on the datapath (refused, send error); logs when it marks the
+    /// upstream down.
+    func recordFailure(_ i: Int, now: UInt64) {
+        guard settings.maxFails > 0 else { return }
+        let (down, until) = lock.withLock { l -> (Bool, UInt64) in
+            let d = l.health[i].recordFailure(now: now)
+            return (d, l.health[i].downUntil)
+        }
+        state[3 * i] = until
+        if down {
+            logger.warning("upstream down", metadata: [
+                "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
+                "down_for": "\(settings.failTimeout)",
+            ])
+        }
+    }
+
+    // MARK: resolution
+
+    /// Resolves every hostname; on failure keeps the last good address and logs once.
+    private func resolveNames(initial: Bool) {
+        for (i, e) in endpoints.enumerated() {
+            guard case .name(let host) = e.host else { continue }
+            switch Self.resolve(host: host, port: e.port) {
+            case .success(let address):
+                let changed = lock.withLock { l -> Bool in
+                    defer { l.addresses[i] = address }
+                    return l.addresses[i] != address
+                }
+                state[3 * i + 2] = 1
+                if changed {
+                    generation[0] = generation[0] &+ 1
+                    logger.info("upstream resolved", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
+                } else if resolveFailing[i] {
+                    logger.notice("upstream resolves again", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
+                }
+                resolveFailing[i] = false
+            case .failure(let message):
+                if !resolveFailing[i] {
+                    let kept = address(i)
+                    logger.error("cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")", metadata: [
+                        "upstream": "\(e)", "error": "\(message)", "upstream.address": "\(kept.map { "\($0)" } ?? "none")",
+                    ])
+                }
+                resolveFailing[i] = true
+                _ = initial
+            }
+        }
+    }
+
+    /// getaddrinfo, first IPv4 or IPv6 address returned.
+    static func resolve(host: String, port: UInt16) -> Result<SocketAddress, ResolveError> {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, nil, &hints, &result)
+        guard rc == 0 else { return .failure(ResolveError(String(cString: gai_strerror(rc)))) }
+        defer { freeaddrinfo(result) }
+        var p = result
+        while let ai = p {
+            if let sa = ai.pointee.ai_addr, var address = SocketAddress(sockaddr: UnsafeRawPointer(sa)) {
+                address.port = port
+                return .success(address)
+            }
+            p = ai.pointee.ai_next
+        }
+        return .failure(ResolveError("no IPv4 or IPv6 address"))
+    }
+
+    struct ResolveError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
+    // MARK: start / stop (resolve timer, probes)
+
+    func start() {
+        controlQueue.async { [self] in
+            if endpoints.contains(where: { $0.literal == nil }) {
+                let t = DispatchSource.makeTimerSource(queue: controlQueue)
+                let interval = DispatchTimeInterval.nanoseconds(Int(clamping: resolveInterval.nanoseconds))
+                t.schedule(deadline: .now() + interval, repeating: interval, leeway: .milliseconds(100))
+                t.setEventHandler { [unowned self] in resolveNames(initial: false) }
+                resolveTimer = t
+                t.activate()
+            }
+            if settings.probe != nil { startProbes() }
+        }
+    }
+
+    /// Cancels timers and probe sockets; `done` is left once every probe socket is closed.
+    func stop(done: DispatchGroup) {
+        done.enter()
+        controlQueue.async { [self] in
+            resolveTimer?.cancel()
+            resolveTimer = nil
+            probeTimer?.cancel()
+            probeTimer = nil
+            for (i, s) in probeSources.enumerated() {
+                if let s { s.cancel() } else if probeFDs[i] >= 0 { close(probeFDs[i]) }
+            }
+            probeSources = []
+            probeClosed.notify(queue: .global()) { done.leave() }
+        }
+    }
+
+    private func startProbes() {
+        dispatchPrecondition(condition: .onQueue(controlQueue))
+        probeFDs = Array(repeating: -1, count: count)
+        probeSources = Array(repeating: nil, count: count)
+        let interval = DispatchTimeInterval.nanoseconds(Int(clamping: settings.interval.nanoseconds))
+        let t = DispatchSource.makeTimerSource(queue: controlQueue)
+        t.schedule(deadline: .now(), repeating: interval, leeway: .milliseconds(5))
+        t.setEventHandler { [unowned self] in probeTick() }
+        probeTimer = t
+        t.activate()
+    }
+
+    private func probeTick() {
+        dispatchPrecondition(condition: .onQueue(controlQueue))
+        guard let payload = settings.probe else { return }
+        let now = monotonicNanos()
+        let gen = generation[0]
+        let row = counters[counters.count - 1]
+        for i in 0..<count {
+            if awaiting[i] { recordProbe(i, answered: false, now: now) }
+            if probeFDs[i] < 0 || gen != probeGeneration { openProbeSocket(i) }
+            guard probeFDs[i] >= 0 else {
+                recordProbe(i, answered: false, now: now)
+                continue
+            }
+            awaiting[i] = true
+            row[i].add(.probesSent)
+            _ = try? syscall("send") { payload.withUnsafeBytes { Glibc.send(probeFDs[i], $0.baseAddress, $0.count, 0) } }
+        }
+        probeGeneration = gen
+    }
+
+    private func openProbeSocket(_ i: Int) {
+        guard let address = address(i) else { return }
+        if probeFDs[i] >= 0, let s = probeSources[i] {
+            // Same family: just point the socket at the new address.
+            if (try? UDPSocket.connect(probeFDs[i], to: address)) != nil { return }
+            s.cancel()
+            probeSources[i] = nil
+            probeFDs[i] = -1
+        }
+        guard let fd = try? UDPSocket.open(family: address.family) else { return }
+        guard (try? UDPSocket.connect(fd, to: address)) != nil else {
+            close(fd)
+            return
+        }
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: controlQueue)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+        source.setEventHandler { [unowned self] in probeReadable(i, fd: fd, buffer: buffer) }
+        probeClosed.enter()
+        let closed = probeClosed
+        source.setCancelHandler {
+            close(fd)
+            buffer.deallocate()
+            closed.leave()
+        }
+        probeFDs[i] = fd
+        probeSources[i] = source
+        source.activate()
+    }
+
+    private func probeReadable(_ i: Int, fd: Int32, buffer: UnsafeMutableRawBufferPointer) {
+        dispatchPrecondition(condition: .onQueue(controlQueue))
+        let expect = settings.expect
+        for _ in 0..<64 {
+            let r: IOResult<Int>
+            do {
+                r = try syscall("recv") { recv(fd, buffer.baseAddress, buffer.count, 0) }
+            } catch {
+                // ECONNREFUSED: nobody listens; the unanswered probe marks it down at the next tick.
+                continue
+            }
+            guard case .done(let n) = r else { return }
+            guard n >= expect.count, expect.indices.allSatisfy({ buffer[$0] == expect[$0] }) else { continue }
+            counters[counters.count - 1][i].add(.probesAnswered)
+            if awaiting[i] {
+                awaiting[i] = false
+                recordProbe(i, answered: true, now: monotonicNanos())
+            }
+        }
+    }
+
+    private func recordProbe(_ i: Int, answered: Bool, now: UInt64) {
+        let change = lock.withLock { $0.health[i].recordProbe(answered: answered, now: now) }
+        state[3 * i + 1] = answered ? 0 : 1
+        if let down = change {
+            if down {
+                logger.warning("upstream down", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe not answered within \(settings.interval)"])
+            } else {
+                logger.notice("upstream up", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe answered"])
+            }
+        }
+    }
+
+    // MARK: snapshot
+
+    func snapshot(now: UInt64 = monotonicNanos()) -> [UpstreamSnapshot] {
+        let addresses = lock.withLock { $0.addresses }
+        return endpoints.indices.map { i in
+            var c = UpstreamCounterSnapshot()
+            for row in counters {
+                for k in UpstreamCounter.allCases { c[k] &+= row[i].value(k) }
+            }
+            return UpstreamSnapshot(endpoint: endpoints[i].description, address: addresses[i],
+                                    down: isDown(i, now: now), counters: c)
+        }
+    }
+}
+
+/// One upstream of a relay listener as the status endpoint shows it.
+public struct UpstreamSnapshot: Sendable, Equatable {
+    /// As configured (`192.0.2.10:53`, `dns.example:53`).
+    public let endpoint: String
+    /// The address in use now; nil while a hostname has never resolved.
+    public let address: SocketAddress?
+    /// Marked down by passive or active health checks.
+    public let down: Bool
+    /// Summed over the listener's workers.
+    public let counters: UpstreamCounterSnapshot
+}
