@@ -38,6 +38,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     case sessionsEvicted
     /// Closed after `session_max_replies` replies.
     case sessionsClosed
+    /// Closed because its upstream refused (ICMP port unreachable) or a send to it failed; the
+    /// client's next datagram opens a new session on an upstream that is up.
+    case sessionsFailed
     /// A session could not be opened (no upstream address, socket or connect failed): the
     /// datagram is dropped.
     case sessionErrors

@@ -25,6 +25,7 @@ struct DatapathService: Service {
                 let relay: [(String, Counter)] = [
                     ("sessions.created", .sessionsCreated), ("sessions.expired", .sessionsExpired),
                     ("sessions.evicted", .sessionsEvicted), ("sessions.closed", .sessionsClosed),
+                    ("sessions.failed", .sessionsFailed),
                     ("sessions.errors", .sessionErrors), ("fail_open", .failOpen),
                     ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
                 ]

@@ -25,7 +25,9 @@ final class ConfigTests: XCTestCase {
 
     func testExampleFileParses() throws {
         let c = try ConfigLoader.load(path: Self.examplePath)
-        XCTAssertEqual(c.listeners.map(\.name), ["echo", "echo-small"])
+        XCTAssertEqual(c.listeners.map(\.name), ["echo", "echo-small", "relay"])
+        XCTAssertEqual(c.listeners[2].mode, .forward)
+        XCTAssertEqual(c.listeners[2].upstreams.map(\.description), ["127.0.0.1:7008"])
         XCTAssertEqual(c.listeners[0].listen.map(\.description), ["0.0.0.0:7007", "[::]:7007"])
         XCTAssertEqual(c.listeners[1].maxDatagram, 1500)
         XCTAssertEqual(c.daemon.logLevel, .info)

@@ -76,6 +76,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var random = SystemRandomNumberGenerator()
     private var timer: DispatchSourceTimer?
     private let sessionsClosed = DispatchGroup()
+    /// Sessions opened since the last timer tick, and in the tick before: checked for a pending
+    /// socket error (ICMP port unreachable) until they get a reply. Dispatch read sources on
+    /// Linux do not fire for an error alone (EPOLLERR without data), so the timer asks.
+    private var freshSessions: [Session] = []
+    private var recentSessions: [Session] = []
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
          upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) {
@@ -112,7 +117,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             // Check often enough that a session lives at most ~1/4 longer than its timeout.
             let every = min(max(timeoutNanos / 4, 5_000_000), 1_000_000_000)
             t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
-            t.setEventHandler { [unowned self] in expireIdle(now: monotonicNanos()) }
+            t.setEventHandler { [unowned self] in
+                let now = monotonicNanos()
+                checkNewSessions(now: now)
+                expireIdle(now: now)
+            }
             timer = t
             t.activate()
         }
@@ -127,6 +136,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             timer?.cancel()
             timer = nil
             for case let s? in sessions { closeSession(s, reason: nil) }
+            freshSessions = []
+            recentSessions = []
             sessionsClosed.notify(queue: .global()) { done.leave() }
         }
     }
@@ -228,6 +239,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var i = 0
         var sentBytes: UInt64 = 0
         var sent = 0
+        var failure: Int32 = 0
         while i < count {
             do {
                 switch try syscall("sendmmsg", { cur_sendmmsg(session.fd, scratch + i, UInt32(count - i), 0) }) {
@@ -241,17 +253,18 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                     i = count
                 }
             } catch {
-                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
                 up.add(.sendDrops)
-                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
-                    up.add(.failures)
-                    upstreams.recordFailure(session.upstream, now: monotonicNanos())
-                }
                 i += 1
+                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
+                    failure = error.errno
+                } else {
+                    counters.add(ErrorPolicy.sendDrop(errno: error.errno))
+                }
             }
         }
         up.add(.sentPackets, UInt64(sent))
         up.add(.sentBytes, sentBytes)
+        if failure != 0 { upstreamFailed(session, errno: failure, now: monotonicNanos()) }
     }
 
     // MARK: sessions
@@ -314,6 +327,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(table.count))
         upCounters[pick.index].add(.sessions)
+        freshSessions.append(s)
         source.activate()
         return s
     }
@@ -331,6 +345,29 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         s.source = nil
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
+    }
+
+    /// Looks for a pending error on sessions opened in the last two ticks that have had no
+    /// reply yet: a refused upstream counts as a failure and the session is closed.
+    func checkNewSessions(now: UInt64) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        for s in recentSessions where s.replies == 0 && sessions[Int(s.slot)] === s {
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err != 0 else { continue }
+            upstreamFailed(s, errno: err, now: now)
+        }
+        recentSessions = freshSessions
+        freshSessions = []
+    }
+
+    /// A send to the session's upstream failed, or an ICMP error came back: count it against
+    /// the upstream and close the session so the client's next datagram picks one that is up.
+    private func upstreamFailed(_ s: Session, errno err: Int32, now: UInt64) {
+        counters.add(ErrorPolicy.sendDrop(errno: err))
+        upCounters[s.upstream].add(.failures)
+        upstreams.recordFailure(s.upstream, now: now)
+        closeSession(s, reason: .sessionsFailed)
     }
 
     func expireIdle(now: UInt64) {
@@ -358,10 +395,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
-                    counters.add(ErrorPolicy.sendDrop(errno: error.errno))
-                    up.add(.failures)
-                    upstreams.recordFailure(s.upstream, now: monotonicNanos())
-                    continue
+                    upstreamFailed(s, errno: error.errno, now: monotonicNanos())
+                    return
                 }
                 counters.add(.receiveErrors)
                 return

@@ -1,0 +1,369 @@
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+import UDPRelayConfig
+
+/// The relay modes with the real binary and real upstream sockets on loopback.
+final class RelayEndToEndTests: XCTestCase {
+    func startDaemon(_ config: String, arguments: [String] = []) throws -> (DaemonProcess, [String: [SocketAddress]]) {
+        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config, arguments: arguments)
+        addTeardownBlock { d.stop() }
+        return (d, try d.waitUntilReady())
+    }
+
+    /// The `totals` line of a listener after shutdown, as key=value fields.
+    func totals(_ d: DaemonProcess, _ listener: String) throws -> String {
+        XCTAssertEqual(d.stop(), 0)
+        return try XCTUnwrap(d.log.first { $0.contains(" totals ") && $0.contains("listener.name=\(listener) ") || $0.contains(" totals ") && $0.hasSuffix("listener.name=\(listener)") }, d.log.joined(separator: "\n"))
+    }
+
+    func field(_ key: String, _ line: String) -> Int? {
+        DaemonProcess.field(key, in: line).flatMap { Int($0) }
+    }
+
+    /// An upstream that answers "<tag>:" + payload, so a client sees which upstream served it.
+    func taggedUpstream(_ tag: String) throws -> UpstreamServer {
+        let server = try UpstreamServer(reply: { Array("\(tag):".utf8) + $0 })
+        addTeardownBlock { server.stop() }
+        return server
+    }
+
+    func testForwardRepliesReachTheRightOneOf50ConcurrentClients() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd"]?.first)
+        let perClient = 20
+        let group = DispatchGroup()
+        let failures = LockedList()
+        for c in 0..<50 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                guard let client = try? UDPClient() else { return failures.append("client \(c): no socket") }
+                var expected = Set<[UInt8]>()
+                for i in 0..<perClient {
+                    let p = payload(32 + i, seed: UInt64(c * 1000 + i))
+                    expected.insert(p)
+                    client.send(p, to: address)
+                }
+                var got = Set<[UInt8]>()
+                while got.count < perClient, let r = client.receive(timeout: 5) {
+                    if r.from != address { failures.append("client \(c): reply from \(r.from), not \(address)") }
+                    got.insert(r.bytes)
+                }
+                if got != expected { failures.append("client \(c): got \(got.count) of \(perClient), \(got.subtracting(expected).count) foreign") }
+            }
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(failures.items, [])
+        XCTAssertEqual(upstream.sources.count, 50, "one session (one upstream source port) per client")
+        let t = try totals(daemon, "fwd")
+        XCTAssertEqual(field("sessions.created", t), 50)
+        XCTAssertEqual(field("received", t), 50 * perClient)
+        XCTAssertEqual(field("sent", t), 50 * perClient)
+    }
+
+    func testLargestDatagramCrossesBothWays() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (_, bound) = try startDaemon("""
+        [listener fwd]
+        listen = 127.0.0.1:0, [::1]:0
+        mode = forward
+        upstream = \(upstream.address)
+        """)
+        for address in try XCTUnwrap(bound["fwd"]) {
+            let client = try UDPClient(ipv6: address.ip.isIPv6)
+            let big = payload(65507, seed: 7)
+            XCTAssertEqual(client.send(big, to: address), 65507)
+            let reply = try XCTUnwrap(client.receive(), "no reply via \(address)")
+            XCTAssertEqual(reply.bytes.count, 65507)
+            XCTAssertTrue(reply.bytes == big, "payload changed on the way")
+            XCTAssertEqual(reply.from, address)
+        }
+        XCTAssertTrue(upstream.datagrams.allSatisfy { $0.bytes.count == 65507 })
+    }
+
+    func testWildcardForwardListenerRepliesFromTheAddressTheClientUsed() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (_, bound) = try startDaemon("""
+        [listener any]
+        listen = 0.0.0.0:0
+        mode = forward
+        upstream = \(upstream.address)
+        """)
+        let port = try XCTUnwrap(bound["any"]?.first?.port)
+        for target in ["127.0.0.1", "127.0.0.2"] {
+            let to = SocketAddress(ip: IPAddress(literal: target)!, port: port)
+            let client = try UDPClient(bind: SocketAddress(ip: IPAddress(literal: target)!, port: 0))
+            client.send(Array("via \(target)".utf8), to: to)
+            let reply = try XCTUnwrap(client.receive(), "no reply via \(target)")
+            XCTAssertEqual(reply.bytes, Array("via \(target)".utf8))
+            XCTAssertEqual(reply.from, to)
+        }
+    }
+
+    func testRoundRobinSpreadsSessionsEvenly() throws {
+        let ups = try (0..<3).map { try taggedUpstream("u\($0)") }
+        let (daemon, bound) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = balance
+        balance = round-robin
+        upstream = \(ups.map(\.address.description).joined(separator: ", "))
+        """)
+        let address = try XCTUnwrap(bound["lb"]?.first)
+        var served: [String: Int] = [:]
+        let clients = try (0..<30).map { _ in try UDPClient() }
+        for client in clients {
+            client.send(Array("x".utf8), to: address)
+            let r = try XCTUnwrap(client.receive())
+            served[String(decoding: r.bytes.prefix(2), as: UTF8.self), default: 0] += 1
+            // A second datagram stays on the session's upstream.
+            client.send(Array("y".utf8), to: address)
+            let r2 = try XCTUnwrap(client.receive())
+            XCTAssertEqual(r2.bytes.prefix(2), r.bytes.prefix(2), "session is sticky")
+        }
+        XCTAssertEqual(served, ["u0": 10, "u1": 10, "u2": 10])
+        let t = try totals(daemon, "lb")
+        XCTAssertEqual(field("sessions.created", t), 30)
+        let upstreamLines = daemon.log.filter { $0.contains("upstream totals") }
+        XCTAssertEqual(upstreamLines.count, 3)
+        for line in upstreamLines { XCTAssertEqual(field("sessions", line), 10, line) }
+    }
+
+    /// With `session_max_replies = 1` every datagram opens a new session, so stickiness comes
+    /// from the hash alone.
+    func testHashKeepsClientsStickyAcross1000Datagrams() throws {
+        let ups = try (0..<4).map { try taggedUpstream("u\($0)") }
+        let (daemon, bound) = try startDaemon("""
+        [listener h]
+        listen = 127.0.0.1:0
+        mode = balance
+        balance = hash
+        session_max_replies = 1
+        upstream = \(ups.map(\.address.description).joined(separator: ", "))
+        """)
+        let address = try XCTUnwrap(bound["h"]?.first)
+        let clients = try (0..<20).map { _ in try UDPClient() }
+        var home: [Int: String] = [:]
+        for round in 0..<50 {
+            for (c, client) in clients.enumerated() {
+                client.send(payload(8, seed: UInt64(round * 100 + c)), to: address)
+                let r = try XCTUnwrap(client.receive(), "client \(c) round \(round)")
+                let tag = String(decoding: r.bytes.prefix(2), as: UTF8.self)
+                if let h = home[c] { XCTAssertEqual(tag, h, "client \(c) moved in round \(round)") } else { home[c] = tag }
+            }
+        }
+        XCTAssertGreaterThan(Set(home.values).count, 1, "20 clients should spread over several upstreams")
+        let t = try totals(daemon, "h")
+        XCTAssertEqual(field("sessions.created", t), 1000)
+        XCTAssertEqual(field("sessions.closed", t), 1000)
+    }
+
+    func testMirrorDeliversEveryDatagramToEveryLiveReceiverWhileOneIsClosed() throws {
+        let receivers = try (0..<3).map { _ in try UpstreamServer(reply: nil) }
+        let echoing = try UpstreamServer()  // replies are counted and ignored
+        addTeardownBlock { for r in receivers { r.stop() }; echoing.stop() }
+        let closed = try closedLoopbackPort()
+        let (daemon, bound) = try startDaemon("""
+        [listener m]
+        listen = 127.0.0.1:0
+        mode = mirror
+        upstream = \(receivers[0].address), \(closed), \(receivers[1].address), \(receivers[2].address), \(echoing.address)
+        """)
+        let address = try XCTUnwrap(bound["m"]?.first)
+        let client = try UDPClient()
+        let count = 500
+        let sent = (0..<count).map { payload(100 + $0 % 900, seed: UInt64($0)) }
+        for (i, p) in sent.enumerated() {
+            client.send(p, to: address)
+            if i % 50 == 49 { _ = receivers[0].waitForCount(i + 1, timeout: 5) }  // stay within socket buffers
+        }
+        for (i, r) in receivers.enumerated() {
+            XCTAssertEqual(r.waitForCount(count), count, "receiver \(i)")
+            XCTAssertTrue(r.datagrams.map(\.bytes) == sent, "receiver \(i) got every datagram, in order, intact")
+        }
+        XCTAssertEqual(echoing.waitForCount(count), count)
+        XCTAssertNil(client.receive(timeout: 0.2), "mirror never answers the client")
+        let t = try totals(daemon, "m")
+        XCTAssertEqual(field("received", t), count)
+        XCTAssertGreaterThan(field("replies_ignored", t) ?? 0, count / 2)
+        let closedLine = try XCTUnwrap(daemon.log.first { $0.contains("upstream totals") && $0.contains("upstream=\(closed)") })
+        XCTAssertGreaterThan(field("failures", closedLine) ?? 0, 0, "the closed port's refusals are counted: \(closedLine)")
+    }
+
+    func testMirrorSampleCopiesOneInN() throws {
+        let receiver = try UpstreamServer(reply: nil)
+        addTeardownBlock { receiver.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener m]
+        listen = 127.0.0.1:0
+        mode = mirror
+        sample = 1/10
+        upstream = \(receiver.address)
+        """)
+        let client = try UDPClient()
+        for i in 0..<100 { client.send(payload(10, seed: UInt64(i)), to: try XCTUnwrap(bound["m"]?.first)) }
+        XCTAssertEqual(receiver.waitForCount(10), 10)
+        let t = try totals(daemon, "m")
+        XCTAssertEqual(receiver.datagrams.count, 10)
+        XCTAssertEqual(field("sampled_out", t), 90)
+    }
+
+    func testIdleSessionsExpire() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        session_timeout = 200ms
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd"]?.first)
+        let client = try UDPClient()
+        client.send([1], to: address)
+        XCTAssertNotNil(client.receive())
+        // Keep the session busy for longer than the timeout: it must not expire.
+        for _ in 0..<6 {
+            client.send([2], to: address)
+            XCTAssertNotNil(client.receive())
+            usleep(60_000)
+        }
+        XCTAssertEqual(upstream.sources.count, 1, "a busy session stays")
+        // Then go idle: the next datagram after expiry arrives from a new session socket.
+        let deadline = Date().addingTimeInterval(5)
+        while upstream.sources.count < 2, Date() < deadline {
+            usleep(400_000)  // idle for longer than session_timeout
+            client.send([3], to: address)
+            XCTAssertNotNil(client.receive())
+        }
+        XCTAssertEqual(upstream.sources.count, 2)
+        let t = try totals(daemon, "fwd")
+        XCTAssertEqual(field("sessions.expired", t), 1)
+        XCTAssertEqual(field("sessions.created", t), 2)
+    }
+
+    func testMaxSessionsEvictsTheLeastRecentlyUsed() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        max_sessions = 2
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd"]?.first)
+        let (a, b, c) = (try UDPClient(), try UDPClient(), try UDPClient())
+        for client in [a, b, a, c] {  // b is now the least recently used: c evicts b
+            client.send([1], to: address)
+            XCTAssertNotNil(client.receive())
+        }
+        XCTAssertEqual(upstream.sources.count, 3)
+        a.send([2], to: address)  // a kept its session
+        XCTAssertNotNil(a.receive())
+        XCTAssertEqual(upstream.sources.count, 3)
+        b.send([2], to: address)  // b needs a new one (evicting c, the LRU now)
+        XCTAssertNotNil(b.receive())
+        XCTAssertEqual(upstream.sources.count, 4)
+        let t = try totals(daemon, "fwd")
+        XCTAssertEqual(field("sessions.evicted", t), 2)
+        XCTAssertEqual(field("sessions.created", t), 4)
+    }
+
+    func testUpstreamThatDisappearsIsMarkedDownAndTrafficMoves() throws {
+        let stay = try taggedUpstream("ok")
+        let leaving = try taggedUpstream("gone")
+        let (daemon, bound) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = balance
+        balance = round-robin
+        max_fails = 1
+        fail_timeout = 30s
+        upstream = \(stay.address), \(leaving.address)
+        """)
+        let address = try XCTUnwrap(bound["lb"]?.first)
+        // Both serve at first.
+        var tags = Set<String>()
+        for _ in 0..<4 {
+            let client = try UDPClient()
+            client.send([1], to: address)
+            tags.insert(String(decoding: try XCTUnwrap(client.receive()).bytes.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self))
+        }
+        XCTAssertEqual(tags, ["ok", "gone"])
+        leaving.stop()
+        // New sessions keep coming; the one sent to the closed port is refused (ICMP), which
+        // marks the upstream down.
+        var attempts = 0
+        while daemon.waitForLine(containing: "upstream down", timeout: 0.05) == nil, attempts < 40 {
+            let client = try UDPClient()
+            client.send([2], to: address)
+            _ = client.receive(timeout: 0.1)
+            attempts += 1
+        }
+        let downLine = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", timeout: 2), daemon.log.joined(separator: "\n"))
+        XCTAssertTrue(downLine.contains("upstream=\(leaving.address)"), downLine)
+        for i in 0..<10 {
+            let client = try UDPClient()
+            client.send([3], to: address)
+            let r = try XCTUnwrap(client.receive(), "new session \(i) must go to the live upstream")
+            XCTAssertEqual(String(decoding: r.bytes.prefix(3), as: UTF8.self), "ok:")
+        }
+        let t = try totals(daemon, "lb")
+        XCTAssertEqual(field("fail_open", t), 0)
+        let goneLine = try XCTUnwrap(daemon.log.first { $0.contains("upstream totals") && $0.contains("upstream=\(leaving.address)") })
+        XCTAssertEqual(DaemonProcess.field("down", in: goneLine), "true")
+    }
+
+    func testHealthProbeMarksSilentUpstreamDown() throws {
+        let answering = try UpstreamServer(reply: { $0 == Array("ping".utf8) ? Array("pong".utf8) : $0 })
+        let silent = try UpstreamServer(reply: nil)
+        addTeardownBlock { answering.stop(); silent.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = balance
+        balance = first
+        health_probe = ping
+        health_expect = pong
+        health_interval = 100ms
+        upstream = \(silent.address), \(answering.address)
+        """)
+        let down = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", timeout: 5))
+        XCTAssertTrue(down.contains("upstream=\(silent.address)"), down)
+        let client = try UDPClient()
+        client.send(Array("data".utf8), to: try XCTUnwrap(bound["lb"]?.first))
+        XCTAssertEqual(try XCTUnwrap(client.receive()).bytes, Array("data".utf8), "the standby takes over")
+        XCTAssertFalse(answering.datagrams.filter { $0.bytes == Array("ping".utf8) }.isEmpty)
+    }
+
+    func testExampleConfigurationStartsAndRelays() throws {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        let text = try String(contentsOf: url.appendingPathComponent("config/udprelayd.ini"), encoding: .utf8)
+        let check = try DaemonProcess(config: text, arguments: ["--check-config"])
+        XCTAssertEqual(check.waitForExit(), 0, check.log.joined(separator: "\n"))
+    }
+}
+
+/// A thread-safe list of failure messages.
+final class LockedList: @unchecked Sendable {
+    // @unchecked: `list` is guarded by `lock`.
+    private let lock = NSLock()
+    private var list: [String] = []
+    func append(_ s: String) { lock.lock(); list.append(s); lock.unlock() }
+    var items: [String] { lock.lock(); defer { lock.unlock() }; return list }
+}
