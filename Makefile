@@ -2,11 +2,12 @@
 #   make run   - install what is missing, build a release binary, run it with config/udprelayd.ini
 #   make test  - install what is missing, build, run every test
 #   make deb   - build udprelayd_<version>_amd64.deb (installs its Build-Depends), check it with lintian
+#   make bench - benchmark against a C reference, nginx and socat on loopback; writes BENCHMARKS.md
 SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize
+.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize bench bench-tools
 
 deps:
 	@scripts/install-deps.sh build
@@ -32,9 +33,30 @@ test: test-deps
 	$(SWIFT) test --skip-build --disable-swift-testing
 	scripts/check-version.sh .build/debug/udprelayd
 	scripts/check-man.sh .build/debug/udprelayd
+	$(MAKE) --no-print-directory bench-tools
+	Benchmarks/smoke.sh $(BENCH_BIN)
 
 deb:
 	SWIFT=$$(command -v $(SWIFT)) scripts/build-deb.sh
+
+# The benchmark's C pieces: load client, C reference server, malloc-counting shim.
+BENCH_BIN := .build/bench
+BENCH_CFLAGS := -O2 -g -Wall -Wextra -Werror
+bench-tools: $(BENCH_BIN)/loadgen $(BENCH_BIN)/refserver $(BENCH_BIN)/mallocount.so
+
+$(BENCH_BIN)/loadgen $(BENCH_BIN)/refserver: $(BENCH_BIN)/%: Benchmarks/%.c
+	@mkdir -p $(BENCH_BIN)
+	gcc $(BENCH_CFLAGS) -o $@ $<
+
+$(BENCH_BIN)/mallocount.so: Benchmarks/mallocount.c
+	@mkdir -p $(BENCH_BIN)
+	gcc $(BENCH_CFLAGS) -fPIC -shared -o $@ $<
+
+# A few minutes; see Benchmarks/bench.py for the BENCH_* knobs.
+bench:
+	@Benchmarks/install-deps.sh
+	$(MAKE) --no-print-directory release bench-tools
+	python3 Benchmarks/bench.py
 
 clean:
 	rm -rf .build .build-test.log .build-deb udprelayd_*.deb

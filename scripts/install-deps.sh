@@ -9,6 +9,8 @@ if [ "$what" = test ]; then
   # systemd (systemd-analyze), systemd-container (systemd-nspawn), debootstrap: the unit checks
   # and the end-to-end test under a real systemd (scripts/nspawn.sh).
   packages+=(socat curl procps iproute2 python3 systemd systemd-container debootstrap)
+  # gcc: the benchmark's C pieces, compiled and smoke-checked by make test.
+  packages+=(gcc)
 fi
 # The Debian package (`make deb`, and its tests in `make test`): dpkg-dev and debhelper build it,
 # lintian checks it, python3/groff-base/man-db generate and check the man pages.

@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""udprelayd benchmark driver (run through `make bench`).
+
+Starts, side by side on loopback, udprelayd, the C reference (Benchmarks/refserver.c), nginx's
+stream proxy and socat; drives each with the closed-loop load client (Benchmarks/loadgen.c) for
+echo and forward, 64- and 1400-byte payloads, W=1 (latency) and W=64 (throughput); repeats every
+case BENCH_REPS times, interleaving servers so all see the same machine; reports medians and every
+figure as a ratio to the C reference measured in the same invocation. Then measures heap
+allocations per datagram (LD_PRELOAD mallocount.so), start-up time to first echo and RSS with
+many live sessions. Prints a table and writes BENCHMARKS.md.
+
+Environment:
+  BENCH_SECONDS   seconds per measurement (default 1.5)
+  BENCH_REPS      repetitions per case, at least 3 for the published table (default 3)
+  BENCH_ONLY      comma-separated filter on case ids, e.g. "echo" or "echo/64/1" (default: all)
+  BENCH_SERVERS   comma-separated subset of udprelayd,cref,nginx,socat (default: all)
+  BENCH_SESSIONS  live sessions for the RSS measurement (default 100000)
+  BENCH_OUT       where to write the report (default BENCHMARKS.md; "-" for none;
+                  a filtered run writes nothing unless BENCH_OUT is set)
+  UDPRELAYD       the binary (default .build/release/udprelayd)
+  BENCH_BIN       directory with loadgen, refserver, mallocount.so (default .build/bench)
+"""
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, ".build/bench"))
+UDPRELAYD = os.environ.get("UDPRELAYD", os.path.join(ROOT, ".build/release/udprelayd"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "1.5"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+ONLY = [s for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
+SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "udprelayd,cref,nginx,socat").split(",") if s]
+SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100000"))
+CLK = os.sysconf("SC_CLK_TCK")
+LOADGEN = os.path.join(BIN, "loadgen")
+REFSERVER = os.path.join(BIN, "refserver")
+MALLOCOUNT = os.path.join(BIN, "mallocount.so")
+
+NCPU = len(os.sched_getaffinity(0))
+SERVER_CPU, CLIENT_CPU = ("1", "0") if NCPU >= 2 else (None, None)
+
+
+def pinned(cpu, argv):
+    return (["taskset", "-c", cpu] + argv) if cpu is not None else argv
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wait_echo(port, timeout=10.0, interval=0.001):
+    """Sends a probe every `interval` until it comes back; returns seconds waited or None."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(interval)
+    start = time.perf_counter()
+    try:
+        while time.perf_counter() - start < timeout:
+            try:
+                s.sendto(b"probe", ("127.0.0.1", port))
+                while True:
+                    data = s.recv(64)
+                    if data == b"probe":
+                        return time.perf_counter() - start
+            except (socket.timeout, ConnectionRefusedError):
+                continue
+    finally:
+        s.close()
+    return None
+
+
+def process_tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid):
+    """utime+stime of a process and its descendants (all threads), in seconds."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK
+
+
+def rss_kib(pid, key="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    """One server process group we started; stopped by its PID (and group) only."""
+
+    def __init__(self, name, argv, port, tmp, env=None, cpu=SERVER_CPU):
+        self.name, self.port = name, port
+        self.err = open(os.path.join(tmp, f"{name}-{port}.log"), "w")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=self.err,
+                                     start_new_session=True, env=env)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.err.close()
+
+
+def udprelayd_config(tmp, name, body):
+    path = os.path.join(tmp, f"{name}.ini")
+    with open(path, "w") as f:
+        f.write("[daemon]\nlog_level = warning\n\n[status]\nlisten = off\n\n" + body)
+    return path
+
+
+def relay_supported(tmp):
+    path = udprelayd_config(tmp, "probe-forward",
+                            "[listener f]\nlisten = 127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:7\n")
+    r = subprocess.run([UDPRELAYD, "--check-config", "--config", path], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def loadgen(port, window, payload, seconds=SECONDS, extra=()):
+    sockets = 1 if window == 1 else 4
+    argv = pinned(CLIENT_CPU, [LOADGEN, "-t", f"127.0.0.1:{port}", "-w", str(window), "-s", str(sockets),
+                               "-p", str(payload), "-d", str(seconds), "-u", "0.2", *extra])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if r.returncode == 2 or not r.stdout.strip():
+        raise RuntimeError(f"loadgen failed: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def start_servers(tmp, relay):
+    servers = {}
+    upstream_port = free_port()
+    servers["upstream"] = Server("upstream", [REFSERVER, "echo", f"127.0.0.1:{upstream_port}"], upstream_port, tmp)
+    up = f"127.0.0.1:{upstream_port}"
+
+    def add(key, name, argv_for_port, env=None):
+        port = free_port()
+        servers[key] = Server(name, argv_for_port(port), port, tmp, env=env)
+
+    if "cref" in SERVERS:
+        add(("echo", "cref"), "cref-echo", lambda p: [REFSERVER, "echo", f"127.0.0.1:{p}"])
+        add(("forward", "cref"), "cref-forward", lambda p: [REFSERVER, "forward", f"127.0.0.1:{p}", up])
+    if "udprelayd" in SERVERS:
+        add(("echo", "udprelayd"), "udprelayd-echo", lambda p: [
+            UDPRELAYD, "--config", udprelayd_config(tmp, f"echo-{p}", f"[listener echo]\nlisten = 127.0.0.1:{p}\nmode = echo\n")])
+        if relay:
+            add(("forward", "udprelayd"), "udprelayd-forward", lambda p: [
+                UDPRELAYD, "--config", udprelayd_config(tmp, f"forward-{p}", f"[listener fwd]\nlisten = 127.0.0.1:{p}\nmode = forward\nupstream = {up}\n")])
+    if "nginx" in SERVERS:
+        def nginx_argv(p):
+            conf = os.path.join(tmp, f"nginx-{p}.conf")
+            with open(conf, "w") as f:
+                f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx-{p}.pid;
+error_log {tmp}/nginx-{p}-error.log warn;
+events {{ worker_connections 4096; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{p} udp;
+        proxy_pass {up};
+        proxy_timeout 60s;
+    }}
+}}
+""")
+            return ["nginx", "-e", f"{tmp}/nginx-{p}-error.log", "-p", tmp, "-c", conf]
+        add(("forward", "nginx"), "nginx", nginx_argv)
+    if "socat" in SERVERS:
+        add(("forward", "socat"), "socat", lambda p: [
+            "socat", "-T", "60", f"UDP4-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork", f"UDP4:{up}"])
+    for key, s in servers.items():
+        waited = wait_echo(s.port)
+        if waited is None:
+            raise RuntimeError(f"{s.name} did not answer on port {s.port}; see {s.err.name}")
+    return servers
+
+
+def median(values):
+    return statistics.median(values) if values else 0.0
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}x" if x else "-"
+
+
+def run_matrix(servers, relay):
+    cases = []
+    for mode in ("echo", "forward"):
+        for payload in (64, 1400):
+            for window in (1, 64):
+                cid = f"{mode}/{payload}/{window}"
+                if ONLY and not any(cid.startswith(o) for o in ONLY):
+                    continue
+                cases.append((mode, payload, window))
+    order = ["udprelayd", "cref", "nginx", "socat"]
+    results = {}
+    for rep in range(REPS):
+        for mode, payload, window in cases:
+            for name in order:
+                s = servers.get((mode, name))
+                if s is None:
+                    continue
+                before = cpu_seconds(s.pid)
+                r = loadgen(s.port, window, payload)
+                r["cpu"] = cpu_seconds(s.pid) - before
+                results.setdefault((mode, payload, window, name), []).append(r)
+                log(f"rep {rep + 1}/{REPS} {mode:7} {payload:4}B W={window:<2} {name:9} "
+                    f"{r['rate']:>9.0f}/s p50 {r['p50_us']:7.1f} p99 {r['p99_us']:8.1f} "
+                    f"lost {r['lost']} corrupt {r['corrupt']}")
+    rows = []
+    for mode, payload, window in cases:
+        ref = results.get((mode, payload, window, "cref"))
+        ref_rate = median([r["rate"] for r in ref]) if ref else 0
+        ref_p99 = median([r["p99_us"] for r in ref]) if ref else 0
+        for name in order:
+            rs = results.get((mode, payload, window, name))
+            row = {"mode": mode, "payload": payload, "window": window, "server": name}
+            if rs is None:
+                if name == "udprelayd" and mode == "forward" and not relay and "udprelayd" in SERVERS:
+                    row["na"] = "n/a (relay not landed)"
+                    rows.append(row)
+                continue
+            rate = median([r["rate"] for r in rs])
+            replies = sum(r["replies"] for r in rs)
+            row.update({
+                "rate": rate, "p50": median([r["p50_us"] for r in rs]), "p99": median([r["p99_us"] for r in rs]),
+                "p999": median([r["p999_us"] for r in rs]),
+                "lost": sum(r["lost"] for r in rs), "corrupt": sum(r["corrupt"] for r in rs) + sum(r["late"] for r in rs),
+                "cpu_per_m": sum(r["cpu"] for r in rs) / replies * 1e6 if replies else 0,
+                "rate_ratio": rate / ref_rate if ref_rate else 0,
+                "rates": [r["rate"] for r in rs],
+            })
+            row["p99_ratio"] = row["p99"] / ref_p99 if ref_p99 else 0
+            rows.append(row)
+    return rows
+
+
+def table(rows):
+    head = ("| mode | payload | W | server | replies/s | vs C ref | p50 µs | p99 µs | p99.9 µs | p99 vs C ref "
+            "| CPU s per 1M replies | lost / corrupt |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        if "na" in r:
+            lines.append(f"| {r['mode']} | {r['payload']} | {r['window']} | {r['server']} | {r['na']} "
+                         "| | | | | | | |")
+            continue
+        lines.append(f"| {r['mode']} | {r['payload']} | {r['window']} | {r['server']} | {r['rate']:,.0f} "
+                     f"| {fmt_ratio(r['rate_ratio'])} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} "
+                     f"| {fmt_ratio(r['p99_ratio'])} | {r['cpu_per_m']:.2f} | {r['lost']} / {r['corrupt']} |")
+    return "\n".join(lines)
+
+
+def wait_file_lines(path, n, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                lines = [l for l in f.read().splitlines() if l.startswith("mallocount")]
+            if len(lines) >= n:
+                return lines
+        except OSError:
+            if n == 0:
+                return []
+        time.sleep(0.01)
+    raise RuntimeError(f"mallocount did not report to {path}")
+
+
+def parse_counts(line):
+    return {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+
+
+def measure_allocations(tmp, mode, relay_port=None):
+    """Allocations per datagram in a steady-state window: snapshot, N replies, snapshot."""
+    out = os.path.join(tmp, f"mallocount-{mode}.txt")
+    port = free_port()
+    body = f"[listener a]\nlisten = 127.0.0.1:{port}\nmode = {mode}\n"
+    if mode == "forward":
+        body += f"upstream = 127.0.0.1:{relay_port}\n"
+    env = dict(os.environ, LD_PRELOAD=MALLOCOUNT, MALLOCOUNT_OUT=out)
+    s = Server(f"udprelayd-malloc-{mode}", [UDPRELAYD, "--config", udprelayd_config(tmp, f"malloc-{mode}", body)],
+               port, tmp, env=env)
+    try:
+        if wait_echo(port) is None:
+            raise RuntimeError(f"udprelayd under mallocount did not answer; see {s.err.name}")
+        figures = {}
+        for window, count in ((64, 200000), (1, 20000)):
+            loadgen(port, window, 64, seconds=0.5)  # warm up: sessions, caches, lazy start-up work
+            lines_before = len(wait_file_lines(out, 0))
+            os.kill(s.pid, signal.SIGUSR2)
+            a = parse_counts(wait_file_lines(out, lines_before + 1)[-1])
+            r = loadgen(port, window, 64, seconds=30, extra=("-n", str(count)))
+            os.kill(s.pid, signal.SIGUSR2)
+            b = parse_counts(wait_file_lines(out, lines_before + 2)[-1])
+            allocs = b["allocs"] - a["allocs"]
+            figures[window] = {"allocs": allocs, "replies": r["replies"], "per_datagram": allocs / r["replies"]}
+        return figures
+    finally:
+        s.stop()
+
+
+def measure_startup(tmp, runs=5):
+    """Seconds from exec to the first echo reply (median of `runs`), udprelayd and C reference."""
+    out = {}
+    for name in ("udprelayd", "cref"):
+        times = []
+        for _ in range(runs):
+            port = free_port()
+            if name == "udprelayd":
+                argv = [UDPRELAYD, "--config", udprelayd_config(tmp, f"start-{port}", f"[listener s]\nlisten = 127.0.0.1:{port}\n")]
+            else:
+                argv = [REFSERVER, "echo", f"127.0.0.1:{port}"]
+            s = Server(f"startup-{name}", argv, port, tmp)
+            try:
+                t = wait_echo(port)
+                if t is None:
+                    raise RuntimeError(f"{name} did not start; see {s.err.name}")
+                times.append(time.perf_counter() - s.started)
+            finally:
+                s.stop()
+        out[name] = median(times)
+    return out
+
+
+def measure_sessions(tmp, servers):
+    """RSS of each forwarder after `SESSIONS` client addresses each sent one datagram."""
+    out = {}
+    for name in ("udprelayd", "cref"):
+        s = servers.get(("forward", name))
+        if s is None:
+            continue
+        # A fresh process so the figure is not inflated by the matrix runs.
+        port = free_port()
+        up = servers["upstream"].port
+        if name == "udprelayd":
+            argv = [UDPRELAYD, "--config", udprelayd_config(tmp, f"sessions-{port}", f"[listener s]\nlisten = 127.0.0.1:{port}\nmode = forward\nupstream = 127.0.0.1:{up}\n")]
+        else:
+            argv = [REFSERVER, "forward", f"127.0.0.1:{port}", f"127.0.0.1:{up}"]
+        srv = Server(f"sessions-{name}", argv, port, tmp)
+        try:
+            if wait_echo(port) is None:
+                raise RuntimeError(f"{name} did not start; see {srv.err.name}")
+            base = rss_kib(srv.pid)
+            r = loadgen(port, 64, 64, seconds=15, extra=("-n", str(SESSIONS), "-a", str(SESSIONS), "-s", "1", "-T", "300"))
+            out[name] = {"base_kib": base, "rss_kib": rss_kib(srv.pid), "hwm_kib": rss_kib(srv.pid, "VmHWM"),
+                         "replies": r["replies"], "lost": r["lost"], "nofile": max_open_files(srv.pid)}
+        finally:
+            srv.stop()
+    return out
+
+
+def max_open_files(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return line.split()[3]
+    return "?"
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // 1024
+    load = open("/proc/loadavg").read().split()[:3]
+    return f"{model}, {os.cpu_count()} CPUs, {mem} MiB, Linux {platform.release()}, load average {' '.join(load)} at start"
+
+
+def git(*args):
+    r = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def version(argv):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def main():
+    for path in (LOADGEN, REFSERVER, MALLOCOUNT, UDPRELAYD):
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: run `make bench`")
+    started = time.time()
+    info = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "commit": git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")}
+    with tempfile.TemporaryDirectory(prefix="udprelayd-bench-") as tmp:
+        relay = relay_supported(tmp)
+        if not relay:
+            log("udprelayd has no forward mode yet: forward rows are n/a for udprelayd")
+        servers = start_servers(tmp, relay)
+        try:
+            rows = run_matrix(servers, relay)
+            extra = {}
+            if not ONLY or "extras" in ONLY:
+                if "udprelayd" in SERVERS:
+                    extra["alloc_echo"] = measure_allocations(tmp, "echo")
+                    if relay:
+                        extra["alloc_forward"] = measure_allocations(tmp, "forward", servers["upstream"].port)
+                    extra["startup"] = measure_startup(tmp)
+                extra["sessions"] = measure_sessions(tmp, servers)
+        finally:
+            for s in servers.values():
+                s.stop()
+    elapsed = time.time() - started
+    report = render(info, rows, extra, relay, elapsed)
+    print(report)
+    out = os.environ.get("BENCH_OUT", "BENCHMARKS.md" if not ONLY and SERVERS == ["udprelayd", "cref", "nginx", "socat"] else "-")
+    if out != "-":
+        findings = os.path.join(ROOT, "Benchmarks/FINDINGS.md")
+        with open(os.path.join(ROOT, out) if not os.path.isabs(out) else out, "w") as f:
+            f.write(report)
+            if os.path.exists(findings):
+                f.write("\n" + open(findings).read())
+        log(f"wrote {out}")
+    bad = [r for r in rows if r.get("lost") or r.get("corrupt")]
+    if bad:
+        log("some datagrams were lost or corrupted: see the lost / corrupt column")
+        sys.exit(1)
+
+
+def render(info, rows, extra, relay, elapsed):
+    L = ["# udprelayd benchmark", "",
+         "Generated by `make bench` (Benchmarks/bench.py); do not edit the figures by hand.", "",
+         f"- Date: {info['date']}",
+         f"- Commit: {info['commit']}",
+         f"- Machine: {info['machine']}",
+         f"- Pinning: servers (and the upstream echo of forward cases) on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}" if SERVER_CPU else "- Pinning: none (one CPU)",
+         f"- Versions: {version([UDPRELAYD, '--version'])} (udprelayd), {version(['nginx', '-v'])}, {version(['socat', '-V'])[:60]}",
+         f"- Method: closed loop, {REPS} repetitions of {SECONDS:g} s per case (first 0.2 s not measured), servers interleaved; "
+         "figures are medians; \"vs C ref\" divides by the C reference's median in this same run. "
+         "W=1 uses one client socket, W=64 four. Every reply is checked byte for byte. Total time "
+         f"{elapsed:.0f} s.",
+         "- CPU is the server process's utime+stime (all threads; for socat and nginx, all its processes) per "
+         "million client round trips; for forward that is two datagrams in and two out per round trip.",
+         "", table(rows), ""]
+    if not relay:
+        L += ["udprelayd's forward rows are n/a: `mode = forward` had not landed when this ran.", ""]
+    if "alloc_echo" in extra:
+        L += ["## Heap allocations per datagram (steady state)", "",
+              "Counted with Benchmarks/mallocount.c (LD_PRELOAD; malloc, calloc, realloc, aligned allocators) "
+              "between two snapshots around a fixed number of 64-byte round trips, after a warm-up.", "",
+              "| mode | W | round trips | allocations | per datagram |", "|---|---|---|---|---|"]
+        for key, mode in (("alloc_echo", "echo"), ("alloc_forward", "forward")):
+            for w, a in extra.get(key, {}).items():
+                L.append(f"| {mode} | {w} | {a['replies']} | {a['allocs']} | {a['per_datagram']:.4f} |")
+        L.append("")
+    if "startup" in extra:
+        st = extra["startup"]
+        L += ["## Start-up time to first echo", "",
+              "From exec to the first reply to a probe sent every millisecond (median of 5).", "",
+              f"- udprelayd: {st['udprelayd'] * 1000:.1f} ms", f"- C reference: {st['cref'] * 1000:.1f} ms", ""]
+    if extra.get("sessions"):
+        L += [f"## Memory with {SESSIONS:,} live sessions (forward)", "",
+              "Each of that many loopback source addresses sends one datagram through a fresh forwarder; RSS after.", "",
+              "| server | RSS before | RSS after | peak RSS | sessions answered | lost | open-file limit |",
+              "|---|---|---|---|---|---|---|"]
+        for name, m in extra["sessions"].items():
+            L.append(f"| {name} | {m['base_kib'] / 1024:.1f} MiB | {m['rss_kib'] / 1024:.1f} MiB | "
+                     f"{m['hwm_kib'] / 1024:.1f} MiB | {m['replies']} | {m['lost']} | {m['nofile']} |")
+        L += ["", "A forwarder that gives each session its own connected upstream socket cannot hold more "
+              "sessions than its open-file limit allows; the C reference does exactly that.", ""]
+        L.append("")
+    elif "sessions" in extra:
+        L += ["## Memory with live sessions", "", "Not measured: needs udprelayd's forward mode.", ""]
+    return "\n".join(L)
+
+
+if __name__ == "__main__":
+    main()
