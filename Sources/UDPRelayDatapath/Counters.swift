@@ -132,6 +132,18 @@ public struct CounterSnapshot: Sendable, Equatable {
     public var dropped: UInt64 { Counter.dropCounters.reduce(0) { $0 + self[$1] } }
 }
 
+extension Counter {
+    /// The relay counters with their names as logs, `/status` and `/metrics` should show them
+    /// (zero on echo listeners).
+    public static let relayCounters: [(name: String, counter: Counter)] = [
+        ("sessions_active", .sessionsActive), ("sessions_created", .sessionsCreated),
+        ("sessions_expired", .sessionsExpired), ("sessions_evicted", .sessionsEvicted),
+        ("sessions_closed", .sessionsClosed), ("sessions_failed", .sessionsFailed),
+        ("session_errors", .sessionErrors), ("fail_open", .failOpen),
+        ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
+    ]
+}
+
 /// Per-upstream counters of one worker (single writer, like `CounterSet`).
 public enum UpstreamCounter: Int, CaseIterable, Sendable {
     /// Datagrams and bytes sent to the upstream.
@@ -149,6 +161,21 @@ public enum UpstreamCounter: Int, CaseIterable, Sendable {
     /// Health probes sent and answered.
     case probesSent
     case probesAnswered
+
+    /// The name logs, `/status` and `/metrics` should use.
+    public var name: String {
+        switch self {
+        case .sentPackets: "sent_packets"
+        case .sentBytes: "sent_bytes"
+        case .receivedPackets: "received_packets"
+        case .receivedBytes: "received_bytes"
+        case .sendDrops: "send_drops"
+        case .failures: "failures"
+        case .sessions: "sessions"
+        case .probesSent: "probes_sent"
+        case .probesAnswered: "probes_answered"
+        }
+    }
 }
 
 /// One worker's counters for one upstream: single writer, lock-free readers.

@@ -40,6 +40,10 @@ public final class Listener: Sendable {
         let upstreams = configuration.mode.isRelay
             ? UpstreamTable(configuration: configuration, workers: sources.count, logger: logger) : nil
         self.upstreams = upstreams
+        if configuration.mode.hasSessions {
+            FileLimit.ensure(UInt64(configuration.sessions.maxSessions) * UInt64(sources.count) + 1024,
+                             listener: configuration.name, logger: logger)
+        }
         for (index, source) in sources.enumerated() {
             let address = source.address
             do throws(SyscallError) {

@@ -22,14 +22,7 @@ struct DatapathService: Service {
             ]
             for d in Counter.dropCounters { metadata["drop.\(d.dropReason!)"] = "\(c[d])" }
             if listener.configuration.mode.isRelay {
-                let relay: [(String, Counter)] = [
-                    ("sessions.created", .sessionsCreated), ("sessions.expired", .sessionsExpired),
-                    ("sessions.evicted", .sessionsEvicted), ("sessions.closed", .sessionsClosed),
-                    ("sessions.failed", .sessionsFailed),
-                    ("sessions.errors", .sessionErrors), ("fail_open", .failOpen),
-                    ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
-                ]
-                for (key, counter) in relay { metadata[key] = "\(c[counter])" }
+                for (name, counter) in Counter.relayCounters { metadata[name] = "\(c[counter])" }
             }
             logger.info("totals", metadata: metadata)
             for u in listener.upstreamSnapshots() {

@@ -67,7 +67,7 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertEqual(failures.items, [])
         XCTAssertEqual(upstream.sources.count, 50, "one session (one upstream source port) per client")
         let t = try totals(daemon, "fwd")
-        XCTAssertEqual(field("sessions.created", t), 50)
+        XCTAssertEqual(field("sessions_created", t), 50)
         XCTAssertEqual(field("received", t), 50 * perClient)
         XCTAssertEqual(field("sent", t), 50 * perClient)
     }
@@ -136,7 +136,7 @@ final class RelayEndToEndTests: XCTestCase {
         }
         XCTAssertEqual(served, ["u0": 10, "u1": 10, "u2": 10])
         let t = try totals(daemon, "lb")
-        XCTAssertEqual(field("sessions.created", t), 30)
+        XCTAssertEqual(field("sessions_created", t), 30)
         let upstreamLines = daemon.log.filter { $0.contains("upstream totals") }
         XCTAssertEqual(upstreamLines.count, 3)
         for line in upstreamLines { XCTAssertEqual(field("sessions", line), 10, line) }
@@ -167,8 +167,8 @@ final class RelayEndToEndTests: XCTestCase {
         }
         XCTAssertGreaterThan(Set(home.values).count, 1, "20 clients should spread over several upstreams")
         let t = try totals(daemon, "h")
-        XCTAssertEqual(field("sessions.created", t), 1000)
-        XCTAssertEqual(field("sessions.closed", t), 1000)
+        XCTAssertEqual(field("sessions_created", t), 1000)
+        XCTAssertEqual(field("sessions_closed", t), 1000)
     }
 
     func testMirrorDeliversEveryDatagramToEveryLiveReceiverWhileOneIsClosed() throws {
@@ -251,8 +251,8 @@ final class RelayEndToEndTests: XCTestCase {
         }
         XCTAssertEqual(upstream.sources.count, 2)
         let t = try totals(daemon, "fwd")
-        XCTAssertEqual(field("sessions.expired", t), 1)
-        XCTAssertEqual(field("sessions.created", t), 2)
+        XCTAssertEqual(field("sessions_expired", t), 1)
+        XCTAssertEqual(field("sessions_created", t), 2)
     }
 
     func testMaxSessionsEvictsTheLeastRecentlyUsed() throws {
@@ -279,8 +279,8 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertNotNil(b.receive())
         XCTAssertEqual(upstream.sources.count, 4)
         let t = try totals(daemon, "fwd")
-        XCTAssertEqual(field("sessions.evicted", t), 2)
-        XCTAssertEqual(field("sessions.created", t), 4)
+        XCTAssertEqual(field("sessions_evicted", t), 2)
+        XCTAssertEqual(field("sessions_created", t), 4)
     }
 
     func testUpstreamThatDisappearsIsMarkedDownAndTrafficMoves() throws {
@@ -348,6 +348,34 @@ final class RelayEndToEndTests: XCTestCase {
         client.send(Array("data".utf8), to: try XCTUnwrap(bound["lb"]?.first))
         XCTAssertEqual(try XCTUnwrap(client.receive()).bytes, Array("data".utf8), "the standby takes over")
         XCTAssertFalse(answering.datagrams.filter { $0.bytes == Array("ping".utf8) }.isEmpty)
+    }
+
+    func testHostnameUpstreamIsResolved() throws {
+        // localhost resolves to ::1 or 127.0.0.1 depending on the resolver: listen on both.
+        let v4 = try UpstreamServer(reply: { Array("v4:".utf8) + $0 })
+        let v6 = try UpstreamServer(ipv6: true, reply: { Array("v6:".utf8) + $0 })
+        addTeardownBlock { v4.stop(); v6.stop() }
+        let servers = [v4, v6]
+        for (i, server) in servers.enumerated() {
+            let (daemon, bound) = try startDaemon("""
+            [listener named]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = localhost:\(server.address.port)
+            """)
+            let resolved = try XCTUnwrap(daemon.waitForLine(containing: "upstream resolved", timeout: 5))
+            let address = try XCTUnwrap(DaemonProcess.field("upstream.address", in: resolved))
+            guard address == "\(server.address)" else {
+                daemon.stop()
+                continue  // localhost resolved to the other family: try the other server
+            }
+            let client = try UDPClient()
+            client.send(Array("hi".utf8), to: try XCTUnwrap(bound["named"]?.first))
+            let reply = try XCTUnwrap(client.receive())
+            XCTAssertEqual(String(decoding: reply.bytes, as: UTF8.self), (i == 0 ? "v4:" : "v6:") + "hi")
+            return
+        }
+        XCTFail("localhost resolved to neither 127.0.0.1 nor ::1")
     }
 
     func testExampleConfigurationStartsAndRelays() throws {

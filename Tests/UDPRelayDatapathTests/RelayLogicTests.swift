@@ -1,3 +1,4 @@
+import Logging
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -197,5 +198,29 @@ final class RelayLogicTests: XCTestCase {
     func testDurationNanoseconds() {
         XCTAssertEqual(Duration.milliseconds(250).nanoseconds, 250_000_000)
         XCTAssertEqual(Duration.seconds(60).nanoseconds, 60_000_000_000)
+    }
+}
+
+final class UpstreamResolutionTests: XCTestCase {
+    func testResolvesNamesAndReportsFailures() {
+        guard case .success(let a) = UpstreamTable.resolve(host: "localhost", port: 53) else {
+            return XCTFail("localhost must resolve")
+        }
+        XCTAssertTrue(a.ip.isLoopback, "\(a)")
+        XCTAssertEqual(a.port, 53)
+        guard case .failure(let e) = UpstreamTable.resolve(host: "no-such-host.invalid", port: 53) else {
+            return XCTFail("a .invalid name must not resolve")
+        }
+        XCTAssertFalse(e.description.isEmpty)
+    }
+
+    func testUnresolvableUpstreamTakesNoSessionsAndIsLogged() throws {
+        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+                                       upstreams: [try UpstreamEndpoint(parsing: "no-such-host.invalid:53"), try UpstreamEndpoint(parsing: "127.0.0.1:9")])
+        let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "test"))
+        XCTAssertNil(table.address(0))
+        XCTAssertFalse(table.isUp(0, now: 1))
+        XCTAssertTrue(table.isUp(1, now: 1))
+        XCTAssertEqual(table.snapshot().map(\.endpoint), ["no-such-host.invalid:53", "127.0.0.1:9"])
     }
 }

@@ -313,7 +313,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
         }
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        source.setEventHandler { [unowned self, unowned s] in upstreamReadable(s) }
+        // Holds `s` until the source is released after cancellation (closeSession drops the
+        // session's reference to the source, which breaks the cycle).
+        source.setEventHandler { [unowned self, s] in upstreamReadable(s) }
         let closed = sessionsClosed
         closed.enter()
         source.setCancelHandler {
@@ -340,7 +342,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         idle.remove(s.slot)
         sessions[Int(s.slot)] = nil
         freeSlots.append(s.slot)
-        // After cancel() the event handler (which holds `s` unowned) never runs again.
+        // After cancel() the event handler never runs again; the guard in upstreamReadable
+        // covers a wakeup already queued.
         s.source?.cancel()
         s.source = nil
         if let reason { counters.add(reason) }
