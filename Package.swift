@@ -42,15 +42,25 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // systemd glue: sd_notify, watchdog, socket activation, journald. The only importer of CSystemd.
+        .target(
+            name: "UDPRelaySystemd",
+            dependencies: [
+                "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "udprelayd",
             dependencies: [
                 "UDPRelayConfig",
                 "UDPRelayDatapath",
-                "CSystemd",
+                "UDPRelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // Helpers shared by the test targets: a UDP client and the daemon run as a child process.
@@ -66,6 +76,10 @@ let package = Package(
         .testTarget(
             name: "UDPRelayDatapathTests",
             dependencies: ["UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport"]
+        ),
+        .testTarget(
+            name: "UDPRelaySystemdTests",
+            dependencies: ["UDPRelaySystemd", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "EndToEndTests",

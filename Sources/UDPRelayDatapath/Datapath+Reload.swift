@@ -11,8 +11,9 @@ extension Datapath {
     /// their sockets, workers and counters and are not touched at all; changed and new ones are
     /// opened and started first, then swapped in; the replaced and removed ones are then drained
     /// and closed. A changed or new listener on an address the running daemon already has open
-    /// (same configured address, port not 0) takes over a duplicate of that socket instead of
-    /// binding again, so rebinding neither fails with EADDRINUSE nor loses queued datagrams.
+    /// (same configured address with a port not 0, or the address a socket is bound to) takes
+    /// over a duplicate of that socket instead of binding again, so rebinding neither fails with
+    /// EADDRINUSE nor loses queued datagrams.
     /// If any socket cannot be opened, nothing changes and the error is thrown.
     @discardableResult
     public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
@@ -22,11 +23,13 @@ extension Datapath {
             let keep = Set(changes.unchanged)
             let byName = Dictionary(uniqueKeysWithValues: old.map { ($0.name, $0) })
 
-            // Sockets of the listeners that go away, by configured address.
+            // Sockets of the listeners that go away, by configured address (port not 0) and by
+            // the address they are bound to (a port 0 the file now names explicitly).
             var reusable: [SocketAddress: Int32] = [:]
             for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
-                for (address, worker) in zip(l.configuration.listen, l.workers) where address.port != 0 {
-                    reusable[address] = worker.fd
+                for (address, worker) in zip(l.configuration.listen, l.workers) {
+                    reusable[worker.localAddress] = worker.fd
+                    if address.port != 0 { reusable[address] = worker.fd }
                 }
             }
 

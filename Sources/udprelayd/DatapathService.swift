@@ -6,11 +6,17 @@ import UDPRelayDatapath
 struct DatapathService: Service {
     let datapath: Datapath
     let logger: Logger
+    /// Called once every listener is serving (sends READY=1 to systemd).
+    var onReady: @Sendable () -> Void = {}
+    /// Called when shutdown begins (sends STOPPING=1).
+    var onStopping: @Sendable () -> Void = {}
 
     func run() async throws {
         datapath.start()
+        onReady()
         logger.info("ready", metadata: ["listeners": "\(datapath.listeners.count)"])
         try? await gracefulShutdown()
+        onStopping()
         logger.info("stopping")
         datapath.stop()
         for listener in datapath.listeners {

@@ -2,11 +2,12 @@
 import Glibc
 #endif
 import ArgumentParser
-import CSystemd
 import Logging
 import ServiceLifecycle
 import UDPRelayConfig
 import UDPRelayDatapath
+import UDPRelaySystemd
+import UnixSignals
 
 /// Exit status for a bad configuration (sysexits.h EX_CONFIG).
 let exitConfigError: Int32 = 78
@@ -50,21 +51,51 @@ struct UDPRelayCommand: AsyncParsableCommand {
         }
 
         let level = Logger.Level(rawValue: logLevel ?? configuration.daemon.logLevel.rawValue) ?? .info
-        LoggingSystem.bootstrap { label in StderrLogHandler(logLevel: level, label: label) }
+        // stderr to the journal: priorities and fields via journald's socket, else `<N>` prefixes.
+        let journal = Journal.isStderrJournal
+        let native = Journal.isSocketAvailable
+        LoggingSystem.bootstrap { label in
+            journal ? JournalLogHandler(logLevel: level, native: native) as any LogHandler : StderrLogHandler(logLevel: level, label: label)
+        }
         var logger = Logger(label: "udprelayd")
         logger.logLevel = level
 
+        // Sockets systemd passed in serve the listeners they are named after; the rest are bound.
+        let inherited: [String: [Int32]]
         let datapath: Datapath
         do {
-            datapath = try Datapath(configuration: configuration, logger: logger)
+            let sockets = try SocketActivation.takeInheritedSockets()
+            inherited = try SocketActivation.assign(sockets, toListeners: configuration.listeners.map(\.name), configFile: config)
+            datapath = try Datapath(configuration: configuration, logger: logger, inherited: inherited)
         } catch {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
+        for (name, fds) in inherited.sorted(by: { $0.key < $1.key }) {
+            logger.info("using sockets passed by systemd", metadata: ["listener.name": "\(name)", "sockets": "\(fds.count)"])
+        }
 
         logger.info("starting", metadata: ["version": "\(BuildInfo.version)", "config": "\(config)", "pid": "\(getpid())"])
+        let daemonState = DaemonState(configPath: config)
+        let notifier = SystemdNotifier(logger: logger)
+        // Registered before READY=1: systemd may send SIGHUP (ExecReload) right after it.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
+                                     hangups: hangups, logger: logger, running: RunningConfiguration(configuration))
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: DatapathService(
+                datapath: datapath, logger: logger,
+                onReady: { notifier.ready(status: SystemdService.statusLine(datapath: datapath, state: daemonState, rates: nil)) },
+                onStopping: { notifier.stopping() })),
+            .init(service: systemd),
+        ]
+        if let interval = WatchdogService.configuredInterval() {
+            services.append(.init(service: WatchdogService(interval: interval, notifier: notifier, logger: logger) { timeout in
+                await datapath.probe(timeout: timeout)
+            }))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatapathService(datapath: datapath, logger: logger))],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

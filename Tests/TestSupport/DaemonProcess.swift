@@ -25,13 +25,25 @@ public final class DaemonProcess: @unchecked Sendable {
     }
 
     /// Writes `config` to a temporary file and starts the daemon with it.
-    public init(config: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    ///
+    /// `inheritedSocket` passes a socket the way systemd's socket activation does (fd 3,
+    /// `LISTEN_FDS=1`, `LISTEN_PID` = the daemon, `LISTEN_FDNAMES=name`). `journalStream` sets
+    /// `JOURNAL_STREAM` to the stderr pipe, as systemd does when stderr is the journal.
+    public init(config: String, arguments: [String] = [], environment: [String: String] = [:],
+                inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         configPath = dir.appendingPathComponent("udprelayd.ini").path
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         process.executableURL = Self.binary
         process.arguments = ["--config", configPath] + arguments
+        if let inheritedSocket {
+            // Foundation closes descriptors above 2 in the child, so the socket travels as stdin
+            // and a shell moves it to fd 3 and execs the daemon (keeping its PID for LISTEN_PID).
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$1\"; shift; exec \"$0\" \"$@\"",
+                                 Self.binary.path, inheritedSocket.name, "--config", configPath] + arguments
+        }
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "NOTIFY_SOCKET")
         env.removeValue(forKey: "LISTEN_FDS")
@@ -45,7 +57,17 @@ public final class DaemonProcess: @unchecked Sendable {
         let out = Pipe()
         process.standardError = err
         process.standardOutput = out
-        process.standardInput = FileHandle.nullDevice
+        if let inheritedSocket {
+            process.standardInput = FileHandle(fileDescriptor: inheritedSocket.fd, closeOnDealloc: false)
+        } else {
+            process.standardInput = FileHandle.nullDevice
+        }
+        if journalStream {
+            var st = stat()
+            fstat(err.fileHandleForWriting.fileDescriptor, &st)
+            env["JOURNAL_STREAM"] = "\(st.st_dev):\(st.st_ino)"
+            process.environment = env
+        }
         let terminated = self.terminated
         process.terminationHandler = { _ in terminated.signal() }
         try process.run()

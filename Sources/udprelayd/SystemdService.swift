@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import ServiceLifecycle
+import Synchronization
+import UDPRelayConfig
+import UDPRelayDatapath
+import UDPRelaySystemd
+import UnixSignals
+
+/// Reload on SIGHUP and the live `STATUS=` line.
+///
+/// Reload re-reads the file with `ConfigLoader.load` (exactly what start-up and
+/// `--check-config` run). A bad file changes nothing: every error is logged once, recorded in
+/// `DaemonState` (for `/status`) and shown in `STATUS=`, and the daemon keeps serving. A good
+/// file is applied as a diff by `Datapath.apply`, and the generation increments.
+struct SystemdService: Service {
+    let configPath: String
+    let datapath: Datapath
+    let state: DaemonState
+    let notifier: SystemdNotifier
+    /// SIGHUP, registered before the service group starts, so no reload request is lost.
+    let hangups: UnixSignalsSequence
+    let logger: Logger
+    let running: RunningConfiguration
+    /// How often `STATUS=` is refreshed.
+    var statusInterval: Duration = .seconds(3)
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await reloadLoop() }
+            if notifier.isEnabled {
+                group.addTask { await statusLoop() }
+            }
+            await group.waitForAll()
+        }
+    }
+
+    func reloadLoop() async {
+        for await _ in hangups.cancelOnGracefulShutdown() {
+            reload()
+        }
+    }
+
+    func reload() {
+        notifier.reloading()
+        logger.notice("reloading", metadata: ["config": "\(configPath)"])
+        let configuration: Configuration
+        do {
+            configuration = try ConfigLoader.load(path: configPath)
+        } catch {
+            for e in error.errors { logger.error("reload: \(e)") }
+            rejected(error.errors.map(\.description))
+            return
+        }
+        let changes: ListenerChanges
+        do {
+            changes = try datapath.apply(configuration)
+        } catch {
+            logger.error("reload: \(error)")
+            rejected([error.description])
+            return
+        }
+        let previous = running.replace(with: configuration)
+        state.reloadSucceeded()
+        let generation = state.snapshot.generation
+        logger.notice("reloaded", metadata: [
+            "generation": "\(generation)",
+            "listeners.unchanged": "\(changes.unchanged.count)", "listeners.changed": "\(changes.changed.joined(separator: ","))",
+            "listeners.removed": "\(changes.removed.joined(separator: ","))", "listeners.added": "\(changes.added.joined(separator: ","))",
+        ])
+        if previous.daemon != configuration.daemon {
+            logger.warning("[daemon] changes take effect at the next restart")
+        }
+        notifier.ready(status: statusLine(rates: nil))
+    }
+
+    func rejected(_ errors: [String]) {
+        state.reloadFailed(errors)
+        logger.error("reload rejected; still serving the running configuration", metadata: [
+            "generation": "\(state.snapshot.generation)", "errors": "\(errors.count)",
+        ])
+        notifier.ready(status: statusLine(rates: nil))
+    }
+
+    func statusLoop() async {
+        var last = sample()
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: statusInterval) }
+            } catch {
+                return
+            }
+            let now = sample()
+            notifier.status(statusLine(rates: StatusLine.rates(from: last, to: now)))
+            last = now
+        }
+    }
+
+    func sample() -> StatusLine.Sample {
+        var total = CounterSnapshot()
+        for l in datapath.snapshot() { total = total + l.counters }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return StatusLine.Sample(received: total[.receivedPackets], sent: total[.sentPackets], dropped: total.dropped,
+                                 at: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+    }
+
+    /// The `STATUS=` text: listeners, rates, generation and the last reload's outcome.
+    func statusLine(rates: (received: Double, sent: Double, dropped: Double)?) -> String {
+        Self.statusLine(datapath: datapath, state: state, rates: rates)
+    }
+
+    static func statusLine(datapath: Datapath, state: DaemonState, rates: (received: Double, sent: Double, dropped: Double)?) -> String {
+        let listeners = datapath.snapshot()
+        let s = state.snapshot
+        let reload = s.lastReload.map { r in
+            (ok: r.ok, at: clockTime(r.at), firstError: r.errors.first, errorCount: r.errors.count)
+        }
+        return StatusLine(listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.addresses.count },
+                          generation: s.generation, lastReload: reload).render(rates: rates)
+    }
+
+    /// `HH:MM:SSZ` of a wall-clock time in seconds since the epoch.
+    static func clockTime(_ t: Double) -> String {
+        var seconds = time_t(t)
+        var tm = tm()
+        gmtime_r(&seconds, &tm)
+        func two(_ x: Int32) -> String { x < 10 ? "0\(x)" : "\(x)" }
+        return "\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec))Z"
+    }
+}
+
+/// The configuration in effect: replaced only by a successful reload.
+final class RunningConfiguration: Sendable {
+    private let value: Mutex<Configuration>
+    init(_ configuration: Configuration) { value = Mutex(configuration) }
+    var current: Configuration { value.withLock { $0 } }
+    /// Stores `configuration` and returns the one it replaces.
+    func replace(with configuration: Configuration) -> Configuration {
+        value.withLock { old in
+            defer { old = configuration }
+            return old
+        }
+    }
+}
