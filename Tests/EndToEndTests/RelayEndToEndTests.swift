@@ -350,6 +350,53 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertFalse(answering.datagrams.filter { $0.bytes == Array("ping".utf8) }.isEmpty)
     }
 
+    func testAllUpstreamsDownFailsOpenAndCountsIt() throws {
+        let a = try closedLoopbackPort(), b = try closedLoopbackPort()
+        let (daemon, bound) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = balance
+        max_fails = 1
+        fail_timeout = 30s
+        upstream = \(a), \(b)
+        """)
+        let address = try XCTUnwrap(bound["lb"]?.first)
+        var downs = 0
+        for _ in 0..<100 where downs < 2 {
+            let client = try UDPClient()
+            client.send([1], to: address)
+            _ = client.receive(timeout: 0.05)
+            downs = daemon.log.filter { $0.contains("upstream down") }.count
+        }
+        XCTAssertEqual(downs, 2, daemon.log.joined(separator: "\n"))
+        for _ in 0..<5 {
+            try UDPClient().send([2], to: address)  // still sent somewhere: fail open
+        }
+        let t = try totals(daemon, "lb")
+        XCTAssertGreaterThanOrEqual(field("fail_open", t) ?? 0, 5, t)
+        XCTAssertEqual(field("session_errors", t), 0, t)
+    }
+
+    func testProbedUpstreamComesBackWhenItAnswersAgain() throws {
+        let answering = Flag()
+        let flaky = try UpstreamServer(reply: { answering.value ? $0 : nil })
+        let standby = try UpstreamServer()
+        addTeardownBlock { flaky.stop(); standby.stop() }
+        let (daemon, _) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = balance
+        balance = first
+        health_probe = 0x01
+        health_interval = 100ms
+        upstream = \(flaky.address), \(standby.address)
+        """)
+        XCTAssertNotNil(daemon.waitForLine(containing: "upstream down", timeout: 5))
+        answering.value = true
+        let up = try XCTUnwrap(daemon.waitForLine(containing: "upstream up", timeout: 5))
+        XCTAssertTrue(up.contains("upstream=\(flaky.address)"), up)
+    }
+
     func testHostnameUpstreamIsResolved() throws {
         // localhost resolves to ::1 or 127.0.0.1 depending on the resolver: listen on both.
         let v4 = try UpstreamServer(reply: { Array("v4:".utf8) + $0 })
@@ -384,6 +431,17 @@ final class RelayEndToEndTests: XCTestCase {
         let text = try String(contentsOf: url.appendingPathComponent("config/udprelayd.ini"), encoding: .utf8)
         let check = try DaemonProcess(config: text, arguments: ["--check-config"])
         XCTAssertEqual(check.waitForExit(), 0, check.log.joined(separator: "\n"))
+    }
+}
+
+/// A thread-safe boolean.
+final class Flag: @unchecked Sendable {
+    // @unchecked: `v` is guarded by `lock`.
+    private let lock = NSLock()
+    private var v = false
+    var value: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return v }
+        set { lock.lock(); v = newValue; lock.unlock() }
     }
 }
 

@@ -16,8 +16,9 @@ public final class UpstreamServer: @unchecked Sendable {
     private var stopped = false
     private let finished = DispatchSemaphore(value: 0)
 
-    /// - Parameter reply: what to send back for each datagram; nil for a silent receiver.
-    public init(ipv6: Bool = false, reply: (@Sendable ([UInt8]) -> [UInt8])? = { $0 }) throws {
+    /// - Parameter reply: what to send back for each datagram (nil: no answer to this one);
+    ///   nil for a silent receiver.
+    public init(ipv6: Bool = false, reply: (@Sendable ([UInt8]) -> [UInt8]?)? = { $0 }) throws {
         let client = try UDPClient(ipv6: ipv6)
         // Take over the client's socket: dup so UDPClient's deinit does not close ours.
         fd = dup(client.fd)
@@ -47,8 +48,7 @@ public final class UpstreamServer: @unchecked Sendable {
                 received.append((bytes, from))
                 condition.broadcast()
                 condition.unlock()
-                if let reply {
-                    let answer = reply(bytes)
+                if let reply, let answer = reply(bytes) {
                     _ = answer.withUnsafeBytes { buf in
                         withUnsafePointer(to: &storage) {
                             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
