@@ -1,0 +1,74 @@
+import Foundation
+import XCTest
+import TestSupport
+import UDPRelayConfig
+
+/// The unit files under systemd/: hardening score, `systemd-analyze verify`, and agreement with
+/// the example configuration. Needs systemd-analyze (package systemd; scripts/install-deps.sh
+/// test installs it): without it these tests fail, they do not skip.
+final class UnitFileTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let service = root.appendingPathComponent("systemd/udprelayd.service").path
+    static let socket = root.appendingPathComponent("systemd/udprelayd.socket").path
+
+    /// Runs a command; returns exit status and stdout+stderr.
+    func run(_ arguments: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func requireSystemdAnalyze() throws {
+        let (status, _) = try run(["sh", "-c", "command -v systemd-analyze"])
+        if status != 0 {
+            XCTFail("systemd-analyze is missing: install the 'systemd' package (scripts/install-deps.sh test)")
+            throw XCTSkip("cannot check unit files")
+        }
+    }
+
+    func testServiceExposureScoreIsAtMost1_5() throws {
+        try requireSystemdAnalyze()
+        let (_, output) = try run(["systemd-analyze", "security", "--offline=true", "--no-pager", Self.service])
+        let line = try XCTUnwrap(output.split(separator: "\n").first { $0.contains("Overall exposure level for udprelayd.service:") }, output)
+        let score = try XCTUnwrap(line.split(separator: ":").last?.split(separator: " ").first.flatMap { Double($0) }, String(line))
+        XCTAssertLessThanOrEqual(score, 1.5, "hardening regressed:\n\(output.split(separator: "\n").filter { $0.contains("✗") }.joined(separator: "\n"))")
+    }
+
+    func testUnitsVerifyWithoutAnyMessage() throws {
+        try requireSystemdAnalyze()
+        // verify needs ExecStart= to exist: point the copies at the binary this test run built.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("units-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let service = try String(contentsOfFile: Self.service, encoding: .utf8)
+            .replacingOccurrences(of: "/usr/sbin/udprelayd", with: DaemonProcess.binary.path)
+        try service.write(to: dir.appendingPathComponent("udprelayd.service"), atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: Self.socket, toPath: dir.appendingPathComponent("udprelayd.socket").path)
+        let (status, output) = try run(["systemd-analyze", "verify", "--man=no",
+                                        dir.appendingPathComponent("udprelayd.service").path,
+                                        dir.appendingPathComponent("udprelayd.socket").path])
+        // verify exits 0 even for unknown keys: any output is a failure.
+        XCTAssertEqual(output, "", "systemd-analyze verify complained")
+        XCTAssertEqual(status, 0)
+    }
+
+    func testUnitsAgreeWithTheExampleConfiguration() throws {
+        let service = try String(contentsOfFile: Self.service, encoding: .utf8)
+        XCTAssertTrue(service.contains("ExecStart=/usr/sbin/udprelayd --config \(Defaults.configPath)\n"))
+        XCTAssertTrue(service.contains("ExecStartPre=/usr/sbin/udprelayd --check-config --config \(Defaults.configPath)\n"))
+        XCTAssertTrue(service.contains("Type=notify\n"))
+        // The example socket's name must be a listener of the example configuration.
+        let socket = try String(contentsOfFile: Self.socket, encoding: .utf8)
+        let name = try XCTUnwrap(socket.split(separator: "\n").first { $0.hasPrefix("FileDescriptorName=") }?.dropFirst("FileDescriptorName=".count))
+        let config = try ConfigLoader.load(path: Self.root.appendingPathComponent("config/udprelayd.ini").path)
+        XCTAssertTrue(config.listeners.contains { $0.name == name }, "FileDescriptorName=\(name) names no listener of config/udprelayd.ini")
+    }
+}
