@@ -309,6 +309,13 @@ struct ConfigParser {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
         }
+        if let upstreams = d.upstreams, let listen = d.listen {
+            for u in upstreams {
+                if let literal = u.literal, listen.contains(literal) {
+                    error(line("upstream"), section, "upstream", "\(u) is this listener's own address; it would relay to itself")
+                }
+            }
+        }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
             for key in ["health_expect", "health_interval"] where d.keyLines[key] != nil && mode.isRelay {
                 error(line(key), section, key, "only valid together with health_probe")

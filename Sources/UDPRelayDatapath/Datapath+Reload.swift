@@ -41,7 +41,7 @@ extension Datapath {
                     continue
                 }
                 do throws(BindError) {
-                    let l = try Self.open(lc, tuning: tuning, inherited: inherited, reusable: reusable)
+                    let l = try Self.open(lc, tuning: tuning, inherited: inherited, reusable: reusable, logger: logger)
                     opened.append(l)
                     next.append(l)
                 } catch {

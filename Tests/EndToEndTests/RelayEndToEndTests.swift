@@ -93,6 +93,24 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertTrue(upstream.datagrams.allSatisfy { $0.bytes.count == 65507 })
     }
 
+    func testLargestIPv6DatagramCrossesToAnIPv6Upstream() throws {
+        let upstream = try UpstreamServer(ipv6: true)
+        addTeardownBlock { upstream.stop() }
+        let (_, bound) = try startDaemon("""
+        [listener fwd6]
+        listen = [::1]:0
+        mode = forward
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd6"]?.first)
+        let client = try UDPClient(ipv6: true)
+        let big = payload(65527, seed: 9)
+        XCTAssertEqual(client.send(big, to: address), 65527)
+        let reply = try XCTUnwrap(client.receive())
+        XCTAssertTrue(reply.bytes == big, "65527-byte payload changed on the way")
+        XCTAssertEqual(reply.from, address)
+    }
+
     func testWildcardForwardListenerRepliesFromTheAddressTheClientUsed() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }

@@ -158,6 +158,12 @@ final class RelayConfigTests: XCTestCase {
         XCTAssertThrowsError(try Values.payload("0xzz"))
     }
 
+    func testUpstreamMayNotBeTheListenerItself() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:5353\nmode = forward\nupstream = 127.0.0.1:5353\n")
+        XCTAssertEqual(e.map(\.line), [4])
+        XCTAssertTrue(e[0].message.contains("relay to itself"), e[0].message)
+    }
+
     func testHealthExpectNeedsProbe() {
         let e = errors("[listener a]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = 127.0.0.1:9\nhealth_expect = ok\n")
         XCTAssertEqual(e.map(\.line), [5])

@@ -330,6 +330,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.set(.sessionsActive, UInt64(table.count))
         upCounters[pick.index].add(.sessions)
         freshSessions.append(s)
+        logger.debug("session opened", metadata: [
+            "peer.address": "\(SocketAddress(sockaddr: UnsafeRawPointer(s.client)).map { "\($0)" } ?? "?")",
+            "upstream": "\(upstreams.endpoints[pick.index])", "upstream.address": "\(address)",
+        ])
         source.activate()
         return s
     }
@@ -348,6 +352,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         s.source = nil
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
+        logger.debug("session closed", metadata: [
+            "peer.address": "\(SocketAddress(sockaddr: UnsafeRawPointer(s.client)).map { "\($0)" } ?? "?")",
+            "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(s.replies)",
+        ])
     }
 
     /// Looks for a pending error on sessions opened in the last two ticks that have had no

@@ -12,8 +12,8 @@ import UDPRelayConfig
 /// Reads on the datapath are lock-free (atomics); the mutex is taken only when an address
 /// changes, a failure is recorded or a session picks its upstream's address.
 final class UpstreamTable: @unchecked Sendable {
-    // @unchecked: mutable state is either behind `lock`, in atomics, or confined to
-    // `controlQueue` (probe sockets, timers, `awaiting`, `resolveFailing`).
+    // @unchecked: mutable state is behind `lock`, in atomics, or confined to one queue:
+    // `controlQueue` (probe sockets and timer, `awaiting`), `resolveQueue` (`resolveFailing`).
     let endpoints: [UpstreamEndpoint]
     let settings: HealthSettings
     let resolveInterval: Duration
@@ -33,6 +33,9 @@ final class UpstreamTable: @unchecked Sendable {
     /// Per upstream: [0] passively down until (ns), [1] probe down (0/1), [2] has an address (0/1).
     private let state: AtomicSlots
     private let controlQueue: DispatchQueue
+    /// getaddrinfo blocks (up to the resolver's timeouts): it gets a queue of its own so a slow
+    /// DNS server cannot delay health probes.
+    private let resolveQueue: DispatchQueue
     private var resolveTimer: DispatchSourceTimer?
     private var probeTimer: DispatchSourceTimer?
     private var probeSources: [DispatchSourceRead?] = []
@@ -56,6 +59,7 @@ final class UpstreamTable: @unchecked Sendable {
         lock = Mutex(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
         state = AtomicSlots(count: 3 * n)
         controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
+        resolveQueue = DispatchQueue(label: "udprelayd.resolve.\(configuration.name)")
         awaiting = Array(repeating: false, count: n)
         resolveFailing = Array(repeating: false, count: n)
         for i in 0..<n where endpoints[i].literal != nil { state[3 * i + 2] = 1 }
@@ -154,15 +158,16 @@ final class UpstreamTable: @unchecked Sendable {
     // MARK: start / stop (resolve timer, probes)
 
     func start() {
+        resolveQueue.async { [self] in
+            guard endpoints.contains(where: { $0.literal == nil }) else { return }
+            let t = DispatchSource.makeTimerSource(queue: resolveQueue)
+            let interval = DispatchTimeInterval.nanoseconds(Int(clamping: resolveInterval.nanoseconds))
+            t.schedule(deadline: .now() + interval, repeating: interval, leeway: .milliseconds(100))
+            t.setEventHandler { [unowned self] in resolveNames(initial: false) }
+            resolveTimer = t
+            t.activate()
+        }
         controlQueue.async { [self] in
-            if endpoints.contains(where: { $0.literal == nil }) {
-                let t = DispatchSource.makeTimerSource(queue: controlQueue)
-                let interval = DispatchTimeInterval.nanoseconds(Int(clamping: resolveInterval.nanoseconds))
-                t.schedule(deadline: .now() + interval, repeating: interval, leeway: .milliseconds(100))
-                t.setEventHandler { [unowned self] in resolveNames(initial: false) }
-                resolveTimer = t
-                t.activate()
-            }
             if settings.probe != nil { startProbes() }
         }
     }
@@ -170,9 +175,13 @@ final class UpstreamTable: @unchecked Sendable {
     /// Cancels timers and probe sockets; `done` is left once every probe socket is closed.
     func stop(done: DispatchGroup) {
         done.enter()
-        controlQueue.async { [self] in
+        resolveQueue.async { [self] in
             resolveTimer?.cancel()
             resolveTimer = nil
+            done.leave()
+        }
+        done.enter()
+        controlQueue.async { [self] in
             probeTimer?.cancel()
             probeTimer = nil
             for (i, s) in probeSources.enumerated() {
