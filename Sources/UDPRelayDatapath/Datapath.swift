@@ -97,7 +97,8 @@ public struct ListenerSnapshot: Sendable {
     /// `sessionsEvicted`, `sessionsClosed`, `sessionErrors`, `failOpen`, `sampledOut`,
     /// `repliesIgnored`); they stay zero for echo.
     public let counters: CounterSnapshot
-    /// Relay modes: one entry per `upstream =` address in file order; empty for echo.
+    /// Relay modes: one entry per `upstream =` address in file order (endpoint, resolved
+    /// address, `state` up/down/unresolved, per-upstream counters); empty for echo.
     public var upstreams: [UpstreamSnapshot] = []
 }
 

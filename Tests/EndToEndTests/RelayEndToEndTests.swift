@@ -301,6 +301,36 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertEqual(field("sessions_created", t), 4)
     }
 
+    /// Many clients in the same batches with a tiny table: evictions happen between datagrams of
+    /// one batch; nothing is sent to the wrong session and the counters add up.
+    func testEvictionUnderBurstsKeepsCountersConsistent() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        max_sessions = 4
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd"]?.first)
+        let clients = try (0..<40).map { _ in try UDPClient() }
+        for round in 0..<5 {
+            for (c, client) in clients.enumerated() { client.send(payload(16, seed: UInt64(round * 100 + c)), to: address) }
+        }
+        XCTAssertEqual(upstream.waitForCount(200), 200, "every datagram reaches the upstream")
+        for (c, client) in clients.enumerated() {
+            // Replies for evicted sessions are lost (documented); any that arrive are the client's own.
+            while let r = client.receive(timeout: 0.02) {
+                XCTAssertTrue((0..<5).contains { r.bytes == payload(16, seed: UInt64($0 * 100 + c)) }, "client \(c) got a foreign reply")
+            }
+        }
+        let t = try totals(daemon, "fwd")
+        let created = try XCTUnwrap(field("sessions_created", t)), evicted = try XCTUnwrap(field("sessions_evicted", t))
+        XCTAssertEqual(created - evicted, 4, "the table stays full at max_sessions: \(t)")
+        XCTAssertEqual(field("received", t), 200)
+    }
+
     func testUpstreamThatDisappearsIsMarkedDownAndTrafficMoves() throws {
         let stay = try taggedUpstream("ok")
         let leaving = try taggedUpstream("gone")

@@ -222,5 +222,12 @@ final class UpstreamResolutionTests: XCTestCase {
         XCTAssertFalse(table.isUp(0, now: 1))
         XCTAssertTrue(table.isUp(1, now: 1))
         XCTAssertEqual(table.snapshot().map(\.endpoint), ["no-such-host.invalid:53", "127.0.0.1:9"])
+        XCTAssertEqual(table.snapshot().map(\.state), ["unresolved", "up"])
+        table.recordFailure(1, now: 1)
+        table.recordFailure(1, now: 2)
+        table.recordFailure(1, now: 3)  // max_fails = 3 within fail_timeout
+        XCTAssertEqual(table.snapshot(now: 4).map(\.state), ["unresolved", "down"])
+        XCTAssertFalse(table.isUp(1, now: 4))
+        XCTAssertTrue(table.isUp(1, now: 3 + Duration.seconds(10).nanoseconds), "back after fail_timeout")
     }
 }

@@ -358,15 +358,18 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         ])
     }
 
-    /// Looks for a pending error on sessions opened in the last two ticks that have had no
-    /// reply yet: a refused upstream counts as a failure and the session is closed.
+    /// Looks for a pending error on sessions opened since the last tick and in the tick before
+    /// (an ICMP error may come back after the first look) that have had no reply yet: a refused
+    /// upstream counts as a failure and the session is closed.
     func checkNewSessions(now: UInt64) {
         dispatchPrecondition(condition: .onQueue(queue))
-        for s in recentSessions where s.replies == 0 && sessions[Int(s.slot)] === s {
-            var err: Int32 = 0
-            var len = socklen_t(MemoryLayout<Int32>.size)
-            guard getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err != 0 else { continue }
-            upstreamFailed(s, errno: err, now: now)
+        for list in [recentSessions, freshSessions] {
+            for s in list where s.replies == 0 && sessions[Int(s.slot)] === s {
+                var err: Int32 = 0
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                guard getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err != 0 else { continue }
+                upstreamFailed(s, errno: err, now: now)
+            }
         }
         recentSessions = freshSessions
         freshSessions = []

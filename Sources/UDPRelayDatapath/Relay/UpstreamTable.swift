@@ -311,4 +311,11 @@ public struct UpstreamSnapshot: Sendable, Equatable {
     public let down: Bool
     /// Summed over the listener's workers.
     public let counters: UpstreamCounterSnapshot
+
+    /// One lower-case word for status pages: `up`, `down` (health checks), or `unresolved`
+    /// (a hostname that has never resolved; it takes no traffic).
+    public var state: String {
+        if address == nil { return "unresolved" }
+        return down ? "down" : "up"
+    }
 }
