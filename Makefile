@@ -7,7 +7,7 @@ SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize bench bench-tools
+.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize sanitize-thread sanitize-address bench bench-tools
 
 deps:
 	@scripts/install-deps.sh build
@@ -66,9 +66,14 @@ FUZZ_SECONDS ?= 60
 fuzz: deps
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-# The unit and end-to-end tests under ThreadSanitizer, then AddressSanitizer (separate build folders).
-sanitize: test-deps
+# The unit and end-to-end tests under ThreadSanitizer and AddressSanitizer (own build folders).
+# CI runs sanitize-thread after make test.
+sanitize: sanitize-thread sanitize-address
+
+sanitize-thread: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing
+	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing $(SANITIZE_FILTER)
+
+sanitize-address: test-deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing $(SANITIZE_FILTER)
