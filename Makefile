@@ -76,4 +76,6 @@ sanitize-thread: test-deps
 
 sanitize-address: test-deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing $(SANITIZE_FILTER)
+	# Leak checking is off: XCTest and Foundation's Process leak small objects at exit (seen
+	# here, not in our code); use-after-free, overflows and double frees still halt the run.
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing $(SANITIZE_FILTER)
