@@ -24,6 +24,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     case dropRateLimited
     /// The listener as a whole is over `rate_limit_total`.
     case dropRateLimitedTotal
+    /// Relay: no session could be opened for a new client (out of descriptors, no upstream
+    /// address, connect failed), so its datagram was dropped. See also `sessionErrors`.
+    case dropNoSession
     /// Receive calls that failed with an error other than "would block".
     case receiveErrors
     /// Sources forgotten by the per-source rate limiter because its table was full.
@@ -63,6 +66,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .dropDenied: "denied"
         case .dropRateLimited: "rate_limited"
         case .dropRateLimitedTotal: "rate_limited_total"
+        case .dropNoSession: "no_session"
         default: nil
         }
     }

@@ -30,7 +30,8 @@ public final class DaemonProcess: @unchecked Sendable {
     /// `LISTEN_FDS=1`, `LISTEN_PID` = the daemon, `LISTEN_FDNAMES=name`). `journalStream` sets
     /// `JOURNAL_STREAM` to the stderr pipe, as systemd does when stderr is the journal.
     public init(config: String, arguments: [String] = [], environment: [String: String] = [:],
-                inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false) throws {
+                inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false,
+                fileLimit: Int? = nil) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         configPath = dir.appendingPathComponent("udprelayd.ini").path
@@ -43,6 +44,11 @@ public final class DaemonProcess: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: "/bin/sh")
             process.arguments = ["-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$1\"; shift; exec \"$0\" \"$@\"",
                                  Self.binary.path, inheritedSocket.name, "--config", configPath] + arguments
+        }
+        if let fileLimit {
+            // prlimit sets soft and hard RLIMIT_NOFILE and execs the daemon (same PID).
+            process.arguments = ["--nofile=\(fileLimit):\(fileLimit)", "--", process.executableURL!.path] + (process.arguments ?? [])
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
         }
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "NOTIFY_SOCKET")

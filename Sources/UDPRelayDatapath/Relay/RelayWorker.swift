@@ -200,6 +200,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             if let s = openSession(key: key, message: m, now: now) {
                 sessionOf[i] = s.slot
+            } else {
+                counters.add(.dropNoSession)
             }
         }
         counters.add(.receivedPackets, UInt64(count))
