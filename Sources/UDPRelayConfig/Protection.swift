@@ -89,6 +89,8 @@ extension Defaults {
     /// from one of them is a reflection or a loop (CVE-1999-0103, CVE-2024-2169), never a client.
     public static let denySourcePorts = PortSet([0, 7, 13, 17, 19, 37, 53, 69, 111, 123, 137, 161, 389, 1900, 5353, 11211])
     public static let rateLimitSources = 65536
+    /// Upstreams one listener may name (each costs a health record and, in mirror mode, a socket).
+    public static let maxUpstreams = 64
     /// One second's worth of the rate, at least 1.
     public static func rateBurst(for rate: Rate?) -> Int {
         guard let rate else { return 0 }

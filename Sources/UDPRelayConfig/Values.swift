@@ -92,6 +92,9 @@ enum Values {
             if out.contains(e) { throw ValueError("upstream \(e) is listed twice") }
             out.append(e)
         }
+        if out.count > Defaults.maxUpstreams {
+            throw ValueError("at most \(Defaults.maxUpstreams) upstreams per listener, got \(out.count)")
+        }
         return out
     }
 
