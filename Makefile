@@ -35,6 +35,7 @@ test: test-deps
 	scripts/check-man.sh .build/debug/udprelayd
 	$(MAKE) --no-print-directory bench-tools
 	Benchmarks/smoke.sh $(BENCH_BIN)
+	scripts/test-deb.sh
 
 deb:
 	SWIFT=$$(command -v $(SWIFT)) scripts/build-deb.sh

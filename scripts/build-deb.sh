@@ -28,11 +28,16 @@ fi
 version=$("$src/scripts/version.sh")
 
 # A clean copy of the tracked (and new, not ignored) files, with the packaging as debian/.
-stage="$work/src/udprelayd-$version"
+# Always the same folder (and tar keeps mtimes), so SwiftPM rebuilds only what changed.
+stage="$work/src/udprelayd"
 rm -rf "$work/src"
 mkdir -p "$stage"
-(cd "$src" && git ls-files -z -co --exclude-standard | xargs -0 -I{} sh -c '[ -e "$1" ] && printf "%s\0" "$1"' _ {} \
-  | tar --null -T - -cf -) | tar -C "$stage" -xf -
+if [ "$(git -C "$src" rev-parse --show-toplevel 2>/dev/null)" = "$src" ]; then
+  (cd "$src" && git ls-files -z -co --exclude-standard | xargs -0 -I{} sh -c '[ -e "$1" ] && printf "%s\0" "$1"' _ {} \
+    | tar --null -T - -cf -) | tar -C "$stage" -xf -
+else  # not a git checkout (an unpacked tarball, the test's bumped copy): all but build output
+  tar -C "$src" --exclude='./.build*' --exclude='./*.deb' --exclude=./.git -cf - . | tar -C "$stage" -xf -
+fi
 cp -a "$src/packaging/debian" "$stage/debian"
 
 echo "building udprelayd $version (dpkg-buildpackage, Swift release build with --static-swift-stdlib)" >&2
@@ -46,7 +51,7 @@ cp "$deb" "$out/"
 
 if [ "${LINTIAN:-1}" != 0 ]; then
   # Errors and warnings fail the build; overrides (with reasons) are in debian/udprelayd.lintian-overrides.
-  lintian --fail-on error,warning --info --display-experimental --no-tag-display-limit "$deb" \
+  lintian --fail-on error,warning --info --display-experimental --tag-display-limit 0 "$deb" \
     || { echo "error: lintian found problems (above)" >&2; exit 1; }
   echo "lintian: clean (no errors, no warnings)" >&2
 fi
