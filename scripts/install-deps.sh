@@ -16,7 +16,7 @@ fi
 # lintian checks it, python3/groff-base/man-db generate and check the man pages.
 # (scripts/build-deb.sh also installs debian/control's Build-Depends with apt-get satisfy.)
 if [ "$what" = test ] || [ "$what" = deb ]; then
-  packages+=(dpkg-dev debhelper lintian python3 groff-base man-db)
+  packages+=(build-essential dpkg-dev debhelper lintian python3 groff-base man-db)
 fi
 
 missing=()
