@@ -128,9 +128,21 @@ check "service restarted on upgrade (MainPID $pid_before -> $(status_field MainP
 check "upgraded service runs the edited config (echo on 7018)" echo_ok 127.0.0.1:7018
 if echo_ok 127.0.0.1:7008; then fail "port 7008 still echoes after the edit"; else ok "port 7008 no longer echoes after the edit"; fi
 
+# Socket activation through the packaged example unit: the admin enables it, the service takes
+# the sockets of listener "echo" from systemd.
+check "udprelayd.socket shipped but not enabled" test "$(in_ct systemctl is-enabled udprelayd.socket 2>/dev/null || true)" = disabled
+# The running service holds the ports, so it stops first (as udprelayd(8) says).
+check "systemctl stop the service, enable --now udprelayd.socket, start the service" \
+  in_ct sh -c 'systemctl stop udprelayd.service && systemctl enable --now udprelayd.socket 2>/dev/null && systemctl start udprelayd.service'
+check "service active with the socket unit" wait_active
+check "echo through the sockets passed by udprelayd.socket" echo_ok 127.0.0.1:7007
+check "the service took listener echo's sockets from systemd (journal)" \
+  ct_sh "journalctl -b -u udprelayd.service -o cat | grep 'using sockets passed by systemd' | grep -q 'echo'"
+
 # --- 3. Remove ----------------------------------------------------------------------------------
 check "apt remove udprelayd" apt_ct remove udprelayd
 check "service stopped on remove" test "$(in_ct systemctl is-active udprelayd.service 2>/dev/null || true)" != active
+check "socket unit stopped on remove" test "$(in_ct systemctl is-active udprelayd.socket 2>/dev/null || true)" != active
 if echo_ok 127.0.0.1:7007; then fail "7007 still echoes after remove"; else ok "nothing echoes after remove"; fi
 check "binary removed" absent /usr/sbin/udprelayd
 check "edited config kept on remove" file_has /etc/udprelayd/udprelayd.ini '; edited by the package test'
