@@ -31,6 +31,7 @@ test: test-deps
 	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
 	scripts/check-warnings.sh < .build-test.log
 	$(SWIFT) test --skip-build --disable-swift-testing
+	scripts/systemd-e2e.sh
 	scripts/check-version.sh .build/debug/udprelayd
 	scripts/check-man.sh .build/debug/udprelayd
 	$(MAKE) --no-print-directory bench-tools

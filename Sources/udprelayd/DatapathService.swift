@@ -13,8 +13,8 @@ struct DatapathService: Service {
 
     func run() async throws {
         datapath.start()
-        onReady()
         logger.info("ready", metadata: ["listeners": "\(datapath.listeners.count)"])
+        onReady()
         try? await gracefulShutdown()
         onStopping()
         logger.info("stopping")

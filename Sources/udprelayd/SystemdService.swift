@@ -118,8 +118,11 @@ struct SystemdService: Service {
         let reload = s.lastReload.map { r in
             (ok: r.ok, at: clockTime(r.at), firstError: r.errors.first, errorCount: r.errors.count)
         }
+        // Relay listeners with sessions (forward, balance) report how many are open.
+        let withSessions = datapath.listeners.filter { $0.configuration.mode.hasSessions }
+        let sessions = withSessions.isEmpty ? nil : withSessions.reduce(0) { $0 + Int($1.counters()[.sessionsActive]) }
         return StatusLine(listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.addresses.count },
-                          generation: s.generation, lastReload: reload).render(rates: rates)
+                          sessions: sessions, generation: s.generation, lastReload: reload).render(rates: rates)
     }
 
     /// `HH:MM:SSZ` of a wall-clock time in seconds since the epoch.

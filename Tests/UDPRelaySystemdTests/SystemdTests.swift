@@ -148,6 +148,11 @@ final class StatusLineTests: XCTestCase {
         XCTAssertEqual(line.render(rates: nil), "2 listeners (3 sockets); config gen 2, RELOAD FAILED 19:41:07Z: u.ini:4: [listener a] mode: bad (+1 more)")
     }
 
+    func testSessionsAreShownForRelayListeners() {
+        XCTAssertEqual(StatusLine(listeners: 1, sockets: 1, sessions: 3, generation: 1).render(rates: nil),
+                       "1 listener (1 socket), 3 sessions; config gen 1")
+    }
+
     func testCountersGoingBackwardsAreNotNegativeRates() {
         let r = StatusLine.rates(from: .init(received: 500, sent: 500, dropped: 0, at: 1), to: .init(received: 20, sent: 20, dropped: 0, at: 2))
         XCTAssertEqual(r.received, 0)
