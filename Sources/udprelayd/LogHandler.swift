@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import Synchronization
 
 /// One line per event on stderr: `LEVEL message key=value ...`, metadata sorted by key.
 /// A timestamp is added when stderr is not the journal (which stamps lines itself).
@@ -55,5 +56,49 @@ func writeStderr(_ s: String) {
             }
             offset += n
         }
+    }
+}
+
+/// The daemon's one log level, shared by every logger, so a reload can change it
+/// (`[daemon] log_level`) without restarting.
+final class LogLevelControl: Sendable {
+    private let raw: Atomic<UInt8>
+
+    init(_ level: Logger.Level) {
+        raw = Atomic(Self.index(level))
+    }
+
+    var level: Logger.Level {
+        get { Logger.Level.allCases[Int(raw.load(ordering: .relaxed))] }
+        set { raw.store(Self.index(newValue), ordering: .relaxed) }
+    }
+
+    private static func index(_ level: Logger.Level) -> UInt8 {
+        UInt8(Logger.Level.allCases.firstIndex(of: level)!)
+    }
+}
+
+/// Wraps the output handler (stderr or journal) so its level is the shared, reloadable one.
+struct LevelControlledLogHandler: LogHandler {
+    var inner: any LogHandler
+    let control: LogLevelControl
+
+    var logLevel: Logger.Level {
+        get { control.level }
+        set { control.level = newValue }
+    }
+
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        inner.log(event: event)
     }
 }

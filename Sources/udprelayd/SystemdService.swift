@@ -24,6 +24,9 @@ struct SystemdService: Service {
     let hangups: UnixSignalsSequence
     let logger: Logger
     let running: RunningConfiguration
+    /// The shared log level, which a reload sets from `[daemon] log_level`; nil when
+    /// `--log-level` pins it.
+    var logLevel: LogLevelControl?
     /// How often `STATUS=` is refreshed.
     var statusInterval: Duration = .seconds(3)
 
@@ -63,6 +66,17 @@ struct SystemdService: Service {
             return
         }
         let previous = running.replace(with: configuration)
+        if let logLevel, let level = Logger.Level(rawValue: configuration.daemon.logLevel.rawValue), level != logLevel.level {
+            logLevel.level = level
+            logger.notice("log level changed", metadata: ["log.level": "\(level)"])
+        } else if logLevel == nil, previous.daemon.logLevel != configuration.daemon.logLevel {
+            logger.notice("[daemon] log_level changed in the file, but --log-level overrides it")
+        }
+        var otherDaemonKeys = previous.daemon
+        otherDaemonKeys.logLevel = configuration.daemon.logLevel
+        if otherDaemonKeys != configuration.daemon {
+            logger.warning("[daemon] changes other than log_level take effect at the next restart")
+        }
         state.reloadSucceeded()
         let generation = state.snapshot.generation
         logger.notice("reloaded", metadata: [
@@ -70,9 +84,6 @@ struct SystemdService: Service {
             "listeners.unchanged": "\(changes.unchanged.count)", "listeners.changed": "\(changes.changed.joined(separator: ","))",
             "listeners.removed": "\(changes.removed.joined(separator: ","))", "listeners.added": "\(changes.added.joined(separator: ","))",
         ])
-        if previous.daemon != configuration.daemon {
-            logger.warning("[daemon] changes take effect at the next restart")
-        }
         notifier.ready(status: statusLine(rates: nil))
     }
 

@@ -54,11 +54,14 @@ struct UDPRelayCommand: AsyncParsableCommand {
         // stderr to the journal: priorities and fields via journald's socket, else `<N>` prefixes.
         let journal = Journal.isStderrJournal
         let native = Journal.isSocketAvailable
+        // One level for every logger; a reload may change it unless --log-level pins it.
+        let logLevelControl = LogLevelControl(level)
         LoggingSystem.bootstrap { label in
-            journal ? JournalLogHandler(logLevel: level, native: native) as any LogHandler : StderrLogHandler(logLevel: level, label: label)
+            let output = journal ? JournalLogHandler(logLevel: .trace, native: native) as any LogHandler
+                : StderrLogHandler(logLevel: .trace, label: label)
+            return LevelControlledLogHandler(inner: output, control: logLevelControl)
         }
-        var logger = Logger(label: "udprelayd")
-        logger.logLevel = level
+        let logger = Logger(label: "udprelayd")
 
         // Sockets systemd passed in serve the listeners they are named after; the rest are bound.
         let inherited: [String: [Int32]]
@@ -81,7 +84,8 @@ struct UDPRelayCommand: AsyncParsableCommand {
         // Registered before READY=1: systemd may send SIGHUP (ExecReload) right after it.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
-                                     hangups: hangups, logger: logger, running: RunningConfiguration(configuration))
+                                     hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
+                                     logLevel: logLevel == nil ? logLevelControl : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: DatapathService(
                 datapath: datapath, logger: logger,

@@ -160,6 +160,20 @@ final class SystemdEndToEndTests: XCTestCase {
         XCTAssertEqual(DaemonProcess.field("received", in: totals), "\(sent)", "the unchanged listener kept its counters")
     }
 
+    func testReloadAppliesANewLogLevel() throws {
+        let notify = try NotifySocket()
+        let d = try startDaemon("[daemon]\nlog_level = warning\n[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
+        var seen: [String] = []
+        XCTAssertNotNil(notify.wait(seen: &seen) { $0.contains("READY=1") })
+        XCTAssertNil(d.log.first { $0.contains(" INFO ") }, "nothing below warning at log_level = warning")
+        try rewrite(d, "[daemon]\nlog_level = info\n[listener a]\nlisten = 127.0.0.1:0\n")
+        d.signal(SIGHUP)
+        XCTAssertNotNil(d.waitForLine(containing: "NOTICE log level changed log.level=info"), d.log.joined(separator: "\n"))
+        XCTAssertNotNil(d.waitForLine(containing: "NOTICE reloaded generation=2"))
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertNotNil(d.log.first { $0.contains(" INFO stopped") }, "info lines appear after the reload")
+    }
+
     func testJournalStderrGetsPriorityPrefixesWhenTheJournalSocketIsAbsent() throws {
         guard access("/run/systemd/journal/socket", F_OK) != 0 else {
             throw XCTSkip("a journald runs here; the journal path is covered by NspawnEndToEndTests")

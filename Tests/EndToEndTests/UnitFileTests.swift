@@ -60,6 +60,14 @@ final class UnitFileTests: XCTestCase {
         XCTAssertEqual(status, 0)
     }
 
+    /// The real-systemd test must fail, not skip, where it cannot run (CI runs it as root).
+    func testSystemdEndToEndScriptFailsLoudlyWithoutRoot() throws {
+        let script = Self.root.appendingPathComponent("scripts/systemd-e2e.sh").path
+        let (status, output) = try run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", script, "/bin/true"])
+        XCTAssertEqual(status, 1, output)
+        XCTAssertTrue(output.contains("systemd-e2e: FAILED, cannot run: needs root"), output)
+    }
+
     func testUnitsAgreeWithTheExampleConfiguration() throws {
         let service = try String(contentsOfFile: Self.service, encoding: .utf8)
         XCTAssertTrue(service.contains("ExecStart=/usr/sbin/udprelayd --config \(Defaults.configPath)\n"))
