@@ -51,7 +51,8 @@ public enum Counter: Int, CaseIterable, Sendable {
     case failOpen
     /// Mirror: datagrams not copied because of `sample = 1/N`.
     case sampledOut
-    /// Mirror: replies from upstreams, counted and dropped.
+    /// Replies from upstreams dropped on purpose: every reply in mirror mode, replies beyond
+    /// `session_max_replies` in forward/balance.
     case repliesIgnored
 
     /// The drop reason label for `drop…` counters, nil for the others.

@@ -183,12 +183,11 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                     i += Int(k)
                 case .wouldBlock:
                     up.add(.sendDrops, UInt64(count - i))
-                    counters.add(.dropSendBufferFull, UInt64(count - i))
                     i = count
                 }
             } catch {
+                // Counted once, on the upstream (as in RelayWorker).
                 up.add(.sendDrops)
-                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     up.add(.failures)
                     upstreams.recordFailure(u, now: monotonicNanos())

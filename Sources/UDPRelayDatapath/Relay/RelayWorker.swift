@@ -250,17 +250,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                     sent += Int(n)
                     i += Int(n)
                 case .wouldBlock:
-                    counters.add(.dropSendBufferFull, UInt64(count - i))
                     up.add(.sendDrops, UInt64(count - i))
                     i = count
                 }
             } catch {
+                // Counted once, on the upstream: the listener's drop reasons are for datagrams
+                // dropped before an upstream was chosen or on the way back to clients.
                 up.add(.sendDrops)
                 i += 1
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     failure = error.errno
-                } else {
-                    counters.add(ErrorPolicy.sendDrop(errno: error.errno))
                 }
             }
         }
@@ -380,7 +379,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// A send to the session's upstream failed, or an ICMP error came back: count it against
     /// the upstream and close the session so the client's next datagram picks one that is up.
     private func upstreamFailed(_ s: Session, errno err: Int32, now: UInt64) {
-        counters.add(ErrorPolicy.sendDrop(errno: err))
         upCounters[s.upstream].add(.failures)
         upstreams.recordFailure(s.upstream, now: now)
         closeSession(s, reason: .sessionsFailed)
@@ -433,6 +431,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             up.add(.receivedPackets, UInt64(received))
             up.add(.receivedBytes, bytes)
+            if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
             s.replies += allowed
             idle.touch(s.slot, now: monotonicNanos())
