@@ -9,8 +9,8 @@ import Glibc
 extension Datapath {
     /// Applies a new configuration as a diff (see `ListenerChanges`): unchanged listeners keep
     /// their sockets, workers and counters and are not touched at all; changed and new ones are
-    /// opened and started first, then swapped in; the replaced and removed ones are then drained
-    /// and closed. A changed or new listener on an address the running daemon already has open
+    /// opened and started first; the replaced and removed ones are then drained and closed, and
+    /// the new set is swapped in. A changed or new listener on an address the running daemon already has open
     /// (same configured address with a port not 0, or the address a socket is bound to) takes
     /// over a duplicate of that socket instead of binding again, so rebinding neither fails with
     /// EADDRINUSE nor loses queued datagrams.
@@ -51,14 +51,16 @@ extension Datapath {
             }
 
             let isRunning = running.withLock { $0 }
-            if isRunning { start(opened, all: next) }
-            current.withLock { $0 = next }
             let retired = old.filter { !keep.contains($0.name) }
             if isRunning {
+                start(opened, all: next)
+                // The old listeners stay in the set (and in `probe()`) until they have drained
+                // and closed: a queue wedged now must still stop the watchdog pings.
                 stop(retired)
             } else {
                 for l in retired { for w in l.workers { close(w.fd) } }
             }
+            current.withLock { $0 = next }
             for name in changes.removed where inherited[name] != nil {
                 logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
                                metadata: ["listener.name": "\(name)"])

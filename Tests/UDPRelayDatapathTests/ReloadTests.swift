@@ -115,6 +115,28 @@ final class ReloadTests: XCTestCase {
         XCTAssertEqual(problems, [])
     }
 
+    /// A queue wedged while a reload retires it must still fail the liveness probe (and so
+    /// stop the watchdog pings), not vanish from the set while the reload hangs on it.
+    func testAQueueWedgedDuringAReloadStillFailsTheProbe() async throws {
+        let datapath = try Datapath(configuration: try configuration("[listener old]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
+        datapath.start()
+        let release = DispatchSemaphore(value: 0)
+        datapath.listener(named: "old")!.workers[0].queue.async { release.wait() }
+        let next = try configuration("[listener new]\nlisten = 127.0.0.1:0\n")
+        let applied = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = try? datapath.apply(next)
+            applied.signal()
+        }
+        let problems = await datapath.probe(timeout: .milliseconds(300))
+        XCTAssertEqual(problems.count, 1, "\(problems)")
+        XCTAssertTrue(problems.first?.hasPrefix("listener 'old' queue") ?? false, "\(problems)")
+        release.signal()
+        XCTAssertEqual(applied.wait(timeout: .now() + 5), .success)
+        XCTAssertEqual(datapath.listeners.map(\.name), ["new"])
+        datapath.stop()
+    }
+
     func testFailedApplyChangesNothing() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
         datapath.start()
