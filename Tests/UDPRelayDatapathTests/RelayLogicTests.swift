@@ -89,32 +89,29 @@ final class RelayLogicTests: XCTestCase {
 
     func testRoundRobinSpreadsEvenlyAndSkipsDownUpstreams() {
         var b = Balancer(algorithm: .roundRobin, upstreams: ["a:1", "b:1", "c:1"])
-        var rng = SystemRandomNumberGenerator()
         var counts = [0, 0, 0]
-        for i in 0..<300 { counts[b.pick(clientHash: UInt64(i), isUp: { _ in true }, random: &rng).index] += 1 }
+        for i in 0..<300 { counts[b.pick(clientHash: UInt64(i), isUp: { _ in true }).index] += 1 }
         XCTAssertEqual(counts, [100, 100, 100])
         counts = [0, 0, 0]
-        for i in 0..<300 { counts[b.pick(clientHash: UInt64(i), isUp: { $0 != 1 }, random: &rng).index] += 1 }
+        for i in 0..<300 { counts[b.pick(clientHash: UInt64(i), isUp: { $0 != 1 }).index] += 1 }
         XCTAssertEqual(counts, [150, 0, 150])
     }
 
     func testFirstIsActiveStandbyAndAllDownFailsOpen() {
         var b = Balancer(algorithm: .first, upstreams: ["a:1", "b:1", "c:1"])
-        var rng = SystemRandomNumberGenerator()
-        XCTAssertEqual(b.pick(clientHash: 1, isUp: { _ in true }, random: &rng).index, 0)
-        XCTAssertEqual(b.pick(clientHash: 1, isUp: { $0 != 0 }, random: &rng).index, 1)
-        let open = b.pick(clientHash: 1, isUp: { _ in false }, random: &rng)
+        XCTAssertEqual(b.pick(clientHash: 1, isUp: { _ in true }).index, 0)
+        XCTAssertEqual(b.pick(clientHash: 1, isUp: { $0 != 0 }).index, 1)
+        let open = b.pick(clientHash: 1, isUp: { _ in false })
         XCTAssertEqual(open.index, 0)
         XCTAssertTrue(open.failOpen)
         var rr = Balancer(algorithm: .roundRobin, upstreams: ["a:1", "b:1"])
-        XCTAssertTrue(rr.pick(clientHash: 1, isUp: { _ in false }, random: &rng).failOpen)
+        XCTAssertTrue(rr.pick(clientHash: 1, isUp: { _ in false }).failOpen)
     }
 
     func testRandomUsesOnlyUpUpstreams() {
         var b = Balancer(algorithm: .random, upstreams: ["a:1", "b:1", "c:1", "d:1"])
-        var rng = SystemRandomNumberGenerator()
         var counts = [0, 0, 0, 0]
-        for i in 0..<4000 { counts[b.pick(clientHash: UInt64(i), isUp: { $0 != 2 }, random: &rng).index] += 1 }
+        for i in 0..<4000 { counts[b.pick(clientHash: UInt64(i), isUp: { $0 != 2 }).index] += 1 }
         XCTAssertEqual(counts[2], 0)
         for i in [0, 1, 3] { XCTAssertGreaterThan(counts[i], 1000, "\(counts)") }
     }
@@ -124,11 +121,10 @@ final class RelayLogicTests: XCTestCase {
     func testHashIsStickyEvenAndRemapsAboutOneInN() {
         let names = ["10.0.0.1:53", "10.0.0.2:53", "10.0.0.3:53", "10.0.0.4:53", "10.0.0.5:53"]
         var five = Balancer(algorithm: .hash, upstreams: names)
-        var rng = SystemRandomNumberGenerator()
         let clients = 20_000
-        let before = (0..<clients).map { five.pick(clientHash: key($0).stableHash, isUp: { _ in true }, random: &rng).index }
+        let before = (0..<clients).map { five.pick(clientHash: key($0).stableHash, isUp: { _ in true }).index }
         for c in 0..<200 {
-            XCTAssertEqual(five.pick(clientHash: key(c).stableHash, isUp: { _ in true }, random: &rng).index, before[c], "sticky")
+            XCTAssertEqual(five.pick(clientHash: key(c).stableHash, isUp: { _ in true }).index, before[c], "sticky")
         }
         var counts = [Int](repeating: 0, count: 5)
         for u in before { counts[u] += 1 }
@@ -139,7 +135,7 @@ final class RelayLogicTests: XCTestCase {
         let mapBack = [0, 1, 3, 4]
         var moved = 0
         for c in 0..<clients {
-            let after = mapBack[four.pick(clientHash: key(c).stableHash, isUp: { _ in true }, random: &rng).index]
+            let after = mapBack[four.pick(clientHash: key(c).stableHash, isUp: { _ in true }).index]
             if after != before[c] {
                 moved += 1
                 XCTAssertEqual(before[c], 2, "only clients of the removed upstream move")
@@ -151,12 +147,12 @@ final class RelayLogicTests: XCTestCase {
 
         // Marking an upstream down (instead of removing it) gives the same answer.
         for c in 0..<500 {
-            let down = five.pick(clientHash: key(c).stableHash, isUp: { $0 != 2 }, random: &rng).index
-            XCTAssertEqual(down, mapBack[four.pick(clientHash: key(c).stableHash, isUp: { _ in true }, random: &rng).index])
+            let down = five.pick(clientHash: key(c).stableHash, isUp: { $0 != 2 }).index
+            XCTAssertEqual(down, mapBack[four.pick(clientHash: key(c).stableHash, isUp: { _ in true }).index])
         }
 
         var six = Balancer(algorithm: .hash, upstreams: names + ["10.0.0.6:53"])
-        let added = (0..<clients).filter { six.pick(clientHash: key($0).stableHash, isUp: { _ in true }, random: &rng).index != before[$0] }
+        let added = (0..<clients).filter { six.pick(clientHash: key($0).stableHash, isUp: { _ in true }).index != before[$0] }
         print("hash remap fraction after adding a 6th upstream: \(Double(added.count) / Double(clients))")
         XCTAssertEqual(Double(added.count) / Double(clients), 1.0 / 6.0, accuracy: 0.02)
     }

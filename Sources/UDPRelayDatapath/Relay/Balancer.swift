@@ -1,30 +1,43 @@
 import UDPRelayConfig
 
-/// Picks the upstream of a new session. Pure: health comes in as a predicate and randomness as
-/// a generator, so tests control both. Called once per session, never per datagram.
+/// Picks the upstream of a new session. Pure: health comes in as a predicate and randomness from
+/// a seedable generator, so tests control both. Called once per session, never per datagram.
 struct Balancer {
     let algorithm: BalanceAlgorithm
     /// One per upstream, from its configured text: rendezvous weights depend on the upstream's
     /// identity, not its position, so removing one leaves the others' weights unchanged.
     let seeds: [UInt64]
     private var nextIndex = 0
+    /// State of a splitmix64 generator for `random`. (An `inout` generic generator crashed
+    /// ThreadSanitizer builds when it was the empty SystemRandomNumberGenerator.)
+    private var randomState: UInt64
 
-    init(algorithm: BalanceAlgorithm, upstreams: [String]) {
+    init(algorithm: BalanceAlgorithm, upstreams: [String], seed: UInt64 = UInt64.random(in: .min ... .max)) {
         self.algorithm = algorithm
         self.seeds = upstreams.map { Mix.fnv1a($0) }
+        self.randomState = seed
     }
 
     var count: Int { seeds.count }
 
     /// The upstream for a client whose key hashes to `clientHash`, skipping those `isUp` says
     /// are down. When all are down it picks as if all were up and reports `failOpen`.
-    mutating func pick<G: RandomNumberGenerator>(clientHash: UInt64, isUp: (Int) -> Bool, random: inout G) -> (index: Int, failOpen: Bool) {
+    mutating func pick(clientHash: UInt64, isUp: (Int) -> Bool) -> (index: Int, failOpen: Bool) {
         precondition(!seeds.isEmpty)
-        if let i = choose(clientHash: clientHash, isUp: isUp, random: &random) { return (i, false) }
-        return (choose(clientHash: clientHash, isUp: { _ in true }, random: &random) ?? 0, true)
+        if let i = choose(clientHash: clientHash, isUp: isUp) { return (i, false) }
+        return (choose(clientHash: clientHash, isUp: { _ in true }) ?? 0, true)
     }
 
-    private mutating func choose<G: RandomNumberGenerator>(clientHash: UInt64, isUp: (Int) -> Bool, random: inout G) -> Int? {
+    /// splitmix64: fast, good enough to spread sessions, not for secrets.
+    private mutating func nextRandom() -> UInt64 {
+        randomState &+= 0x9E37_79B9_7F4A_7C15
+        var z = randomState
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    private mutating func choose(clientHash: UInt64, isUp: (Int) -> Bool) -> Int? {
         let n = seeds.count
         switch algorithm {
         case .first:
@@ -42,7 +55,7 @@ struct Balancer {
             var upCount = 0
             for i in 0..<n where isUp(i) { upCount += 1 }
             guard upCount > 0 else { return nil }
-            var k = Int.random(in: 0..<upCount, using: &random)
+            var k = Int(nextRandom() % UInt64(upCount))
             for i in 0..<n where isUp(i) {
                 if k == 0 { return i }
                 k -= 1

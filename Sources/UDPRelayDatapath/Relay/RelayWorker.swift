@@ -73,7 +73,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var freeSlots: [Int32] = []
     private var idle = IdleList()
     private var balancer: Balancer
-    private var random = SystemRandomNumberGenerator()
     private var timer: DispatchSourceTimer?
     private let sessionsClosed = DispatchGroup()
     /// Sessions opened since the last timer tick, and in the tick before: checked for a pending
@@ -271,7 +270,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     // MARK: sessions
 
     private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Session? {
-        let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) }, random: &random)
+        let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
