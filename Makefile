@@ -7,7 +7,7 @@ SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize sanitize-thread sanitize-address bench bench-tools
+.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize sanitize-thread sanitize-address soak bench bench-tools
 
 deps:
 	@scripts/install-deps.sh build
@@ -81,3 +81,7 @@ sanitize-address: test-deps
 	# Leak checking is off: XCTest and Foundation's Process leak small objects at exit (seen
 	# here, not in our code); use-after-free, overflows and double frees still halt the run.
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing $(SANITIZE_FILTER)
+
+# A bounded soak (about two minutes) of the release binary: see scripts/soak.py.
+soak: release test-deps
+	python3 scripts/soak.py .build/release/udprelayd

@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Bounded soak of a real udprelayd (make soak; about two minutes, loopback only).
+
+Mixed echo and forward traffic from 1,000 client ports at a moderate rate, 50 reloads (one
+listener changed every time, the others unchanged), the forward upstream killed and restarted,
+and a burst of malformed requests at the status endpoint. At the end the daemon must be alive
+and healthy, its RSS within 10% of the value after warm-up, the unchanged echo listener must
+have lost nothing, every listener's counters must balance (received = sent + dropped), and
+SIGTERM during traffic must exit 0.
+
+Usage: scripts/soak.py BINARY [--seconds N]
+"""
+import argparse
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+CLIENTS = 1000
+RATE = 2000            # datagrams per second over all clients (half echo, half forward)
+RELOADS = 50
+
+
+def log(msg):
+    print(f"soak: {msg}", flush=True)
+
+
+class Upstream:
+    """A loopback echo server standing in for the forward listener's upstream; can be killed and restarted on the same port."""
+
+    def __init__(self):
+        self.port = 0
+        self.sock = None
+        self.stop = threading.Event()
+        self.start()
+
+    def start(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind(("127.0.0.1", self.port))
+        self.port = s.getsockname()[1]
+        s.settimeout(0.1)
+        self.sock = s
+        self.stop.clear()
+        self.thread = threading.Thread(target=self.serve, args=(s,), daemon=True)
+        self.thread.start()
+
+    def serve(self, s):
+        while not self.stop.is_set():
+            try:
+                data, peer = s.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                s.sendto(data, peer)
+            except OSError:
+                pass
+
+    def kill(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, binary, config_text):
+        self.dir = tempfile.mkdtemp(prefix="udprelayd-soak-")
+        self.config = os.path.join(self.dir, "udprelayd.ini")
+        self.write(config_text)
+        self.lines = []
+        self.cv = threading.Condition()
+        self.proc = subprocess.Popen([binary, "--config", self.config], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def write(self, text):
+        tmp = self.config + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config)
+
+    def read(self):
+        for line in self.proc.stderr:
+            with self.cv:
+                self.lines.append(line.rstrip("\n"))
+                self.cv.notify_all()
+        with self.cv:
+            self.cv.notify_all()
+
+    def wait_for(self, pattern, start=0, timeout=30):
+        deadline = time.time() + timeout
+        with self.cv:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    if re.search(pattern, self.lines[i]):
+                        return i, self.lines[i]
+                    i += 1
+                left = deadline - time.time()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise SystemExit(f"soak: FAIL: no log line matching {pattern!r}; log tail:\n" + "\n".join(self.lines[-30:]))
+                self.cv.wait(left)
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+def field(line, key):
+    m = re.search(r"(?:^| )" + re.escape(key) + r"=(\S+)", line)
+    return m.group(1) if m else None
+
+
+def config(upstream_port, generation):
+    return f"""
+[daemon]
+log_level = info
+[status]
+listen = 127.0.0.1:0
+[listener echo]
+listen = 127.0.0.1:0
+[listener fwd]
+listen = 127.0.0.1:0
+mode = forward
+upstream = 127.0.0.1:{upstream_port}
+max_fails = 3
+fail_timeout = 2s
+[listener churn]
+listen = 127.0.0.1:0
+max_datagram = {1000 + generation}
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--seconds", type=float, default=90.0, help="main phase length")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+
+    upstream = Upstream()
+    d = Daemon(args.binary, config(upstream.port, 0))
+    d.wait_for(r" ready")
+    ports = {}
+    for line in d.lines:
+        if " listening " in line and field(line, "listener.name"):
+            ports[field(line, "listener.name")] = int(field(line, "listener.address").rsplit(":", 1)[1])
+    status_port = None
+    for line in d.lines:
+        if "status" in line and field(line, "address"):
+            status_port = int(field(line, "address").rsplit(":", 1)[1])
+    log(f"daemon pid {d.proc.pid}, ports {ports}, status port {status_port}")
+
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i in range(CLIENTS):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        socks.append(s)
+        sel.register(s, selectors.EVENT_READ, i)
+    target = {i: ("127.0.0.1", ports["echo"] if i % 2 == 0 else ports["fwd"]) for i in range(CLIENTS)}
+    sent = {"echo": 0, "fwd": 0}
+    got = {"echo": 0, "fwd": 0}
+    outstanding = set()
+    lock = threading.Lock()
+    stop_rx = threading.Event()
+    fwd_window = {"sent": 0, "got": 0, "on": False}
+
+    def receiver():
+        while not stop_rx.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                s = key.fileobj
+                while True:
+                    try:
+                        data = s.recv(65535)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        break
+                    with lock:
+                        if data in outstanding:
+                            outstanding.discard(data)
+                            kind = "echo" if data.startswith(b"e") else "fwd"
+                            got[kind] += 1
+                            if kind == "fwd" and fwd_window["on"]:
+                                fwd_window["got"] += 1
+                        else:
+                            print(f"soak: FAIL: unexpected or duplicate reply {data[:40]!r}", flush=True)
+                            os._exit(1)
+
+    rx = threading.Thread(target=receiver, daemon=True)
+    rx.start()
+
+    seq = 0
+
+    def send_for(seconds, tick=None):
+        nonlocal seq
+        start = time.time()
+        next_at = start
+        while time.time() - start < seconds:
+            now = time.time()
+            if tick:
+                tick(now - start)
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.005))
+                continue
+            i = seq % CLIENTS
+            kind = "echo" if i % 2 == 0 else "fwd"
+            payload = f"{kind[0]}:{i}:{seq}:".encode() + b"x" * (seq % 200)
+            with lock:
+                outstanding.add(payload)
+                sent[kind] += 1
+                if kind == "fwd" and fwd_window["on"]:
+                    fwd_window["sent"] += 1
+            try:
+                socks[i].sendto(payload, target[i])
+            except BlockingIOError:
+                with lock:
+                    outstanding.discard(payload)
+                    sent[kind] -= 1
+            seq += 1
+            next_at += 1.0 / RATE
+
+    log("warm-up 15 s, with 5 reloads so the steady state includes them")
+    warm = {"n": 0}
+
+    def warm_tick(t):
+        if warm["n"] < 5 and t >= 2 + warm["n"] * 2:
+            warm["n"] += 1
+            d.write(config(upstream.port, 1000 + warm["n"]))
+            os.kill(d.proc.pid, signal.SIGHUP)
+
+    send_for(15, warm_tick)
+    time.sleep(0.5)
+    warm_rss = d.rss_kib()
+    log(f"RSS after warm-up: {warm_rss} KiB")
+
+    events = {"reloads": 0, "killed": False, "restarted": False, "abused": False}
+    reload_every = (args.seconds - 10) / RELOADS
+    last_line = [len(d.lines)]
+
+    def tick(t):
+        if events["reloads"] < RELOADS and t >= 2 + events["reloads"] * reload_every:
+            events["reloads"] += 1
+            d.write(config(upstream.port, events["reloads"]))
+            os.kill(d.proc.pid, signal.SIGHUP)
+        if not events["killed"] and t >= args.seconds * 0.3:
+            events["killed"] = True
+            upstream.kill()
+            log("upstream killed")
+        if not events["restarted"] and t >= args.seconds * 0.45:
+            events["restarted"] = True
+            upstream.start()
+            log("upstream restarted on the same port")
+        if not events["abused"] and t >= args.seconds * 0.6:
+            events["abused"] = True
+            threading.Thread(target=abuse_status, args=(status_port,), daemon=True).start()
+        if t >= args.seconds * 0.8:
+            fwd_window["on"] = True
+
+    log(f"main phase {args.seconds:.0f} s: {RATE}/s from {CLIENTS} ports, {RELOADS} reloads, upstream kill/restart, status abuse")
+    send_for(args.seconds, tick)
+    # Wait for outstanding echo replies (or until nothing has arrived for 2 s).
+    idle_since, last = time.time(), None
+    while time.time() - idle_since < 2:
+        with lock:
+            n = len(outstanding)
+        if n != last:
+            last, idle_since = n, time.time()
+        time.sleep(0.05)
+
+    failures = []
+    i, line = d.wait_for(r"reloaded .*generation=%d( |$)" % (RELOADS + 6), 0, timeout=10)
+    log(f"{RELOADS} reloads applied after 5 in warm-up (generation {RELOADS + 6})")
+    if d.proc.poll() is not None:
+        failures.append("daemon died")
+    final_rss = d.rss_kib()
+    log(f"RSS at the end: {final_rss} KiB ({final_rss / warm_rss:.3f} x warm-up)")
+    if final_rss > warm_rss * 1.10:
+        failures.append(f"RSS grew from {warm_rss} to {final_rss} KiB (> 10%)")
+    if status_port:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/healthz", timeout=5) as r:
+                if r.status != 200:
+                    failures.append(f"/healthz answered {r.status}")
+        except Exception as e:
+            failures.append(f"/healthz failed: {e}")
+    else:
+        failures.append("no status endpoint address in the log")
+
+    with lock:
+        lost_echo = sum(1 for p in outstanding if p.startswith(b"e"))
+        snapshot = dict(sent=dict(sent), got=dict(got), window=dict(fwd_window))
+    log(f"echo: sent {snapshot['sent']['echo']}, answered {snapshot['got']['echo']}, lost {lost_echo}")
+    log(f"forward: sent {snapshot['sent']['fwd']}, answered {snapshot['got']['fwd']} "
+        f"(last 20%: {snapshot['window']['got']}/{snapshot['window']['sent']})")
+    if lost_echo:
+        failures.append(f"the unchanged echo listener lost {lost_echo} datagrams")
+    w = snapshot["window"]
+    if w["sent"] == 0 or w["got"] < 0.99 * w["sent"]:
+        failures.append(f"forwarding did not recover after the upstream came back ({w['got']}/{w['sent']})")
+
+    # SIGTERM while traffic still flows.
+    stop_tx = threading.Event()
+
+    def trickle():
+        k = 0
+        while not stop_tx.is_set():
+            try:
+                socks[k % CLIENTS].sendto(b"late", target[k % CLIENTS])
+            except OSError:
+                pass
+            k += 1
+            time.sleep(0.0005)
+
+    stop_rx.set()
+    rx.join()
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    time.sleep(0.2)
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = d.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        d.proc.kill()
+        rc = None
+    stop_tx.set()
+    if rc != 0:
+        failures.append(f"SIGTERM during traffic: exit status {rc}")
+    time.sleep(0.2)
+    totals = {field(l, "listener.name"): l for l in d.lines if " totals " in l and " upstream totals " not in l}
+    upstream_totals = [l for l in d.lines if " upstream totals " in l]
+    for name in ("echo", "fwd"):
+        line = totals.get(name)
+        if not line:
+            failures.append(f"no totals for {name}")
+            continue
+        received = int(field(line, "received"))
+        drops = {k[5:]: int(v) for k, v in re.findall(r"(drop\.\S+?)=(\d+)", line)}
+        if name == "echo":
+            out, dropped = int(field(line, "sent")), sum(drops.values())
+            log(f"echo: received {received} = sent {out} + dropped {dropped}")
+            if received != out + dropped:
+                failures.append(f"echo: counters do not balance: received {received} != {out} + {dropped}")
+            continue
+        # Relay, towards the upstream: every datagram is sent, dropped on the upstream, or
+        # dropped before an upstream was chosen.
+        ups = [l for l in upstream_totals if field(l, "listener.name") == name]
+        up_sent = sum(int(field(l, "sent")) for l in ups)
+        up_drops = sum(int(field(l, "drops")) for l in ups)
+        before = sum(drops.get(k, 0) for k in ("source_port", "loop", "denied", "rate_limited", "rate_limited_total", "too_large", "no_session"))
+        log(f"{name} -> upstream: received {received} = sent {up_sent} + upstream drops {up_drops} + dropped before {before}")
+        if received != up_sent + up_drops + before:
+            failures.append(f"{name}: client->upstream counters do not balance")
+        # Back to the clients: every reply is sent, dropped on the way, or ignored on purpose.
+        up_received = sum(int(field(l, "received")) for l in ups)
+        back = int(field(line, "sent"))
+        back_drops = sum(drops.get(k, 0) for k in ("send_buffer_full", "send_error", "refused"))
+        ignored = int(field(line, "replies_ignored") or 0)
+        log(f"upstream -> {name}: replies {up_received} = sent {back} + dropped {back_drops} + ignored {ignored}")
+        if up_received != back + back_drops + ignored:
+            failures.append(f"{name}: upstream->client counters do not balance")
+
+    if failures:
+        for f in failures:
+            log("FAIL: " + f)
+        print("\n".join(d.lines[-40:]))
+        sys.exit(1)
+    log("PASS")
+
+
+def abuse_status(port):
+    """Malformed requests: garbage, a 20 KiB header, partial heads held open, many connections."""
+    if not port:
+        return
+    conns = []
+    for k in range(100):
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            continue
+        kind = k % 4
+        try:
+            if kind == 0:
+                c.sendall(os.urandom(512))
+            elif kind == 1:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20480 + b"\r\n\r\n")
+            elif kind == 2:
+                c.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # never finished
+            else:
+                c.sendall(b"DELETE /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        except OSError:
+            pass
+        conns.append(c)
+    log(f"status endpoint: {len(conns)} malformed or slow connections")
+    time.sleep(3)
+    for c in conns:
+        c.close()
+
+
+if __name__ == "__main__":
+    main()
