@@ -242,11 +242,12 @@ final class RelayEndToEndTests: XCTestCase {
     func testIdleSessionsExpire() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
+        // 1s: long enough that a loaded machine does not stall a busy client past it.
         let (daemon, bound) = try startDaemon("""
         [listener fwd]
         listen = 127.0.0.1:0
         mode = forward
-        session_timeout = 200ms
+        session_timeout = 1s
         upstream = \(upstream.address)
         """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
@@ -254,16 +255,17 @@ final class RelayEndToEndTests: XCTestCase {
         client.send([1], to: address)
         XCTAssertNotNil(client.receive())
         // Keep the session busy for longer than the timeout: it must not expire.
-        for _ in 0..<6 {
+        let busyUntil = Date().addingTimeInterval(1.6)
+        while Date() < busyUntil {
             client.send([2], to: address)
             XCTAssertNotNil(client.receive())
-            usleep(60_000)
+            usleep(100_000)
         }
         XCTAssertEqual(upstream.sources.count, 1, "a busy session stays")
         // Then go idle: the next datagram after expiry arrives from a new session socket.
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(10)
         while upstream.sources.count < 2, Date() < deadline {
-            usleep(400_000)  // idle for longer than session_timeout
+            usleep(1_600_000)  // idle for longer than session_timeout (+1/4 for the timer)
             client.send([3], to: address)
             XCTAssertNotNil(client.receive())
         }
