@@ -19,10 +19,11 @@ swift=${SWIFT:-$(command -v swift)} || { echo "error: swift is not on PATH (set 
 if ! (cd "$src/packaging" && dpkg-checkbuilddeps debian/control >/dev/null 2>&1); then
   deps=$(sed -n '/^Build-Depends:/,/^[A-Z]/{/^#/d;s/^Build-Depends://;/^[A-Z]/d;p}' "$src/packaging/debian/control" | tr -d '\n')
   echo "installing Build-Depends: $deps" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 satisfy -y -qq --no-install-recommends "$deps" >/dev/null \
-    || { apt-get -o DPkg::Lock::Timeout=600 update -qq &&
-         apt-get -o DPkg::Lock::Timeout=600 satisfy -y -qq --no-install-recommends "$deps" >/dev/null; }
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+  "${apt[@]}" satisfy -y -qq --no-install-recommends "$deps" >/dev/null \
+    || { "${apt[@]}" update -qq && "${apt[@]}" satisfy -y -qq --no-install-recommends "$deps" >/dev/null; }
 fi
 "$src/scripts/check-version.sh" >/dev/null
 version=$("$src/scripts/version.sh")
