@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make deb`: builds udprelayd_<version>_amd64.deb at the top of the checkout, then runs lintian.
+# `make deb`: builds udprelayd_<version>_<arch>.deb (amd64 here) at the top of the checkout,
+# then runs lintian.
 # Installs the package's Build-Depends through apt first (the Swift toolchain comes from PATH).
 # Works on a copy of the tracked files in .build-deb/src with packaging/debian as debian/, and
 # keeps SwiftPM's build folder in .build-deb/swiftpm so a second build is incremental.
@@ -27,6 +28,7 @@ if ! (cd "$src/packaging" && dpkg-checkbuilddeps debian/control >/dev/null 2>&1)
 fi
 "$src/scripts/check-version.sh" >/dev/null
 version=$("$src/scripts/version.sh")
+arch=$(dpkg --print-architecture)
 
 # A clean copy of the tracked (and new, not ignored) files, with the packaging as debian/.
 # Always the same folder (and tar keeps mtimes), so SwiftPM rebuilds only what changed.
@@ -45,7 +47,7 @@ echo "building udprelayd $version (dpkg-buildpackage, Swift release build with -
 (cd "$stage" && SWIFT="$swift" SWIFT_SCRATCH="$work/swiftpm" \
   dpkg-buildpackage -b -us -uc --no-sign > "$work/build.log" 2>&1) \
   || { tail -n 60 "$work/build.log" >&2; echo "error: package build failed; full log: $work/build.log" >&2; exit 1; }
-deb="$work/src/udprelayd_${version}_amd64.deb"
+deb="$work/src/udprelayd_${version}_${arch}.deb"
 [ -f "$deb" ] || { echo "error: $deb was not built" >&2; exit 1; }
 mkdir -p "$out"
 cp "$deb" "$out/"
@@ -56,4 +58,4 @@ if [ "${LINTIAN:-1}" != 0 ]; then
     || { echo "error: lintian found problems (above)" >&2; exit 1; }
   echo "lintian: clean (no errors, no warnings)" >&2
 fi
-echo "$out/udprelayd_${version}_amd64.deb"
+echo "$out/udprelayd_${version}_${arch}.deb"

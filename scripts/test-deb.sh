@@ -45,10 +45,11 @@ apt_ct() {
 
 # --- Build the package and a newer build of it -------------------------------------------------
 version=$("$root/scripts/version.sh")
+arch=$(dpkg --print-architecture)
 newer="$version+ctest1"
 echo "test-deb: building udprelayd $version (make deb)"
 SWIFT=${SWIFT:-$(command -v swift)} "$root/scripts/build-deb.sh" >/dev/null
-deb="$root/udprelayd_${version}_amd64.deb"
+deb="$root/udprelayd_${version}_${arch}.deb"
 
 echo "test-deb: building the newer build $newer from a copy of the tree"
 rm -rf "$work"
@@ -59,7 +60,7 @@ mkdir -p "$work/tree" "$work/debs"
 # The maintainer's conffile changes too, so dpkg has to choose (and keeps the user's with confold).
 printf '\n; This line is new in %s.\n' "$newer" >> "$work/tree/config/udprelayd.ini"
 SRC="$work/tree" OUT="$work/debs" LINTIAN=0 "$root/scripts/build-deb.sh" >/dev/null
-newdeb="$work/debs/udprelayd_${newer}_amd64.deb"
+newdeb="$work/debs/udprelayd_${newer}_${arch}.deb"
 [ -f "$newdeb" ] || { echo "test-deb: FAILED: $newdeb was not built" >&2; exit 1; }
 build_time=$((SECONDS - started))
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/sbin/udprelayd > "$work/udprelayd"
@@ -92,7 +93,7 @@ absent() { ! ct_sh "test -e '$1'"; }
 status_field() { in_ct systemctl show -p "$1" --value udprelayd.service; }
 
 # --- 1. Install ---------------------------------------------------------------------------------
-check "apt install ./udprelayd_${version}_amd64.deb" \
+check "apt install ./udprelayd_${version}_${arch}.deb" \
   apt_ct install "/root/$(basename "$deb")"
 check "service enabled on install" test "$(in_ct systemctl is-enabled udprelayd.service)" = enabled
 check "service active on install" wait_active
