@@ -377,7 +377,7 @@ def measure_sessions(tmp, servers):
         port = free_port()
         up = servers["upstream"].port
         if name == "udprelayd":
-            argv = [UDPRELAYD, "--config", udprelayd_config(tmp, f"sessions-{port}", f"[listener s]\nlisten = 127.0.0.1:{port}\nmode = forward\nupstream = 127.0.0.1:{up}\n")]
+            argv = [UDPRELAYD, "--config", udprelayd_config(tmp, f"sessions-{port}", f"[listener s]\nlisten = 127.0.0.1:{port}\nmode = forward\nupstream = 127.0.0.1:{up}\nmax_sessions = {SESSIONS}\n")]
         else:
             argv = [REFSERVER, "forward", f"127.0.0.1:{port}", f"127.0.0.1:{up}"]
         srv = Server(f"sessions-{name}", argv, port, tmp)
@@ -503,11 +503,15 @@ def render(info, rows, extra, relay, elapsed):
     if extra.get("sessions"):
         L += [f"## Memory with {SESSIONS:,} live sessions (forward)", "",
               "Each of that many loopback source addresses sends one datagram through a fresh forwarder; RSS after.", "",
-              "| server | RSS before | RSS after | peak RSS | sessions answered | lost | open-file limit |",
-              "|---|---|---|---|---|---|---|"]
+              "| server | RSS before | RSS after | peak RSS | sessions answered | lost | open-file limit "
+              f"| per session | RSS at {SESSIONS:,} sessions (extrapolated if fewer answered) |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for name, m in extra["sessions"].items():
+            per = (m["rss_kib"] - m["base_kib"]) / m["replies"] if m["replies"] else 0
+            at = m["base_kib"] + per * SESSIONS
             L.append(f"| {name} | {m['base_kib'] / 1024:.1f} MiB | {m['rss_kib'] / 1024:.1f} MiB | "
-                     f"{m['hwm_kib'] / 1024:.1f} MiB | {m['replies']} | {m['lost']} | {m['nofile']} |")
+                     f"{m['hwm_kib'] / 1024:.1f} MiB | {m['replies']} | {m['lost']} | {m['nofile']} "
+                     f"| {per * 1024:.0f} B | {at / 1024:.1f} MiB |")
         L += ["", "A forwarder that gives each session its own connected upstream socket cannot hold more "
               "sessions than its open-file limit allows; the C reference does exactly that.", ""]
         L.append("")
