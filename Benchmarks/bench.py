@@ -15,6 +15,7 @@ Environment:
   BENCH_ONLY      comma-separated filter on case ids, e.g. "echo" or "echo/64/1" (default: all)
   BENCH_SERVERS   comma-separated subset of udprelayd,cref,nginx,socat (default: all)
   BENCH_SESSIONS  live sessions for the RSS measurement (default 100000)
+  BENCH_RT        1 (default when root): run servers and client at SCHED_FIFO priority 10
   BENCH_OUT       where to write the report (default BENCHMARKS.md; "-" for none;
                   a filtered run writes nothing unless BENCH_OUT is set)
   UDPRELAYD       the binary (default .build/release/udprelayd)
@@ -46,10 +47,15 @@ MALLOCOUNT = os.path.join(BIN, "mallocount.so")
 
 NCPU = len(os.sched_getaffinity(0))
 SERVER_CPU, CLIENT_CPU = ("1", "0") if NCPU >= 2 else (None, None)
+# Real-time priority (SCHED_FIFO 10) for the servers and the load client keeps builds and other
+# work on a shared machine from preempting them mid-measurement; the kernel's RT throttling
+# (95% of each second by default) still leaves the rest of the machine some time.
+RT = os.environ.get("BENCH_RT", "1" if os.geteuid() == 0 else "0") == "1"
 
 
 def pinned(cpu, argv):
-    return (["taskset", "-c", cpu] + argv) if cpu is not None else argv
+    prefix = ["chrt", "-f", "10"] if RT else []
+    return prefix + (["taskset", "-c", cpu] if cpu is not None else []) + argv
 
 
 def free_port():
@@ -475,7 +481,8 @@ def render(info, rows, extra, relay, elapsed):
          f"- Date: {info['date']}",
          f"- Commit: {info['commit']}",
          f"- Machine: {info['machine']}",
-         f"- Pinning: servers (and the upstream echo of forward cases) on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}" if SERVER_CPU else "- Pinning: none (one CPU)",
+         (f"- Pinning: servers (and the upstream echo of forward cases) on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}"
+          if SERVER_CPU else "- Pinning: none (one CPU)") + ("; all at SCHED_FIFO priority 10 (BENCH_RT)" if RT else "; normal priority"),
          f"- Versions: {version([UDPRELAYD, '--version'])} (udprelayd), {version(['nginx', '-v'])}, {version(['socat', '-V'])[:60]}",
          f"- Method: closed loop, {REPS} repetitions of {SECONDS:g} s per case (first 0.2 s not measured), servers interleaved; "
          "figures are medians; \"vs C ref\" divides by the C reference's median in this same run. "

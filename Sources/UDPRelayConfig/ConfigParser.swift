@@ -42,6 +42,7 @@ struct ListenerDraft {
     var healthProbe: [UInt8]?
     var healthExpect: [UInt8]?
     var healthInterval: Duration?
+    var busyPoll: Duration?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -89,6 +90,11 @@ enum Schema {
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
+        KeySpec("busy_poll") { d, v in
+            let t = try Values.duration(v, allowZero: true)
+            guard t <= .milliseconds(10) else { throw ValueError("must be at most 10ms, got '\(v)'") }
+            d.busyPoll = t
+        },
         KeySpec("upstream") { d, v in d.upstreams = try Values.upstreams(v) },
         KeySpec("balance") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
         KeySpec("sample") { d, v in d.sampleEvery = try Values.sample(v) },
@@ -274,6 +280,7 @@ struct ConfigParser {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
             }
             listeners[listeners.count - 1].protection = d.protection.configuration
+            listeners[listeners.count - 1].busyPoll = d.busyPoll ?? Defaults.busyPoll
         }
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)
@@ -300,6 +307,7 @@ struct ConfigParser {
              mode.isRelay, "mode = forward|balance|mirror")
         only(["session_timeout", "max_sessions", "session_max_replies"], mode.hasSessions, "mode = forward|balance")
         only(["sample"], mode == .mirror, "mode = mirror")
+        only(["busy_poll"], mode == .echo, "mode = echo (relay workers do not busy-poll yet)")
         only(["balance"], mode == .balance, "mode = balance (with several upstreams)")
         if let upstreams = d.upstreams {
             if mode == .forward && upstreams.count > 1 {

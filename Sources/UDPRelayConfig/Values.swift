@@ -36,19 +36,20 @@ enum Values {
 
     /// `250ms`, `30s`, `5m`, `1h`, `1d`; a bare number means seconds.
     static func duration(_ s: String, min: Duration = .zero, allowZero: Bool = false) throws(ValueError) -> Duration {
-        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
-        var millisPerUnit: Int64 = 1000
+        let units: [(String, Int64)] = [("us", 1), ("ms", 1000), ("s", 1_000_000), ("m", 60_000_000),
+                                        ("h", 3_600_000_000), ("d", 86_400_000_000)]
+        var microsPerUnit: Int64 = 1_000_000
         var number = Substring(s)
         for (suffix, m) in units where s.hasSuffix(suffix) {
             number = s.dropLast(suffix.count)
-            millisPerUnit = m
+            microsPerUnit = m
             break
         }
         let expected = "expected a duration such as 250ms, 30s, 5m or 1h, got '\(s)'"
         guard let n = Int64(number.trimmingSpaces()), n >= 0 else { throw ValueError(expected) }
-        let (ms, overflow) = n.multipliedReportingOverflow(by: millisPerUnit)
+        let (us, overflow) = n.multipliedReportingOverflow(by: microsPerUnit)
         guard !overflow else { throw ValueError(expected) }
-        let d = Duration.milliseconds(ms)
+        let d = Duration.microseconds(us)
         if d == .zero && !allowZero { throw ValueError("must be greater than zero, got '\(s)'") }
         if d < min { throw ValueError("must be at least \(min), got '\(s)'") }
         return d

@@ -59,8 +59,8 @@ public final class Listener: Sendable {
                 let label = "udprelayd.listener.\(configuration.name).\(workers.count)"
                 switch configuration.mode {
                 case .echo:
-                    workers.append(EchoWorker(fd: fd, localAddress: local, label: label,
-                                              maxDatagram: configuration.maxDatagram, tuning: tuning))
+                    workers.append(EchoWorker(fd: fd, localAddress: local, label: label, maxDatagram: configuration.maxDatagram,
+                                              busyPoll: configuration.busyPoll, tuning: tuning))
                 case .forward, .balance:
                     workers.append(RelayWorker(fd: fd, localAddress: local, label: label, configuration: configuration,
                                                upstreams: upstreams!, workerIndex: workers.count, tuning: tuning, logger: logger))

@@ -1,0 +1,57 @@
+import XCTest
+@testable import UDPRelayConfig
+
+/// Listener keys that tune the datapath: `busy_poll`.
+final class DatapathKeysTests: XCTestCase {
+    func parse(_ text: String) throws -> Configuration {
+        try ConfigLoader.parse(text, file: "t.ini")
+    }
+
+    func errors(_ text: String) -> [ConfigError] {
+        do {
+            _ = try ConfigLoader.parse(text, file: "t.ini")
+            XCTFail("expected errors for:\n\(text)")
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    func testMicrosecondDurations() throws {
+        XCTAssertEqual(try Values.duration("50us"), .microseconds(50))
+        XCTAssertEqual(try Values.duration("0us", allowZero: true), .zero)
+        XCTAssertEqual(try Values.duration("1500us"), .microseconds(1500))
+        XCTAssertThrowsError(try Values.duration("0us"))
+    }
+
+    func testBusyPollDefaultAndValues() throws {
+        XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9\n").listeners[0].busyPoll, Defaults.busyPoll)
+        XCTAssertEqual(Defaults.busyPoll, .microseconds(50))
+        let c = try parse("""
+        [listener a]
+        listen = 127.0.0.1:9
+        busy_poll = 0
+        [listener b]
+        listen = 127.0.0.1:10
+        busy_poll = 200us
+        [listener c]
+        listen = 127.0.0.1:11
+        busy_poll = 10ms
+        """)
+        XCTAssertEqual(c.listeners.map(\.busyPoll), [.zero, .microseconds(200), .milliseconds(10)])
+    }
+
+    func testBusyPollOnlyForEcho() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:53\nbusy_poll = 1ms\n")
+        XCTAssertEqual(e.map(\.line), [5])
+        XCTAssertTrue(e[0].message.contains("only valid with mode = echo"), e[0].message)
+    }
+
+    func testBusyPollOutOfRange() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nbusy_poll = 11ms\n[listener b]\nlisten = 127.0.0.1:10\nbusy_poll = fast\n")
+        XCTAssertEqual(e.map(\.line), [3, 6])
+        XCTAssertEqual(e.map(\.key), ["busy_poll", "busy_poll"])
+        XCTAssertTrue(e[0].message.contains("at most 10ms"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("expected a duration"), e[1].message)
+    }
+}
