@@ -226,4 +226,59 @@ final class UpstreamResolutionTests: XCTestCase {
         XCTAssertFalse(table.isUp(1, now: 4))
         XCTAssertTrue(table.isUp(1, now: 3 + Duration.seconds(10).nanoseconds), "back after fail_timeout")
     }
+
+    func testReResolutionKeepsLastGoodAddressLogsOnceAndBumpsGenerationOnChange() throws {
+        let answers = ResolverScript([.success("192.0.2.1"), .failure, .failure, .success("192.0.2.1"), .success("192.0.2.2")])
+        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
+                                       upstreams: [try UpstreamEndpoint(parsing: "dns.example:53")])
+        let log = CapturedLog()
+        let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
+                                  resolver: { _, port in answers.next(port: port) })
+        XCTAssertEqual(table.address(0)?.description, "192.0.2.1:53")
+        let g0 = table.generation[0]
+        table.resolveNames()  // fails: keeps the address
+        table.resolveNames()  // fails again: not logged again
+        XCTAssertEqual(table.address(0)?.description, "192.0.2.1:53")
+        XCTAssertTrue(table.isUp(0, now: 1), "the last good address keeps serving")
+        XCTAssertEqual(log.lines.filter { $0.contains("cannot resolve upstream") }.count, 1, log.lines.joined(separator: "\n"))
+        table.resolveNames()  // same address again
+        XCTAssertEqual(table.generation[0], g0, "no change, no reconnect")
+        XCTAssertEqual(log.lines.filter { $0.contains("resolves again") }.count, 1)
+        table.resolveNames()  // a new address
+        XCTAssertEqual(table.address(0)?.description, "192.0.2.2:53")
+        XCTAssertNotEqual(table.generation[0], g0, "workers with long-lived sockets reconnect")
+    }
+}
+
+/// Scripted resolver answers, one per call.
+final class ResolverScript: @unchecked Sendable {
+    // @unchecked: `answers` is guarded by `lock`.
+    enum Answer { case success(String), failure }
+    private let lock = NSLock()
+    private var answers: [Answer]
+    init(_ answers: [Answer]) { self.answers = answers }
+    func next(port: UInt16) -> Result<SocketAddress, UpstreamTable.ResolveError> {
+        lock.lock(); defer { lock.unlock() }
+        switch answers.removeFirst() {
+        case .success(let ip): return .success(SocketAddress(ip: IPAddress(literal: ip)!, port: port))
+        case .failure: return .failure(UpstreamTable.ResolveError("Temporary failure in name resolution"))
+        }
+    }
+}
+
+/// A log handler that keeps messages.
+final class CapturedLog: LogHandler, @unchecked Sendable {
+    // @unchecked: `stored` is guarded by `lock`; the LogHandler value properties are test-only.
+    private let lock = NSLock()
+    private var stored: [String] = []
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        lock.lock(); stored.append("\(event.level) \(event.message)"); lock.unlock()
+    }
+    var lines: [String] { lock.lock(); defer { lock.unlock() }; return stored }
 }

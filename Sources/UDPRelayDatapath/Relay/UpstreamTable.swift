@@ -45,7 +45,13 @@ final class UpstreamTable: @unchecked Sendable {
     private var resolveFailing: [Bool] = []
     private let probeClosed = DispatchGroup()
 
-    init(configuration: ListenerConfiguration, workers: Int, logger: Logger) {
+    /// Resolves one hostname (getaddrinfo by default; tests inject a fake).
+    typealias Resolver = @Sendable (String, UInt16) -> Result<SocketAddress, ResolveError>
+    private let resolver: Resolver
+
+    init(configuration: ListenerConfiguration, workers: Int, logger: Logger,
+         resolver: @escaping Resolver = { UpstreamTable.resolve(host: $0, port: $1) }) {
+        self.resolver = resolver
         endpoints = configuration.upstreams
         settings = configuration.health
         resolveInterval = configuration.resolveInterval
@@ -63,7 +69,7 @@ final class UpstreamTable: @unchecked Sendable {
         awaiting = Array(repeating: false, count: n)
         resolveFailing = Array(repeating: false, count: n)
         for i in 0..<n where endpoints[i].literal != nil { state[3 * i + 2] = 1 }
-        resolveNames(initial: true)
+        resolveNames()
     }
 
     var count: Int { endpoints.count }
@@ -100,10 +106,11 @@ final class UpstreamTable: @unchecked Sendable {
     // MARK: resolution
 
     /// Resolves every hostname; on failure keeps the last good address and logs once.
-    private func resolveNames(initial: Bool) {
+    /// Runs at start-up (in init) and then on `resolveQueue` every `resolve_interval`.
+    func resolveNames() {
         for (i, e) in endpoints.enumerated() {
             guard case .name(let host) = e.host else { continue }
-            switch Self.resolve(host: host, port: e.port) {
+            switch resolver(host, e.port) {
             case .success(let address):
                 let changed = lock.withLock { l -> Bool in
                     defer { l.addresses[i] = address }
@@ -125,7 +132,6 @@ final class UpstreamTable: @unchecked Sendable {
                     ])
                 }
                 resolveFailing[i] = true
-                _ = initial
             }
         }
     }
@@ -150,7 +156,7 @@ final class UpstreamTable: @unchecked Sendable {
         return .failure(ResolveError("no IPv4 or IPv6 address"))
     }
 
-    struct ResolveError: Error, CustomStringConvertible {
+    struct ResolveError: Error, Sendable, CustomStringConvertible {
         let description: String
         init(_ d: String) { description = d }
     }
@@ -163,7 +169,7 @@ final class UpstreamTable: @unchecked Sendable {
             let t = DispatchSource.makeTimerSource(queue: resolveQueue)
             let interval = DispatchTimeInterval.nanoseconds(Int(clamping: resolveInterval.nanoseconds))
             t.schedule(deadline: .now() + interval, repeating: interval, leeway: .milliseconds(100))
-            t.setEventHandler { [unowned self] in resolveNames(initial: false) }
+            t.setEventHandler { [unowned self] in resolveNames() }
             resolveTimer = t
             t.activate()
         }
