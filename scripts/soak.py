@@ -361,14 +361,14 @@ def main():
         # Relay, towards the upstream: every datagram is sent, dropped on the upstream, or
         # dropped before an upstream was chosen.
         ups = [l for l in upstream_totals if field(l, "listener.name") == name]
-        up_sent = sum(int(field(l, "sent")) for l in ups)
-        up_drops = sum(int(field(l, "drops")) for l in ups)
+        up_sent = sum(int(field(l, "sent_packets")) for l in ups)
+        up_drops = sum(int(field(l, "send_drops")) for l in ups)
         before = sum(drops.get(k, 0) for k in ("source_port", "loop", "denied", "rate_limited", "rate_limited_total", "too_large", "no_session"))
         log(f"{name} -> upstream: received {received} = sent {up_sent} + upstream drops {up_drops} + dropped before {before}")
         if received != up_sent + up_drops + before:
             failures.append(f"{name}: client->upstream counters do not balance")
         # Back to the clients: every reply is sent, dropped on the way, or ignored on purpose.
-        up_received = sum(int(field(l, "received")) for l in ups)
+        up_received = sum(int(field(l, "received_packets")) for l in ups)
         back = int(field(line, "sent"))
         back_drops = sum(drops.get(k, 0) for k in ("send_buffer_full", "send_error", "refused"))
         ignored = int(field(line, "replies_ignored") or 0)

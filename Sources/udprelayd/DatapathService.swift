@@ -32,12 +32,11 @@ struct DatapathService: Service {
             }
             logger.info("totals", metadata: metadata)
             for u in listener.upstreamSnapshots() {
-                logger.info("upstream totals", metadata: [
-                    "listener.name": "\(listener.name)", "upstream": "\(u.endpoint)",
-                    "sent": "\(u.counters[.sentPackets])", "received": "\(u.counters[.receivedPackets])",
-                    "sessions": "\(u.counters[.sessions])", "drops": "\(u.counters[.sendDrops])",
-                    "failures": "\(u.counters[.failures])", "down": "\(u.down)",
-                ])
+                var upstream: Logger.Metadata = [
+                    "listener.name": "\(listener.name)", "upstream": "\(u.endpoint)", "state": "\(u.state)",
+                ]
+                for k in UpstreamCounter.allCases { upstream[k.name] = "\(u.counters[k])" }
+                logger.info("upstream totals", metadata: upstream)
             }
         }
         logger.info("stopped")

@@ -375,7 +375,7 @@ final class RelayEndToEndTests: XCTestCase {
         let t = try totals(daemon, "lb")
         XCTAssertEqual(field("fail_open", t), 0)
         let goneLine = try XCTUnwrap(daemon.log.first { $0.contains("upstream totals") && $0.contains("upstream=\(leaving.address)") })
-        XCTAssertEqual(DaemonProcess.field("down", in: goneLine), "true")
+        XCTAssertEqual(DaemonProcess.field("state", in: goneLine), "down")
     }
 
     func testHealthProbeMarksSilentUpstreamDown() throws {
