@@ -102,12 +102,16 @@ check "echo over IPv6 through the installed service" echo_ok '[::1]:7007'
 check "package version is $version" test "$(in_ct dpkg-query -W -f '${Version}' udprelayd)" = "$version"
 check "udprelayd --version says $version" test "$(in_ct udprelayd --version)" = "$version"
 # /status and /metrics, when the status endpoint is part of the build: bash's /dev/tcp (no curl there).
-http_get() { in_ct bash -c "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET $1 HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && cat <&3" 2>/dev/null; }
-if status=$(http_get /status) && [ -n "$status" ]; then
+http_get() { in_ct bash -c "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET $1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3 && timeout 5 cat <&3" 2>/dev/null; }
+if ct_sh "journalctl -b -u udprelayd.service -o cat | grep -q 'status listening'"; then
+  # The daemon says its status endpoint listens (the packaged config enables it on 127.0.0.1:9180):
+  # it must answer under the packaged unit's sandbox (DynamicUser, no capabilities but binding).
+  status=$(http_get /status || true)
+  check "/status answers under the packaged unit" test -n "$status"
   check "/status reports version $version" grep -q "\"version\" *: *\"$version\"" <<<"$status"
-  check "/metrics reports version $version" grep -q "udprelayd_build_info{.*version=\"$version\"" <<<"$(http_get /metrics)"
+  check "/metrics reports version $version" grep -q "udprelayd_build_info{.*version=\"$version\"" <<<"$(http_get /metrics || true)"
 else
-  echo "note: no status endpoint answered on 127.0.0.1:9180; /status and /metrics versions not checked"
+  echo "note: this build has no status endpoint; /status and /metrics versions not checked"
 fi
 check "man udprelayd renders" ct_sh "MANPAGER=cat MANWIDTH=80 man udprelayd 2>&1 | grep -q 'UDP echo and relay daemon'"
 check "man udprelayd.ini renders every section" ct_sh "MANPAGER=cat MANWIDTH=80 man 5 udprelayd.ini 2>/dev/null | grep -q 'max_datagram'"
