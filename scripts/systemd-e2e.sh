@@ -136,6 +136,8 @@ check "watchdog enabled line" grep -q '"MESSAGE":"watchdog enabled' <<<"$json"
 echo "    $(ct journalctl -u udprelayd.service -o short-monotonic --no-pager | grep -m1 'listening')"
 
 echo "reload"
+# The unit must not need procps' /bin/kill (minimal systems lack it).
+ct rm -f /bin/kill /usr/bin/kill
 pid=$(prop MainPID)
 put_config <<'EOF'
 [daemon]
@@ -170,7 +172,7 @@ good_config
 
 echo "watchdog"
 restarts=$(prop NRestarts)
-ct kill -STOP "$pid"
+ct sh -c "kill -STOP $pid"
 check "frozen process is killed by the watchdog and restarted" \
   wait_for 20 '[ "$(prop NRestarts)" -gt "$restarts" ] && [ "$(prop ActiveState)" = active ] && [ "$(prop MainPID)" != "$pid" ] && [ "$(prop MainPID)" != 0 ]'
 echo "    NRestarts: $restarts -> $(prop NRestarts), MainPID: $pid -> $(prop MainPID)"
