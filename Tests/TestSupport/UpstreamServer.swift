@@ -8,7 +8,7 @@ import UDPRelayConfig
 /// datagram (payload and source) and, unless `reply` is nil, answers each with
 /// `reply(payload)`. Runs on its own thread until `stop()` (or deinit); binds port 0.
 public final class UpstreamServer: @unchecked Sendable {
-    // @unchecked: `received` is guarded by `condition`; the rest is immutable or atomic-free flags read by the thread.
+    // @unchecked: `received` and `stopped` are guarded by `condition`; the rest is immutable.
     public let address: SocketAddress
     private let fd: Int32
     private let condition = NSCondition()

@@ -79,6 +79,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// socket error (ICMP port unreachable) until they get a reply. Dispatch read sources on
     /// Linux do not fire for an error alone (EPOLLERR without data), so the timer asks.
     private var freshSessions: [Session] = []
+    /// Opening session sockets fails (logged once until it works again).
+    private var sessionSocketFailing = false
     private var recentSessions: [Session] = []
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
@@ -281,7 +283,17 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             fd = try UDPSocket.open(family: address.family)
         } catch {
             counters.add(.sessionErrors)
+            if !sessionSocketFailing {
+                // Once per episode (EMFILE usually means max_sessions is above the file limit).
+                sessionSocketFailing = true
+                logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
+                               metadata: ["error": "\(error)", "sessions.active": "\(table.count)"])
+            }
             return nil
+        }
+        if sessionSocketFailing {
+            sessionSocketFailing = false
+            logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
         }
         do {
             try UDPSocket.connect(fd, to: address)
