@@ -11,6 +11,9 @@ if [ "$what" = test ]; then
   packages+=(socat curl procps iproute2 python3 systemd systemd-container debootstrap)
   # gcc: the benchmark's C pieces, compiled and smoke-checked by make test.
   packages+=(gcc)
+  # The status endpoint's end-to-end test: the clients our users script with, a real
+  # Prometheus text parser, a JSON Schema validator and a headless browser for the page.
+  packages+=(python3-requests python3-prometheus-client python3-jsonschema chromium)
 fi
 # The Debian package (`make deb`, and its tests in `make test`): dpkg-dev and debhelper build it,
 # lintian checks it, python3/groff-base/man-db generate and check the man pages.

@@ -93,6 +93,17 @@ struct UDPRelayCommand: AsyncParsableCommand {
                 onStopping: { notifier.stopping() })),
             .init(service: systemd),
         ]
+        // Bound before READY=1 (sent when the datapath service starts), so a ready daemon answers.
+        do {
+            let source = DaemonStatusSource(datapath: datapath, state: daemonState)
+            if let status = try await StatusService.start(configuration.status, source: source, logger: logger) {
+                services.append(.init(service: status))
+            }
+        } catch {
+            logger.critical("cannot start: \(error)")
+            datapath.stop()
+            throw ExitCode(1)
+        }
         if let interval = WatchdogService.configuredInterval() {
             services.append(.init(service: WatchdogService(interval: interval, notifier: notifier, logger: logger) { timeout in
                 await datapath.probe(timeout: timeout)

@@ -1,0 +1,149 @@
+/// A JSON value with ordered object keys, so documents come out in the documented order.
+enum JSON: Equatable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case uint(UInt64)
+    case double(Double)
+    case string(String)
+    case array([JSON])
+    case object([(String, JSON)])
+
+    static func == (a: JSON, b: JSON) -> Bool { a.serialized() == b.serialized() }
+
+    /// Two-space indented, one key per line, trailing newline: pleasant with `curl`.
+    func serialized() -> String {
+        var out = ""
+        write(to: &out, indent: 0)
+        out += "\n"
+        return out
+    }
+
+    private func write(to out: inout String, indent: Int) {
+        switch self {
+        case .null: out += "null"
+        case .bool(let b): out += b ? "true" : "false"
+        case .int(let i): out += String(i)
+        case .uint(let u): out += String(u)
+        case .double(let d): out += d.isFinite ? Format.number(d) : "null"
+        case .string(let s): out += Format.json(s)
+        case .array(let items):
+            if items.isEmpty { out += "[]"; return }
+            if items.allSatisfy({ $0.isScalar }) {
+                out += "["
+                for (i, item) in items.enumerated() {
+                    if i > 0 { out += ", " }
+                    item.write(to: &out, indent: indent)
+                }
+                out += "]"
+                return
+            }
+            out += "[\n"
+            for (i, item) in items.enumerated() {
+                out += String(repeating: "  ", count: indent + 1)
+                item.write(to: &out, indent: indent + 1)
+                out += i == items.count - 1 ? "\n" : ",\n"
+            }
+            out += String(repeating: "  ", count: indent) + "]"
+        case .object(let members):
+            if members.isEmpty { out += "{}"; return }
+            out += "{\n"
+            for (i, (key, value)) in members.enumerated() {
+                out += String(repeating: "  ", count: indent + 1) + Format.json(key) + ": "
+                value.write(to: &out, indent: indent + 1)
+                out += i == members.count - 1 ? "\n" : ",\n"
+            }
+            out += String(repeating: "  ", count: indent) + "}"
+        }
+    }
+
+    private var isScalar: Bool {
+        switch self {
+        case .array, .object: false
+        default: true
+        }
+    }
+}
+
+/// Renders `GET /status`. The document's shape is documented in docs/STATUS.md and
+/// docs/status.schema.json; `schema_version` changes only when a field is removed or changes
+/// meaning (new fields may appear without a bump).
+public enum StatusJSON {
+    /// The current `schema_version`.
+    public static let schemaVersion = 1
+
+    /// The whole document; `listeners` narrowed to the given ones (all when nil).
+    public static func render(_ s: StatusSnapshot, server: ServerCounters, only listenerName: String? = nil) -> String {
+        document(s, server: server, only: listenerName).serialized()
+    }
+
+    static func document(_ s: StatusSnapshot, server: ServerCounters, only listenerName: String?) -> JSON {
+        let listeners = s.listeners.filter { listenerName == nil || $0.name == listenerName }
+        return .object([
+            ("schema_version", .int(Int64(schemaVersion))),
+            ("time", .string(Format.rfc3339(s.time))),
+            ("daemon", .object([
+                ("version", .string(s.daemon.version)),
+                ("pid", .int(Int64(s.daemon.pid))),
+                ("start_time", .string(Format.rfc3339(s.daemon.startTime))),
+                ("start_time_unix", .double(s.daemon.startTime)),
+                ("uptime_seconds", .double(max(0, s.time - s.daemon.startTime))),
+            ])),
+            ("config", .object([
+                ("path", .string(s.config.path)),
+                ("generation", .int(Int64(s.config.generation))),
+                ("loaded_at", .string(Format.rfc3339(s.config.loadedAt))),
+                ("last_reload", s.config.lastReload.map { r in
+                    .object([
+                        ("ok", .bool(r.ok)),
+                        ("at", .string(Format.rfc3339(r.at))),
+                        ("errors", .array(r.errors.map { .string($0) })),
+                    ])
+                } ?? .null),
+            ])),
+            ("status_server", .object([
+                ("connections_accepted", .uint(server.accepted)),
+                ("connections_open", .uint(server.open)),
+                ("connections_rejected", .object([
+                    ("not_allowed", .uint(server.rejectedNotAllowed)),
+                    ("limit", .uint(server.rejectedLimit)),
+                ])),
+                ("requests", .uint(server.requests)),
+            ])),
+            ("listeners", .array(listeners.map(listener))),
+        ])
+    }
+
+    static func traffic(_ t: Traffic) -> JSON {
+        .object([("packets", .uint(t.packets)), ("bytes", .uint(t.bytes))])
+    }
+
+    static func listener(_ l: ListenerStatus) -> JSON {
+        .object([
+            ("name", .string(l.name)),
+            ("mode", .string(l.mode)),
+            ("addresses", .array(l.addresses.map { .string($0) })),
+            ("received", traffic(l.received)),
+            ("sent", traffic(l.sent)),
+            ("receive_errors", .uint(l.receiveErrors)),
+            ("drops", .object(l.drops.map { ($0.reason, .uint($0.count)) })),
+            ("sessions", l.sessions.map { s in
+                .object([
+                    ("active", .uint(s.active)),
+                    ("created", .uint(s.created)),
+                    ("expired", .uint(s.expired)),
+                    ("evicted", .uint(s.evicted)),
+                ])
+            } ?? .null),
+            ("upstreams", .array(l.upstreams.map { u in
+                .object([
+                    ("address", .string(u.address)),
+                    ("state", .string(u.state)),
+                    ("sent", traffic(u.sent)),
+                    ("received", traffic(u.received)),
+                    ("failures", .uint(u.failures)),
+                ])
+            })),
+        ])
+    }
+}

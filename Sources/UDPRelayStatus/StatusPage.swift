@@ -1,0 +1,154 @@
+/// Renders `GET /`: one self-contained HTML page (inline CSS, no scripts, no external assets)
+/// in the spirit of HAProxy's stats page. It reloads itself every `refreshSeconds`.
+public enum StatusPage {
+    public static let refreshSeconds = 2
+
+    /// - Parameters:
+    ///   - rates: per-second rates of each listener by name (missing: not enough history yet).
+    ///   - problems: health problems, empty when healthy.
+    public static func render(_ s: StatusSnapshot, server: ServerCounters, rates: [String: ListenerRates],
+                              problems: [String]) -> String {
+        var h = ""
+        h += """
+        <!DOCTYPE html>
+        <html lang="en"><head><meta charset="utf-8">
+        <meta http-equiv="refresh" content="\(refreshSeconds)">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>\(problems.isEmpty ? "" : "\u{26A0} ")udprelayd \(Format.html(s.daemon.version)) \u{2014} status</title>
+        <style>\(css)</style></head><body>
+
+        """
+        // Header: identity, health, process facts.
+        let healthy = problems.isEmpty
+        h += "<header><h1>udprelayd <span class=\"ver\">\(Format.html(s.daemon.version))</span></h1>"
+        h += healthy
+            ? "<span class=\"pill ok\" id=\"health\">HEALTHY</span>"
+            : "<span class=\"pill bad\" id=\"health\">\(problems.count) PROBLEM\(problems.count == 1 ? "" : "S")</span>"
+        h += "<div class=\"facts\">pid <b>\(s.daemon.pid)</b> \u{00B7} up <b>\(Format.duration(s.time - s.daemon.startTime))</b>"
+        h += " \u{00B7} \(s.listeners.count) listener\(s.listeners.count == 1 ? "" : "s")"
+        h += " \u{00B7} updated <b>\(Format.clock(s.time))</b> UTC</div></header>\n"
+
+        if !healthy {
+            h += "<ul class=\"problems\">"
+            for p in problems { h += "<li>\(Format.html(p))</li>" }
+            h += "</ul>\n"
+        }
+
+        // Configuration line.
+        h += "<section class=\"config\"><span>config <code>\(Format.html(s.config.path))</code></span>"
+        h += "<span>generation <b>\(s.config.generation)</b></span>"
+        h += "<span>loaded <b>\(Format.clock(s.config.loadedAt))</b> UTC</span>"
+        if let r = s.config.lastReload {
+            if r.ok {
+                h += "<span>last reload <b class=\"good\">ok</b> at \(Format.clock(r.at)) UTC</span>"
+            } else {
+                h += "<span>last reload <b class=\"badtext\">FAILED</b> at \(Format.clock(r.at)) UTC: "
+                h += r.errors.map { "<code class=\"err\">\(Format.html($0))</code>" }.joined(separator: " ")
+                h += "</span>"
+            }
+        } else {
+            h += "<span>last reload <b class=\"muted\">none</b></span>"
+        }
+        h += "</section>\n"
+
+        // The listener table.
+        let window = rates.values.map(\.window).max()
+        h += "<table><thead><tr>"
+        h += "<th class=\"l\">Listener</th><th class=\"l\">Mode</th><th class=\"l\">Addresses</th>"
+        h += "<th>In pkt/s</th><th>In bytes/s</th><th>Out pkt/s</th><th>Out bytes/s</th>"
+        h += "<th>Received</th><th>Sent</th><th class=\"l\">Drops</th><th>Sessions</th>"
+        h += "</tr></thead><tbody>\n"
+        if s.listeners.isEmpty {
+            h += "<tr><td colspan=\"11\" class=\"muted\">no listeners configured</td></tr>\n"
+        }
+        for l in s.listeners {
+            let r = rates[l.name]
+            let unbound = l.addresses.count < l.configuredAddresses
+            h += "<tr class=\"listener\" id=\"listener-\(Format.html(l.name))\">"
+            h += "<td class=\"l name\">\(Format.html(l.name))\(unbound ? " <span class=\"pill bad small\">UNBOUND</span>" : "")</td>"
+            h += "<td class=\"l\"><span class=\"mode\">\(Format.html(l.mode))</span></td>"
+            h += "<td class=\"l addr\">\(l.addresses.map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
+            h += rateCell(r?.receivedPackets, Format.si)
+            h += rateCell(r?.receivedBytes) { Format.bytes($0) + "/s" }
+            h += rateCell(r?.sentPackets, Format.si)
+            h += rateCell(r?.sentBytes) { Format.bytes($0) + "/s" }
+            h += "<td>\(Format.grouped(l.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.received.bytes)))</span></td>"
+            h += "<td>\(Format.grouped(l.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.sent.bytes)))</span></td>"
+            h += "<td class=\"l\">\(dropsCell(l, rate: r?.drops))</td>"
+            if let x = l.sessions {
+                h += "<td><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(Format.grouped(x.created)) created \u{00B7} \(Format.grouped(x.expired)) expired \u{00B7} \(Format.grouped(x.evicted)) evicted</span></td>"
+            } else {
+                h += "<td class=\"muted\">\u{2014}</td>"
+            }
+            h += "</tr>\n"
+            for u in l.upstreams {
+                let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
+                h += "<tr class=\"upstream\"><td class=\"l\" colspan=\"2\">\u{21B3} upstream</td>"
+                h += "<td class=\"l addr\"><code>\(Format.html(u.address))</code> <span class=\"pill \(cls) small\">\(Format.html(u.state.uppercased()))</span></td>"
+                h += "<td colspan=\"4\" class=\"muted\"></td>"
+                h += "<td>\(Format.grouped(u.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.received.bytes)))</span></td>"
+                h += "<td>\(Format.grouped(u.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.sent.bytes)))</span></td>"
+                h += "<td class=\"l\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")</td>"
+                h += "<td></td></tr>\n"
+            }
+        }
+        h += "</tbody></table>\n"
+
+        h += "<footer>"
+        h += window.map { "Rates over the last \(Format.fixed($0, 0)) s." } ?? "Rates appear after a second or two."
+        h += " Page refreshes every \(refreshSeconds) s. Status endpoint: \(server.open) open connection\(server.open == 1 ? "" : "s"), \(Format.grouped(server.requests)) requests"
+        if server.rejectedNotAllowed + server.rejectedLimit > 0 {
+            h += ", rejected \(server.rejectedNotAllowed) not allowed / \(server.rejectedLimit) over the limit"
+        }
+        h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
+        h += "</footer>\n</body></html>\n"
+        return h
+    }
+
+    static func rateCell(_ value: Double?, _ format: (Double) -> String) -> String {
+        guard let value else { return "<td class=\"muted\">\u{2026}</td>" }
+        return value == 0 ? "<td class=\"muted\">0</td>" : "<td class=\"rate\">\(format(value))</td>"
+    }
+
+    static func dropsCell(_ l: ListenerStatus, rate: Double?) -> String {
+        var parts = l.drops.filter { $0.count > 0 }.map {
+            "<span class=\"drop\">\(Format.html($0.reason)) \(Format.grouped($0.count))</span>"
+        }
+        if l.receiveErrors > 0 { parts.append("<span class=\"drop\">receive_errors \(Format.grouped(l.receiveErrors))</span>") }
+        guard !parts.isEmpty else { return "<span class=\"muted\">none</span>" }
+        var cell = parts.joined(separator: " ")
+        if let rate, rate > 0 { cell += "<br><span class=\"sub badtext\">\(Format.si(rate))/s now</span>" }
+        return cell
+    }
+
+    static let css = """
+    :root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--fg:#1f2328;--muted:#6e7781;--line:#d0d7de;--head:#24292f}
+    *{box-sizing:border-box}
+    body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI","DejaVu Sans",sans-serif;color:var(--fg);background:#f6f8fa}
+    header{display:flex;align-items:center;gap:16px;flex-wrap:wrap;background:var(--head);color:#fff;padding:12px 24px}
+    h1{font-size:22px;margin:0;font-weight:600}
+    .ver{font-weight:400;color:#afb8c1;font-size:16px}
+    .facts{margin-left:auto;color:#d0d7de}
+    .facts b{color:#fff}
+    .pill{display:inline-block;padding:2px 12px;border-radius:999px;font-weight:700;font-size:14px;letter-spacing:.04em;color:#fff}
+    .pill.small{font-size:11px;padding:1px 8px;vertical-align:middle}
+    .ok{background:var(--ok)} .bad{background:var(--bad)} .warn{background:var(--warn)}
+    .problems{margin:0;padding:10px 24px 10px 44px;background:#ffebe9;color:var(--bad);font-weight:600;border-bottom:1px solid #ffcecb}
+    .config{display:flex;flex-wrap:wrap;gap:6px 28px;padding:10px 24px;background:#fff;border-bottom:1px solid var(--line)}
+    code{font:13px ui-monospace,"DejaVu Sans Mono",monospace}
+    code.err{color:var(--bad);display:block}
+    .good{color:var(--ok)} .badtext{color:var(--bad)} .muted{color:var(--muted)}
+    table{border-collapse:collapse;margin:16px 24px;background:#fff;border:1px solid var(--line);min-width:calc(100% - 48px)}
+    th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 12px;text-align:right;white-space:nowrap}
+    td{padding:8px 12px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums;white-space:nowrap}
+    .l{text-align:left}
+    tr.listener td.name{font-weight:700;font-size:17px}
+    tr.upstream td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
+    .mode{background:#ddf4ff;color:#0969da;border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
+    .rate{font-weight:700;font-size:16px}
+    .sub{color:var(--muted);font-size:13px}
+    .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
+    footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
+    a{color:#0969da}
+    """
+}

@@ -1,0 +1,131 @@
+import NIOHTTP1
+
+/// An HTTP answer, before it is encoded.
+public struct StatusResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var contentType: String
+    public var body: String
+    /// Extra headers (`Allow` on 405).
+    public var headers: [(String, String)]
+    /// Close the connection after this response.
+    public var close: Bool
+
+    public init(_ status: HTTPResponseStatus, _ contentType: String, _ body: String,
+                headers: [(String, String)] = [], close: Bool = false) {
+        self.status = status
+        self.contentType = contentType
+        self.body = body
+        self.headers = headers
+        self.close = close
+    }
+
+    static func text(_ status: HTTPResponseStatus, _ body: String, headers: [(String, String)] = [], close: Bool = false) -> StatusResponse {
+        StatusResponse(status, "text/plain; charset=utf-8", body, headers: headers, close: close)
+    }
+}
+
+/// What answering a request takes: a response now, or one built after the health probe.
+public enum PlannedResponse: Sendable {
+    case now(StatusResponse)
+    case afterProbe(@Sendable ([String]) -> StatusResponse)
+}
+
+/// The endpoints and how each one answers; no sockets involved, so tests call it directly.
+public struct StatusRoutes: Sendable {
+    public static let paths = ["/", "/healthz", "/status", "/metrics"]
+    public static let allow = "GET, HEAD"
+
+    let source: any StatusSource
+    let history: RateHistory
+    let counters: @Sendable () -> ServerCounters
+    let now: @Sendable () -> Double
+
+    public init(source: any StatusSource, history: RateHistory, counters: @escaping @Sendable () -> ServerCounters,
+                monotonicNow: @escaping @Sendable () -> Double) {
+        self.source = source
+        self.history = history
+        self.counters = counters
+        self.now = monotonicNow
+    }
+
+    /// Plans the answer to `method uri`. Unknown path: 404; known path, other method: 405 with
+    /// `Allow`; a target that is not a path: 400.
+    public func plan(method: HTTPMethod, uri: String) -> PlannedResponse {
+        guard let (path, query) = Self.split(uri) else {
+            return .now(.text(.badRequest, "bad request target\n", close: true))
+        }
+        guard Self.paths.contains(path) else {
+            return .now(.text(.notFound, "not found: \(path)\nendpoints: \(Self.paths.joined(separator: " "))\n",
+                              close: !(method == .GET || method == .HEAD)))
+        }
+        guard method == .GET || method == .HEAD else {
+            return .now(.text(.methodNotAllowed, "method not allowed: \(method.rawValue); use GET or HEAD\n",
+                              headers: [("Allow", Self.allow)], close: true))
+        }
+        switch path {
+        case "/healthz":
+            return .afterProbe { problems in
+                problems.isEmpty
+                    ? .text(.ok, "ok\n")
+                    : .text(.serviceUnavailable, problems.map { $0 + "\n" }.joined())
+            }
+        case "/status":
+            var name: String?
+            for (key, value) in query where key == "listener" { name = value }
+            let snapshot = source.snapshot()
+            if let name, snapshot.listener(named: name) == nil {
+                let known = snapshot.listeners.map(\.name).joined(separator: ", ")
+                return .now(StatusResponse(.notFound, "application/json",
+                                           "{\"error\": \(Format.json("no listener named '\(name)'; listeners: \(known)"))}\n"))
+            }
+            return .now(StatusResponse(.ok, "application/json", StatusJSON.render(snapshot, server: counters(), only: name)))
+        case "/metrics":
+            return .now(StatusResponse(.ok, PrometheusText.contentType, PrometheusText.render(source.snapshot(), server: counters())))
+        default:  // "/"
+            return .afterProbe { [source, history, counters, now] problems in
+                let snapshot = source.snapshot()
+                let t = now()
+                var rates: [String: ListenerRates] = [:]
+                for l in snapshot.listeners { rates[l.name] = history.rates(of: l, now: t) }
+                return StatusResponse(.ok, "text/html; charset=utf-8",
+                                      StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
+            }
+        }
+    }
+
+    /// Answers directly (runs the probe when needed); for tests and simple callers.
+    public func respond(method: HTTPMethod, uri: String) async -> StatusResponse {
+        switch plan(method: method, uri: uri) {
+        case .now(let r): return r
+        case .afterProbe(let build): return build(await source.problems())
+        }
+    }
+
+    /// Splits an origin-form target (`/status?listener=dns`) into its path and decoded query
+    /// pairs; accepts absolute-form (`http://host/status`) too. nil when malformed.
+    static func split(_ uri: String) -> (String, [(String, String)])? {
+        var target = Substring(uri)
+        if target.hasPrefix("http://") || target.hasPrefix("https://") {
+            let afterScheme = target[target.index(target.firstIndex(of: ":")!, offsetBy: 3)...]
+            guard let slash = afterScheme.firstIndex(of: "/") else { return ("/", []) }
+            target = afterScheme[slash...]
+        }
+        guard target.first == "/" else { return nil }
+        if let hash = target.firstIndex(of: "#") { target = target[..<hash] }
+        let pathPart: Substring
+        var pairs: [(String, String)] = []
+        if let q = target.firstIndex(of: "?") {
+            pathPart = target[..<q]
+            for item in target[target.index(after: q)...].split(separator: "&", omittingEmptySubsequences: true) {
+                let kv = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                guard let key = Format.percentDecoded(kv[0]),
+                      let value = Format.percentDecoded(kv.count > 1 ? kv[1] : "") else { return nil }
+                pairs.append((key, value))
+            }
+        } else {
+            pathPart = target
+        }
+        guard let path = Format.percentDecoded(pathPart) else { return nil }
+        return (path, pairs)
+    }
+}

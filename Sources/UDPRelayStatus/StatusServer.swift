@@ -1,0 +1,193 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+import UDPRelayConfig
+
+/// Who may connect: the `[status] allow` networks. IPv4 peers of a dual-stack (`[::]`) socket
+/// appear as `::ffff:a.b.c.d` and are matched as IPv4.
+public struct AllowList: Sendable {
+    public let networks: [CIDR]
+
+    public init(_ networks: [CIDR]) {
+        self.networks = networks
+    }
+
+    public func allows(_ ip: IPAddress) -> Bool {
+        var ip = ip
+        if case .v6(let high, let low) = ip, high == 0, low >> 32 == 0xFFFF {
+            ip = .v4(UInt32(truncatingIfNeeded: low))
+        }
+        return networks.contains { $0.contains(ip) }
+    }
+
+    /// nil (refused) for a peer that is not an IP address.
+    public func allows(_ address: NIOCore.SocketAddress?) -> Bool {
+        guard let text = address?.ipAddress, let ip = IPAddress(literal: text) else { return false }
+        return allows(ip)
+    }
+}
+
+/// The HTTP/1.1 status endpoint: one event-loop thread of its own, so nothing it does can slow
+/// the datapath (which it only reads through `StatusSource.snapshot()`, summing counters).
+public final class StatusServer: Sendable {
+    /// The address actually bound (the port is known even when configured as 0).
+    public let localAddress: UDPRelayConfig.SocketAddress
+    public let history: RateHistory
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+    private let state: ServerState
+    private let sampler: RepeatedTask
+    private let logger: Logger
+    private let stopped = Mutex(false)
+
+    /// Binds `listen` and starts serving; logs `status listening address=…`.
+    public static func start(listen: UDPRelayConfig.SocketAddress, allow: [CIDR], source: any StatusSource,
+                             limits: StatusLimits = StatusLimits(), logger: Logger) async throws -> StatusServer {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let state = ServerState(limits: limits, allow: AllowList(allow))
+        let history = RateHistory()
+        let routes = StatusRoutes(source: source, history: history, counters: { state.counters },
+                                  monotonicNow: { Self.monotonicNow() })
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: limits.backlog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try state.initialize(channel, routes: routes, logger: logger)
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: "\(listen.ip)", port: Int(listen.port)).get()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw StatusServerError(address: listen, underlying: error)
+        }
+        let bound = channel.localAddress.flatMap { a in
+            a.ipAddress.flatMap { IPAddress(literal: $0) }.map { UDPRelayConfig.SocketAddress(ip: $0, port: UInt16(a.port ?? 0)) }
+        } ?? listen
+        let sampler = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(1)) { _ in
+            history.record(source.snapshot().listeners, at: Self.monotonicNow())
+        }
+        logger.info("status listening", metadata: ["address": "\(bound)"])
+        return StatusServer(localAddress: bound, history: history, group: group, channel: channel, state: state,
+                            sampler: sampler, logger: logger)
+    }
+
+    private init(localAddress: UDPRelayConfig.SocketAddress, history: RateHistory, group: MultiThreadedEventLoopGroup,
+                 channel: Channel, state: ServerState, sampler: RepeatedTask, logger: Logger) {
+        self.localAddress = localAddress
+        self.history = history
+        self.group = group
+        self.channel = channel
+        self.state = state
+        self.sampler = sampler
+        self.logger = logger
+    }
+
+    /// Connection and request counters of the endpoint itself.
+    public var counters: ServerCounters { state.counters }
+
+    /// Stops accepting, closes every connection and the event-loop thread.
+    public func stop() async {
+        // Idempotent: a second call must not wait on futures of a loop that is gone.
+        guard stopped.withLock({ let was = $0; $0 = true; return !was }) else { return }
+        sampler.cancel()
+        try? await channel.close()
+        for child in state.openChannels() { try? await child.close() }
+        try? await group.shutdownGracefully()
+    }
+
+    static func monotonicNow() -> Double {
+        Double(NIODeadline.now().uptimeNanoseconds) / 1e9
+    }
+}
+
+/// The status endpoint could not bind its address.
+public struct StatusServerError: Error, CustomStringConvertible {
+    public let address: UDPRelayConfig.SocketAddress
+    public let underlying: any Error
+
+    public var description: String { "status endpoint: cannot listen on \(address): \(underlying)" }
+}
+
+/// Connection accounting shared by every connection's initializer.
+final class ServerState: Sendable {
+    let limits: StatusLimits
+    let allow: AllowList
+    private let accepted = Atomic<UInt64>(0)
+    private let rejectedNotAllowed = Atomic<UInt64>(0)
+    private let rejectedLimit = Atomic<UInt64>(0)
+    private let requests = Atomic<UInt64>(0)
+    /// Connections being served, by identity, so `stop()` can close them.
+    private let open = Mutex<[ObjectIdentifier: Channel]>([:])
+
+    init(limits: StatusLimits, allow: AllowList) {
+        self.limits = limits
+        self.allow = allow
+    }
+
+    var counters: ServerCounters {
+        var c = ServerCounters()
+        c.accepted = accepted.load(ordering: .relaxed)
+        c.open = UInt64(open.withLock { $0.count })
+        c.rejectedNotAllowed = rejectedNotAllowed.load(ordering: .relaxed)
+        c.rejectedLimit = rejectedLimit.load(ordering: .relaxed)
+        c.requests = requests.load(ordering: .relaxed)
+        return c
+    }
+
+    func openChannels() -> [Channel] { open.withLock { Array($0.values) } }
+
+    /// Sets up a new connection: refused outside `allow`, 503 over the limit, else HTTP.
+    func initialize(_ channel: Channel, routes: StatusRoutes, logger: Logger) throws {
+        accepted.add(1, ordering: .relaxed)
+        let ops = channel.pipeline.syncOperations
+        guard allow.allows(channel.remoteAddress) else {
+            rejectedNotAllowed.add(1, ordering: .relaxed)
+            logger.debug("status connection refused: not in allow", metadata: ["peer.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+            try ops.addHandler(CloseAtOnceHandler())
+            return
+        }
+        let id = ObjectIdentifier(channel)
+        let admitted = open.withLock { channels -> Bool in
+            guard channels.count < limits.maxConnections else { return false }
+            channels[id] = channel
+            return true
+        }
+        guard admitted else {
+            rejectedLimit.add(1, ordering: .relaxed)
+            try ops.addHandlers([ConnectionGuard(limits: limits), OverLimitHandler(limit: limits.maxConnections)])
+            return
+        }
+        channel.closeFuture.whenComplete { [self] _ in _ = open.withLock { $0.removeValue(forKey: id) } }
+        try Self.addHTTPHandlers(ops, limits: limits, routes: routes) { [self] in requests.add(1, ordering: .relaxed) }
+    }
+
+    /// The pipeline of a served connection: guard, NIO's HTTP/1.1 codec with pipelining, our handler.
+    static func addHTTPHandlers(_ ops: ChannelPipeline.SynchronousOperations, limits: StatusLimits, routes: StatusRoutes,
+                                requestAnswered: @escaping @Sendable () -> Void) throws {
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderFieldSize = limits.maxHeadBytes
+        decoderLimits.maxHeaderListSize = limits.maxHeadBytes
+        try ops.addHandler(ConnectionGuard(limits: limits))
+        try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
+                                            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+        try ops.addHandler(StatusHTTPHandler(routes: routes, requestAnswered: requestAnswered))
+    }
+}
+
+/// The pipeline of a refused connection: closed as soon as it is active, nothing sent.
+final class CloseAtOnceHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+

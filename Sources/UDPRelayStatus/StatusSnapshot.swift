@@ -1,0 +1,201 @@
+/// Everything the status endpoint shows, as one plain value taken at one moment.
+///
+/// The daemon fills it from its own state (daemon record, configuration, datapath counters)
+/// through a `StatusSource`; this module only renders it. Every page (`/status`, `/metrics`,
+/// `/` and `/healthz`) of one request renders from one snapshot, so they never disagree.
+public struct StatusSnapshot: Sendable, Equatable {
+    public var daemon: DaemonInfo
+    public var config: ConfigInfo
+    /// Listeners in configuration order.
+    public var listeners: [ListenerStatus]
+    /// Wall-clock time the snapshot was taken, seconds since the epoch.
+    public var time: Double
+
+    public init(daemon: DaemonInfo, config: ConfigInfo, listeners: [ListenerStatus], time: Double) {
+        self.daemon = daemon
+        self.config = config
+        self.listeners = listeners
+        self.time = time
+    }
+
+    /// The listener named `name`, if any.
+    public func listener(named name: String) -> ListenerStatus? {
+        listeners.first { $0.name == name }
+    }
+}
+
+/// The running process.
+public struct DaemonInfo: Sendable, Equatable {
+    public var version: String
+    public var pid: Int32
+    /// Process start, seconds since the epoch.
+    public var startTime: Double
+
+    public init(version: String, pid: Int32, startTime: Double) {
+        self.version = version
+        self.pid = pid
+        self.startTime = startTime
+    }
+}
+
+/// The running configuration and the outcome of the last reload.
+public struct ConfigInfo: Sendable, Equatable {
+    public var path: String
+    /// 1 after start-up; +1 for every successful reload.
+    public var generation: Int
+    /// When the running configuration was loaded, seconds since the epoch.
+    public var loadedAt: Double
+    /// The last reload attempt; nil when there was none.
+    public var lastReload: ReloadInfo?
+
+    public init(path: String, generation: Int, loadedAt: Double, lastReload: ReloadInfo? = nil) {
+        self.path = path
+        self.generation = generation
+        self.loadedAt = loadedAt
+        self.lastReload = lastReload
+    }
+}
+
+/// One reload attempt.
+public struct ReloadInfo: Sendable, Equatable {
+    public var ok: Bool
+    /// Seconds since the epoch.
+    public var at: Double
+    /// One line per problem; empty when `ok`.
+    public var errors: [String]
+
+    public init(ok: Bool, at: Double, errors: [String] = []) {
+        self.ok = ok
+        self.at = at
+        self.errors = errors
+    }
+}
+
+/// Packets and bytes in one direction. 64-bit and monotonic.
+public struct Traffic: Sendable, Equatable {
+    public var packets: UInt64
+    public var bytes: UInt64
+
+    public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
+        self.packets = packets
+        self.bytes = bytes
+    }
+}
+
+/// A drop counter and its reason label (`too_large`, `send_buffer_full`, ...).
+public struct DropCount: Sendable, Equatable {
+    public var reason: String
+    public var count: UInt64
+
+    public init(reason: String, count: UInt64) {
+        self.reason = reason
+        self.count = count
+    }
+}
+
+/// Session table counters of a listener that keeps sessions (relay modes).
+public struct SessionCounters: Sendable, Equatable {
+    /// Sessions open now (a gauge).
+    public var active: UInt64
+    /// Monotonic totals.
+    public var created: UInt64
+    public var expired: UInt64
+    public var evicted: UInt64
+
+    public init(active: UInt64 = 0, created: UInt64 = 0, expired: UInt64 = 0, evicted: UInt64 = 0) {
+        self.active = active
+        self.created = created
+        self.expired = expired
+        self.evicted = evicted
+    }
+}
+
+/// One upstream of a relaying listener.
+public struct UpstreamStatus: Sendable, Equatable {
+    /// `HOST:PORT` as configured.
+    public var address: String
+    /// `up`, `down`, or another lower-case word the relay defines; only `up` counts as healthy.
+    public var state: String
+    /// Towards the upstream.
+    public var sent: Traffic
+    /// From the upstream.
+    public var received: Traffic
+    /// Sends that failed or probes that went unanswered.
+    public var failures: UInt64
+
+    public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0) {
+        self.address = address
+        self.state = state
+        self.sent = sent
+        self.received = received
+        self.failures = failures
+    }
+
+    public var isUp: Bool { state == "up" }
+}
+
+/// One listener: what it is and what it has done.
+public struct ListenerStatus: Sendable, Equatable {
+    public var name: String
+    public var mode: String
+    /// The addresses actually bound (`127.0.0.1:7007`, `[::1]:7007`).
+    public var addresses: [String]
+    /// How many addresses the configuration names; fewer bound ones is a health problem.
+    public var configuredAddresses: Int
+    public var received: Traffic
+    public var sent: Traffic
+    /// Receive calls that failed with something other than "would block".
+    public var receiveErrors: UInt64
+    /// Every drop reason the daemon knows, zero or not, in a fixed order.
+    public var drops: [DropCount]
+    /// nil for listeners that keep no sessions (echo).
+    public var sessions: SessionCounters?
+    /// Empty for listeners without upstreams (echo).
+    public var upstreams: [UpstreamStatus]
+
+    public init(name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
+                received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
+                drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = []) {
+        self.name = name
+        self.mode = mode
+        self.addresses = addresses
+        self.configuredAddresses = configuredAddresses ?? addresses.count
+        self.received = received
+        self.sent = sent
+        self.receiveErrors = receiveErrors
+        self.drops = drops
+        self.sessions = sessions
+        self.upstreams = upstreams
+    }
+
+    /// Sum of all drop counters.
+    public var dropped: UInt64 { drops.reduce(0) { $0 &+ $1.count } }
+}
+
+/// Where the status endpoint gets its data; the daemon implements it.
+///
+/// `snapshot()` is called on the status server's event loop for every request and once a second
+/// for the rate history: it must be cheap and must not block (sum counters, copy a few values).
+public protocol StatusSource: Sendable {
+    /// The current state, taken now.
+    func snapshot() -> StatusSnapshot
+    /// Health problems, one line each; empty when healthy. May take up to about a second (a
+    /// liveness probe of every datapath queue).
+    func problems() async -> [String]
+}
+
+/// Counters of the status server itself (connections, rejections), shown next to the daemon's.
+public struct ServerCounters: Sendable, Equatable {
+    /// TCP connections accepted, including rejected ones.
+    public var accepted: UInt64 = 0
+    /// Connections being served now.
+    public var open: UInt64 = 0
+    /// Closed at once: the peer's address is outside `allow`.
+    public var rejectedNotAllowed: UInt64 = 0
+    /// Answered 503 and closed: the connection limit was reached.
+    public var rejectedLimit: UInt64 = 0
+    /// HTTP requests answered (any status).
+    public var requests: UInt64 = 0
+
+    public init() {}
+}

@@ -1,0 +1,61 @@
+import Logging
+import ServiceLifecycle
+import UDPRelayConfig
+import UDPRelayDatapath
+import UDPRelayStatus
+
+/// What the status endpoint shows, read from the daemon's own state: the daemon record, the
+/// configuration it runs and the datapath's counters (summed now, without locks).
+struct DaemonStatusSource: StatusSource {
+    let datapath: Datapath
+    let state: DaemonState
+
+    func snapshot() -> StatusSnapshot {
+        let d = state.snapshot
+        return StatusSnapshot(
+            daemon: DaemonInfo(version: BuildInfo.version, pid: state.pid, startTime: state.startTime),
+            config: ConfigInfo(path: d.configPath, generation: d.generation, loadedAt: d.loadedAt,
+                               lastReload: d.lastReload.map { ReloadInfo(ok: $0.ok, at: $0.at, errors: $0.errors) }),
+            listeners: datapath.snapshot().map(Self.listenerStatus),
+            time: DaemonState.now()
+        )
+    }
+
+    /// One datapath listener as the status module sees it. Relay modes add sessions and
+    /// upstreams here.
+    static func listenerStatus(_ l: ListenerSnapshot) -> ListenerStatus {
+        let c = l.counters
+        return ListenerStatus(
+            name: l.name, mode: l.mode, addresses: l.addresses.map { "\($0)" },
+            received: Traffic(packets: c[.receivedPackets], bytes: c[.receivedBytes]),
+            sent: Traffic(packets: c[.sentPackets], bytes: c[.sentBytes]),
+            receiveErrors: c[.receiveErrors],
+            drops: Counter.dropCounters.map { DropCount(reason: $0.dropReason!, count: c[$0]) }
+        )
+    }
+
+    func problems() async -> [String] {
+        var problems: [String] = []
+        for l in datapath.listeners where l.boundAddresses.count < l.configuration.listen.count {
+            problems.append("listener '\(l.name)': \(l.boundAddresses.count) of \(l.configuration.listen.count) addresses bound")
+        }
+        return problems + (await datapath.probe(timeout: .seconds(1)))
+    }
+}
+
+/// Runs the HTTP status endpoint (already bound) until graceful shutdown.
+struct StatusService: Service {
+    let server: StatusServer
+
+    /// Binds the endpoint of `configuration`, or returns nil when it is `off`.
+    static func start(_ configuration: StatusConfiguration, source: some StatusSource, logger: Logger) async throws -> StatusService? {
+        guard let listen = configuration.listen else { return nil }
+        return StatusService(server: try await StatusServer.start(listen: listen, allow: configuration.allow,
+                                                                  source: source, logger: logger))
+    }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}

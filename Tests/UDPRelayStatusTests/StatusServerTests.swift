@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+import XCTest
+import TestSupport
+import UDPRelayConfig
+@testable import UDPRelayStatus
+
+/// The real server on loopback port 0, with a fixed source.
+final class StatusServerTests: XCTestCase {
+    func start(allow: [CIDR] = Defaults.allNetworks, limits: StatusLimits = StatusLimits(), health: [String] = [],
+               listen: String = "127.0.0.1:0") async throws -> StatusServer {
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let server = try await StatusServer.start(listen: try SocketAddress(parsing: listen), allow: allow,
+                                                  source: FixedSource(value: Fixtures.snapshot(), health: health),
+                                                  limits: limits, logger: logger)
+        addTeardownBlock { await server.stop() }
+        XCTAssertNotEqual(server.localAddress.port, 0, "the bound port is known")
+        return server
+    }
+
+    /// Waits (bounded) until `condition` holds; for state that changes when the server's event
+    /// loop has processed a close.
+    func eventually(_ what: String, timeout: Double = 5, _ condition: () -> Bool) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !condition() {
+            if Date() > deadline { XCTFail("timed out waiting for: \(what)"); return }
+            usleep(2000)
+        }
+    }
+
+    func testServesEveryEndpointOverRealSockets() async throws {
+        let server = try await start()
+        let c = try TCPClient(to: server.localAddress)
+        for path in ["/healthz", "/status", "/metrics", "/"] {
+            c.send("GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n")
+            let r = try XCTUnwrap(c.readResponse(), path)
+            XCTAssertTrue(r.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(path): \(r.prefix(200))")
+        }
+        XCTAssertEqual(server.counters.requests, 4)
+        XCTAssertEqual(server.counters.open, 1)
+    }
+
+    func testUnhealthySourceGives503WithOneLinePerProblem() async throws {
+        let server = try await start(health: ["listener 'a': queue for 127.0.0.1:1 did not answer within 1 s"])
+        let c = try TCPClient(to: server.localAddress)
+        c.send("GET /healthz HTTP/1.1\r\n\r\n")
+        let r = try XCTUnwrap(c.readResponse())
+        XCTAssertTrue(r.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), r)
+        XCTAssertTrue(r.hasSuffix("\r\n\r\nlistener 'a': queue for 127.0.0.1:1 did not answer within 1 s\n"), r)
+    }
+
+    func testPeerOutsideAllowIsClosedWithoutAnAnswerAndCounted() async throws {
+        let server = try await start(allow: [try CIDR(parsing: "10.0.0.0/8")])
+        let c = try TCPClient(to: server.localAddress)
+        c.send("GET /status HTTP/1.1\r\n\r\n")
+        let r = c.readToEnd(timeout: 5)
+        XCTAssertFalse(r.timedOut)
+        XCTAssertEqual(r.text, "", "nothing is said to a refused peer")
+        XCTAssertEqual(server.counters.rejectedNotAllowed, 1)
+        XCTAssertEqual(server.counters.requests, 0)
+    }
+
+    func testAllowMatchesTheSourceAddress() async throws {
+        // Listening on the wildcard, only 127.0.0.2 may talk.
+        let server = try await start(allow: [try CIDR(parsing: "127.0.0.2")], listen: "0.0.0.0:0")
+        let target = SocketAddress(ip: .v4(0x7F00_0001), port: server.localAddress.port)
+        let refused = try TCPClient(to: target, from: IPAddress(literal: "127.0.0.1"))
+        XCTAssertEqual(refused.readToEnd(timeout: 5).text, "")
+        let allowed = try TCPClient(to: target, from: IPAddress(literal: "127.0.0.2"))
+        allowed.send("GET /healthz HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(allowed.readResponse()?.hasPrefix("HTTP/1.1 200"), true)
+        XCTAssertEqual(server.counters.rejectedNotAllowed, 1)
+    }
+
+    func testConnectionsBeyondTheLimitGet503AndASlotFreesWhenOneCloses() async throws {
+        var limits = StatusLimits()
+        limits.maxConnections = 3
+        let server = try await start(limits: limits)
+        var held: [TCPClient] = []
+        for _ in 0..<3 {
+            let c = try TCPClient(to: server.localAddress)
+            c.send("GET /healthz HTTP/1.1\r\n\r\n")
+            XCTAssertEqual(c.readResponse()?.hasPrefix("HTTP/1.1 200"), true)
+            held.append(c)
+        }
+        for _ in 0..<2 {
+            let extra = try TCPClient(to: server.localAddress)
+            extra.send("GET /healthz HTTP/1.1\r\n\r\n")
+            let r = extra.readToEnd(timeout: 5)
+            XCTAssertTrue(r.text.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), r.text)
+            XCTAssertTrue(r.text.contains("limit 3"))
+            XCTAssertFalse(r.reset, "the 503 is followed by an orderly close")
+        }
+        XCTAssertEqual(server.counters.rejectedLimit, 2)
+        held.removeFirst()  // closes it
+        eventually("a slot frees") { server.counters.open == 2 }
+        let next = try TCPClient(to: server.localAddress)
+        next.send("GET /healthz HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(next.readResponse()?.hasPrefix("HTTP/1.1 200"), true)
+    }
+
+    func testHugeHeaderStillSendingReadsA431NotAReset() async throws {
+        let server = try await start()
+        let c = try TCPClient(to: server.localAddress)
+        // 200 KiB: far more than the socket buffers hold, so the server closes while we send.
+        let sendDone = expectation(description: "sent")
+        let fd = c.fd
+        Thread.detachNewThread {
+            let big = "GET / HTTP/1.1\r\nX-Big: " + String(repeating: "a", count: 200 * 1024) + "\r\n\r\n"
+            _ = big.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            sendDone.fulfill()
+        }
+        let r = c.readToEnd(timeout: 10)
+        await fulfillment(of: [sendDone], timeout: 10)
+        XCTAssertTrue(r.text.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"), r.text)
+        XCTAssertTrue(r.text.hasSuffix("request head larger than 8192 bytes\n"), r.text)
+    }
+
+    func testHeadTimeoutOnARealSocket() async throws {
+        var limits = StatusLimits()
+        limits.headTimeout = .milliseconds(300)
+        let server = try await start(limits: limits)
+        let c = try TCPClient(to: server.localAddress)
+        c.send("GET /status HTTP/1.1\r\nHost: x\r\n")
+        let start = Date()
+        let r = c.readToEnd(timeout: 5)
+        XCTAssertTrue(r.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"), r.text)
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.25)
+        XCTAssertFalse(r.reset)
+    }
+
+    func testStopClosesOpenConnections() async throws {
+        let server = try await start()
+        let c = try TCPClient(to: server.localAddress)
+        c.send("GET /healthz HTTP/1.1\r\n\r\n")
+        XCTAssertNotNil(c.readResponse())
+        await server.stop()
+        XCTAssertFalse(c.readToEnd(timeout: 5).timedOut, "stop() closes kept-alive connections")
+    }
+
+    func testBindFailureNamesTheAddress() async throws {
+        let server = try await start()
+        do {
+            _ = try await StatusServer.start(listen: server.localAddress, allow: [], source: FixedSource(value: Fixtures.snapshot()),
+                                             logger: Logger(label: "test"))
+            XCTFail("binding a taken port must fail")
+        } catch let error as StatusServerError {
+            XCTAssertTrue("\(error)".contains("cannot listen on \(server.localAddress)"), "\(error)")
+        }
+    }
+}
