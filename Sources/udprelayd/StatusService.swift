@@ -21,16 +21,26 @@ struct DaemonStatusSource: StatusSource {
         )
     }
 
-    /// One datapath listener as the status module sees it. Relay modes add sessions and
-    /// upstreams here.
+    /// One datapath listener as the status module sees it.
     static func listenerStatus(_ l: ListenerSnapshot) -> ListenerStatus {
         let c = l.counters
+        let hasSessions = ListenerMode(rawValue: l.mode)?.hasSessions ?? false
         return ListenerStatus(
             name: l.name, mode: l.mode, addresses: l.addresses.map { "\($0)" },
             received: Traffic(packets: c[.receivedPackets], bytes: c[.receivedBytes]),
             sent: Traffic(packets: c[.sentPackets], bytes: c[.sentBytes]),
             receiveErrors: c[.receiveErrors],
-            drops: Counter.dropCounters.map { DropCount(reason: $0.dropReason!, count: c[$0]) }
+            drops: Counter.dropCounters.map { DropCount(reason: $0.dropReason!, count: c[$0]) },
+            sessions: hasSessions
+                ? SessionCounters(active: c[.sessionsActive], created: c[.sessionsCreated],
+                                  expired: c[.sessionsExpired], evicted: c[.sessionsEvicted])
+                : nil,
+            upstreams: l.upstreams.map { u in
+                UpstreamStatus(address: u.endpoint, state: u.state,
+                               sent: Traffic(packets: u.counters[.sentPackets], bytes: u.counters[.sentBytes]),
+                               received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
+                               failures: u.counters[.failures])
+            }
         )
     }
 
