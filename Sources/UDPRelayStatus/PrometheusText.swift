@@ -45,6 +45,11 @@ public enum PrometheusText {
             for d in l.drops { out.sample("udprelayd_drops_total", [("listener", l.name), ("reason", d.reason)], d.count) }
         }
 
+        out.family("udprelayd_events_total", .counter, "Other listener counters by name (relay events such as fail_open, sessions_closed).")
+        for l in ls {
+            for c in l.counters { out.sample("udprelayd_events_total", [("listener", l.name), ("event", c.name)], c.value) }
+        }
+
         out.family("udprelayd_sessions_active", .gauge, "Sessions open now (listeners that keep sessions).")
         for l in ls { if let x = l.sessions { out.sample("udprelayd_sessions_active", [("listener", l.name)], x.active) } }
         let sessionTotals: [(String, String, (SessionCounters) -> UInt64)] = [
@@ -72,6 +77,15 @@ public enum PrometheusText {
             out.family(name, .counter, help)
             for l in ls {
                 for u in l.upstreams { out.sample(name, [("listener", l.name), ("upstream", u.address)], value(u)) }
+            }
+        }
+
+        out.family("udprelayd_upstream_events_total", .counter, "Other upstream counters by name (send_drops, sessions, probes_sent, probes_answered).")
+        for l in ls {
+            for u in l.upstreams {
+                for c in u.counters {
+                    out.sample("udprelayd_upstream_events_total", [("listener", l.name), ("upstream", u.address), ("event", c.name)], c.value)
+                }
             }
         }
 

@@ -142,8 +142,10 @@ public enum StatusJSON {
                     ("sent", traffic(u.sent)),
                     ("received", traffic(u.received)),
                     ("failures", .uint(u.failures)),
+                    ("counters", .object(u.counters.map { ($0.name, .uint($0.value)) })),
                 ])
             })),
+            ("counters", .object(l.counters.map { ($0.name, .uint($0.value)) })),
         ])
     }
 }

@@ -75,10 +75,12 @@ public enum StatusPage {
             h += "<td>\(Format.grouped(l.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.received.bytes)))</span></td>"
             h += "<td>\(Format.grouped(l.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.sent.bytes)))</span></td>"
             h += "<td class=\"l\">\(dropsCell(l, rate: r?.drops))</td>"
+            let events = l.counters.filter { $0.value > 0 }.map { "\(Format.html($0.name)) \(Format.grouped($0.value))" }
+            let eventsLine = events.isEmpty ? "" : "<br><span class=\"sub\">\(events.joined(separator: " \u{00B7} "))</span>"
             if let x = l.sessions {
-                h += "<td><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(Format.grouped(x.created)) created \u{00B7} \(Format.grouped(x.expired)) expired \u{00B7} \(Format.grouped(x.evicted)) evicted</span></td>"
+                h += "<td><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(Format.grouped(x.created)) created \u{00B7} \(Format.grouped(x.expired)) expired \u{00B7} \(Format.grouped(x.evicted)) evicted</span>\(eventsLine)</td>"
             } else {
-                h += "<td class=\"muted\">\u{2014}</td>"
+                h += events.isEmpty ? "<td class=\"muted\">\u{2014}</td>" : "<td>\(eventsLine.dropFirst(4))</td>"
             }
             h += "</tr>\n"
             for u in l.upstreams {

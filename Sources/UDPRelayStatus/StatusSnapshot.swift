@@ -93,6 +93,19 @@ public struct DropCount: Sendable, Equatable {
     }
 }
 
+/// Any other named counter (64-bit, monotonic): relay events such as `fail_open`, or per-upstream
+/// `probes_sent`. Listed under `counters` in `/status` and as `udprelayd_events_total` (listeners)
+/// and `udprelayd_upstream_events_total` (upstreams) in `/metrics`.
+public struct NamedCounter: Sendable, Equatable {
+    public var name: String
+    public var value: UInt64
+
+    public init(_ name: String, _ value: UInt64) {
+        self.name = name
+        self.value = value
+    }
+}
+
 /// Session table counters of a listener that keeps sessions (relay modes).
 public struct SessionCounters: Sendable, Equatable {
     /// Sessions open now (a gauge).
@@ -122,13 +135,17 @@ public struct UpstreamStatus: Sendable, Equatable {
     public var received: Traffic
     /// Sends that failed or probes that went unanswered.
     public var failures: UInt64
+    /// Other counters of this upstream (`send_drops`, `probes_sent`, ...).
+    public var counters: [NamedCounter]
 
-    public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0) {
+    public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
+                counters: [NamedCounter] = []) {
         self.address = address
         self.state = state
         self.sent = sent
         self.received = received
         self.failures = failures
+        self.counters = counters
     }
 
     public var isUp: Bool { state == "up" }
@@ -152,10 +169,13 @@ public struct ListenerStatus: Sendable, Equatable {
     public var sessions: SessionCounters?
     /// Empty for listeners without upstreams (echo).
     public var upstreams: [UpstreamStatus]
+    /// Other counters of the listener (relay events such as `fail_open`), in a fixed order.
+    public var counters: [NamedCounter]
 
     public init(name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
                 received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
-                drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = []) {
+                drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
+                counters: [NamedCounter] = []) {
         self.name = name
         self.mode = mode
         self.addresses = addresses
@@ -166,6 +186,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.drops = drops
         self.sessions = sessions
         self.upstreams = upstreams
+        self.counters = counters
     }
 
     /// Sum of all drop counters.

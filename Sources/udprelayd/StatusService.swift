@@ -39,10 +39,21 @@ struct DaemonStatusSource: StatusSource {
                 UpstreamStatus(address: u.endpoint, state: u.state,
                                sent: Traffic(packets: u.counters[.sentPackets], bytes: u.counters[.sentBytes]),
                                received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
-                               failures: u.counters[.failures])
-            }
+                               failures: u.counters[.failures],
+                               counters: [UpstreamCounter.sendDrops, .sessions, .probesSent, .probesAnswered].map {
+                                   NamedCounter($0.name, u.counters[$0])
+                               })
+            },
+            counters: l.mode == ListenerMode.echo.rawValue ? [] : Self.relayEvents.map { NamedCounter($0.0, c[$0.1]) }
         )
     }
+
+    /// Relay counters shown by name (config/README.md, "Counters").
+    static let relayEvents: [(String, Counter)] = [
+        ("sessions_closed", .sessionsClosed), ("sessions_failed", .sessionsFailed), ("session_errors", .sessionErrors),
+        ("fail_open", .failOpen), ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
+        ("rate_limit_evictions", .rateLimitEvictions),
+    ]
 
     func problems() async -> [String] {
         var problems: [String] = []

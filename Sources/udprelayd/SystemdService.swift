@@ -77,6 +77,9 @@ struct SystemdService: Service {
         if otherDaemonKeys != configuration.daemon {
             logger.warning("[daemon] changes other than log_level take effect at the next restart")
         }
+        if previous.status != configuration.status {
+            logger.warning("[status] changes take effect at the next restart")
+        }
         state.reloadSucceeded()
         let generation = state.snapshot.generation
         logger.notice("reloaded", metadata: [

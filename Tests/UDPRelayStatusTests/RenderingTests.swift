@@ -30,9 +30,11 @@ enum Fixtures {
                                sessions: SessionCounters(active: 5, created: 9, expired: 3, evicted: 1),
                                upstreams: [
                                    UpstreamStatus(address: "10.0.0.1:27015", state: "up", sent: Traffic(packets: 10, bytes: 1000),
-                                                  received: Traffic(packets: 9, bytes: 900), failures: 0),
+                                                  received: Traffic(packets: 9, bytes: 900), failures: 0,
+                                                  counters: [NamedCounter("probes_sent", 7)]),
                                    UpstreamStatus(address: "10.0.0.2:27015", state: "down", failures: 4),
-                               ]),
+                               ],
+                               counters: [NamedCounter("fail_open", 2), NamedCounter("sessions_closed", 0)]),
             ],
             time: 1_795_600_300.75
         )
@@ -94,6 +96,9 @@ final class StatusJSONTests: XCTestCase {
         XCTAssertEqual(ups.map { $0["state"] as? String }, ["up", "down"])
         XCTAssertEqual(ups[1]["failures"] as? Int, 4)
         XCTAssertEqual((ups[0]["received"] as? [String: Any])?["packets"] as? Int, 9)
+        XCTAssertEqual(ups[0]["counters"] as? [String: Int], ["probes_sent": 7])
+        XCTAssertEqual(relay["counters"] as? [String: Int], ["fail_open": 2, "sessions_closed": 0])
+        XCTAssertEqual(dns["counters"] as? [String: Int], [:])
     }
 
     func testNarrowingToOneListener() throws {
@@ -159,6 +164,8 @@ final class PrometheusTextTests: XCTestCase {
             "udprelayd_upstream_up{listener=\"game-relay\",upstream=\"10.0.0.2:27015\"} 0",
             "udprelayd_upstream_failures_total{listener=\"game-relay\",upstream=\"10.0.0.2:27015\"} 4",
             "udprelayd_status_connections_rejected_total{reason=\"not_allowed\"} 3",
+            "udprelayd_events_total{listener=\"game-relay\",event=\"fail_open\"} 2",
+            "udprelayd_upstream_events_total{listener=\"game-relay\",upstream=\"10.0.0.1:27015\",event=\"probes_sent\"} 7",
         ] {
             XCTAssertTrue(text.contains("\n" + line + "\n"), "missing line: \(line)")
         }
