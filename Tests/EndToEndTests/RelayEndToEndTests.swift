@@ -447,6 +447,28 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertTrue(up.contains("upstream=\(flaky.address)"), up)
     }
 
+    func testReloadMovesARelayListenerToItsNewUpstream() throws {
+        let a = try taggedUpstream("A"), b = try taggedUpstream("B")
+        let config = { (up: UpstreamServer) in "[status]\nlisten = off\n[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(up.address)\n" }
+        let daemon = try DaemonProcess(config: config(a))
+        addTeardownBlock { daemon.stop() }
+        let address = try XCTUnwrap(try daemon.waitUntilReady()["fwd"]?.first)
+        let client = try UDPClient()
+        client.send(Array("1".utf8), to: address)
+        XCTAssertEqual(try XCTUnwrap(client.receive()).bytes, Array("A:1".utf8))
+        // Same listen address (port 0 was resolved, so name the bound port): the socket is kept.
+        try config(b).replacingOccurrences(of: "127.0.0.1:0", with: "\(address)").write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
+        let mark = daemon.log.count
+        daemon.signal(SIGHUP)
+        XCTAssertNotNil(daemon.waitForLine(containing: "reloaded", after: mark, timeout: 10), daemon.log.joined(separator: "\n"))
+        client.send(Array("2".utf8), to: address)
+        XCTAssertEqual(try XCTUnwrap(client.receive()).bytes, Array("B:2".utf8), "after the reload the session is on the new upstream")
+        let fresh = try UDPClient()
+        fresh.send(Array("3".utf8), to: address)
+        XCTAssertEqual(try XCTUnwrap(fresh.receive()).bytes, Array("B:3".utf8))
+        XCTAssertEqual(daemon.stop(), 0)
+    }
+
     func testHostnameUpstreamIsResolved() throws {
         // localhost resolves to ::1 or 127.0.0.1 depending on the resolver: listen on both.
         let v4 = try UpstreamServer(reply: { Array("v4:".utf8) + $0 })
