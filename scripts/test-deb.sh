@@ -113,6 +113,7 @@ if ct_sh "journalctl -b -u udprelayd.service -o cat | grep -q 'status listening'
 else
   echo "note: this build has no status endpoint; /status and /metrics versions not checked"
 fi
+check "docs installed: example config, changelog, status reference" ct_sh "cd /usr/share/doc/udprelayd && test -f examples/udprelayd.ini && test -f changelog.gz && test -f STATUS.md && test -f status.schema.json"
 check "man udprelayd renders" ct_sh "MANPAGER=cat MANWIDTH=80 man udprelayd 2>&1 | grep -q 'UDP echo and relay daemon'"
 check "man udprelayd.ini renders every section" ct_sh "MANPAGER=cat MANWIDTH=80 man 5 udprelayd.ini 2>/dev/null | grep -q 'max_datagram'"
 check "man pages render without warnings" test -z "$(ct_sh 'MANPAGER=cat man --warnings udprelayd udprelayd.ini 2>&1 >/dev/null')"

@@ -12,7 +12,7 @@ date=$(date -u -d "@$(dpkg-parsechangelog -l "$root/packaging/debian/changelog" 
 gen=(python3 "$root/packaging/man/md2man.py" --version "$version" --date "$date")
 
 "${gen[@]}" --name udprelayd --section 8 --summary "UDP echo and relay daemon" \
-  --see-also '`udprelayd.ini(5)`, `systemctl(1)`, `journalctl(1)`, `systemd.service(5)`' \
+  --see-also '`udprelayd.ini(5)`, `systemctl(1)`, `journalctl(1)`, `systemd.service(5)`, `systemd.socket(5)`, `curl(1)`' \
   "$root/packaging/man/udprelayd.8.md" > "$out/udprelayd.8"
 
 "${gen[@]}" --name udprelayd.ini --section 5 --summary "configuration file of the udprelayd daemon" \

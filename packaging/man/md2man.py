@@ -41,7 +41,7 @@ LINK_TARGETS = {
     "README.md": "udprelayd(8)",
 }
 
-PROSE_COLUMNS = {"meaning", "notes", "description"}
+PROSE_COLUMNS = {"meaning", "notes", "description", "answer"}
 
 
 def escape(text, code=False):
