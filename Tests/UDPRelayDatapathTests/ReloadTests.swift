@@ -80,6 +80,27 @@ final class ReloadTests: XCTestCase {
         XCTAssertEqual(steady.counters()[.receivedPackets], UInt64(total), "counters survive reloads")
     }
 
+    func testUnchangedRelayListenerKeepsItsSessions() throws {
+        // An echo listener stands in for the upstream of a forward listener.
+        let upstream = try Datapath(configuration: try configuration("[listener up]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
+        upstream.start()
+        defer { upstream.stop() }
+        let up = try XCTUnwrap(upstream.listener(named: "up")?.boundAddresses.first)
+        let relay = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(up)\nmax_sessions = 100\n"
+        let datapath = try Datapath(configuration: try configuration(relay), logger: Logger(label: "test"))
+        datapath.start()
+        defer { datapath.stop() }
+        let fwd = try XCTUnwrap(datapath.listener(named: "fwd"))
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, fwd.boundAddresses[0], "first"), "first")
+        XCTAssertEqual(fwd.counters()[.sessionsCreated], 1)
+        let changes = try datapath.apply(try configuration(relay + "[listener other]\nlisten = 127.0.0.1:0\n"))
+        XCTAssertEqual(changes.unchanged, ["fwd"])
+        XCTAssertEqual(echo(client, fwd.boundAddresses[0], "second"), "second")
+        XCTAssertEqual(fwd.counters()[.sessionsCreated], 1, "the client's session survived the reload")
+        XCTAssertEqual(fwd.counters()[.sessionsActive], 1)
+    }
+
     func testChangedListenerOnTheSamePortIsRebuiltWithoutRebinding() throws {
         let port = try freePort()
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n"), logger: Logger(label: "test"))
