@@ -50,6 +50,8 @@ final class StatusHTTPHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, head: HTTPRequestHead, _ plan: PlannedResponse) {
+        // Counted on arrival, so the page and /status include the request that shows them.
+        requestAnswered()
         switch plan {
         case .now(let response):
             write(context, head: head, response)
@@ -67,7 +69,6 @@ final class StatusHTTPHandler: ChannelInboundHandler {
 
     private func write(_ context: ChannelHandlerContext, head request: HTTPRequestHead, _ response: StatusResponse) {
         guard context.channel.isActive, !closing else { return }
-        requestAnswered()
         let close = response.close || !request.isKeepAlive
         let body = response.body.utf8
         var headers = HTTPHeaders()
@@ -103,6 +104,7 @@ final class StatusHTTPHandler: ChannelInboundHandler {
         }
         // NIO's decoder closes the connection right after reporting a parse error; answer first.
         let fake = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        requestAnswered()
         if case .headerOverflow = parseError {
             write(context, head: fake, .text(HTTPResponseStatus(statusCode: 431, reasonPhrase: "Request Header Fields Too Large"),
                                               "request head too large\n", close: true))

@@ -74,13 +74,13 @@ public enum StatusPage {
             h += rateCell(r?.sentBytes) { Format.bytes($0) + "/s" }
             h += "<td>\(Format.grouped(l.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.received.bytes)))</span></td>"
             h += "<td>\(Format.grouped(l.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(l.sent.bytes)))</span></td>"
-            h += "<td class=\"l\">\(dropsCell(l, rate: r?.drops))</td>"
-            let events = l.counters.filter { $0.value > 0 }.map { "\(Format.html($0.name)) \(Format.grouped($0.value))" }
+            h += "<td class=\"l wrap\">\(dropsCell(l, rate: r?.drops))</td>"
+            let events = l.counters.filter { $0.value > 0 }.map { nowrap("\(Format.html($0.name)) \(Format.grouped($0.value))") }
             let eventsLine = events.isEmpty ? "" : "<br><span class=\"sub\">\(events.joined(separator: " \u{00B7} "))</span>"
             if let x = l.sessions {
-                h += "<td><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(Format.grouped(x.created)) created \u{00B7} \(Format.grouped(x.expired)) expired \u{00B7} \(Format.grouped(x.evicted)) evicted</span>\(eventsLine)</td>"
+                h += "<td class=\"wrap\"><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(nowrap("\(Format.grouped(x.created)) created")) \u{00B7} \(nowrap("\(Format.grouped(x.expired)) expired")) \u{00B7} \(nowrap("\(Format.grouped(x.evicted)) evicted"))</span>\(eventsLine)</td>"
             } else {
-                h += events.isEmpty ? "<td class=\"muted\">\u{2014}</td>" : "<td>\(eventsLine.dropFirst(4))</td>"
+                h += events.isEmpty ? "<td class=\"muted\">\u{2014}</td>" : "<td class=\"wrap\">\(eventsLine.dropFirst(4))</td>"
             }
             h += "</tr>\n"
             for u in l.upstreams {
@@ -106,6 +106,8 @@ public enum StatusPage {
         h += "</footer>\n</body></html>\n"
         return h
     }
+
+    static func nowrap(_ html: String) -> String { "<span class=\"nw\">\(html)</span>" }
 
     static func rateCell(_ value: Double?, _ format: (Double) -> String) -> String {
         guard let value else { return "<td class=\"muted\">\u{2026}</td>" }
@@ -144,11 +146,14 @@ public enum StatusPage {
     th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 12px;text-align:right;white-space:nowrap}
     td{padding:8px 12px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums;white-space:nowrap}
     .l{text-align:left}
+    td.wrap{white-space:normal;min-width:150px;max-width:260px}
+    .nw{white-space:nowrap}
     tr.listener td.name{font-weight:700;font-size:17px}
     tr.upstream td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
     .mode{background:#ddf4ff;color:#0969da;border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
     .rate{font-weight:700;font-size:16px}
     .sub{color:var(--muted);font-size:13px}
+    .sub.badtext{color:var(--bad)}
     .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
     footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
     a{color:#0969da}
