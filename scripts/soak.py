@@ -26,7 +26,10 @@ import urllib.request
 
 CLIENTS = 1000
 RATE = 2000            # datagrams per second over all clients (half echo, half forward)
-RELOADS = 50
+RELOADS = int(os.environ.get("SOAK_RELOADS", "50"))
+# The upstream binds below the kernel's ephemeral range (32768-60999 by default), so no session
+# socket can take its port while it is down.
+UPSTREAM_PORTS = range(20000, 30000)
 
 
 def log(msg):
@@ -37,7 +40,7 @@ class Upstream:
     """A loopback echo server standing in for the forward listener's upstream; can be killed and restarted on the same port."""
 
     def __init__(self):
-        self.port = 0
+        self.port = None
         self.sock = None
         self.stop = threading.Event()
         self.start()
@@ -45,7 +48,18 @@ class Upstream:
     def start(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(("127.0.0.1", self.port))
+        if self.port is None:
+            import random
+            for port in random.sample(UPSTREAM_PORTS, 200):
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    continue
+            else:
+                raise SystemExit("soak: no free port for the upstream")
+        else:
+            s.bind(("127.0.0.1", self.port))
         self.port = s.getsockname()[1]
         s.settimeout(0.1)
         self.sock = s
@@ -147,7 +161,7 @@ max_datagram = {1000 + generation}
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
-    ap.add_argument("--seconds", type=float, default=90.0, help="main phase length")
+    ap.add_argument("--seconds", type=float, default=75.0, help="main phase length")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
@@ -236,29 +250,48 @@ def main():
             seq += 1
             next_at += 1.0 / RATE
 
-    log("warm-up 15 s, with 5 reloads so the steady state includes them")
-    warm = {"n": 0}
+    # The warm-up goes through every kind of event once (reloads, the upstream killed and
+    # restarted, a status abuse burst), so allocator high-water marks are reached before the
+    # baseline is taken; the main phase then repeats them and must not grow RSS by > 10%.
+    log("warm-up 30 s: 5 reloads, upstream kill/restart, status abuse, so the baseline has seen each once")
+    warm = {"n": 0, "killed": False, "restarted": False, "abused": False}
 
     def warm_tick(t):
         if warm["n"] < 5 and t >= 2 + warm["n"] * 2:
             warm["n"] += 1
             d.write(config(upstream.port, 1000 + warm["n"]))
             os.kill(d.proc.pid, signal.SIGHUP)
+        if not warm["killed"] and t >= 8:
+            warm["killed"] = True
+            upstream.kill()
+        if not warm["restarted"] and t >= 13:
+            warm["restarted"] = True
+            upstream.start()
+        if not warm["abused"] and t >= 16:
+            warm["abused"] = True
+            threading.Thread(target=abuse_status, args=(status_port,), daemon=True).start()
 
-    send_for(15, warm_tick)
+    send_for(30, warm_tick)
     time.sleep(0.5)
     warm_rss = d.rss_kib()
     log(f"RSS after warm-up: {warm_rss} KiB")
 
     events = {"reloads": 0, "killed": False, "restarted": False, "abused": False}
-    reload_every = (args.seconds - 10) / RELOADS
+    reload_every = (args.seconds - 10) / max(RELOADS, 1)
     last_line = [len(d.lines)]
 
+    rss_marks = {"next": 10.0}
+
     def tick(t):
+        if t >= rss_marks["next"]:
+            rss_marks["next"] += 10.0
+            log(f"t={t:.0f}s RSS {d.rss_kib()} KiB, reloads {events['reloads']}")
         if events["reloads"] < RELOADS and t >= 2 + events["reloads"] * reload_every:
             events["reloads"] += 1
             d.write(config(upstream.port, events["reloads"]))
             os.kill(d.proc.pid, signal.SIGHUP)
+        if os.environ.get("SOAK_NO_KILL"):
+            events["killed"] = events["restarted"] = True
         if not events["killed"] and t >= args.seconds * 0.3:
             events["killed"] = True
             upstream.kill()
