@@ -160,6 +160,44 @@ final class SystemdEndToEndTests: XCTestCase {
         XCTAssertEqual(DaemonProcess.field("received", in: totals), "\(sent)", "the unchanged listener kept its counters")
     }
 
+    /// The outcome of reloads is visible in /status too (the status endpoint reads DaemonState).
+    func testReloadOutcomeShowsInStatusJSON() throws {
+        let config = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
+        let d = try DaemonProcess(config: config)
+        addTeardownBlock { d.stop() }
+        _ = try d.waitUntilReady()
+        let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
+        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: line)))
+        func configObject() throws -> [String: Any] {
+            let c = try TCPClient(to: status)
+            XCTAssertTrue(c.send("GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+            let response = try XCTUnwrap(c.readResponse())
+            let body = try XCTUnwrap(response.range(of: "\r\n\r\n").map { String(response[$0.upperBound...]) })
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
+            return try XCTUnwrap(json["config"] as? [String: Any])
+        }
+        XCTAssertEqual(try configObject()["generation"] as? Int, 1)
+
+        try (config + "mode = nonsense\n").write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        d.signal(SIGHUP)
+        XCTAssertNotNil(d.waitForLine(containing: "reload rejected"))
+        var c = try configObject()
+        XCTAssertEqual(c["generation"] as? Int, 1)
+        var last = try XCTUnwrap(c["last_reload"] as? [String: Any])
+        XCTAssertEqual(last["ok"] as? Bool, false)
+        let errors = try XCTUnwrap(last["errors"] as? [String])
+        XCTAssertEqual(errors.count, 1)
+        XCTAssertTrue(errors[0].hasPrefix("\(d.configPath):5: [listener a] mode: "), errors[0])
+
+        try config.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        d.signal(SIGHUP)
+        XCTAssertNotNil(d.waitForLine(containing: "reloaded generation=2"))
+        c = try configObject()
+        XCTAssertEqual(c["generation"] as? Int, 2)
+        last = try XCTUnwrap(c["last_reload"] as? [String: Any])
+        XCTAssertEqual(last["ok"] as? Bool, true)
+    }
+
     func testReloadAppliesANewLogLevel() throws {
         let notify = try NotifySocket()
         let d = try startDaemon("[daemon]\nlog_level = warning\n[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
