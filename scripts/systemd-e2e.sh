@@ -17,7 +17,7 @@
 #          (LISTENER=); `journalctl -p err` shows a failed reload's errors;
 #   reload: `systemctl reload` keeps MainPID, applies a new listener, StatusText says gen 2;
 #          a bad file makes `systemctl reload` fail, keeps MainPID and echo, and StatusText
-#          says RELOAD FAILED;
+#          and /status (the status endpoint, served under the sandbox) say so;
 #   watchdog: SIGSTOP on the main process -> watchdog timeout -> restart, NRestarts grows, a
 #          new MainPID serves;
 #   socket activation: with systemd/udprelayd.socket (FileDescriptorName=echo), a datagram to
@@ -96,7 +96,7 @@ good_config() {
 [daemon]
 log_level = info
 [status]
-listen = off
+listen = 127.0.0.1:9180
 [listener echo]
 listen = 127.0.0.1:7007, [::1]:7007
 EOF
@@ -143,7 +143,7 @@ put_config <<'EOF'
 [daemon]
 log_level = info
 [status]
-listen = off
+listen = 127.0.0.1:9180
 [listener echo]
 listen = 127.0.0.1:7007, [::1]:7007
 [listener extra]
@@ -166,6 +166,11 @@ check "MainPID unchanged after the bad reload" test "$(prop MainPID)" = "$pid"
 check "still serving after the bad reload" test "$(udp UDP4:127.0.0.1:7007 still)" = still
 check "StatusText shows the failed reload" wait_for 5 '[[ "$(prop StatusText)" == *"config gen 2, RELOAD FAILED"*"mode:"* ]]'
 echo "    StatusText: $(prop StatusText)"
+# GET over bash's /dev/tcp (no curl in the container); prints the body.
+http_get() { ct bash -c "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET $1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 && timeout 5 cat <&3" | sed '1,/^\r$/d'; }
+status_json=$(http_get /status || true)
+check "/status (served under the sandbox) shows the failed reload" \
+  bash -c '[[ $1 =~ \"generation\":\ *2, ]] && [[ $1 =~ \"ok\":\ *false ]]' _ "$status_json"
 check "journalctl -p err shows the reload error" \
   bash -c "grep -q 'reload: /etc/udprelayd/udprelayd.ini:3: \[listener echo\] mode:'" <<<"$(ct journalctl -u udprelayd.service -p err -o cat --no-pager)"
 good_config
