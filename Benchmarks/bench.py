@@ -15,6 +15,7 @@ Environment:
   BENCH_ONLY      comma-separated filter on case ids, e.g. "echo" or "echo/64/1" (default: all)
   BENCH_SERVERS   comma-separated subset of udprelayd,cref,nginx,socat (default: all)
   BENCH_SESSIONS  live sessions for the RSS measurement (default 100000)
+  BENCH_LISTENER_KEYS  extra keys for udprelayd's listeners, ';'-separated (e.g. "busy_poll = 0")
   BENCH_RT        1 (default when root): run servers and client at SCHED_FIFO priority 10
   BENCH_OUT       where to write the report (default BENCHMARKS.md; "-" for none;
                   a filtered run writes nothing unless BENCH_OUT is set)
@@ -155,8 +156,9 @@ class Server:
 
 def udprelayd_config(tmp, name, body):
     path = os.path.join(tmp, f"{name}.ini")
+    extra = os.environ.get("BENCH_LISTENER_KEYS", "").replace(";", "\n")
     with open(path, "w") as f:
-        f.write("[daemon]\nlog_level = warning\n\n[status]\nlisten = off\n\n" + body)
+        f.write("[daemon]\nlog_level = warning\n\n[status]\nlisten = off\n\n" + body + (extra + "\n" if extra else ""))
     return path
 
 

@@ -307,7 +307,7 @@ struct ConfigParser {
              mode.isRelay, "mode = forward|balance|mirror")
         only(["session_timeout", "max_sessions", "session_max_replies"], mode.hasSessions, "mode = forward|balance")
         only(["sample"], mode == .mirror, "mode = mirror")
-        only(["busy_poll"], mode == .echo, "mode = echo (relay workers do not busy-poll yet)")
+        only(["busy_poll"], mode != .mirror, "mode = echo|forward|balance")
         only(["balance"], mode == .balance, "mode = balance (with several upstreams)")
         if let upstreams = d.upstreams {
             if mode == .forward && upstreams.count > 1 {

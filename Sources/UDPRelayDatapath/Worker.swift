@@ -95,7 +95,7 @@ public class SocketWorker: @unchecked Sendable {
     /// window and is served without the event-thread-to-worker handoff of a Dispatch wakeup
     /// (two futex calls, two epoll_ctl re-arms, an eventfd write and read, a FIONREAD ioctl).
     /// At most `tuning.maxBatchesPerWakeup * batchSize` datagrams per call, so one busy socket
-    /// cannot keep its thread forever. Runs on `queue`.
+    /// cannot keep its thread forever. Yields the CPU between empty polls. Runs on `queue`.
     @inline(__always)
     final func drain(busyPoll: UInt64, batchSize: Int, tuning: DatapathTuning, _ serveBatch: () -> Int?) {
         let budget = tuning.maxBatchesPerWakeup * batchSize
@@ -116,6 +116,8 @@ public class SocketWorker: @unchecked Sendable {
             } else if now &- dryAt >= busyPoll {
                 return
             }
+            // Let another thread of this CPU run (a client or upstream on the same core).
+            sched_yield()
         }
     }
 }
@@ -136,7 +138,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
          tuning: DatapathTuning) {
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: maxDatagram, withControl: localAddress.ip.isWildcard)
-        self.busyPoll = UInt64(busyPoll.components.seconds) &* 1_000_000_000 &+ UInt64(busyPoll.components.attoseconds / 1_000_000_000)
+        self.busyPoll = busyPoll.nanoseconds
         self.lastCount = tuning.batchSize
         self.tuning = tuning
         super.init(fd: fd, localAddress: localAddress, label: label)

@@ -41,10 +41,12 @@ final class DatapathKeysTests: XCTestCase {
         XCTAssertEqual(c.listeners.map(\.busyPoll), [.zero, .microseconds(200), .milliseconds(10)])
     }
 
-    func testBusyPollOnlyForEcho() {
-        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:53\nbusy_poll = 1ms\n")
+    func testBusyPollForRelaysButNotMirror() throws {
+        let c = try parse("[listener a]\nlisten = 127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:53\nbusy_poll = 1ms\n")
+        XCTAssertEqual(c.listeners[0].busyPoll, .milliseconds(1))
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = mirror\nupstream = 127.0.0.1:53\nbusy_poll = 1ms\n")
         XCTAssertEqual(e.map(\.line), [5])
-        XCTAssertTrue(e[0].message.contains("only valid with mode = echo"), e[0].message)
+        XCTAssertTrue(e[0].message.contains("only valid with mode = echo|forward|balance"), e[0].message)
     }
 
     func testBusyPollOutOfRange() {
