@@ -15,6 +15,13 @@ build_config() {
     -o "$out/fuzz-config"
 }
 
+build_request_target() {
+  swiftc -parse-as-library -sanitize=fuzzer,address -O -g \
+    -module-name UDPRelayStatus \
+    Sources/UDPRelayStatus/RequestTarget.swift Sources/UDPRelayStatus/Formatting.swift Fuzz/FuzzRequestTarget.swift \
+    -o "$out/fuzz-request-target"
+}
+
 run() {
   local name=$1 corpus=$2
   mkdir -p "$out/corpus/$name" "$out/crashes/$name"
@@ -25,4 +32,6 @@ run() {
 }
 
 build_config
+build_request_target
 run config Fuzz/corpus/config
+run request-target Fuzz/corpus/request-target

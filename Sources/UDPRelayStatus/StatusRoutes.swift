@@ -51,7 +51,7 @@ public struct StatusRoutes: Sendable {
     /// Plans the answer to `method uri`. Unknown path: 404; known path, other method: 405 with
     /// `Allow`; a target that is not a path: 400.
     public func plan(method: HTTPMethod, uri: String) -> PlannedResponse {
-        guard let (path, query) = Self.split(uri) else {
+        guard let (path, query) = RequestTarget.split(uri) else {
             return .now(.text(.badRequest, "bad request target\n", close: true))
         }
         guard Self.paths.contains(path) else {
@@ -99,33 +99,5 @@ public struct StatusRoutes: Sendable {
         case .now(let r): return r
         case .afterProbe(let build): return build(await source.problems())
         }
-    }
-
-    /// Splits an origin-form target (`/status?listener=dns`) into its path and decoded query
-    /// pairs; accepts absolute-form (`http://host/status`) too. nil when malformed.
-    static func split(_ uri: String) -> (String, [(String, String)])? {
-        var target = Substring(uri)
-        if target.hasPrefix("http://") || target.hasPrefix("https://") {
-            let afterScheme = target[target.index(target.firstIndex(of: ":")!, offsetBy: 3)...]
-            guard let slash = afterScheme.firstIndex(of: "/") else { return ("/", []) }
-            target = afterScheme[slash...]
-        }
-        guard target.first == "/" else { return nil }
-        if let hash = target.firstIndex(of: "#") { target = target[..<hash] }
-        let pathPart: Substring
-        var pairs: [(String, String)] = []
-        if let q = target.firstIndex(of: "?") {
-            pathPart = target[..<q]
-            for item in target[target.index(after: q)...].split(separator: "&", omittingEmptySubsequences: true) {
-                let kv = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard let key = Format.percentDecoded(kv[0]),
-                      let value = Format.percentDecoded(kv.count > 1 ? kv[1] : "") else { return nil }
-                pairs.append((key, value))
-            }
-        } else {
-            pathPart = target
-        }
-        guard let path = Format.percentDecoded(pathPart) else { return nil }
-        return (path, pairs)
     }
 }

@@ -227,12 +227,12 @@ final class FormatTests: XCTestCase {
     }
 
     func testQueryDecoding() throws {
-        let (path, query) = try XCTUnwrap(StatusRoutes.split("/status?listener=game%2Drelay&x"))
+        let (path, query) = try XCTUnwrap(RequestTarget.split("/status?listener=game%2Drelay&x"))
         XCTAssertEqual(path, "/status")
         XCTAssertEqual(query.map { "\($0.0)=\($0.1)" }, ["listener=game-relay", "x="])
-        XCTAssertEqual(StatusRoutes.split("http://example/metrics")?.0, "/metrics")
-        XCTAssertNil(StatusRoutes.split("*"))
-        XCTAssertNil(StatusRoutes.split("/status?listener=%zz"))
+        XCTAssertEqual(RequestTarget.split("http://example/metrics")?.0, "/metrics")
+        XCTAssertNil(RequestTarget.split("*"))
+        XCTAssertNil(RequestTarget.split("/status?listener=%zz"))
     }
 }
 
