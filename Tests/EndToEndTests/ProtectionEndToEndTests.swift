@@ -27,8 +27,11 @@ final class ProtectionEndToEndTests: XCTestCase {
         try requireRoot()
         let (d, bound) = try startDaemon("[listener e]\nlisten = 127.0.0.1:0\n")
         let target = try XCTUnwrap(bound["e"]?.first)
+        // A random loopback address of 127/8, so a concurrent run (or another test) holding
+        // 127.0.0.1:7 cannot make this bind fail.
+        let source = IPAddress.v4(0x7F00_0000 | UInt32.random(in: 0x01_0000...0xFF_FFFE))
         for port: UInt16 in [7, 19] {
-            let reflector = try UDPClient(bind: SocketAddress(ip: .v4(0x7F00_0001), port: port))
+            let reflector = try UDPClient(bind: SocketAddress(ip: source, port: port))
             reflector.send(Array("loop?".utf8), to: target)
             XCTAssertNil(reflector.receive(timeout: 0.3), "a datagram from source port \(port) must not be answered")
         }
