@@ -6,7 +6,8 @@
 public func fuzzRequestTarget(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     if let (path, query) = RequestTarget.split(text) {
-        precondition(path.first == "/" || path.isEmpty || text.hasPrefix("http"), "path must come from an origin-form target")
+        // Bytes, not Characters: a decoded combining mark after "/" joins the slash's grapheme.
+        precondition(path.utf8.first == UInt8(ascii: "/") || text.hasPrefix("http"), "path must start with '/'")
         for (key, value) in query { _ = key.utf8.count + value.utf8.count }
     }
     // The JSON string escaper must always produce a quoted string with no raw control bytes.
