@@ -185,19 +185,35 @@ class Checks:
                 bytes_ += self.echo_round(address, payloads)
                 packets += len(payloads)
             sent[name] = (packets, bytes_)
+        def expected_for(after):
+            # A relay's upstream may be one of our echo listeners: its datagrams count there too.
+            expected = dict(sent)
+            for name in self.relay:
+                for upstream in after[name]["upstreams"]:
+                    for other, listener in after.items():
+                        if upstream["address"] in listener["addresses"]:
+                            p, b = expected[other]
+                            expected[other] = (p + sent[name][0], b + sent[name][1])
+            return expected
+
+        def settled(after, expected):
+            return all(after[n][d]["packets"] - before[n][d]["packets"] == p
+                       for n, (p, _) in expected.items() for d in ("received", "sent"))
+
+        # A worker counts a reply just after sending it, so the client can hold the reply a
+        # moment before the counter moves (seen under ThreadSanitizer): wait for the counters
+        # to reach the expected totals, up to a deadline, then assert exactly.
+        deadline = time.time() + 10
         with requests.Session() as session:  # keep-alive: both documents over one connection
-            after = self.by_name(session.get(self.base + "/status", timeout=TIMEOUT).json())
+            while True:
+                after = self.by_name(session.get(self.base + "/status", timeout=TIMEOUT).json())
+                expected = expected_for(after)
+                if settled(after, expected) or time.time() > deadline:
+                    break
+                time.sleep(0.02)
             narrowed = {n: session.get(self.base + "/status", params={"listener": n}, timeout=TIMEOUT).json()
                         for n in self.listeners}
         _, m_after = self.metrics()
-        # A relay's upstream may be one of our echo listeners: its datagrams count there too.
-        expected = dict(sent)
-        for name in self.relay:
-            for upstream in after[name]["upstreams"]:
-                for other, listener in after.items():
-                    if upstream["address"] in listener["addresses"]:
-                        p, b = expected[other]
-                        expected[other] = (p + sent[name][0], b + sent[name][1])
         for name, (packets, bytes_) in expected.items():
             for direction in ("received", "sent"):
                 d_packets = after[name][direction]["packets"] - before[name][direction]["packets"]
