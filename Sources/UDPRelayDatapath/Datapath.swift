@@ -1,3 +1,4 @@
+import Atomics
 import Dispatch
 import Synchronization
 import Logging
@@ -133,11 +134,12 @@ extension Datapath {
     }
 }
 
-/// Which probes were answered.
+/// Which probes were answered. One atomic flag per queue: ThreadSanitizer does not see the
+/// futex inside Synchronization.Mutex on Linux and reported the mutex-guarded writes as a race.
 final class ProbeTally: Sendable {
-    private let seen: Mutex<[Bool]>
-    init(count: Int) { seen = Mutex(Array(repeating: false, count: count)) }
-    func mark(_ i: Int) { seen.withLock { $0[i] = true } }
-    var all: Bool { seen.withLock { !$0.contains(false) } }
-    var missing: [Int] { seen.withLock { s in s.indices.filter { !s[$0] } } }
+    private let seen: [ManagedAtomic<Bool>]
+    init(count: Int) { seen = (0..<count).map { _ in ManagedAtomic(false) } }
+    func mark(_ i: Int) { seen[i].store(true, ordering: .releasing) }
+    var all: Bool { seen.allSatisfy { $0.load(ordering: .acquiring) } }
+    var missing: [Int] { seen.indices.filter { !seen[$0].load(ordering: .acquiring) } }
 }

@@ -28,7 +28,7 @@ final class StatusEndToEndTests: XCTestCase {
 
     func testPythonClientsCurlAndChromiumAgainstTheRealDaemon() throws {
         let upstreamPort = try freeUDPPort()
-        let (_, bound, status) = try start("""
+        let (daemon, bound, status) = try start("""
         [status]
         listen = 127.0.0.1:0
         [listener dns]
@@ -65,7 +65,8 @@ final class StatusEndToEndTests: XCTestCase {
         python.waitUntilExit()
         watchdog.cancel()
         print(text, terminator: "")
-        XCTAssertEqual(python.terminationStatus, 0, "status_e2e.py failed:\n\(text)")
+        XCTAssertEqual(python.terminationStatus, 0,
+                       "status_e2e.py failed:\n\(text)\ndaemon log (tail):\n\(daemon.log.suffix(60).joined(separator: "\n"))")
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot))
     }
 
