@@ -112,7 +112,9 @@ public struct JournalLogHandler: LogHandler {
         }
     }
 
-    static func writeStderr(_ s: String) {
+    /// Writes the whole string to fd 2 in as few write(2) calls as possible, so concurrent
+    /// lines do not interleave. The one stderr writer of the daemon.
+    public static func writeStderr(_ s: String) {
         var s = s
         s.withUTF8 { buf in
             var offset = 0

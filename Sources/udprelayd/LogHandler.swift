@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import UDPRelaySystemd
 import Synchronization
 
 /// One line per event on stderr: `LEVEL message key=value ...`, metadata sorted by key.
@@ -42,21 +43,9 @@ struct StderrLogHandler: LogHandler {
     }
 }
 
-/// Writes the whole string to fd 2 with as few write(2) calls as possible, so concurrent lines
-/// do not interleave.
+/// Writes to stderr through the daemon's one stderr writer (in UDPRelaySystemd).
 func writeStderr(_ s: String) {
-    var s = s
-    s.withUTF8 { buf in
-        var offset = 0
-        while offset < buf.count {
-            let n = write(2, buf.baseAddress! + offset, buf.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            offset += n
-        }
-    }
+    JournalLogHandler.writeStderr(s)
 }
 
 /// The daemon's one log level, shared by every logger, so a reload can change it
