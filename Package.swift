@@ -41,6 +41,8 @@ let package = Package(
                 "CUDPRelay",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
+                // pthread_mutex locks ThreadSanitizer sees (Synchronization.Mutex's futex it does not).
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // systemd glue: sd_notify, watchdog, socket activation, journald. The only importer of CSystemd.
@@ -61,6 +63,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -74,6 +77,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // Helpers shared by the test targets: a UDP client and the daemon run as a child process.
@@ -88,7 +92,10 @@ let package = Package(
         ),
         .testTarget(
             name: "UDPRelayDatapathTests",
-            dependencies: ["UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport"]
+            dependencies: [
+                "UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "UDPRelaySystemdTests",

@@ -1,5 +1,6 @@
 import Dispatch
 import Logging
+import NIOConcurrencyHelpers
 import UDPRelayConfig
 
 #if canImport(Glibc)
@@ -17,7 +18,7 @@ extension Datapath {
     /// If any socket cannot be opened, nothing changes and the error is thrown.
     @discardableResult
     public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
-        try reloading.withLock { _ throws(BindError) -> ListenerChanges in
+        try reloading.withTypedLock { () throws(BindError) -> ListenerChanges in
             let old = listeners
             let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
             let keep = Set(changes.unchanged)
@@ -50,7 +51,7 @@ extension Datapath {
                 }
             }
 
-            let isRunning = running.withLock { $0 }
+            let isRunning = running.withLockedValue { $0 }
             let retired = old.filter { !keep.contains($0.name) }
             if isRunning {
                 start(opened, all: next)
@@ -60,7 +61,7 @@ extension Datapath {
             } else {
                 for l in retired { for w in l.workers { close(w.fd) } }
             }
-            current.withLock { $0 = next }
+            current.withLockedValue { $0 = next }
             for name in changes.removed where inherited[name] != nil {
                 logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
                                metadata: ["listener.name": "\(name)"])
@@ -99,5 +100,14 @@ extension Datapath {
             }
         }
         return try Listener(lc, tuning: tuning, sockets: sources, logger: logger)
+    }
+}
+
+extension NIOLock {
+    /// `withLock` that keeps the body's typed error (NIO's `withLock` rethrows `any Error`).
+    func withTypedLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        lock()
+        defer { unlock() }
+        return try body()
     }
 }

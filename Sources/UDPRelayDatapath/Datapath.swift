@@ -1,7 +1,7 @@
 import Atomics
 import Dispatch
-import Synchronization
 import Logging
+import NIOConcurrencyHelpers
 import UDPRelayConfig
 
 /// All listeners of a running daemon. Binding happens in `init` so a start that cannot bind
@@ -9,12 +9,14 @@ import UDPRelayConfig
 /// and waits until every socket is closed.
 public final class Datapath: Sendable {
     /// The current listeners, in configuration order. A reload (`apply`) replaces the set.
-    public var listeners: [Listener] { current.withLock { $0 } }
-    let current: Mutex<[Listener]>
+    public var listeners: [Listener] { current.withLockedValue { $0 } }
+    // NIO's pthread_mutex locks, not Synchronization.Mutex: ThreadSanitizer does not see the
+    // latter's futex on Linux and reports the guarded accesses as races.
+    let current: NIOLockedValueBox<[Listener]>
     /// True between `start()` and `stop()`: listeners added by a reload start at once.
-    let running = Mutex(false)
+    let running = NIOLockedValueBox(false)
     /// Serializes reloads.
-    let reloading = Mutex(())
+    let reloading = NIOLock()
     /// Sockets passed in by systemd, by listener name. Kept open for the life of the process;
     /// listeners serve duplicates, so a reload can hand the same socket to a new listener.
     let inherited: [String: [Int32]]
@@ -37,12 +39,12 @@ public final class Datapath: Sendable {
                 throw error
             }
         }
-        current = Mutex(listeners)
+        current = NIOLockedValueBox(listeners)
     }
 
     /// Arms every read source and returns once all are registered with the kernel.
     public func start() {
-        running.withLock { $0 = true }
+        running.withLockedValue { $0 = true }
         let all = listeners
         start(all, all: all)
     }
@@ -67,8 +69,8 @@ public final class Datapath: Sendable {
 
     /// Stops reading, closes every socket and returns when all are closed.
     public func stop() {
-        reloading.withLock { _ in
-            running.withLock { $0 = false }
+        reloading.withLock {
+            running.withLockedValue { $0 = false }
             stop(listeners)
         }
     }
@@ -134,8 +136,7 @@ extension Datapath {
     }
 }
 
-/// Which probes were answered. One atomic flag per queue: ThreadSanitizer does not see the
-/// futex inside Synchronization.Mutex on Linux and reported the mutex-guarded writes as a race.
+/// Which probes were answered: one atomic flag per queue, so answering never waits on a lock.
 final class ProbeTally: Sendable {
     private let seen: [ManagedAtomic<Bool>]
     init(count: Int) { seen = (0..<count).map { _ in ManagedAtomic(false) } }

@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Per-second rates of one listener, over the last few seconds.
 public struct ListenerRates: Sendable, Equatable {
@@ -24,20 +24,20 @@ public final class RateHistory: Sendable {
     /// How far back rates look.
     public let window: Double
     private let capacity: Int
-    private let samples: Mutex<[Sample]>
+    private let samples: NIOLockedValueBox<[Sample]>
 
     /// Keeps enough samples for `window` seconds at one sample a second.
     public init(window: Double = 10) {
         self.window = window
         self.capacity = Int(window) + 2
-        self.samples = Mutex([])
+        self.samples = NIOLockedValueBox([])
     }
 
     /// Records the counters of `listeners` at monotonic time `at` (seconds).
     public func record(_ listeners: [ListenerStatus], at: Double) {
         var map: [String: (Traffic, Traffic, UInt64)] = [:]
         for l in listeners { map[l.name] = (l.received, l.sent, l.dropped) }
-        samples.withLock {
+        samples.withLockedValue {
             $0.append(Sample(at: at, listeners: map))
             if $0.count > capacity { $0.removeFirst($0.count - capacity) }
         }
@@ -46,7 +46,7 @@ public final class RateHistory: Sendable {
     /// Rates of `listener` between the oldest sample within the window and `current` at `now`;
     /// nil until a sample at least half a second old exists.
     public func rates(of listener: ListenerStatus, now: Double) -> ListenerRates? {
-        let base: (Double, (Traffic, Traffic, UInt64))? = samples.withLock { s in
+        let base: (Double, (Traffic, Traffic, UInt64))? = samples.withLockedValue { s in
             for sample in s where now - sample.at <= window + 0.5 && now - sample.at >= 0.5 {
                 if let v = sample.listeners[listener.name] { return (sample.at, v) }
             }
@@ -65,5 +65,5 @@ public final class RateHistory: Sendable {
         )
     }
 
-    public var count: Int { samples.withLock { $0.count } }
+    public var count: Int { samples.withLockedValue { $0.count } }
 }

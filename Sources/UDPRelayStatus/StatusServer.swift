@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -40,7 +41,7 @@ public final class StatusServer: Sendable {
     private let state: ServerState
     private let sampler: RepeatedTask
     private let logger: Logger
-    private let stopped = Mutex(false)
+    private let stopped = Atomic(false)
 
     /// Binds `listen` and starts serving; logs `status listening address=…`.
     public static func start(listen: UDPRelayConfig.SocketAddress, allow: [CIDR], source: any StatusSource,
@@ -94,7 +95,7 @@ public final class StatusServer: Sendable {
     /// Stops accepting, closes every connection and the event-loop thread.
     public func stop() async {
         // Idempotent: a second call must not wait on futures of a loop that is gone.
-        guard stopped.withLock({ let was = $0; $0 = true; return !was }) else { return }
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         sampler.cancel()
         try? await channel.close()
         for child in state.openChannels() { try? await child.close() }
@@ -123,7 +124,7 @@ final class ServerState: Sendable {
     private let rejectedLimit = Atomic<UInt64>(0)
     private let requests = Atomic<UInt64>(0)
     /// Connections being served, by identity, so `stop()` can close them.
-    private let open = Mutex<[ObjectIdentifier: Channel]>([:])
+    private let open = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
     init(limits: StatusLimits, allow: AllowList) {
         self.limits = limits
@@ -133,14 +134,14 @@ final class ServerState: Sendable {
     var counters: ServerCounters {
         var c = ServerCounters()
         c.accepted = accepted.load(ordering: .relaxed)
-        c.open = UInt64(open.withLock { $0.count })
+        c.open = UInt64(open.withLockedValue { $0.count })
         c.rejectedNotAllowed = rejectedNotAllowed.load(ordering: .relaxed)
         c.rejectedLimit = rejectedLimit.load(ordering: .relaxed)
         c.requests = requests.load(ordering: .relaxed)
         return c
     }
 
-    func openChannels() -> [Channel] { open.withLock { Array($0.values) } }
+    func openChannels() -> [Channel] { open.withLockedValue { Array($0.values) } }
 
     /// Sets up a new connection: refused outside `allow`, 503 over the limit, else HTTP.
     func initialize(_ channel: Channel, routes: StatusRoutes, logger: Logger) throws {
@@ -153,7 +154,7 @@ final class ServerState: Sendable {
             return
         }
         let id = ObjectIdentifier(channel)
-        let admitted = open.withLock { channels -> Bool in
+        let admitted = open.withLockedValue { channels -> Bool in
             guard channels.count < limits.maxConnections else { return false }
             channels[id] = channel
             return true
@@ -163,7 +164,7 @@ final class ServerState: Sendable {
             try ops.addHandlers([ConnectionGuard(limits: limits), OverLimitHandler(limit: limits.maxConnections)])
             return
         }
-        channel.closeFuture.whenComplete { [self] _ in _ = open.withLock { $0.removeValue(forKey: id) } }
+        channel.closeFuture.whenComplete { [self] _ in _ = open.withLockedValue { $0.removeValue(forKey: id) } }
         try Self.addHTTPHandlers(ops, limits: limits, routes: routes) { [self] in requests.add(1, ordering: .relaxed) }
     }
 

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// What the daemon knows about itself and its configuration: shared by reload (writes it),
 /// the status endpoint and the systemd STATUS= line (read it).
@@ -28,18 +28,18 @@ final class DaemonState: Sendable {
     let pid: Int32 = getpid()
     /// Process start, seconds since the epoch.
     let startTime: Double = DaemonState.now()
-    private let state: Mutex<Snapshot>
+    private let state: NIOLockedValueBox<Snapshot>
 
     init(configPath: String) {
-        state = Mutex(Snapshot(configPath: configPath, generation: 1, loadedAt: DaemonState.now(), lastReload: nil))
+        state = NIOLockedValueBox(Snapshot(configPath: configPath, generation: 1, loadedAt: DaemonState.now(), lastReload: nil))
     }
 
-    var snapshot: Snapshot { state.withLock { $0 } }
+    var snapshot: Snapshot { state.withLockedValue { $0 } }
 
     /// Records a successful reload: the generation increments.
     func reloadSucceeded() {
         let now = DaemonState.now()
-        state.withLock {
+        state.withLockedValue {
             $0.generation += 1
             $0.loadedAt = now
             $0.lastReload = LoadResult(ok: true, at: now, errors: [])
@@ -49,7 +49,7 @@ final class DaemonState: Sendable {
     /// Records a failed reload: the running configuration (and generation) stay as they were.
     func reloadFailed(_ errors: [String]) {
         let now = DaemonState.now()
-        state.withLock { $0.lastReload = LoadResult(ok: false, at: now, errors: errors) }
+        state.withLockedValue { $0.lastReload = LoadResult(ok: false, at: now, errors: errors) }
     }
 
     static func now() -> Double {

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
-import Synchronization
+import NIOConcurrencyHelpers
 import UDPRelayConfig
 import UDPRelayDatapath
 import UDPRelaySystemd
@@ -151,12 +151,12 @@ struct SystemdService: Service {
 
 /// The configuration in effect: replaced only by a successful reload.
 final class RunningConfiguration: Sendable {
-    private let value: Mutex<Configuration>
-    init(_ configuration: Configuration) { value = Mutex(configuration) }
-    var current: Configuration { value.withLock { $0 } }
+    private let value: NIOLockedValueBox<Configuration>
+    init(_ configuration: Configuration) { value = NIOLockedValueBox(configuration) }
+    var current: Configuration { value.withLockedValue { $0 } }
     /// Stores `configuration` and returns the one it replaces.
     func replace(with configuration: Configuration) -> Configuration {
-        value.withLock { old in
+        value.withLockedValue { old in
             defer { old = configuration }
             return old
         }

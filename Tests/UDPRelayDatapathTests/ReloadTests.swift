@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -222,10 +222,10 @@ final class ReloadTests: XCTestCase {
 
 /// A value shared between the test and a sender thread.
 final class Shared<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ v: T) { m = Mutex(v) }
+    private let m: NIOLockedValueBox<T>
+    init(_ v: T) { m = NIOLockedValueBox(v) }
     var value: T {
-        get { m.withLock { $0 } }
-        set { m.withLock { $0 = newValue } }
+        get { m.withLockedValue { $0 } }
+        set { m.withLockedValue { $0 = newValue } }
     }
 }

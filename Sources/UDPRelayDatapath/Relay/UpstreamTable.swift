@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Dispatch
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 import UDPRelayConfig
 
 /// The upstreams of one relay listener, shared by its workers: resolved addresses, health and
@@ -29,7 +29,7 @@ final class UpstreamTable: @unchecked Sendable {
         var health: [HealthState]
     }
 
-    private let lock: Mutex<Locked>
+    private let lock: NIOLockedValueBox<Locked>
     /// Per upstream: [0] passively down until (ns), [1] probe down (0/1), [2] has an address (0/1).
     private let state: AtomicSlots
     private let controlQueue: DispatchQueue
@@ -62,7 +62,7 @@ final class UpstreamTable: @unchecked Sendable {
         let n = endpoints.count
         counters = (0...workers).map { _ in (0..<n).map { _ in UpstreamCounterSet() } }
         let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds)
-        lock = Mutex(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
+        lock = NIOLockedValueBox(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
         state = AtomicSlots(count: 3 * n)
         controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
         resolveQueue = DispatchQueue(label: "udprelayd.resolve.\(configuration.name)")
@@ -84,13 +84,13 @@ final class UpstreamTable: @unchecked Sendable {
 
     func isDown(_ i: Int, now: UInt64) -> Bool { state[3 * i + 1] == 1 || now < state[3 * i] }
 
-    func address(_ i: Int) -> SocketAddress? { lock.withLock { $0.addresses[i] } }
+    func address(_ i: Int) -> SocketAddress? { lock.withLockedValue { $0.addresses[i] } }
 
     /// Records a failure seen on the datapath (refused, send error); logs when it marks the
     /// upstream down.
     func recordFailure(_ i: Int, now: UInt64) {
         guard settings.maxFails > 0 else { return }
-        let (down, until) = lock.withLock { l -> (Bool, UInt64) in
+        let (down, until) = lock.withLockedValue { l -> (Bool, UInt64) in
             let d = l.health[i].recordFailure(now: now)
             return (d, l.health[i].downUntil)
         }
@@ -112,7 +112,7 @@ final class UpstreamTable: @unchecked Sendable {
             guard case .name(let host) = e.host else { continue }
             switch resolver(host, e.port) {
             case .success(let address):
-                let changed = lock.withLock { l -> Bool in
+                let changed = lock.withLockedValue { l -> Bool in
                     defer { l.addresses[i] = address }
                     return l.addresses[i] != address
                 }
@@ -281,7 +281,7 @@ final class UpstreamTable: @unchecked Sendable {
     }
 
     private func recordProbe(_ i: Int, answered: Bool, now: UInt64) {
-        let change = lock.withLock { $0.health[i].recordProbe(answered: answered, now: now) }
+        let change = lock.withLockedValue { $0.health[i].recordProbe(answered: answered, now: now) }
         state[3 * i + 1] = answered ? 0 : 1
         if let down = change {
             if down {
@@ -295,7 +295,7 @@ final class UpstreamTable: @unchecked Sendable {
     // MARK: snapshot
 
     func snapshot(now: UInt64 = monotonicNanos()) -> [UpstreamSnapshot] {
-        let addresses = lock.withLock { $0.addresses }
+        let addresses = lock.withLockedValue { $0.addresses }
         return endpoints.indices.map { i in
             var c = UpstreamCounterSnapshot()
             for row in counters {
