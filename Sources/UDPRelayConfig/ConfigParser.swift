@@ -43,6 +43,7 @@ struct ListenerDraft {
     var healthExpect: [UInt8]?
     var healthInterval: Duration?
     var busyPoll: Duration?
+    var workers: WorkerCount?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -94,6 +95,14 @@ enum Schema {
             let t = try Values.duration(v, allowZero: true)
             guard t <= .milliseconds(10) else { throw ValueError("must be at most 10ms, got '\(v)'") }
             d.busyPoll = t
+        },
+        KeySpec("workers") { d, v in
+            if v.lowercased() == "auto" { d.workers = .auto; return }
+            let r = WorkerCount.range
+            guard let n = Int(v), r.contains(n) else {
+                throw ValueError("expected a whole number from \(r.lowerBound) to \(r.upperBound) or 'auto', got '\(v)'")
+            }
+            d.workers = .count(n)
         },
         KeySpec("upstream") { d, v in d.upstreams = try Values.upstreams(v) },
         KeySpec("balance") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
@@ -281,6 +290,7 @@ struct ConfigParser {
             }
             listeners[listeners.count - 1].protection = d.protection.configuration
             listeners[listeners.count - 1].busyPoll = d.busyPoll ?? Defaults.busyPoll
+            listeners[listeners.count - 1].workers = d.workers ?? Defaults.workers
         }
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)

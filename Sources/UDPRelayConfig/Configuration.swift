@@ -90,6 +90,9 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// How long a worker keeps polling its socket after it ran dry before it goes back to
     /// sleep (`busy_poll`); zero sleeps at once.
     public var busyPoll = Defaults.busyPoll
+    /// Sockets per `listen` address, each with its own worker (`workers`); more than one share
+    /// the address with SO_REUSEPORT and the kernel spreads clients over them.
+    public var workers = Defaults.workers
 
     public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
                 maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
@@ -113,6 +116,26 @@ public struct ListenerConfiguration: Sendable, Equatable {
     }
 }
 
+/// `workers = N|auto`: how many sockets, each with its own queue and read source, serve one
+/// `listen` address. Kept symbolic here (the configuration is pure); the datapath resolves
+/// `auto` to the number of online CPUs when it opens the sockets.
+public enum WorkerCount: Sendable, Equatable, CustomStringConvertible {
+    /// Exactly this many, within `WorkerCount.range`.
+    case count(Int)
+    /// One per online CPU, counted when the listener opens.
+    case auto
+
+    /// Values `workers = N` accepts.
+    public static let range = 1...64
+
+    public var description: String {
+        switch self {
+        case .count(let n): "\(n)"
+        case .auto: "auto"
+        }
+    }
+}
+
 /// Every default in one place; the reference in `config/README.md` documents the same values.
 public enum Defaults {
     public static let configPath = "/etc/udprelayd/udprelayd.ini"
@@ -131,6 +154,8 @@ public enum Defaults {
     /// Polling a drained socket this long catches the next datagram of a request/response
     /// exchange without a Dispatch wakeup (see BENCHMARKS.md: round trips from 43 to 24 µs).
     public static let busyPoll = Duration.microseconds(50)
+    /// One socket and worker per address: nothing shares a port unless asked to.
+    public static let workers = WorkerCount.count(1)
     /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
     public static let maxFails = 3
     /// Passive health: the failure window and how long an upstream stays down.

@@ -28,9 +28,9 @@ extension Datapath {
             // the address they are bound to (a port 0 the file now names explicitly).
             var reusable: [SocketAddress: Int32] = [:]
             for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
-                for (address, worker) in zip(l.configuration.listen, l.workers) {
-                    reusable[worker.localAddress] = worker.fd
-                    if address.port != 0 { reusable[address] = worker.fd }
+                for (address, group) in zip(l.configuration.listen, l.groups) {
+                    reusable[group[0].localAddress] = group[0].fd
+                    if address.port != 0 { reusable[address] = group[0].fd }
                 }
             }
 
@@ -70,13 +70,19 @@ extension Datapath {
         }
     }
 
-    /// Opens one listener: systemd's sockets for it if there are any, else a duplicate of a
-    /// running socket on the same configured address, else a fresh bind per address.
+    /// Opens one listener: systemd's sockets for it if there are any (exactly those, one worker
+    /// each), else a duplicate of a running socket on the same configured address, else a fresh
+    /// bind per address; the configured `workers` then join each address with SO_REUSEPORT.
     static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
                      reusable: [SocketAddress: Int32], logger: Logger = Logger(label: "udprelayd")) throws(BindError) -> Listener {
         var sources: [SocketSource] = []
         func abandon() { for s in sources { s.discard() } }
         if let fds = inherited[lc.name] {
+            let asked = lc.workers.resolved()
+            if asked > 1 {
+                logger.notice("workers ignored: the listener serves the sockets passed by systemd, one worker each",
+                              metadata: ["listener.name": "\(lc.name)", "workers": "\(lc.workers)", "sockets": "\(fds.count)"])
+            }
             for fd in fds {
                 do {
                     sources.append(try SocketSource.adopting(duplicateOf: fd))
@@ -99,7 +105,8 @@ extension Datapath {
                 }
             }
         }
-        return try Listener(lc, tuning: tuning, sockets: sources, logger: logger)
+        return try Listener(lc, tuning: tuning, sockets: sources, workersPerSocket: inherited[lc.name] != nil ? 1 : nil,
+                            logger: logger)
     }
 }
 

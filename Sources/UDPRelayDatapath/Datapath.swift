@@ -60,8 +60,8 @@ public final class Datapath: Sendable {
             var log = logger
             log[metadataKey: "listener.name"] = "\(l.name)"
             log[metadataKey: "listener.mode"] = "\(l.configuration.mode.rawValue)"
-            for address in l.boundAddresses {
-                log.info("listening", metadata: ["listener.address": "\(address)"])
+            for group in l.groups {
+                log.info("listening", metadata: ["listener.address": "\(group[0].localAddress)", "listener.workers": "\(group.count)"])
             }
         }
         registered.wait()
@@ -103,15 +103,26 @@ public struct ListenerSnapshot: Sendable {
     /// Relay modes: one entry per `upstream =` address in file order (endpoint, resolved
     /// address, `state` up/down/unresolved, per-upstream counters); empty for echo.
     public var upstreams: [UpstreamSnapshot] = []
+    /// Each socket's worker with its own counters, in the order of `Listener.workers` (one per
+    /// address unless `workers` is above 1); `counters` is their sum.
+    public var workers: [WorkerSnapshot] = []
+}
+
+/// One socket of a listener and the counters of the worker that serves it.
+public struct WorkerSnapshot: Sendable {
+    /// The address the socket is bound to (shared by the sockets of one `listen` address).
+    public let address: SocketAddress
+    public let counters: CounterSnapshot
 }
 
 extension Datapath {
     /// Sums every worker's counters now; takes no lock the datapath holds.
     public func snapshot() -> [ListenerSnapshot] {
-        listeners.map {
-            ListenerSnapshot(name: $0.name, mode: $0.configuration.mode.rawValue,
-                             addresses: $0.boundAddresses, counters: $0.counters(),
-                             upstreams: $0.upstreamSnapshots())
+        listeners.map { l in
+            let workers = l.workers.map { WorkerSnapshot(address: $0.localAddress, counters: $0.counters.snapshot()) }
+            return ListenerSnapshot(name: l.name, mode: l.configuration.mode.rawValue,
+                                    addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
+                                    upstreams: l.upstreamSnapshots(), workers: workers)
         }
     }
 

@@ -14,61 +14,68 @@ public struct BindError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// One configured listener: a socket (and worker) per listen address.
+/// One configured listener: per listen address (or per socket passed in) a group of sockets,
+/// each served by its own worker. A group has `workers` sockets sharing the address with
+/// SO_REUSEPORT (one without it when `workers = 1`).
 public final class Listener: Sendable {
     public let configuration: ListenerConfiguration
-    /// Workers in the order of `configuration.listen`.
+    /// Every worker: the groups one after the other, in the order of `configuration.listen`.
     public let workers: [SocketWorker]
+    /// The workers of each address; the first of a group holds the socket bound (or adopted) first.
+    public let groups: [[SocketWorker]]
 
-    /// The addresses actually bound (ports learned after binding port 0).
-    public var boundAddresses: [SocketAddress] { workers.map(\.localAddress) }
+    /// The addresses actually bound (ports learned after binding port 0), one per group.
+    public var boundAddresses: [SocketAddress] { groups.map { $0[0].localAddress } }
 
     public var name: String { configuration.name }
 
     /// Relay modes: the upstreams shared by the workers (nil for echo).
     let upstreams: UpstreamTable?
 
-    /// Opens every socket of the listener: by default one bound per `listen` address; `sockets`
-    /// replaces them (sockets passed in by systemd, or kept across a reload). On failure closes
-    /// what it opened, adopted descriptors included. Relay listeners resolve upstream hostnames
-    /// here (a failure is logged, not fatal: the upstream takes no traffic until it resolves).
+    /// Opens every socket of the listener: by default one group bound per `listen` address;
+    /// `sockets` replaces them (sockets passed in by systemd, or kept across a reload).
+    /// `workersPerSocket` (default: the configured `workers`, resolved) is the size of each
+    /// group: the first socket binds the address (port 0 included), the others bind the address
+    /// it got, all with SO_REUSEPORT. On failure closes what it opened, adopted descriptors
+    /// included. Relay listeners resolve upstream hostnames here (a failure is logged, not
+    /// fatal: the upstream takes no traffic until it resolves).
     public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
-                sockets: [SocketSource]? = nil, logger: Logger = Logger(label: "udprelayd")) throws(BindError) {
+                sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
+                logger: Logger = Logger(label: "udprelayd")) throws(BindError) {
         self.configuration = configuration
-        var workers: [SocketWorker] = []
+        let perSocket = max(1, workersPerSocket ?? configuration.workers.resolved())
         let sources = sockets ?? configuration.listen.map { .bind($0) }
+        let total = sources.count * perSocket
         let upstreams = configuration.mode.isRelay
-            ? UpstreamTable(configuration: configuration, workers: sources.count, logger: logger) : nil
+            ? UpstreamTable(configuration: configuration, workers: total, logger: logger) : nil
         self.upstreams = upstreams
         if configuration.mode.hasSessions {
-            FileLimit.ensure(UInt64(configuration.sessions.maxSessions) * UInt64(sources.count) + 1024,
+            FileLimit.ensure(UInt64(configuration.sessions.maxSessions) * UInt64(total) + 1024,
                              listener: configuration.name, logger: logger)
         }
+        var workers: [SocketWorker] = []
+        var groups: [[SocketWorker]] = []
         for (index, source) in sources.enumerated() {
-            let address = source.address
+            var address = source.address
+            var fds: [Int32] = []
             do throws(SyscallError) {
-                let fd = try source.open()
-                UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
-                let local: SocketAddress
-                do {
-                    local = try UDPSocket.localAddress(fd)
-                } catch {
-                    close(fd)
-                    throw error
+                fds.append(try source.open(reusePort: perSocket > 1))
+                let first = try UDPSocket.localAddress(fds[0])
+                address = first
+                while fds.count < perSocket {
+                    fds.append(try UDPSocket.bound(to: first, reusePort: true))
                 }
-                let label = "udprelayd.listener.\(configuration.name).\(workers.count)"
-                switch configuration.mode {
-                case .echo:
-                    workers.append(EchoWorker(fd: fd, localAddress: local, label: label, maxDatagram: configuration.maxDatagram,
-                                              busyPoll: configuration.busyPoll, tuning: tuning))
-                case .forward, .balance:
-                    workers.append(RelayWorker(fd: fd, localAddress: local, label: label, configuration: configuration,
-                                               upstreams: upstreams!, workerIndex: workers.count, tuning: tuning, logger: logger))
-                case .mirror:
-                    workers.append(MirrorWorker(fd: fd, localAddress: local, label: label, configuration: configuration,
-                                                upstreams: upstreams!, workerIndex: workers.count, tuning: tuning))
+                var group: [SocketWorker] = []
+                for fd in fds {
+                    UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
+                    let worker = Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
+                                                 upstreams: upstreams, tuning: tuning, logger: logger)
+                    workers.append(worker)
+                    group.append(worker)
                 }
+                groups.append(group)
             } catch {
+                for fd in fds { close(fd) }
                 for w in workers { close(w.fd) }
                 for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
@@ -76,6 +83,25 @@ public final class Listener: Sendable {
         }
         for w in workers { w.filter = IngressFilter(configuration.protection) }
         self.workers = workers
+        self.groups = groups
+    }
+
+    /// The worker of the listener's mode for one socket; `index` is its place among all the
+    /// listener's workers (its row of upstream counters).
+    static func makeWorker(_ configuration: ListenerConfiguration, fd: Int32, localAddress: SocketAddress, index: Int,
+                           upstreams: UpstreamTable?, tuning: DatapathTuning, logger: Logger) -> SocketWorker {
+        let label = "udprelayd.listener.\(configuration.name).\(index)"
+        switch configuration.mode {
+        case .echo:
+            return EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
+                              busyPoll: configuration.busyPoll, tuning: tuning)
+        case .forward, .balance:
+            return RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+                               upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)
+        case .mirror:
+            return MirrorWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+                                upstreams: upstreams!, workerIndex: index, tuning: tuning)
+        }
     }
 
     /// Counters of all workers, summed now.
@@ -130,16 +156,21 @@ public enum SocketSource: Sendable {
         }
     }
 
-    /// Binds or prepares the socket: non-blocking, packet info on wildcard addresses. On failure
-    /// an adopted descriptor is closed.
-    func open() throws(SyscallError) -> Int32 {
+    /// Binds or prepares the socket: non-blocking, packet info on wildcard addresses, and
+    /// SO_REUSEPORT when `reusePort` (so more sockets can join the address; on an adopted socket
+    /// that is already bound, Linux applies it to the binds that follow). On failure an adopted
+    /// descriptor is closed.
+    func open(reusePort: Bool = false) throws(SyscallError) -> Int32 {
         switch self {
         case .bind(let address):
-            return try UDPSocket.bound(to: address)
+            return try UDPSocket.bound(to: address, reusePort: reusePort)
         case .adopt(let fd, let address):
             do {
                 let flags = try syscallNoWait("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
                 try syscallNoWait("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+                if reusePort {
+                    try UDPSocket.setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1, call: "setsockopt(SO_REUSEPORT)")
+                }
                 if address.ip.isWildcard {
                     try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
                 }
@@ -154,5 +185,18 @@ public enum SocketSource: Sendable {
     /// Closes an adopted descriptor that will not be used after all.
     func discard() {
         if case .adopt(let fd, _) = self { close(fd) }
+    }
+}
+
+extension WorkerCount {
+    /// Sockets per address: `auto` is the number of online CPUs now (sysconf), within `range`.
+    public func resolved() -> Int {
+        switch self {
+        case .count(let n):
+            return min(max(n, Self.range.lowerBound), Self.range.upperBound)
+        case .auto:
+            let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            return min(max(cpus, Self.range.lowerBound), Self.range.upperBound)
+        }
     }
 }

@@ -146,6 +146,9 @@ public enum StatusJSON {
                 ])
             })),
             ("counters", .object(l.counters.map { ($0.name, .uint($0.value)) })),
+            ("workers", .array(l.workers.map { w in
+                .object([("address", .string(w.address)), ("received", traffic(w.received)), ("sent", traffic(w.sent))])
+            })),
         ])
     }
 }

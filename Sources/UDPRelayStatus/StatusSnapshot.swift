@@ -151,6 +151,20 @@ public struct UpstreamStatus: Sendable, Equatable {
     public var isUp: Bool { state == "up" }
 }
 
+/// One socket of a listener and what its worker has done (`workers = N` gives N per address).
+public struct WorkerStatus: Sendable, Equatable {
+    /// The address the socket is bound to.
+    public var address: String
+    public var received: Traffic
+    public var sent: Traffic
+
+    public init(address: String, received: Traffic = Traffic(), sent: Traffic = Traffic()) {
+        self.address = address
+        self.received = received
+        self.sent = sent
+    }
+}
+
 /// One listener: what it is and what it has done.
 public struct ListenerStatus: Sendable, Equatable {
     public var name: String
@@ -171,11 +185,13 @@ public struct ListenerStatus: Sendable, Equatable {
     public var upstreams: [UpstreamStatus]
     /// Other counters of the listener (relay events such as `fail_open`), in a fixed order.
     public var counters: [NamedCounter]
+    /// Each socket's worker, in order; the listener's totals are their sum.
+    public var workers: [WorkerStatus]
 
     public init(name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
                 received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
                 drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
-                counters: [NamedCounter] = []) {
+                counters: [NamedCounter] = [], workers: [WorkerStatus] = []) {
         self.name = name
         self.mode = mode
         self.addresses = addresses
@@ -187,6 +203,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.sessions = sessions
         self.upstreams = upstreams
         self.counters = counters
+        self.workers = workers
     }
 
     /// Sum of all drop counters.

@@ -44,7 +44,12 @@ struct DaemonStatusSource: StatusSource {
                                    NamedCounter($0.name, u.counters[$0])
                                })
             },
-            counters: l.mode == ListenerMode.echo.rawValue ? [] : Self.relayEvents.map { NamedCounter($0.0, c[$0.1]) }
+            counters: l.mode == ListenerMode.echo.rawValue ? [] : Self.relayEvents.map { NamedCounter($0.0, c[$0.1]) },
+            workers: l.workers.map { w in
+                WorkerStatus(address: "\(w.address)",
+                             received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
+                             sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
+            }
         )
     }
 

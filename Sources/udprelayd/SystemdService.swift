@@ -135,7 +135,7 @@ struct SystemdService: Service {
         // Relay listeners with sessions (forward, balance) report how many are open.
         let withSessions = datapath.listeners.filter { $0.configuration.mode.hasSessions }
         let sessions = withSessions.isEmpty ? nil : withSessions.reduce(0) { $0 + Int($1.counters()[.sessionsActive]) }
-        return StatusLine(listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.addresses.count },
+        return StatusLine(listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.workers.count },
                           sessions: sessions, generation: s.generation, lastReload: reload).render(rates: rates)
     }
 

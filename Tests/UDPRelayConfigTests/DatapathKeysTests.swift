@@ -1,7 +1,7 @@
 import XCTest
 @testable import UDPRelayConfig
 
-/// Listener keys that tune the datapath: `busy_poll`.
+/// Listener keys that tune the datapath: `busy_poll`, `workers`.
 final class DatapathKeysTests: XCTestCase {
     func parse(_ text: String) throws -> Configuration {
         try ConfigLoader.parse(text, file: "t.ini")
@@ -55,5 +55,62 @@ final class DatapathKeysTests: XCTestCase {
         XCTAssertEqual(e.map(\.key), ["busy_poll", "busy_poll"])
         XCTAssertTrue(e[0].message.contains("at most 10ms"), e[0].message)
         XCTAssertTrue(e[1].message.contains("expected a duration"), e[1].message)
+    }
+
+    func testWorkersDefaultNumbersAndAuto() throws {
+        XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9\n").listeners[0].workers, .count(1))
+        XCTAssertEqual(Defaults.workers, .count(1))
+        let c = try parse("""
+        [listener a]
+        listen = 127.0.0.1:9
+        workers = 1
+        [listener b]
+        listen = 127.0.0.1:10
+        workers = 64
+        [listener c]
+        listen = 127.0.0.1:11
+        workers = auto
+        [listener d]
+        listen = 127.0.0.1:12
+        mode = forward
+        upstream = 127.0.0.1:53
+        workers = AUTO
+        [listener e]
+        listen = 127.0.0.1:13
+        mode = mirror
+        upstream = 127.0.0.1:53
+        workers = 4
+        """)
+        XCTAssertEqual(c.listeners.map(\.workers), [.count(1), .count(64), .auto, .auto, .count(4)])
+        XCTAssertEqual(c.listeners.map(\.workers.description), ["1", "64", "auto", "auto", "4"])
+    }
+
+    func testWorkersOutOfRangeAndNotANumberAreErrorsWithFileAndLine() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:9
+        workers = 0
+        [listener b]
+        listen = 127.0.0.1:10
+        workers = 65
+        [listener c]
+        listen = 127.0.0.1:11
+        workers = many
+        [listener d]
+        listen = 127.0.0.1:12
+        workers = -2
+        """)
+        XCTAssertEqual(e.map(\.line), [3, 6, 9, 12])
+        XCTAssertEqual(e.map(\.key), ["workers", "workers", "workers", "workers"])
+        XCTAssertEqual(e.map(\.section), ["listener a", "listener b", "listener c", "listener d"])
+        XCTAssertEqual(e[0].description, "t.ini:3: [listener a] workers: expected a whole number from 1 to 64 or 'auto', got '0'")
+        XCTAssertTrue(e[2].message.hasSuffix("got 'many'"), e[2].message)
+    }
+
+    func testWorkersRepeatedOrEmptyIsAnError() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nworkers = 2\nworkers = 3\n[listener b]\nlisten = 127.0.0.1:10\nworkers =\n")
+        XCTAssertEqual(e.map(\.line), [4, 7])
+        XCTAssertTrue(e[0].message.contains("repeated key"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("missing value"), e[1].message)
     }
 }

@@ -45,4 +45,15 @@ final class ListenerChangesTests: XCTestCase {
             XCTAssertEqual(ListenerChanges(from: try parse(base), to: try parse(edited)).changed, ["a"], extra)
         }
     }
+
+    func testChangingWorkersChangesTheListener() throws {
+        let old = try parse("[listener a]\nlisten = 127.0.0.1:7001\n[listener b]\nlisten = 127.0.0.1:7002\nworkers = 2\n")
+        let new = try parse("[listener a]\nlisten = 127.0.0.1:7001\nworkers = 4\n[listener b]\nlisten = 127.0.0.1:7002\nworkers = 2\n")
+        XCTAssertEqual(ListenerChanges(from: old, to: new), ListenerChanges(unchanged: ["b"], changed: ["a"]))
+        // Writing the default out is no change; `auto` is a change even where it means 1 CPU.
+        let explicit = try parse("[listener a]\nlisten = 127.0.0.1:7001\nworkers = 1\n")
+        XCTAssertTrue(ListenerChanges(from: [old[0]], to: explicit).isEmpty)
+        let auto = try parse("[listener a]\nlisten = 127.0.0.1:7001\nworkers = auto\n")
+        XCTAssertEqual(ListenerChanges(from: [old[0]], to: auto).changed, ["a"])
+    }
 }
