@@ -131,10 +131,13 @@ extension Datapath {
     /// queue never answers, so health checks and the watchdog cannot be fooled by a healthy
     /// side thread.
     public func probe(timeout: Duration = .seconds(1)) async -> [String] {
-        let workers = listeners.flatMap { l in l.workers.map { (l.name, $0) } }
+        // (listener, worker, " (worker k of n)" when several sockets share the address)
+        let workers = listeners.flatMap { l in
+            l.groups.flatMap { g in g.enumerated().map { (l.name, $1, g.count > 1 ? " (worker \($0 + 1) of \(g.count))" : "") } }
+        }
         guard !workers.isEmpty else { return [] }
         let answered = ProbeTally(count: workers.count)
-        for (index, (_, worker)) in workers.enumerated() {
+        for (index, (_, worker, _)) in workers.enumerated() {
             worker.ping { answered.mark(index) }
         }
         let deadline = ContinuousClock.now + timeout
@@ -142,7 +145,7 @@ extension Datapath {
             try? await Task.sleep(for: .milliseconds(5))
         }
         return answered.missing.map { i in
-            "listener '\(workers[i].0)' queue for \(workers[i].1.localAddress) did not answer within \(timeout)"
+            "listener '\(workers[i].0)' queue for \(workers[i].1.localAddress)\(workers[i].2) did not answer within \(timeout)"
         }
     }
 }

@@ -124,4 +124,17 @@ final class WorkersTests: XCTestCase {
         XCTAssertEqual(act.boundAddresses, [address])
         XCTAssertEqual(echo(try UDPClient(), address, "activated"), "activated")
     }
+
+    func testAWedgedWorkerIsNamedByItsNumber() async throws {
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
+                                    logger: Logger(label: "test"))
+        datapath.start()
+        let a = try XCTUnwrap(datapath.listener(named: "a"))
+        let release = DispatchSemaphore(value: 0)
+        a.workers[1].queue.async { release.wait() }  // wedge the second worker
+        let problems = await datapath.probe(timeout: .milliseconds(200))
+        release.signal()
+        datapath.stop()
+        XCTAssertEqual(problems, ["listener 'a' queue for \(a.boundAddresses[0]) (worker 2 of 2) did not answer within 0.2 seconds"])
+    }
 }
