@@ -4,6 +4,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <sys/epoll.h>
 
 _Static_assert(sizeof(struct cur_mmsghdr) == sizeof(struct mmsghdr), "mmsghdr size");
 _Static_assert(offsetof(struct cur_mmsghdr, msg_hdr) == offsetof(struct mmsghdr, msg_hdr), "mmsghdr.msg_hdr");
@@ -138,4 +139,27 @@ int cur_received_destination(const struct msghdr *msg, struct sockaddr_storage *
         }
     }
     return 0;
+}
+
+int cur_epoll_create(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int cur_epoll_add(int epfd, int fd, uint64_t tag) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int cur_epoll_poll(int epfd, struct cur_ready *ready, int max) {
+    struct epoll_event events[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, events, max, 0);
+    for (int i = 0; i < n; i++) {
+        ready[i].tag = events[i].data.u64;
+        ready[i].events = events[i].events;
+    }
+    return n;
 }

@@ -68,15 +68,17 @@ public final class Listener: Sendable {
                 var group: [SocketWorker] = []
                 for fd in fds {
                     UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
-                    let worker = Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
+                    let worker = try Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
                                                  upstreams: upstreams, tuning: tuning, logger: logger)
                     workers.append(worker)
                     group.append(worker)
                 }
                 groups.append(group)
             } catch {
+                // This socket's descriptors, then the workers of the sockets before it (a worker
+                // that failed to build leaves its descriptor to the caller).
                 for fd in fds { close(fd) }
-                for w in workers { close(w.fd) }
+                for w in workers where !fds.contains(w.fd) { close(w.fd) }
                 for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
@@ -89,14 +91,14 @@ public final class Listener: Sendable {
     /// The worker of the listener's mode for one socket; `index` is its place among all the
     /// listener's workers (its row of upstream counters).
     static func makeWorker(_ configuration: ListenerConfiguration, fd: Int32, localAddress: SocketAddress, index: Int,
-                           upstreams: UpstreamTable?, tuning: DatapathTuning, logger: Logger) -> SocketWorker {
+                           upstreams: UpstreamTable?, tuning: DatapathTuning, logger: Logger) throws(SyscallError) -> SocketWorker {
         let label = "udprelayd.listener.\(configuration.name).\(index)"
         switch configuration.mode {
         case .echo:
             return EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
                               busyPoll: configuration.busyPoll, tuning: tuning)
         case .forward, .balance:
-            return RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+            return try RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
                                upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)
         case .mirror:
             return MirrorWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,

@@ -189,6 +189,37 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertEqual(field("sessions_closed", t), 1000)
     }
 
+    /// A session that has had replies, then sends once more to an upstream that has gone: the
+    /// ICMP refusal alone (no further datagram from the client) closes the session and marks the
+    /// upstream down.
+    func testRefusalIsNoticedWithoutAnotherDatagram() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [daemon]
+        log_level = debug
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        max_fails = 1
+        fail_timeout = 30s
+        upstream = \(upstream.address)
+        """)
+        let address = try XCTUnwrap(bound["fwd"]?.first)
+        let client = try UDPClient()
+        client.send([1, 2, 3], to: address)
+        XCTAssertEqual(client.receive()?.bytes, [1, 2, 3])
+        upstream.stop()
+        let mark = daemon.log.count
+        client.send([4], to: address)
+        let down = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", after: mark, timeout: 5),
+                                 "the refusal is noticed without another datagram: " + daemon.log.suffix(5).joined(separator: "\n"))
+        XCTAssertTrue(down.contains("upstream=\(upstream.address)"), down)
+        XCTAssertNotNil(daemon.waitForLine(containing: "session closed", after: mark, timeout: 1))
+        let t = try totals(daemon, "fwd")
+        XCTAssertEqual(field("sessions_failed", t), 1, t)
+    }
+
     func testMirrorDeliversEveryDatagramToEveryLiveReceiverWhileOneIsClosed() throws {
         let receivers = try (0..<3).map { _ in try UpstreamServer(reply: nil) }
         let echoing = try UpstreamServer()  // replies are counted and ignored

@@ -41,6 +41,24 @@ size_t cur_write_source_control(void *control, size_t capacity, const struct soc
 /// packet-info control data into `out` (port left 0). Returns 1 when found, 0 otherwise.
 int cur_received_destination(const struct msghdr *msg, struct sockaddr_storage *out, unsigned int *ifindex);
 
+/// One ready descriptor reported by `cur_epoll_wait`: the tag it was added with and its epoll
+/// events. (glibc's `struct epoll_event` is packed on x86_64, which Swift imports badly.)
+struct cur_ready {
+    uint64_t tag;
+    uint32_t events;
+};
+
+/// epoll_create1(EPOLL_CLOEXEC).
+int cur_epoll_create(void);
+
+/// Adds `fd` to `epfd` for EPOLLIN, level-triggered, reported with `tag` (EPOLLERR is always
+/// reported). Returns epoll_ctl's result.
+int cur_epoll_add(int epfd, int fd, uint64_t tag);
+
+/// epoll_wait without blocking: writes up to `max` (at most 64) ready descriptors to `ready`
+/// and returns how many, or -1 with errno.
+int cur_epoll_poll(int epfd, struct cur_ready *ready, int max);
+
 /// Constants that Swift cannot import as plain values.
 extern const int CUR_MSG_TRUNC;
 extern const int CUR_MSG_DONTWAIT;

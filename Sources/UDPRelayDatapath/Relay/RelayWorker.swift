@@ -7,50 +7,46 @@ import Logging
 import UDPRelayConfig
 
 /// One client session of a forward/balance listener: a connected, non-blocking upstream socket
-/// on an ephemeral port, read by its own Dispatch source on the worker's queue.
-///
-/// Not thread-safe: touched only on its worker's queue.
-final class Session {
-    let slot: Int32
-    let key: ClientKey
-    let fd: Int32
-    let upstream: Int
-    /// The client's address: the destination of replies (msg_name).
-    let client: UnsafeMutablePointer<sockaddr_storage>
-    let clientLength: socklen_t
-    /// Packet-info control data that makes replies leave from the address the client sent to
-    /// (wildcard listeners only; length 0 otherwise).
-    let control: UnsafeMutableRawPointer
-    var controlLength: Int = 0
+/// on an ephemeral port and where its replies go. Stored inline in the worker's session array
+/// (about 120 bytes; no object, no Dispatch source per session); the socket is watched by the
+/// worker's one epoll set.
+struct Session {
+    /// -1 while the slot is free.
+    var fd: Int32 = -1
+    /// Bumped each time the slot is reused, so an epoll event of a closed session is ignored.
+    var generation: UInt32 = 0
+    var upstream: Int32 = 0
+    /// Interface of `local` (packet info on wildcard listeners).
+    var ifindex: UInt32 = 0
     var replies = 0
-    var source: DispatchSourceRead?
+    var key = ClientKey(high: 0, low: 0, rest: 0)
+    /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
+    var client = sockaddr_in6()
+    var clientLength: socklen_t = 0
+    /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
+    /// when not needed.
+    var local = sockaddr_in6()
 
-    init(slot: Int32, key: ClientKey, fd: Int32, upstream: Int, client: UnsafeRawPointer, clientLength: socklen_t, controlCapacity: Int) {
-        self.slot = slot
-        self.key = key
-        self.fd = fd
-        self.upstream = upstream
-        self.client = .allocate(capacity: 1)
-        self.client.initialize(to: sockaddr_storage())
-        UnsafeMutableRawPointer(self.client).copyMemory(from: client, byteCount: Int(clientLength))
-        self.clientLength = clientLength
-        self.control = .allocate(byteCount: max(controlCapacity, 8), alignment: 8)
-    }
-
-    deinit {
-        client.deallocate()
-        control.deallocate()
-    }
+    /// The epoll tag of this session in `slot`.
+    func tag(slot: Int32) -> UInt64 { UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
 }
 
 /// `forward` and `balance`: datagrams from each client go to that client's session socket;
 /// replies go back to the client from the listener's socket. Everything (listener socket,
 /// session sockets, the expiry timer) runs on the one serial queue of this worker.
 ///
+/// Session sockets sit in one epoll set per worker, whose descriptor has the worker's second
+/// Dispatch read source (instead of a source per session): a session costs a slot in a flat
+/// array instead of a source, two closures and three objects (RSS per session 1,170 → 216
+/// bytes). A wakeup from either source serves requests and replies in turn until both are
+/// empty, as a plain epoll loop would, so a reply never waits for the other source's turn on
+/// the queue (measured, forward W=64: p99 1.55× → 1.04× the C reference). The listener keeps
+/// its own source: nested in the epoll set it cost 5% more CPU per datagram.
+///
 /// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
 /// sent with one `sendmmsg` per session; replies are read with `recvmmsg` and sent back with
 /// one `sendmmsg`. Session lookup hashes a fixed-size key. Nothing allocates per datagram;
-/// opening a session does.
+/// opening a session may (the session array and tables grow).
 final class RelayWorker: SocketWorker, @unchecked Sendable {
     // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
     private let batch: MessageBatch
@@ -59,6 +55,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let scratch: UnsafeMutablePointer<cur_mmsghdr>
     /// Per received message: its session slot, -1 when dropped or already sent.
     private let sessionOf: UnsafeMutablePointer<Int32>
+    /// Replies: the client address and packet-info control data of the session being served.
+    private let replyName: UnsafeMutablePointer<sockaddr_in6>
+    private let replyControl: UnsafeMutableRawPointer
     private let tuning: DatapathTuning
     private let usesPacketInfo: Bool
     private let controlCapacity: Int
@@ -69,34 +68,33 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let logger: Logger
 
     private var table: [ClientKey: Int32] = [:]
-    private var sessions: [Session?] = []
+    private var sessions: ContiguousArray<Session> = []
     private var freeSlots: [Int32] = []
     private var idle = IdleList()
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
-    private let sessionsClosed = DispatchGroup()
-    /// Sessions opened since the last timer tick, and in the tick before: checked for a pending
-    /// socket error (ICMP port unreachable) until they get a reply. Dispatch read sources on
-    /// Linux do not fire for an error alone (EPOLLERR without data), so the timer asks.
-    private var freshSessions: [Session] = []
+    /// The epoll set of all session sockets, and its read source on `queue`.
+    private let epollFD: Int32
+    private var epollSource: DispatchSourceRead?
+    private let epollClosed = DispatchGroup()
+    private let ready: UnsafeMutablePointer<cur_ready>
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
-    private var recentSessions: [Session] = []
     /// `busy_poll` in nanoseconds, 0 when off.
     private let busyPoll: UInt64
-    /// busy_poll: the sessions that sent upstream during this wakeup, whose replies are polled
-    /// for together with the listener socket (at most `pollLimit`; more, or a listener batch of
-    /// more than `pollMaxBatch` datagrams, turns polling off for the wakeup: `notPolling`).
-    private var polled: [Session?] = Array(repeating: nil, count: RelayWorker.pollLimit)
-    private var polledCount = 0
+    /// busy_poll is off for the rest of a wakeup that received a batch of more than
+    /// `pollMaxBatch` datagrams: a stream batches better through Dispatch.
     private var notPolling = false
-    private static let pollLimit = 8
     private static let pollMaxBatch = 4
-    /// busy_poll: the `pollfd`s (listener, then `polled`), allocated once.
+    /// busy_poll: the `pollfd`s of the listener and the epoll set, allocated once.
     private let pollSet: UnsafeMutablePointer<pollfd>
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
-         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) {
+         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) throws(SyscallError) {
+        // On failure `fd` stays the caller's to close.
+        self.epollFD = try syscallNoWait("epoll_create1") { cur_epoll_create() }
+        self.pollSet = .allocate(capacity: 2)
+        self.pollSet.initialize(repeating: pollfd(), count: 2)
         self.tuning = tuning
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.controlCapacity = (cur_pktinfo_space() + 7) & ~7
@@ -106,11 +104,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
         self.sessionOf = .allocate(capacity: tuning.batchSize)
         self.sessionOf.initialize(repeating: -1, count: tuning.batchSize)
+        self.replyName = .allocate(capacity: 1)
+        self.replyName.initialize(to: sockaddr_in6())
+        self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
+        self.ready = .allocate(capacity: 64)
+        self.ready.initialize(repeating: cur_ready(), count: 64)
         self.settings = configuration.sessions
         self.timeoutNanos = configuration.sessions.timeout.nanoseconds
         self.busyPoll = configuration.busyPoll.nanoseconds
-        self.pollSet = .allocate(capacity: 1 + RelayWorker.pollLimit)
-        self.pollSet.initialize(repeating: pollfd(), count: 1 + RelayWorker.pollLimit)
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.balancer = Balancer(algorithm: configuration.mode == .balance ? configuration.balance : .first,
@@ -124,38 +125,59 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     deinit {
         scratch.deallocate()
         sessionOf.deallocate()
+        replyName.deallocate()
+        replyControl.deallocate()
+        ready.deallocate()
         pollSet.deallocate()
+        // Never started (a later socket of the listener failed): no cancel handler closes it.
+        if !started { close(epollFD) }
     }
 
+    /// `start` ran: from then on the epoll source's cancel handler closes `epollFD`.
+    private var started = false
+
+    /// Starts the listener's source, the epoll set's source and the expiry timer.
     override func start(registered: DispatchGroup) {
         super.start(registered: registered)
+        started = true
+        let source = DispatchSource.makeReadSource(fileDescriptor: epollFD, queue: queue)
+        registered.enter()
+        source.setRegistrationHandler { registered.leave() }
+        source.setEventHandler { [unowned self] in
+            dispatchPrecondition(condition: .onQueue(queue))
+            serveBoth()
+        }
+        let (epollFD, closed) = (self.epollFD, epollClosed)
+        closed.enter()
+        source.setCancelHandler {
+            close(epollFD)
+            closed.leave()
+        }
+        epollSource = source
+        source.activate()
         queue.async { [self] in
             let t = DispatchSource.makeTimerSource(queue: queue)
             // Check often enough that a session lives at most ~1/4 longer than its timeout.
             let every = min(max(timeoutNanos / 4, 5_000_000), 1_000_000_000)
             t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
-            t.setEventHandler { [unowned self] in
-                let now = monotonicNanos()
-                checkNewSessions(now: now)
-                expireIdle(now: now)
-            }
+            t.setEventHandler { [unowned self] in expireIdle(now: monotonicNanos()) }
             timer = t
             t.activate()
         }
     }
 
     /// Stops the listener socket first (its last read pass may still forward datagrams), then
-    /// closes every session; `done` is left once all their descriptors are closed.
+    /// closes every session and the epoll set; `done` is left once all are closed.
     override func stop(done: DispatchGroup) {
         super.stop(done: done)
         done.enter()
         queue.async { [self] in
             timer?.cancel()
             timer = nil
-            for case let s? in sessions { closeSession(s, reason: nil) }
-            freshSessions = []
-            recentSessions = []
-            sessionsClosed.notify(queue: .global()) { done.leave() }
+            for slot in sessions.indices where sessions[slot].fd >= 0 { closeSession(Int32(slot), reason: nil) }
+            epollSource?.cancel()
+            epollSource = nil
+            epollClosed.notify(queue: .global()) { done.leave() }
         }
     }
 
@@ -163,36 +185,37 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     override func readable() {
         dispatchPrecondition(condition: .onQueue(queue))
-        polledCount = 0
-        notPolling = false
-        serveClients()
-        if busyPoll > 0 && !notPolling { pollAfterDrain() }
-        for i in 0..<polledCount { polled[i] = nil }
+        serveBoth()
     }
 
-    /// busy_poll: after the listener socket ran dry, keeps polling it and the sockets of the
-    /// sessions that sent upstream in this wakeup (where replies to requests come back) for up
-    /// to `busyPoll` nanoseconds after the last datagram, serving whichever becomes readable on
-    /// this thread without a Dispatch wakeup. Yields the CPU after every poll so an upstream on
-    /// the same CPU can answer. Gives up when more than `pollLimit` sessions are active (their
-    /// replies must not wait behind the loop) or the listener delivers fuller batches, after `maxBatchesPerWakeup * batchSize` rounds,
-    /// or after 1 ms in all.
+    /// One wakeup, from either source: serves the listener and the sessions in turn until both
+    /// are empty (bounded), then busy-polls if that is on.
+    private func serveBoth() {
+        notPolling = false
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            let requests = serveClients()
+            let replies = serveReady()
+            if requests == 0 && replies == 0 { break }
+        }
+        if busyPoll > 0 && !notPolling { pollAfterDrain() }
+    }
+
+    /// busy_poll: after both ran dry, keeps polling the listener and the epoll set for up to
+    /// `busyPoll` nanoseconds after the last datagram, serving what becomes readable on this
+    /// thread without a Dispatch wakeup. Yields the CPU after every poll so an upstream or
+    /// client on the same CPU can answer. Gives up when the listener delivers fuller batches
+    /// (`notPolling`), after `maxBatchesPerWakeup * batchSize` rounds, or after 1 ms in all.
     private func pollAfterDrain() {
         let start = monotonicNanos()
         var dryAt = start
         var rounds = 0
         while rounds < tuning.maxBatchesPerWakeup * tuning.batchSize && !notPolling {
             pollSet[0] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            for i in 0..<polledCount {
-                let s = polled[i].flatMap { sessions[Int($0.slot)] === $0 ? $0 : nil }
-                pollSet[1 + i] = pollfd(fd: s?.fd ?? -1, events: Int16(POLLIN), revents: 0)
-            }
-            guard case .done(let ready)? = try? syscall("poll", { poll(pollSet, nfds_t(1 + polledCount), 0) }) else { return }
+            pollSet[1] = pollfd(fd: epollFD, events: Int16(POLLIN), revents: 0)
+            guard case .done(let n)? = try? syscall("poll", { poll(pollSet, 2, 0) }) else { return }
             let now = monotonicNanos()
-            if ready > 0 {
-                for i in 0..<polledCount where pollSet[1 + i].revents != 0 {
-                    if let s = polled[i] { upstreamReadable(s) }
-                }
+            if n > 0 {
+                if pollSet[1].revents != 0 { serveReady() }
                 if pollSet[0].revents != 0 { serveClients() }
                 dryAt = now
                 rounds += 1
@@ -204,30 +227,60 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
     }
 
+    /// Asks the epoll set which sessions are ready (replies or errors), up to
+    /// `maxBatchesPerWakeup` rounds of 64, and serves each. Level-triggered: a session left with
+    /// data is reported again. Returns the number of ready sessions served.
+    @discardableResult
+    private func serveReady() -> Int {
+        var total = 0
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            let n: Int
+            switch try? syscall("epoll_wait", { cur_epoll_poll(epollFD, ready, 64) }) {
+            case .done(let count)?: n = Int(count)
+            default: return total
+            }
+            total += n
+            for i in 0..<n {
+                let tag = ready[i].tag
+                let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
+                // A session closed earlier in this round (its slot free or reused) is skipped.
+                guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
+                      sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { continue }
+                upstreamReadable(slot)
+            }
+            if n < 64 { return total }
+        }
+        return total
+    }
+
     /// Reads the listener socket until it is empty (at most `maxBatchesPerWakeup` batches) and
-    /// forwards what it read.
-    private func serveClients() {
+    /// forwards what it read. Returns the datagrams read.
+    @discardableResult
+    private func serveClients() -> Int {
         var lastCount = batch.capacity
+        var total = 0
         for _ in 0..<tuning.maxBatchesPerWakeup {
             batch.prepareForReceive(count: lastCount)
             let received: Int
             do {
                 switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
-                case .wouldBlock: return
+                case .wouldBlock: return total
                 case .done(let n): received = Int(n)
                 }
             } catch {
                 counters.add(.receiveErrors)
-                return
+                return total
             }
             lastCount = max(received, 1)
-            guard received > 0 else { return }
+            guard received > 0 else { return total }
+            total += received
             // busy_poll serves request/response traffic; a fuller batch means a stream that
             // batches better through Dispatch (measured: W=64 p99 1.1 ms polling off, 2.1 ms on).
             if received > RelayWorker.pollMaxBatch { notPolling = true }
             forward(received, now: monotonicNanos())
-            if received < batch.capacity { return }
+            if received < batch.capacity { return total }
         }
+        return total
     }
 
     @inline(__always)
@@ -258,12 +311,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 sendGroups(from: pending, to: i)
                 pending = i
                 let oldest = idle.tail
-                if oldest >= 0, let s = sessions[Int(oldest)] {
-                    closeSession(s, reason: .sessionsEvicted)
-                }
+                if oldest >= 0 { closeSession(oldest, reason: .sessionsEvicted) }
             }
-            if let s = openSession(key: key, message: m, now: now) {
-                sessionOf[i] = s.slot
+            if let slot = openSession(key: key, message: m, now: now) {
+                sessionOf[i] = slot
             } else {
                 counters.add(.dropNoSession)
             }
@@ -280,7 +331,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var i = start
         while i < end {
             let slot = sessionOf[i]
-            guard slot >= 0, let session = sessions[Int(slot)] else {
+            guard slot >= 0, sessions[Int(slot)].fd >= 0 else {
                 i += 1
                 continue
             }
@@ -294,34 +345,23 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 n += 1
                 sessionOf[j] = -1
             }
-            sendToUpstream(session, count: n)
+            sendToUpstream(slot, count: n)
             i += 1
         }
     }
 
-    /// busy_poll: remembers a session that sent in this wakeup; too many turn polling off.
     @inline(__always)
-    private func notePolled(_ session: Session) {
-        for i in 0..<polledCount where polled[i] === session { return }
-        if polledCount == RelayWorker.pollLimit {
-            notPolling = true
-            return
-        }
-        polled[polledCount] = session
-        polledCount += 1
-    }
-
-    @inline(__always)
-    private func sendToUpstream(_ session: Session, count: Int) {
-        if busyPoll > 0 && !notPolling { notePolled(session) }
-        let up = upCounters[session.upstream]
+    private func sendToUpstream(_ slot: Int32, count: Int) {
+        let sessionFD = sessions[Int(slot)].fd
+        let upstream = Int(sessions[Int(slot)].upstream)
+        let up = upCounters[upstream]
         var i = 0
         var sentBytes: UInt64 = 0
         var sent = 0
         var failure: Int32 = 0
         while i < count {
             do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(session.fd, scratch + i, UInt32(count - i), 0) }) {
+                switch try syscall("sendmmsg", { cur_sendmmsg(sessionFD, scratch + i, UInt32(count - i), 0) }) {
                 case .done(let n):
                     for k in i..<(i + Int(n)) { sentBytes &+= UInt64(scratch[k].msg_len) }
                     sent += Int(n)
@@ -342,12 +382,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(sent))
         up.add(.sentBytes, sentBytes)
-        if failure != 0 { upstreamFailed(session, errno: failure, now: monotonicNanos()) }
+        if failure != 0 { upstreamFailed(slot, now: monotonicNanos()) }
     }
 
     // MARK: sessions
 
-    private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Session? {
+    /// Opens a session for the client of message `m`: picks an upstream, opens and connects its
+    /// socket and adds it to the epoll set. Returns the slot, or nil (counted) when it cannot.
+    private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
         let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
@@ -385,118 +427,109 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             slot = free
         } else {
             slot = Int32(sessions.count)
-            sessions.append(nil)
+            sessions.append(Session())
         }
-        let s = Session(slot: slot, key: key, fd: fd, upstream: pick.index, client: m.pointee.msg_hdr.msg_name!,
-                        clientLength: m.pointee.msg_hdr.msg_namelen, controlCapacity: controlCapacity)
+        var s = sessions[Int(slot)]
+        s.fd = fd
+        s.generation &+= 1
+        s.upstream = Int32(pick.index)
+        s.replies = 0
+        s.key = key
+        s.client = sockaddr_in6()
+        s.clientLength = min(m.pointee.msg_hdr.msg_namelen, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        withUnsafeMutableBytes(of: &s.client) { $0.copyMemory(from: UnsafeRawBufferPointer(start: m.pointee.msg_hdr.msg_name, count: Int(s.clientLength))) }
+        s.local = sockaddr_in6()
+        s.ifindex = 0
         if usesPacketInfo {
             var local = sockaddr_storage()
             var ifindex: UInt32 = 0
             if cur_received_destination(&m.pointee.msg_hdr, &local, &ifindex) == 1 {
-                s.controlLength = withUnsafePointer(to: &local) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        cur_write_source_control(s.control, controlCapacity, $0, ifindex)
-                    }
+                withUnsafeMutableBytes(of: &s.local) { dst in
+                    withUnsafeBytes(of: &local) { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<dst.count])) }
                 }
+                s.ifindex = ifindex
             }
         }
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        // Holds `s` until the source is released after cancellation (closeSession drops the
-        // session's reference to the source, which breaks the cycle).
-        source.setEventHandler { [unowned self, s] in upstreamReadable(s) }
-        let closed = sessionsClosed
-        closed.enter()
-        source.setCancelHandler {
+        do {
+            try syscallNoWait("epoll_ctl") { cur_epoll_add(epollFD, fd, s.tag(slot: slot)) }
+        } catch {
             close(fd)
-            closed.leave()
+            freeSlots.append(slot)
+            counters.add(.sessionErrors)
+            return nil
         }
-        s.source = source
         sessions[Int(slot)] = s
         table[key] = slot
         idle.insert(slot, now: now)
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(table.count))
         upCounters[pick.index].add(.sessions)
-        freshSessions.append(s)
         logger.debug("session opened", metadata: [
-            "peer.address": "\(SocketAddress(sockaddr: UnsafeRawPointer(s.client)).map { "\($0)" } ?? "?")",
+            "peer.address": "\(clientDescription(slot))",
             "upstream": "\(upstreams.endpoints[pick.index])", "upstream.address": "\(address)",
         ])
-        source.activate()
-        return s
+        return slot
     }
 
-    /// Removes a session and cancels its source; the descriptor is closed in the cancel handler.
-    private func closeSession(_ s: Session, reason: Counter?) {
+    private func clientDescription(_ slot: Int32) -> String {
+        var client = sessions[Int(slot)].client
+        return withUnsafeBytes(of: &client) { SocketAddress(sockaddr: $0.baseAddress!).map { "\($0)" } ?? "?" }
+    }
+
+    /// Removes a session and closes its socket (which also takes it out of the epoll set).
+    private func closeSession(_ slot: Int32, reason: Counter?) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard sessions[Int(s.slot)] === s else { return }
-        table.removeValue(forKey: s.key)
-        idle.remove(s.slot)
-        sessions[Int(s.slot)] = nil
-        freeSlots.append(s.slot)
-        // After cancel() the event handler never runs again; the guard in upstreamReadable
-        // covers a wakeup already queued.
-        s.source?.cancel()
-        s.source = nil
+        let fd = sessions[Int(slot)].fd
+        guard fd >= 0 else { return }
+        table.removeValue(forKey: sessions[Int(slot)].key)
+        idle.remove(slot)
+        sessions[Int(slot)].fd = -1
+        freeSlots.append(slot)
+        close(fd)
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
         logger.debug("session closed", metadata: [
-            "peer.address": "\(SocketAddress(sockaddr: UnsafeRawPointer(s.client)).map { "\($0)" } ?? "?")",
-            "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(s.replies)",
+            "peer.address": "\(clientDescription(slot))",
+            "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
         ])
-    }
-
-    /// Looks for a pending error on sessions opened since the last tick and in the tick before
-    /// (an ICMP error may come back after the first look) that have had no reply yet: a refused
-    /// upstream counts as a failure and the session is closed.
-    func checkNewSessions(now: UInt64) {
-        dispatchPrecondition(condition: .onQueue(queue))
-        for list in [recentSessions, freshSessions] {
-            for s in list where s.replies == 0 && sessions[Int(s.slot)] === s {
-                var err: Int32 = 0
-                var len = socklen_t(MemoryLayout<Int32>.size)
-                guard getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err != 0 else { continue }
-                upstreamFailed(s, errno: err, now: now)
-            }
-        }
-        recentSessions = freshSessions
-        freshSessions = []
     }
 
     /// A send to the session's upstream failed, or an ICMP error came back: count it against
     /// the upstream and close the session so the client's next datagram picks one that is up.
-    private func upstreamFailed(_ s: Session, errno err: Int32, now: UInt64) {
-        upCounters[s.upstream].add(.failures)
-        upstreams.recordFailure(s.upstream, now: now)
-        closeSession(s, reason: .sessionsFailed)
+    private func upstreamFailed(_ slot: Int32, now: UInt64) {
+        let upstream = Int(sessions[Int(slot)].upstream)
+        upCounters[upstream].add(.failures)
+        upstreams.recordFailure(upstream, now: now)
+        closeSession(slot, reason: .sessionsFailed)
     }
 
     func expireIdle(now: UInt64) {
         dispatchPrecondition(condition: .onQueue(queue))
-        while let slot = idle.expired(now: now, timeout: timeoutNanos), let s = sessions[Int(slot)] {
-            closeSession(s, reason: .sessionsExpired)
+        while let slot = idle.expired(now: now, timeout: timeoutNanos) {
+            closeSession(slot, reason: .sessionsExpired)
         }
     }
 
     // MARK: upstream -> client
 
-    private func upstreamReadable(_ s: Session) {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard sessions[Int(s.slot)] === s else { return }
-        let up = upCounters[s.upstream]
+    /// Reads a session's replies (or its pending socket error) and sends them to its client.
+    private func upstreamReadable(_ slot: Int32) {
+        let sessionFD = sessions[Int(slot)].fd
+        let up = upCounters[Int(sessions[Int(slot)].upstream)]
         var lastCount = replyBatch.capacity
+        var prepared = false
         for _ in 0..<tuning.maxBatchesPerWakeup {
             replyBatch.prepareForReceive(count: lastCount)
             let received: Int
             do {
-                switch try syscall("recvmmsg", { cur_recvmmsg(s.fd, replyBatch.messages, UInt32(replyBatch.capacity), 0) }) {
+                switch try syscall("recvmmsg", { cur_recvmmsg(sessionFD, replyBatch.messages, UInt32(replyBatch.capacity), 0) }) {
                 case .wouldBlock: return
                 case .done(let n): received = Int(n)
                 }
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
-                    upstreamFailed(s, errno: error.errno, now: monotonicNanos())
+                    upstreamFailed(slot, now: monotonicNanos())
                     return
                 }
                 counters.add(.receiveErrors)
@@ -504,29 +537,53 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             lastCount = max(received, 1)
             guard received > 0 else { return }
+            if !prepared {
+                prepareReply(slot)
+                prepared = true
+            }
             var allowed = received
-            if let max = settings.maxReplies { allowed = min(received, max - s.replies) }
+            if let max = settings.maxReplies { allowed = min(received, max - sessions[Int(slot)].replies) }
             var bytes: UInt64 = 0
             for k in 0..<allowed {
                 scratch[k] = replyBatch.messages[k]
                 bytes &+= UInt64(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
-                scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(s.client)
-                scratch[k].msg_hdr.msg_namelen = s.clientLength
-                scratch[k].msg_hdr.msg_control = s.controlLength > 0 ? s.control : nil
-                scratch[k].msg_hdr.msg_controllen = s.controlLength
+                scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
+                scratch[k].msg_hdr.msg_namelen = sessions[Int(slot)].clientLength
+                scratch[k].msg_hdr.msg_control = replyControlLength > 0 ? replyControl : nil
+                scratch[k].msg_hdr.msg_controllen = replyControlLength
             }
             up.add(.receivedPackets, UInt64(received))
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            s.replies += allowed
-            idle.touch(s.slot, now: monotonicNanos())
-            if let max = settings.maxReplies, s.replies >= max {
-                closeSession(s, reason: .sessionsClosed)
+            sessions[Int(slot)].replies += allowed
+            idle.touch(slot, now: monotonicNanos())
+            if let max = settings.maxReplies, sessions[Int(slot)].replies >= max {
+                closeSession(slot, reason: .sessionsClosed)
                 return
             }
             if received < replyBatch.capacity { return }
+        }
+    }
+
+    /// Length of the control data in `replyControl` for the session being served.
+    private var replyControlLength = 0
+
+    /// Copies the session's client address to `replyName` and writes its packet-info control
+    /// data (wildcard listeners) to `replyControl`.
+    @inline(__always)
+    private func prepareReply(_ slot: Int32) {
+        replyName.pointee = sessions[Int(slot)].client
+        replyControlLength = 0
+        if sessions[Int(slot)].local.sin6_family != 0 {
+            var local = sessions[Int(slot)].local
+            let ifindex = sessions[Int(slot)].ifindex
+            replyControlLength = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    cur_write_source_control(replyControl, controlCapacity, $0, ifindex)
+                }
+            }
         }
     }
 
