@@ -62,6 +62,24 @@ public enum PrometheusText {
             for l in ls { if let x = l.sessions { out.sample(name, [("listener", l.name)], value(x)) } }
         }
 
+        // One sample per socket of every listener (also with one worker per address), so a
+        // dashboard's queries keep working when `workers` changes; `worker` numbers the sockets
+        // sharing an address from 1, as the liveness probe does ("worker 2 of 2").
+        let perWorker: [(String, String, (WorkerStatus) -> UInt64)] = [
+            ("udprelayd_worker_packets_received_total", "Datagrams received by one socket's worker.", { $0.received.packets }),
+            ("udprelayd_worker_bytes_received_total", "Payload bytes received by one socket's worker.", { $0.received.bytes }),
+            ("udprelayd_worker_packets_sent_total", "Datagrams sent by one socket's worker.", { $0.sent.packets }),
+            ("udprelayd_worker_bytes_sent_total", "Payload bytes sent by one socket's worker.", { $0.sent.bytes }),
+        ]
+        for (name, help, value) in perWorker {
+            out.family(name, .counter, help)
+            for l in ls {
+                for (w, number, _) in l.numberedWorkers {
+                    out.sample(name, [("listener", l.name), ("address", w.address), ("worker", String(number))], value(w))
+                }
+            }
+        }
+
         out.family("udprelayd_upstream_up", .gauge, "1 if the upstream is up, 0 otherwise.")
         for l in ls {
             for u in l.upstreams { out.sample("udprelayd_upstream_up", [("listener", l.name), ("upstream", u.address)], UInt64(u.isUp ? 1 : 0)) }

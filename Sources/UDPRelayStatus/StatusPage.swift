@@ -83,6 +83,9 @@ public enum StatusPage {
                 h += events.isEmpty ? "<td class=\"muted\">\u{2014}</td>" : "<td class=\"wrap\">\(eventsLine.dropFirst(4))</td>"
             }
             h += "</tr>\n"
+            if l.hasSeveralWorkersPerAddress {
+                for (w, number, of) in l.numberedWorkers { h += workerRow(w, number: number, of: of, listener: l) }
+            }
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
                 h += "<tr class=\"upstream\"><td class=\"l\" colspan=\"2\">\u{21B3} upstream</td>"
@@ -104,6 +107,24 @@ public enum StatusPage {
         }
         h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
         h += "</footer>\n</body></html>\n"
+        return h
+    }
+
+    /// One socket's worker of a listener with `workers` above 1: its totals and its share of the
+    /// listener's received datagrams, which shows how the kernel spreads clients (SO_REUSEPORT).
+    static func workerRow(_ w: WorkerStatus, number: Int, of: Int, listener l: ListenerStatus) -> String {
+        var h = "<tr class=\"worker\"><td class=\"l\" colspan=\"2\">\u{21B3} worker \(number) of \(of)</td>"
+        h += "<td class=\"l addr\"><code>\(Format.html(w.address))</code></td>"
+        if l.received.packets == 0 {
+            h += "<td colspan=\"4\" class=\"muted\">no datagrams yet</td>"
+        } else {
+            let share = 100 * Double(w.received.packets) / Double(l.received.packets)
+            h += "<td colspan=\"4\" class=\"share\">\(Format.fixed(share, 1))% of datagrams in"
+            h += "<span class=\"bar\"><i style=\"width:\(Format.fixed(min(100, share), 1))%\"></i></span></td>"
+        }
+        h += "<td>\(Format.grouped(w.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(w.received.bytes)))</span></td>"
+        h += "<td>\(Format.grouped(w.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(w.sent.bytes)))</span></td>"
+        h += "<td></td><td></td></tr>\n"
         return h
     }
 
@@ -149,7 +170,9 @@ public enum StatusPage {
     td.wrap{white-space:normal;min-width:150px;max-width:260px}
     .nw{white-space:nowrap}
     tr.listener td.name{font-weight:700;font-size:17px}
-    tr.upstream td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
+    tr.upstream td,tr.worker td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
+    .bar{display:inline-block;width:120px;height:8px;margin-left:10px;background:#eaeef2;border-radius:4px;overflow:hidden;vertical-align:middle}
+    .bar i{display:block;height:100%;background:#0969da}
     .mode{background:#ddf4ff;color:#0969da;border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
     .rate{font-weight:700;font-size:16px}
     .sub{color:var(--muted);font-size:13px}

@@ -210,6 +210,25 @@ public struct ListenerStatus: Sendable, Equatable {
     public var dropped: UInt64 { drops.reduce(0) { $0 &+ $1.count } }
 }
 
+extension ListenerStatus {
+    /// Each worker with its 1-based number among the sockets sharing its address and their count,
+    /// as the liveness probe names it ("worker 2 of 2"); `/metrics` and `/` number them the same.
+    var numberedWorkers: [(worker: WorkerStatus, number: Int, of: Int)] {
+        var total: [String: Int] = [:]
+        for w in workers { total[w.address, default: 0] += 1 }
+        var seen: [String: Int] = [:]
+        return workers.map { w in
+            seen[w.address, default: 0] += 1
+            return (w, seen[w.address]!, total[w.address]!)
+        }
+    }
+
+    /// True when some address is served by more than one socket (`workers` above 1).
+    var hasSeveralWorkersPerAddress: Bool {
+        Set(workers.map(\.address)).count < workers.count
+    }
+}
+
 /// Where the status endpoint gets its data; the daemon implements it.
 ///
 /// `snapshot()` is called on the status server's event loop for every request and once a second

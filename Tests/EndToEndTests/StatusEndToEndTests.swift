@@ -35,6 +35,7 @@ final class StatusEndToEndTests: XCTestCase {
         listen = 127.0.0.1:\(upstreamPort), [::1]:0
         [listener games]
         listen = 127.0.0.1:0
+        workers = 2
         [listener relay]
         mode = forward
         listen = 127.0.0.1:0

@@ -224,6 +224,18 @@ class Checks:
                 assert m_after[key] - m_before[key] == packets, (key, m_before[key], m_after[key], packets)
                 key = (f"udprelayd_bytes_{direction}_total", (("listener", name),))
                 assert m_after[key] - m_before[key] == bytes_, key
+            # Per-socket counters: one sample per entry of workers[], numbered from 1 per address,
+            # adding up to the listener's totals.
+            workers = after[name]["workers"]
+            for direction in ("received", "sent"):
+                keys = [k for k in m_after if k[0] == f"udprelayd_worker_packets_{direction}_total" and ("listener", name) in k[1]]
+                assert len(keys) == len(workers), (name, keys, workers)
+                moved = sum(m_after[k] - m_before.get(k, 0) for k in keys)
+                assert moved == packets, (name, direction, moved, packets)
+                numbered = sorted((dict(k[1])["address"], dict(k[1])["worker"]) for k in keys)
+                expected_numbers = sorted((w["address"], str(sum(1 for v in workers[:i + 1] if v["address"] == w["address"])))
+                                          for i, w in enumerate(workers))
+                assert numbered == expected_numbers, (name, numbered, expected_numbers)
             only = narrowed[name]["listeners"]
             assert [l["name"] for l in only] == [name], only
             assert only[0]["received"]["packets"] >= after[name]["received"]["packets"]
@@ -265,6 +277,17 @@ class Checks:
             assert {dict(k[1])["reason"] for k in drops} >= {"too_large", "send_buffer_full", "refused", "send_error"}, drops
         for name in self.relay:
             assert ("udprelayd_sessions_active", (("listener", name),)) in samples, name
+        assert families["udprelayd_worker_packets_received"].type == "counter", families["udprelayd_worker_packets_received"].type
+        listeners = self.status()["listeners"]
+        assert any(len(set(w["address"] for w in l["workers"])) < len(l["workers"]) for l in listeners), \
+            "StatusEndToEndTests starts one listener with workers = 2"
+        for listener in listeners:
+            for a in set(w["address"] for w in listener["workers"]):
+                n = sum(1 for w in listener["workers"] if w["address"] == a)
+                for k in range(1, n + 1):
+                    key = ("udprelayd_worker_packets_received_total",
+                           tuple(sorted({"listener": listener["name"], "address": a, "worker": str(k)}.items())))
+                    assert key in samples, (key, sorted(s for s in samples if s[0].startswith("udprelayd_worker_")))
         lines = [l for l in text.splitlines() if l and not l.startswith("#")]
         assert all(re.match(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? \S+$", l) for l in lines)
 
@@ -301,6 +324,9 @@ class Checks:
             for a in listener["addresses"]:
                 assert a in text, f"page text lacks address {a}"
         assert "HEALTHY" in text, "page shows health"
+        for listener in doc["listeners"]:
+            if len(set(w["address"] for w in listener["workers"])) < len(listener["workers"]):
+                assert "worker 2 of 2" in text, f"page lacks the worker split of {listener['name']}"
         print(f"    screenshot: {self.screenshot} ({len(png)} bytes)")
 
     def check_slow_and_malformed_clients_while_echo_flows(self):

@@ -24,7 +24,13 @@ enum Fixtures {
                 ListenerStatus(name: "dns", mode: "echo", addresses: ["127.0.0.1:53", "[::1]:53"],
                                received: Traffic(packets: UInt64.max, bytes: 1_000_000), sent: Traffic(packets: 7, bytes: 700),
                                receiveErrors: 2,
-                               drops: drops.enumerated().map { DropCount(reason: $1, count: UInt64($0)) }),
+                               drops: drops.enumerated().map { DropCount(reason: $1, count: UInt64($0)) },
+                               workers: [
+                                   WorkerStatus(address: "127.0.0.1:53", received: Traffic(packets: 60, bytes: 6000), sent: Traffic(packets: 4, bytes: 400)),
+                                   WorkerStatus(address: "127.0.0.1:53", received: Traffic(packets: 40, bytes: 4000), sent: Traffic(packets: 3, bytes: 300)),
+                                   WorkerStatus(address: "[::1]:53"),
+                                   WorkerStatus(address: "[::1]:53", received: Traffic(packets: UInt64.max - 100, bytes: 990_000)),
+                               ]),
                 ListenerStatus(name: "game-relay", mode: "relay", addresses: ["0.0.0.0:27015"],
                                drops: drops.map { DropCount(reason: $0, count: 0) },
                                sessions: SessionCounters(active: 5, created: 9, expired: 3, evicted: 1),
@@ -34,7 +40,8 @@ enum Fixtures {
                                                   counters: [NamedCounter("probes_sent", 7)]),
                                    UpstreamStatus(address: "10.0.0.2:27015", state: "down", failures: 4),
                                ],
-                               counters: [NamedCounter("fail_open", 2), NamedCounter("sessions_closed", 0)]),
+                               counters: [NamedCounter("fail_open", 2), NamedCounter("sessions_closed", 0)],
+                               workers: [WorkerStatus(address: "0.0.0.0:27015")]),
             ],
             time: 1_795_600_300.75
         )
@@ -175,7 +182,59 @@ final class PrometheusTextTests: XCTestCase {
     func testLabelValuesAreEscaped() {
         var s = Fixtures.snapshot()
         s.daemon.version = "a\"b\\c\nd"
-        XCTAssertTrue(PrometheusText.render(s, server: ServerCounters()).contains(#"udprelayd_build_info{version="a\"b\\c\nd"} 1"#))
+        // The configuration allows only [A-Za-z0-9_-] in listener names; the renderer escapes anyway.
+        s.listeners[1].name = "x\"y\\z\n"
+        let text = PrometheusText.render(s, server: ServerCounters())
+        XCTAssertTrue(text.contains(#"udprelayd_build_info{version="a\"b\\c\nd"} 1"#))
+        XCTAssertTrue(text.contains(#"udprelayd_worker_packets_sent_total{listener="x\"y\\z\n",address="0.0.0.0:27015",worker="1"} 0"#), text)
+    }
+
+    func testPerWorkerFamiliesExactly() throws {
+        let text = PrometheusText.render(Fixtures.snapshot(), server: Fixtures.server)
+        // Every socket of every listener, in `workers` order; `worker` counts from 1 per address.
+        let block = """
+        # HELP udprelayd_worker_packets_received_total Datagrams received by one socket's worker.
+        # TYPE udprelayd_worker_packets_received_total counter
+        udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 60
+        udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 40
+        udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="1"} 0
+        udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="2"} 18446744073709551515
+        udprelayd_worker_packets_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+        # HELP udprelayd_worker_bytes_received_total Payload bytes received by one socket's worker.
+        # TYPE udprelayd_worker_bytes_received_total counter
+        udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 6000
+        udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 4000
+        udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="1"} 0
+        udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="2"} 990000
+        udprelayd_worker_bytes_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+        # HELP udprelayd_worker_packets_sent_total Datagrams sent by one socket's worker.
+        # TYPE udprelayd_worker_packets_sent_total counter
+        udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 4
+        udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 3
+        udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
+        udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
+        udprelayd_worker_packets_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+        # HELP udprelayd_worker_bytes_sent_total Payload bytes sent by one socket's worker.
+        # TYPE udprelayd_worker_bytes_sent_total counter
+        udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 400
+        udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 300
+        udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
+        udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
+        udprelayd_worker_bytes_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+
+        """
+        XCTAssertTrue(text.contains("\n" + block), text)
+        // Between the listener's session families and the upstream families.
+        let sessions = try XCTUnwrap(text.range(of: "# HELP udprelayd_sessions_evicted_total"))
+        let workers = try XCTUnwrap(text.range(of: "# HELP udprelayd_worker_packets_received_total"))
+        let upstreams = try XCTUnwrap(text.range(of: "# HELP udprelayd_upstream_up"))
+        XCTAssertTrue(sessions.lowerBound < workers.lowerBound && workers.lowerBound < upstreams.lowerBound)
+
+        // The families stay, without samples, when no listener has a socket.
+        var empty = Fixtures.snapshot()
+        empty.listeners = []
+        let bare = PrometheusText.render(empty, server: ServerCounters())
+        XCTAssertTrue(bare.contains("# TYPE udprelayd_worker_packets_received_total counter\n# HELP udprelayd_worker_bytes_received_total"), bare)
     }
 }
 
@@ -199,6 +258,33 @@ final class StatusPageTests: XCTestCase {
         XCTAssertFalse(html.contains("src="), "no external assets")
         XCTAssertFalse(html.contains("<link"), "no external assets")
         XCTAssertFalse(html.contains("<script"))
+    }
+
+    func testPageSplitsListenersWithSeveralWorkersPerAddress() throws {
+        var s = Fixtures.snapshot()
+        s.listeners[0].received = Traffic(packets: 200, bytes: 20_000)
+        s.listeners[0].workers[3].received = Traffic(packets: 100, bytes: 10_000)
+        let html = StatusPage.render(s, server: ServerCounters(), rates: [:], problems: [])
+        let rows = html.split(separator: "\n").filter { $0.hasPrefix("<tr class=\"worker\">") }.map(String.init)
+        XCTAssertEqual(rows.count, 4, "one row per socket of dns, none for game-relay's single worker")
+        XCTAssertTrue(rows[0].contains("worker 1 of 2") && rows[0].contains("<code>127.0.0.1:53</code>"), rows[0])
+        XCTAssertTrue(rows[0].contains("30.0% of datagrams in") && rows[0].contains("style=\"width:30.0%\""), rows[0])
+        XCTAssertTrue(rows[0].contains("<td>60 pkt<br><span class=\"sub\">5.86 KiB</span></td><td>4 pkt<br>"), rows[0])
+        XCTAssertTrue(rows[1].contains("worker 2 of 2") && rows[1].contains("20.0% of datagrams in"), rows[1])
+        XCTAssertTrue(rows[2].contains("worker 1 of 2") && rows[2].contains("<code>[::1]:53</code>") && rows[2].contains("0.0% of"), rows[2])
+        XCTAssertTrue(rows[3].contains("50.0% of datagrams in"), rows[3])
+        let dnsRow = try XCTUnwrap(html.range(of: "id=\"listener-dns\"")), relayRow = try XCTUnwrap(html.range(of: "id=\"listener-game-relay\""))
+        let first = try XCTUnwrap(html.range(of: rows[0])), last = try XCTUnwrap(html.range(of: rows[3]))
+        XCTAssertTrue(dnsRow.lowerBound < first.lowerBound && last.lowerBound < relayRow.lowerBound,
+                      "worker rows follow their listener's row")
+
+        s.listeners[0].received = Traffic()
+        let idle = StatusPage.render(s, server: ServerCounters(), rates: [:], problems: [])
+        XCTAssertTrue(idle.contains("<td colspan=\"4\" class=\"muted\">no datagrams yet</td>"))
+
+        s.listeners[0].workers = [WorkerStatus(address: "127.0.0.1:53"), WorkerStatus(address: "[::1]:53")]
+        XCTAssertFalse(StatusPage.render(s, server: ServerCounters(), rates: [:], problems: []).contains("class=\"worker\""),
+                       "one socket per address: no split")
     }
 
     func testHealthyPage() {
