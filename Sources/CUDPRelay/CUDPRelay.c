@@ -1,10 +1,19 @@
 #include "CUDPRelay.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/epoll.h>
+#include <netinet/udp.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 
 _Static_assert(sizeof(struct cur_mmsghdr) == sizeof(struct mmsghdr), "mmsghdr size");
 _Static_assert(offsetof(struct cur_mmsghdr, msg_hdr) == offsetof(struct mmsghdr, msg_hdr), "mmsghdr.msg_hdr");
@@ -162,4 +171,33 @@ int cur_epoll_poll(int epfd, struct cur_ready *ready, int max) {
         ready[i].events = events[i].events;
     }
     return n;
+}
+
+long cur_send_segmented(int fd, void *name, socklen_t namelen, struct iovec *iov, int iovcnt,
+                        uint16_t segment, const void *control, size_t controllen) {
+    union {
+        char bytes[256];
+        struct cmsghdr align;
+    } buf;
+    size_t room = CMSG_SPACE(sizeof(uint16_t));
+    if (controllen > sizeof(buf.bytes) - room) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(buf.bytes, 0, controllen + room);
+    if (controllen > 0) memcpy(buf.bytes, control, controllen);
+    struct cmsghdr *c = (struct cmsghdr *)(buf.bytes + controllen);
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(c), &segment, sizeof(segment));
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_name = name;
+    m.msg_namelen = namelen;
+    m.msg_iov = iov;
+    m.msg_iovlen = (size_t)iovcnt;
+    m.msg_control = buf.bytes;
+    m.msg_controllen = controllen + room;
+    return (long)sendmsg(fd, &m, 0);
 }

@@ -44,6 +44,7 @@ struct ListenerDraft {
     var healthInterval: Duration?
     var busyPoll: Duration?
     var workers: WorkerCount?
+    var segmentation: Bool?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -104,6 +105,7 @@ enum Schema {
             }
             d.workers = .count(n)
         },
+        KeySpec("udp_gso") { d, v in d.segmentation = try Values.bool(v) },
         KeySpec("upstream") { d, v in d.upstreams = try Values.upstreams(v) },
         KeySpec("balance") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
         KeySpec("sample") { d, v in d.sampleEvery = try Values.sample(v) },
@@ -291,6 +293,7 @@ struct ConfigParser {
             listeners[listeners.count - 1].protection = d.protection.configuration
             listeners[listeners.count - 1].busyPoll = d.busyPoll ?? Defaults.busyPoll
             listeners[listeners.count - 1].workers = d.workers ?? Defaults.workers
+            listeners[listeners.count - 1].segmentation = d.segmentation ?? Defaults.segmentation
         }
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)

@@ -93,6 +93,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// Sockets per `listen` address, each with its own worker (`workers`); more than one share
     /// the address with SO_REUSEPORT and the kernel spreads clients over them.
     public var workers = Defaults.workers
+    /// Send runs of equal-sized datagrams to one destination as one UDP GSO send (`udp_gso`).
+    public var segmentation = Defaults.segmentation
 
     public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
                 maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
@@ -156,6 +158,9 @@ public enum Defaults {
     public static let busyPoll = Duration.microseconds(50)
     /// One socket and worker per address: nothing shares a port unless asked to.
     public static let workers = WorkerCount.count(1)
+    /// UDP GSO halves the relay's CPU per datagram in bursts (see BENCHMARKS.md); the kernel
+    /// splits the datagrams before they leave, so receivers see no difference.
+    public static let segmentation = true
     /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
     public static let maxFails = 3
     /// Passive health: the failure window and how long an upstream stays down.

@@ -96,7 +96,7 @@ public final class Listener: Sendable {
         switch configuration.mode {
         case .echo:
             return EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
-                              busyPoll: configuration.busyPoll, tuning: tuning)
+                              busyPoll: configuration.busyPoll, segmentation: configuration.segmentation, tuning: tuning)
         case .forward, .balance:
             return try RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
                                upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)

@@ -133,16 +133,20 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     private let busyPoll: UInt64
     /// Slots used by the last `recvmmsg`, to be reset before the next.
     private var lastCount: Int
+    private var sender: DatagramSender
 
     init(fd: Int32, localAddress: SocketAddress, label: String, maxDatagram: Int, busyPoll: Duration = .zero,
-         tuning: DatapathTuning) {
+         segmentation: Bool = true, tuning: DatapathTuning) {
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: maxDatagram, withControl: localAddress.ip.isWildcard)
         self.busyPoll = busyPoll.nanoseconds
         self.lastCount = tuning.batchSize
         self.tuning = tuning
+        self.sender = DatagramSender(segmentation: segmentation)
         super.init(fd: fd, localAddress: localAddress, label: label)
     }
+
+    deinit { sender.deallocate() }
 
     override func readable() {
         dispatchPrecondition(condition: .onQueue(queue))
@@ -203,33 +207,19 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
         send(from: runStart, to: count)
     }
 
-    /// Sends messages `start..<end` with as few `sendmmsg` calls as possible; a datagram that
-    /// fails is counted under its drop reason and skipped; a full send buffer drops the rest of
-    /// the run (counted) instead of spinning.
+    /// Sends messages `start..<end` with as few system calls as possible (`DatagramSender`:
+    /// segmented where consecutive replies go to one client); a datagram that fails is counted
+    /// under its drop reason and skipped; a full send buffer drops the rest of the run (counted)
+    /// instead of spinning.
     @inline(__always)
     private func send(from start: Int, to end: Int) {
-        var i = start
-        var sentBytes: UInt64 = 0
-        var sentCount = 0
-        while i < end {
-            do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(fd, batch.messages + i, UInt32(end - i), 0) }) {
-                case .done(let n):
-                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(batch.messages[k].msg_len) }
-                    sentCount += Int(n)
-                    i += Int(n)
-                case .wouldBlock:
-                    counters.add(.dropSendBufferFull, UInt64(end - i))
-                    i = end
-                }
-            } catch {
-                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
-                i += 1
-            }
+        guard end > start else { return }
+        let outcome = sender.send(fd: fd, batch.messages + start, count: end - start, oneDestination: false) { err, n in
+            counters.add(ErrorPolicy.sendDrop(errno: err), UInt64(n))
         }
-        if sentCount > 0 {
-            counters.add(.sentPackets, UInt64(sentCount))
-            counters.add(.sentBytes, sentBytes)
+        if outcome.sent > 0 {
+            counters.add(.sentPackets, UInt64(outcome.sent))
+            counters.add(.sentBytes, outcome.bytes)
         }
     }
 }

@@ -189,6 +189,44 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertEqual(field("sessions_closed", t), 1000)
     }
 
+    /// Bursts of equal-sized datagrams (sent segmented with UDP GSO by default) arrive at the
+    /// upstream and back at the client as the same datagrams, in order, with or without
+    /// `udp_gso`.
+    func testBurstsOfEqualSizedDatagramsCrossIntactInOrder() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let (daemon, bound) = try startDaemon("""
+        [listener gso]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = \(upstream.address)
+        [listener plain]
+        listen = 127.0.0.1:0
+        mode = forward
+        udp_gso = no
+        upstream = \(upstream.address)
+        """)
+        var expectedAtUpstream = 0
+        for name in ["gso", "plain"] {
+            let address = try XCTUnwrap(bound[name]?.first)
+            let client = try UDPClient()
+            for burst in 0..<5 {
+                let sent = (0..<48).map { payload($0 == 47 ? 333 : 1200, seed: UInt64(burst * 100 + $0)) }
+                for p in sent { client.send(p, to: address) }
+                let got = client.receiveMany(sent.count)
+                XCTAssertEqual(got.count, sent.count, "\(name) burst \(burst)")
+                XCTAssertTrue(got == sent, "\(name) burst \(burst): every reply intact and in order")
+                expectedAtUpstream += sent.count
+            }
+        }
+        XCTAssertEqual(upstream.waitForCount(expectedAtUpstream), expectedAtUpstream)
+        for name in ["gso", "plain"] {
+            let t = try totals(daemon, name)
+            XCTAssertEqual(field("received", t), 240, t)
+            XCTAssertEqual(field("sent", t), 240, t)
+        }
+    }
+
     /// A session that has had replies, then sends once more to an upstream that has gone: the
     /// ICMP refusal alone (no further datagram from the client) closes the session and marks the
     /// upstream down.

@@ -1,7 +1,7 @@
 import XCTest
 @testable import UDPRelayConfig
 
-/// Listener keys that tune the datapath: `busy_poll`, `workers`.
+/// Listener keys that tune the datapath: `busy_poll`, `workers`, `udp_gso`.
 final class DatapathKeysTests: XCTestCase {
     func parse(_ text: String) throws -> Configuration {
         try ConfigLoader.parse(text, file: "t.ini")
@@ -112,5 +112,25 @@ final class DatapathKeysTests: XCTestCase {
         XCTAssertEqual(e.map(\.line), [4, 7])
         XCTAssertTrue(e[0].message.contains("repeated key"), e[0].message)
         XCTAssertTrue(e[1].message.contains("missing value"), e[1].message)
+    }
+
+    func testUDPGSODefaultsOnAndTakesABoolean() throws {
+        let c = try parse("""
+        [listener a]
+        listen = 127.0.0.1:9
+        [listener b]
+        listen = 127.0.0.1:10
+        udp_gso = no
+        [listener c]
+        listen = 127.0.0.1:11
+        mode = mirror
+        upstream = 127.0.0.1:12
+        udp_gso = yes
+        """)
+        XCTAssertEqual(c.listeners.map(\.segmentation), [true, false, true])
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\n\nudp_gso = sometimes\n")
+        XCTAssertEqual(e.map(\.line), [4])
+        XCTAssertEqual(e.map(\.key), ["udp_gso"])
+        XCTAssertTrue(e[0].description.hasPrefix("t.ini:4: [listener a] udp_gso: "), e[0].description)
     }
 }

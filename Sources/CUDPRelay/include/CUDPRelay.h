@@ -59,6 +59,13 @@ int cur_epoll_add(int epfd, int fd, uint64_t tag);
 /// and returns how many, or -1 with errno.
 int cur_epoll_poll(int epfd, struct cur_ready *ready, int max);
 
+/// One sendmsg(2) of `iovcnt` buffers as a UDP GSO send (UDP_SEGMENT): the kernel sends the
+/// concatenated payload as datagrams of `segment` bytes each (the last may be shorter).
+/// `name`/`namelen`: the destination, or NULL/0 on a connected socket. `control`/`controllen`:
+/// other control messages to send along (packet info), or NULL/0. Returns sendmsg's result.
+long cur_send_segmented(int fd, void *name, socklen_t namelen, struct iovec *iov, int iovcnt,
+                        uint16_t segment, const void *control, size_t controllen);
+
 /// Constants that Swift cannot import as plain values.
 extern const int CUR_MSG_TRUNC;
 extern const int CUR_MSG_DONTWAIT;

@@ -16,6 +16,8 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     /// Replies are only counted: 1-byte buffers, real lengths via MSG_TRUNC.
     private let replyBatch: MessageBatch
     private let scratch: UnsafeMutablePointer<cur_mmsghdr>
+    /// Sends each upstream's copies (segmented where it applies).
+    private var sender: DatagramSender
     private let tuning: DatapathTuning
     private let sampleEvery: Int
     private var sampleCounter = 0
@@ -33,6 +35,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 1, withControl: false)
         self.scratch = .allocate(capacity: tuning.batchSize)
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
+        self.sender = DatagramSender(segmentation: configuration.segmentation)
         self.sampleEvery = configuration.sampleEvery
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -41,7 +44,10 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         super.init(fd: fd, localAddress: localAddress, label: label)
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        scratch.deallocate()
+        sender.deallocate()
+    }
 
     override func start(registered: DispatchGroup) {
         queue.async { [self] in connectUpstreams() }
@@ -171,30 +177,17 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             up.add(.sendDrops, UInt64(count))
             return 0
         }
-        var i = 0
-        var sent = 0
-        var sentBytes: UInt64 = 0
-        while i < count {
-            do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(ufd, scratch + i, UInt32(count - i), 0) }) {
-                case .done(let k):
-                    for j in i..<(i + Int(k)) { sentBytes &+= UInt64(scratch[j].msg_len) }
-                    sent += Int(k)
-                    i += Int(k)
-                case .wouldBlock:
-                    up.add(.sendDrops, UInt64(count - i))
-                    i = count
-                }
-            } catch {
-                // Counted once, on the upstream (as in RelayWorker).
-                up.add(.sendDrops)
-                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
-                    up.add(.failures)
-                    upstreams.recordFailure(u, now: monotonicNanos())
-                }
-                i += 1
+        var failed = false
+        let outcome = sender.send(fd: ufd, scratch, count: count, oneDestination: true) { err, n in
+            // Counted once, on the upstream (as in RelayWorker).
+            up.add(.sendDrops, UInt64(n))
+            if ErrorPolicy.isUpstreamFailure(errno: err) {
+                up.add(.failures)
+                failed = true
             }
         }
+        if failed { upstreams.recordFailure(u, now: monotonicNanos()) }
+        let (sent, sentBytes) = (outcome.sent, outcome.bytes)
         up.add(.sentPackets, UInt64(sent))
         up.add(.sentBytes, sentBytes)
         return sent

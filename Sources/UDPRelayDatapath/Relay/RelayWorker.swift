@@ -55,6 +55,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let scratch: UnsafeMutablePointer<cur_mmsghdr>
     /// Per received message: its session slot, -1 when dropped or already sent.
     private let sessionOf: UnsafeMutablePointer<Int32>
+    /// Sends runs of datagrams to one destination (segmented where it applies).
+    private var sender: DatagramSender
     /// Replies: the client address and packet-info control data of the session being served.
     private let replyName: UnsafeMutablePointer<sockaddr_in6>
     private let replyControl: UnsafeMutableRawPointer
@@ -107,6 +109,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.replyName = .allocate(capacity: 1)
         self.replyName.initialize(to: sockaddr_in6())
         self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
+        self.sender = DatagramSender(segmentation: configuration.segmentation)
         self.ready = .allocate(capacity: 64)
         self.ready.initialize(repeating: cur_ready(), count: 64)
         self.settings = configuration.sessions
@@ -129,6 +132,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         replyControl.deallocate()
         ready.deallocate()
         pollSet.deallocate()
+        sender.deallocate()
         // Never started (a later socket of the listener failed): no cancel handler closes it.
         if !started { close(epollFD) }
     }
@@ -352,36 +356,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     @inline(__always)
     private func sendToUpstream(_ slot: Int32, count: Int) {
-        let sessionFD = sessions[Int(slot)].fd
-        let upstream = Int(sessions[Int(slot)].upstream)
-        let up = upCounters[upstream]
-        var i = 0
-        var sentBytes: UInt64 = 0
-        var sent = 0
+        let up = upCounters[Int(sessions[Int(slot)].upstream)]
         var failure: Int32 = 0
-        while i < count {
-            do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(sessionFD, scratch + i, UInt32(count - i), 0) }) {
-                case .done(let n):
-                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(scratch[k].msg_len) }
-                    sent += Int(n)
-                    i += Int(n)
-                case .wouldBlock:
-                    up.add(.sendDrops, UInt64(count - i))
-                    i = count
-                }
-            } catch {
-                // Counted once, on the upstream: the listener's drop reasons are for datagrams
-                // dropped before an upstream was chosen or on the way back to clients.
-                up.add(.sendDrops)
-                i += 1
-                if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
-                    failure = error.errno
-                }
-            }
+        let outcome = sender.send(fd: sessions[Int(slot)].fd, scratch, count: count, oneDestination: true) { err, n in
+            // Counted once, on the upstream: the listener's drop reasons are for datagrams
+            // dropped before an upstream was chosen or on the way back to clients.
+            up.add(.sendDrops, UInt64(n))
+            if ErrorPolicy.isUpstreamFailure(errno: err) { failure = err }
         }
-        up.add(.sentPackets, UInt64(sent))
-        up.add(.sentBytes, sentBytes)
+        up.add(.sentPackets, UInt64(outcome.sent))
+        up.add(.sentBytes, outcome.bytes)
         if failure != 0 { upstreamFailed(slot, now: monotonicNanos()) }
     }
 
@@ -589,26 +573,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     @inline(__always)
     private func sendToClient(count: Int) {
-        var i = 0
-        var sentBytes: UInt64 = 0
-        var sent = 0
-        while i < count {
-            do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(fd, scratch + i, UInt32(count - i), 0) }) {
-                case .done(let n):
-                    for k in i..<(i + Int(n)) { sentBytes &+= UInt64(scratch[k].msg_len) }
-                    sent += Int(n)
-                    i += Int(n)
-                case .wouldBlock:
-                    counters.add(.dropSendBufferFull, UInt64(count - i))
-                    i = count
-                }
-            } catch {
-                counters.add(ErrorPolicy.sendDrop(errno: error.errno))
-                i += 1
-            }
+        let outcome = sender.send(fd: fd, scratch, count: count, oneDestination: true) { err, n in
+            counters.add(ErrorPolicy.sendDrop(errno: err), UInt64(n))
         }
-        counters.add(.sentPackets, UInt64(sent))
-        counters.add(.sentBytes, sentBytes)
+        counters.add(.sentPackets, UInt64(outcome.sent))
+        counters.add(.sentBytes, outcome.bytes)
     }
 }
