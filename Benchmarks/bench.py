@@ -13,7 +13,8 @@ Environment:
   BENCH_SECONDS   seconds per measurement (default 1.5)
   BENCH_REPS      repetitions per case, at least 3 for the published table (default 3)
   BENCH_ONLY      comma-separated filter on case ids, e.g. "echo" or "echo/64/1" (default: all)
-  BENCH_SERVERS   comma-separated subset of udprelayd,cref,nginx,socat (default: all)
+  BENCH_SERVERS   comma-separated subset of udprelayd,udprelayd-nogso,cref,nginx,socat (default:
+                  all; udprelayd-nogso is udprelayd with `udp_gso = no`)
   BENCH_SESSIONS  live sessions for the RSS measurement (default 100000)
   BENCH_LISTENER_KEYS  extra keys for udprelayd's listeners, ';'-separated (e.g. "busy_poll = 0")
   BENCH_RT        1 (default when root): run servers and client at SCHED_FIFO priority 10
@@ -39,7 +40,8 @@ UDPRELAYD = os.environ.get("UDPRELAYD", os.path.join(ROOT, ".build/release/udpre
 SECONDS = float(os.environ.get("BENCH_SECONDS", "1.5"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 ONLY = [s for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
-SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "udprelayd,cref,nginx,socat").split(",") if s]
+ALL_SERVERS = ["udprelayd", "udprelayd-nogso", "cref", "nginx", "socat"]
+SERVERS = [s for s in os.environ.get("BENCH_SERVERS", ",".join(ALL_SERVERS)).split(",") if s]
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100000"))
 CLK = os.sysconf("SC_CLK_TCK")
 LOADGEN = os.path.join(BIN, "loadgen")
@@ -198,6 +200,13 @@ def start_servers(tmp, relay):
         if relay:
             add(("forward", "udprelayd"), "udprelayd-forward", lambda p: [
                 UDPRELAYD, "--config", udprelayd_config(tmp, f"forward-{p}", f"[listener fwd]\nlisten = 127.0.0.1:{p}\nmode = forward\nupstream = {up}\n")])
+    if "udprelayd-nogso" in SERVERS:
+        # The same daemon without UDP GSO: what segmentation adds, measured in the same run.
+        add(("echo", "udprelayd-nogso"), "udprelayd-nogso-echo", lambda p: [
+            UDPRELAYD, "--config", udprelayd_config(tmp, f"echo-nogso-{p}", f"[listener echo]\nlisten = 127.0.0.1:{p}\nmode = echo\nudp_gso = no\n")])
+        if relay:
+            add(("forward", "udprelayd-nogso"), "udprelayd-nogso-forward", lambda p: [
+                UDPRELAYD, "--config", udprelayd_config(tmp, f"forward-nogso-{p}", f"[listener fwd]\nlisten = 127.0.0.1:{p}\nmode = forward\nudp_gso = no\nupstream = {up}\n")])
     if "nginx" in SERVERS:
         def nginx_argv(p):
             conf = os.path.join(tmp, f"nginx-{p}.conf")
@@ -245,7 +254,7 @@ def run_matrix(servers, relay):
                 if ONLY and not any(cid.startswith(o) for o in ONLY):
                     continue
                 cases.append((mode, payload, window))
-    order = ["udprelayd", "cref", "nginx", "socat"]
+    order = ALL_SERVERS
     results = {}
     for rep in range(REPS):
         for mode, payload, window in cases:
@@ -463,7 +472,7 @@ def main():
     elapsed = time.time() - started
     report = render(info, rows, extra, relay, elapsed)
     print(report)
-    out = os.environ.get("BENCH_OUT", "BENCHMARKS.md" if not ONLY and SERVERS == ["udprelayd", "cref", "nginx", "socat"] else "-")
+    out = os.environ.get("BENCH_OUT", "BENCHMARKS.md" if not ONLY and SERVERS == ALL_SERVERS else "-")
     if out != "-":
         findings = os.path.join(ROOT, "Benchmarks/FINDINGS.md")
         with open(os.path.join(ROOT, out) if not os.path.isabs(out) else out, "w") as f:
@@ -475,6 +484,25 @@ def main():
     if bad:
         log("some datagrams were lost or corrupted: see the lost / corrupt column")
         sys.exit(1)
+
+
+def vs_nginx(rows):
+    """Forward rates of udprelayd (and without GSO) as ratios to nginx's in the same run."""
+    rate = {(r["payload"], r["window"], r["server"]): r["rate"] for r in rows if r["mode"] == "forward" and "rate" in r}
+    lines = []
+    for payload in (64, 1400):
+        for window in (1, 64):
+            nginx = rate.get((payload, window, "nginx"))
+            if not nginx:
+                continue
+            parts = [f"{rate[(payload, window, name)] / nginx:.2f}x" if (payload, window, name) in rate else "n/a"
+                     for name in ("udprelayd", "udprelayd-nogso", "cref")]
+            lines.append(f"| {payload} | {window} | " + " | ".join(parts) + " |")
+    if not lines:
+        return []
+    return ["Forward rates as a ratio to nginx's in this run:", "",
+            "| payload | W | " + " | ".join(n for n in ("udprelayd", "udprelayd-nogso", "cref")) + " |",
+            "|---|---|---|---|---|", *lines, ""]
 
 
 def render(info, rows, extra, relay, elapsed):
@@ -493,6 +521,7 @@ def render(info, rows, extra, relay, elapsed):
          "- CPU is the server process's utime+stime (all threads; for socat and nginx, all its processes) per "
          "million client round trips; for forward that is two datagrams in and two out per round trip.",
          "", table(rows), ""]
+    L += vs_nginx(rows)
     if not relay:
         L += ["udprelayd's forward rows are n/a: `mode = forward` had not landed when this ran.", ""]
     if "alloc_echo" in extra:
