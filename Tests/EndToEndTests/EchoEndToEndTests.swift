@@ -66,6 +66,33 @@ final class EchoEndToEndTests: XCTestCase {
         XCTAssertEqual(reply6.from, to6)
     }
 
+    /// A burst from one client that the daemon reads in one batch (it is stopped while the
+    /// burst is sent) goes back as segmented sends with packet info on a wildcard socket: the
+    /// replies must still be the same datagrams, in order, from the address the client used.
+    func testBurstToAWildcardListenerComesBackIntactInOrderFromTheAddressUsed() throws {
+        let (daemon, bound) = try startDaemon("""
+        [listener any]
+        listen = 0.0.0.0:0, [::]:0
+        """)
+        let v4Port = try XCTUnwrap(bound["any"]?.first { !$0.ip.isIPv6 }?.port)
+        let v6Port = try XCTUnwrap(bound["any"]?.first { $0.ip.isIPv6 }?.port)
+        let targets = [SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: v4Port), SocketAddress(ip: .v6(high: 0, low: 1), port: v6Port)]
+        for (t, to) in targets.enumerated() {
+            let client = try UDPClient(bind: SocketAddress(ip: to.ip, port: 0))
+            let sent = (0..<40).map { payload($0 == 39 ? 77 : 512, seed: UInt64(t * 100 + $0)) }
+            daemon.signal(SIGSTOP)
+            for p in sent { client.send(p, to: to) }
+            daemon.signal(SIGCONT)
+            var got: [[UInt8]] = []
+            while got.count < sent.count, let r = client.receive() {
+                XCTAssertEqual(r.from, to, "reply must leave from \(to.ip)")
+                got.append(r.bytes)
+            }
+            XCTAssertEqual(got.count, sent.count, "\(to)")
+            XCTAssertTrue(got == sent, "\(to): every reply intact and in order")
+        }
+    }
+
     func testBurstFromManyClientsIsAllAnswered() throws {
         let (_, bound) = try startDaemon("""
         [listener burst]

@@ -212,7 +212,10 @@ final class RelayEndToEndTests: XCTestCase {
             let client = try UDPClient()
             for burst in 0..<5 {
                 let sent = (0..<48).map { payload($0 == 47 ? 333 : 1200, seed: UInt64(burst * 100 + $0)) }
+                // Stopped while the burst is sent, the daemon reads it in one batch.
+                daemon.signal(SIGSTOP)
                 for p in sent { client.send(p, to: address) }
+                daemon.signal(SIGCONT)
                 let got = client.receiveMany(sent.count)
                 XCTAssertEqual(got.count, sent.count, "\(name) burst \(burst)")
                 XCTAssertTrue(got == sent, "\(name) burst \(burst): every reply intact and in order")
