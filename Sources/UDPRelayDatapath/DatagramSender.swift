@@ -13,7 +13,7 @@ import CUDPRelay
 /// datagram. Everything else goes out with `sendmmsg`, as before. A kernel or route that
 /// refuses segmentation (EINVAL, EIO, EMSGSIZE, ENOPROTOOPT, EOPNOTSUPP) gets the run again
 /// without it; the segment size it refused becomes the limit for later runs, and a kernel
-/// without the feature turns it off for good.
+/// without the feature, or `maxRefusals` refusals, turn it off for good.
 ///
 /// Not thread-safe: owned by one worker and used only on its queue. Allocates once.
 struct DatagramSender {
@@ -36,6 +36,9 @@ struct DatagramSender {
     private let iov: UnsafeMutablePointer<iovec>
     /// Segmentation is used for segments of at most this many bytes; 0 turns it off.
     private(set) var maxSegment: Int
+    /// Runs the kernel refused to segment; after `maxRefusals` segmentation is off for good.
+    private(set) var refusals = 0
+    static let maxRefusals = 8
 
     /// - Parameter segmentation: use UDP GSO where it applies.
     init(segmentation: Bool) {
@@ -139,9 +142,13 @@ struct DatagramSender {
             switch error.errno {
             case ENOPROTOOPT, EOPNOTSUPP, EIO:
                 maxSegment = 0  // no segmentation on this kernel or path (IPsec): never again
+                refusals += 1
                 return false
             case EINVAL, EMSGSIZE:
-                maxSegment = segment - 1  // segments this large do not fit the path
+                // Segments this large do not fit the path; repeated refusals of smaller ones
+                // mean the socket or kernel cannot segment at all.
+                refusals += 1
+                maxSegment = refusals >= DatagramSender.maxRefusals ? 0 : segment - 1
                 return false
             default:
                 drop(error.errno, n)

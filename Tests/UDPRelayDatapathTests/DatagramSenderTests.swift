@@ -145,4 +145,32 @@ final class DatagramSenderTests: XCTestCase {
         }
         XCTAssertEqual(refused, 8, "a segmented send that fails drops its whole run, counted per datagram")
     }
+
+    /// A socket that cannot segment (here: UDP checksums off, which GSO refuses with EINVAL)
+    /// gets every run sent plainly; the refused size becomes the limit, and after
+    /// `maxRefusals` refusals segmentation is off for good.
+    func testRefusedSegmentationFallsBackToPlainSendsAndEventuallyStops() throws {
+        let receiver = try UDPClient()
+        let fd = try connectedSender(to: receiver)
+        var one: Int32 = 1
+        XCTAssertEqual(setsockopt(fd, SOL_SOCKET, 11 /* SO_NO_CHECK */, &one, 4), 0)
+        var sender = DatagramSender(segmentation: true)
+        defer { sender.deallocate() }
+        var expected: [[UInt8]] = []
+        for round in 0..<DatagramSender.maxRefusals {
+            let size = 900 - round * 10
+            let sent = payloads(Array(repeating: size, count: 6))
+            expected += sent
+            let v = Vector(sent, to: Array(repeating: nil, count: sent.count))
+            let outcome = sender.send(fd: fd, v.messages, count: v.count, oneDestination: true) { err, n in
+                XCTFail("\(n) dropped: errno \(err)")
+            }
+            XCTAssertEqual(outcome.sent, 6)
+            XCTAssertEqual(outcome.segmented, 0)
+            XCTAssertEqual(sender.maxSegment, round == DatagramSender.maxRefusals - 1 ? 0 : size - 1)
+        }
+        XCTAssertEqual(sender.refusals, DatagramSender.maxRefusals)
+        let got = receiver.receiveMany(expected.count, idle: 2)
+        XCTAssertTrue(got == expected, "every datagram still arrives, in order")
+    }
 }
