@@ -83,6 +83,24 @@ public class SocketWorker: @unchecked Sendable {
         queue.async(execute: reply)
     }
 
+    /// One `recvmmsg` on the listener socket into `batch`, after resetting the `lastCount`
+    /// slots the previous call filled: the datagrams received, 0 when the socket is empty, nil
+    /// after an error (counted as `receive_errors`; the read source fires again only if the
+    /// socket is still readable, so a persistent error cannot spin).
+    @inline(__always)
+    final func receive(into batch: MessageBatch, resetting lastCount: Int) -> Int? {
+        batch.prepareForReceive(count: lastCount)
+        do {
+            switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
+            case .wouldBlock: return 0
+            case .done(let n): return Int(n)
+            }
+        } catch {
+            counters.add(.receiveErrors)
+            return nil
+        }
+    }
+
     /// Called on `queue` when the socket is readable. Subclasses override.
     func readable() {
         fatalError("subclass must override")
@@ -156,17 +174,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     /// One `recvmmsg` and the replies: the datagrams received, 0 when none were waiting, nil on error.
     @inline(__always)
     private func receiveAndEcho() -> Int? {
-        batch.prepareForReceive(count: lastCount)
-        let received: Int
-        do {
-            switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
-            case .wouldBlock: return 0
-            case .done(let n): received = Int(n)
-            }
-        } catch {
-            counters.add(.receiveErrors)
-            return nil
-        }
+        guard let received = receive(into: batch, resetting: lastCount) else { return nil }
         guard received > 0 else { return 0 }
         lastCount = received
         echo(received)

@@ -107,19 +107,8 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         if connectedGeneration != upstreams.generation[0] { connectUpstreams() }
         var lastCount = batch.capacity
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            batch.prepareForReceive(count: lastCount)
-            let received: Int
-            do {
-                switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
-                case .wouldBlock: return
-                case .done(let n): received = Int(n)
-                }
-            } catch {
-                counters.add(.receiveErrors)
-                return
-            }
-            lastCount = max(received, 1)
-            guard received > 0 else { return }
+            guard let received = receive(into: batch, resetting: lastCount), received > 0 else { return }
+            lastCount = received
             mirror(received)
             if received < batch.capacity { return }
         }

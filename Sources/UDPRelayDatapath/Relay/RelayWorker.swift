@@ -264,19 +264,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var lastCount = batch.capacity
         var total = 0
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            batch.prepareForReceive(count: lastCount)
-            let received: Int
-            do {
-                switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
-                case .wouldBlock: return total
-                case .done(let n): received = Int(n)
-                }
-            } catch {
-                counters.add(.receiveErrors)
-                return total
-            }
-            lastCount = max(received, 1)
-            guard received > 0 else { return total }
+            guard let received = receive(into: batch, resetting: lastCount), received > 0 else { return total }
+            lastCount = received
             total += received
             // busy_poll serves request/response traffic; a fuller batch means a stream that
             // batches better through Dispatch (measured: W=64 p99 1.1 ms polling off, 2.1 ms on).
