@@ -233,6 +233,9 @@ stream {{
     for key, s in servers.items():
         waited = wait_echo(s.port)
         if waited is None:
+            # Stop what did start: a failed run must not leave servers behind.
+            for other in servers.values():
+                other.stop()
             raise RuntimeError(f"{s.name} did not answer on port {s.port}; see {s.err.name}")
     return servers
 
