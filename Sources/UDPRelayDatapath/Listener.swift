@@ -19,10 +19,10 @@ public struct BindError: Error, Sendable, CustomStringConvertible {
 /// SO_REUSEPORT (one without it when `workers = 1`).
 public final class Listener: Sendable {
     public let configuration: ListenerConfiguration
-    /// Every worker: the groups one after the other, in the order of `configuration.listen`.
-    public let workers: [SocketWorker]
     /// The workers of each address; the first of a group holds the socket bound (or adopted) first.
     public let groups: [[SocketWorker]]
+    /// Every worker: the groups one after the other, in the order of `configuration.listen`.
+    public var workers: [SocketWorker] { groups.flatMap { $0 } }
 
     /// The addresses actually bound (ports learned after binding port 0), one per group.
     public var boundAddresses: [SocketAddress] { groups.map { $0[0].localAddress } }
@@ -84,7 +84,6 @@ public final class Listener: Sendable {
             }
         }
         for w in workers { w.filter = IngressFilter(configuration.protection) }
-        self.workers = workers
         self.groups = groups
     }
 

@@ -63,6 +63,18 @@ final class MessageBatch {
         }
     }
 
+    /// One `recvmmsg` on `fd` into this batch, after resetting the `lastCount` slots the
+    /// previous call filled: the datagrams received, 0 when the socket is empty. The one receive
+    /// call of every worker, for listener, session and upstream sockets alike.
+    @inline(__always)
+    func receive(from fd: Int32, resetting lastCount: Int, flags: Int32 = 0) throws(SyscallError) -> Int {
+        prepareForReceive(count: lastCount)
+        switch try syscall("recvmmsg", { cur_recvmmsg(fd, messages, UInt32(capacity), flags) }) {
+        case .wouldBlock: return 0
+        case .done(let n): return Int(n)
+        }
+    }
+
     /// The payload of slot `i` as received (`msg_len` bytes).
     func payload(_ i: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: buffers + i * bufferSize, count: Int(messages[i].msg_len))

@@ -89,12 +89,8 @@ public class SocketWorker: @unchecked Sendable {
     /// socket is still readable, so a persistent error cannot spin).
     @inline(__always)
     final func receive(into batch: MessageBatch, resetting lastCount: Int) -> Int? {
-        batch.prepareForReceive(count: lastCount)
         do {
-            switch try syscall("recvmmsg", { cur_recvmmsg(fd, batch.messages, UInt32(batch.capacity), 0) }) {
-            case .wouldBlock: return 0
-            case .done(let n): return Int(n)
-            }
+            return try batch.receive(from: fd, resetting: lastCount)
         } catch {
             counters.add(.receiveErrors)
             return nil

@@ -7,7 +7,8 @@ import Logging
 import UDPRelayConfig
 
 /// `mirror`: every datagram (or one in `sample` N) is copied to every upstream, each from a
-/// connected non-blocking socket of its own, with one `sendmmsg` per upstream per batch. A full
+/// connected non-blocking socket of its own, with one `DatagramSender` call per upstream per
+/// batch (equal-sized runs segmented, the rest with `sendmmsg`). A full
 /// buffer or an error on one upstream drops only that upstream's copies (counted), never the
 /// others'. Replies are read, counted as `repliesIgnored` and dropped.
 final class MirrorWorker: SocketWorker, @unchecked Sendable {
@@ -186,13 +187,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         let up = upCounters[u]
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            replyBatch.prepareForReceive(count: replyBatch.capacity)
             let received: Int
             do {
-                switch try syscall("recvmmsg", { cur_recvmmsg(ufd, replyBatch.messages, UInt32(replyBatch.capacity), CUR_MSG_TRUNC) }) {
-                case .wouldBlock: return
-                case .done(let n): received = Int(n)
-                }
+                received = try replyBatch.receive(from: ufd, resetting: replyBatch.capacity, flags: CUR_MSG_TRUNC)
             } catch {
                 // ECONNREFUSED for an earlier copy: count it against the upstream and go on.
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {

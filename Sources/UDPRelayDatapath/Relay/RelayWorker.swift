@@ -44,8 +44,8 @@ struct Session {
 /// its own source: nested in the epoll set it cost 5% more CPU per datagram.
 ///
 /// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
-/// sent with one `sendmmsg` per session; replies are read with `recvmmsg` and sent back with
-/// one `sendmmsg`. Session lookup hashes a fixed-size key. Nothing allocates per datagram;
+/// each group goes out through `DatagramSender` (one segmented send per equal-sized run, the
+/// rest with `sendmmsg`); replies are read with `recvmmsg` and sent back the same way. Session lookup hashes a fixed-size key. Nothing allocates per datagram;
 /// opening a session may (the session array and tables grow).
 final class RelayWorker: SocketWorker, @unchecked Sendable {
     // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
@@ -79,7 +79,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let epollFD: Int32
     private var epollSource: DispatchSourceRead?
     private let epollClosed = DispatchGroup()
+    /// What one `epoll_wait` reports: up to `readyCapacity` ready sessions.
     private let ready: UnsafeMutablePointer<cur_ready>
+    private static let readyCapacity = 64
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
     /// `busy_poll` in nanoseconds, 0 when off.
@@ -110,8 +112,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.replyName.initialize(to: sockaddr_in6())
         self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
         self.sender = DatagramSender(segmentation: configuration.segmentation)
-        self.ready = .allocate(capacity: 64)
-        self.ready.initialize(repeating: cur_ready(), count: 64)
+        self.ready = .allocate(capacity: RelayWorker.readyCapacity)
+        self.ready.initialize(repeating: cur_ready(), count: RelayWorker.readyCapacity)
         self.settings = configuration.sessions
         self.timeoutNanos = configuration.sessions.timeout.nanoseconds
         self.busyPoll = configuration.busyPoll.nanoseconds
@@ -232,14 +234,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// Asks the epoll set which sessions are ready (replies or errors), up to
-    /// `maxBatchesPerWakeup` rounds of 64, and serves each. Level-triggered: a session left with
+    /// `maxBatchesPerWakeup` rounds of `readyCapacity`, and serves each. Level-triggered: a session left with
     /// data is reported again. Returns the number of ready sessions served.
     @discardableResult
     private func serveReady() -> Int {
         var total = 0
         for _ in 0..<tuning.maxBatchesPerWakeup {
             let n: Int
-            switch try? syscall("epoll_wait", { cur_epoll_poll(epollFD, ready, 64) }) {
+            switch try? syscall("epoll_wait", { cur_epoll_poll(epollFD, ready, Int32(RelayWorker.readyCapacity)) }) {
             case .done(let count)?: n = Int(count)
             default: return total
             }
@@ -252,7 +254,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                       sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { continue }
                 upstreamReadable(slot)
             }
-            if n < 64 { return total }
+            if n < RelayWorker.readyCapacity { return total }
         }
         return total
     }
@@ -318,7 +320,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         sendGroups(from: pending, to: count)
     }
 
-    /// Sends messages `start..<end` to their sessions: one `sendmmsg` per session and run.
+    /// Sends messages `start..<end` to their sessions, one `DatagramSender` call per session.
     @inline(__always)
     private func sendGroups(from start: Int, to end: Int) {
         var i = start
@@ -492,13 +494,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var lastCount = replyBatch.capacity
         var prepared = false
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            replyBatch.prepareForReceive(count: lastCount)
             let received: Int
             do {
-                switch try syscall("recvmmsg", { cur_recvmmsg(sessionFD, replyBatch.messages, UInt32(replyBatch.capacity), 0) }) {
-                case .wouldBlock: return
-                case .done(let n): received = Int(n)
-                }
+                received = try replyBatch.receive(from: sessionFD, resetting: lastCount)
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
