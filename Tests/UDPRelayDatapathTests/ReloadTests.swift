@@ -95,7 +95,9 @@ final class ReloadTests: XCTestCase {
         stopReceiving.value = true
         XCTAssertEqual(receiverDone.wait(timeout: .now() + 30), .success)
         let seen = seenShared.value
-        XCTAssertGreaterThan(total, 20 * 300)
+        // Each round waited for 300 more sends, so at least 6000 went out during the reloads;
+        // on a fast machine the sender may stop at exactly that many.
+        XCTAssertGreaterThanOrEqual(total, 20 * 300)
         XCTAssertEqual(seen.count, total, "lost \(total - seen.count) of \(total) datagrams during 20 reloads")
         XCTAssertEqual(steady.counters()[.receivedPackets], UInt64(total), "counters survive reloads")
     }
