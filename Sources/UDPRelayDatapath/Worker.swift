@@ -97,6 +97,31 @@ public class SocketWorker: @unchecked Sendable {
         }
     }
 
+    /// Whether datagram `i` of `batch` may be served. A source the ingress filter refuses is
+    /// counted under the filter's reason, then a datagram cut short by the buffer as
+    /// `drop_too_large`; either is skipped. Every mode applies this one policy, in this order.
+    @inline(__always)
+    final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
+        if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
+            counters.add(reason)
+            return false
+        }
+        if batch.messages[i].msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
+            counters.add(.dropTooLarge)
+            return false
+        }
+        return true
+    }
+
+    /// Counts a received batch of `count` datagrams and `bytes` bytes, and what the ingress
+    /// rate limiter evicted while checking it.
+    @inline(__always)
+    final func countReceived(_ count: Int, bytes: UInt64) {
+        counters.add(.receivedPackets, UInt64(count))
+        counters.add(.receivedBytes, bytes)
+        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+    }
+
     /// Called on `queue` when the socket is readable. Subclasses override.
     func readable() {
         fatalError("subclass must override")
@@ -186,14 +211,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)
-            if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
-                counters.add(reason)
-                send(from: runStart, to: i)
-                runStart = i + 1
-                continue
-            }
-            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
-                counters.add(.dropTooLarge)
+            guard admits(batch, i, now: now) else {
                 send(from: runStart, to: i)
                 runStart = i + 1
                 continue
@@ -205,9 +223,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
                 m.pointee.msg_hdr.msg_controllen = 0
             }
         }
-        counters.add(.receivedPackets, UInt64(count))
-        counters.add(.receivedBytes, bytes)
-        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+        countReceived(count, bytes: bytes)
         send(from: runStart, to: count)
     }
 

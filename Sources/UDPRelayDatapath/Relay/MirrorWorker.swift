@@ -123,14 +123,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)
-            if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
-                counters.add(reason)
-                continue
-            }
-            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
-                counters.add(.dropTooLarge)
-                continue
-            }
+            guard admits(batch, i, now: now) else { continue }
             if sampleEvery > 1 {
                 sampleCounter += 1
                 if sampleCounter < sampleEvery {
@@ -147,9 +140,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             scratch[n].msg_hdr.msg_controllen = 0
             n += 1
         }
-        counters.add(.receivedPackets, UInt64(count))
-        counters.add(.receivedBytes, bytes)
-        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+        countReceived(count, bytes: bytes)
         guard n > 0 else { return }
         var copies = 0
         for u in 0..<upstreamFDs.count {

@@ -286,15 +286,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)
             sessionOf[i] = -1
-            if m.pointee.msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
-                counters.add(.dropTooLarge)
-                continue
-            }
-            guard let name = m.pointee.msg_hdr.msg_name, let key = ClientKey(sockaddr: name) else { continue }
-            if let source = SocketAddress(sockaddr: name), let reason = filter.check(source, now: now) {
-                counters.add(reason)
-                continue
-            }
+            guard admits(batch, i, now: now), let key = ClientKey(sockaddr: batch.names + i) else { continue }
             m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
             if let slot = table[key] {
                 idle.touch(slot, now: now)
@@ -314,9 +306,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 counters.add(.dropNoSession)
             }
         }
-        counters.add(.receivedPackets, UInt64(count))
-        counters.add(.receivedBytes, bytes)
-        if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
+        countReceived(count, bytes: bytes)
         sendGroups(from: pending, to: count)
     }
 
