@@ -50,7 +50,8 @@ public final class Listener: Sendable {
             ? UpstreamTable(configuration: configuration, workers: total, logger: logger) : nil
         self.upstreams = upstreams
         if configuration.mode.hasSessions {
-            FileLimit.ensure(UInt64(configuration.sessions.maxSessions) * UInt64(total) + 1024,
+            let held = RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
+            FileLimit.ensure(UInt64(configuration.sessions.maxSessions + held) * UInt64(total) + 1024,
                              listener: configuration.name, logger: logger)
         }
         var workers: [SocketWorker] = []

@@ -11,6 +11,10 @@ public struct DatapathTuning: Sendable {
     public var batchSize = 64
     /// `recvmmsg` calls per wakeup before yielding, so one busy socket cannot starve the rest.
     public var maxBatchesPerWakeup = 16
+    /// How long a closed relay session keeps its socket (nanoseconds), so that a reply still on
+    /// its way is dropped and counted instead of reaching a newer session that the kernel gave
+    /// the same ephemeral port. See `RelayWorker`.
+    public var closedSessionHold: UInt64 = 2_000_000_000
 
     public init() {}
 }

@@ -26,6 +26,9 @@ struct Session {
     /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
     /// when not needed.
     var local = sockaddr_in6()
+    /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
+    /// Last, where it fits in the padding (stride stays 112 bytes).
+    var held = false
 
     /// The epoll tag of this session in `slot`.
     func tag(slot: Int32) -> UInt64 { UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
@@ -42,6 +45,13 @@ struct Session {
 /// empty, as a plain epoll loop would, so a reply never waits for the other source's turn on
 /// the queue (measured, forward W=64: p99 1.55× → 1.04× the C reference). The listener keeps
 /// its own source: nested in the epoll set it cost 5% more CPU per datagram.
+///
+/// A session that is evicted, expires or reaches `session_max_replies` keeps its socket, out of
+/// the table, for `closedSessionHold` (2 s; at most `heldCapacity` sockets, oldest released
+/// first, and released at once when descriptors or ports run out). A closed UDP port is free
+/// for the next `connect`, so without the hold a reply still on its way to an evicted session
+/// could reach whichever new session the kernel gave that port, and so the wrong client. Held,
+/// such a reply is read and counted as `replies_ignored`.
 ///
 /// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
 /// each group goes out through `DatagramSender` (one segmented send per equal-sized run, the
@@ -82,6 +92,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// What one `epoll_wait` reports: up to `readyCapacity` ready sessions.
     private let ready: UnsafeMutablePointer<cur_ready>
     private static let readyCapacity = 64
+    /// Closed sessions whose sockets are held, oldest first (`heldHead` is the oldest), with the
+    /// time each was closed.
+    private var heldSlots: ContiguousArray<(slot: Int32, since: UInt64)> = []
+    private var heldHead = 0
+    private let heldLimit: Int
+    private let holdNanos: UInt64
+    /// Most held sockets per worker: `max_sessions`, within 256...4096.
+    static func heldCapacity(maxSessions: Int) -> Int { min(4096, max(256, maxSessions)) }
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
     /// `busy_poll` in nanoseconds, 0 when off.
@@ -116,6 +134,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.ready.initialize(repeating: cur_ready(), count: RelayWorker.readyCapacity)
         self.settings = configuration.sessions
         self.timeoutNanos = configuration.sessions.timeout.nanoseconds
+        self.holdNanos = tuning.closedSessionHold
+        self.heldLimit = RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
         self.busyPoll = configuration.busyPoll.nanoseconds
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -181,6 +201,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             timer?.cancel()
             timer = nil
             for slot in sessions.indices where sessions[slot].fd >= 0 { closeSession(Int32(slot), reason: nil) }
+            while releaseOldestHeld() {}
             epollSource?.cancel()
             epollSource = nil
             epollClosed.notify(queue: .global()) { done.leave() }
@@ -252,7 +273,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 // A session closed earlier in this round (its slot free or reused) is skipped.
                 guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
                       sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { continue }
-                upstreamReadable(slot)
+                if sessions[Int(slot)].held { drainHeld(slot) } else { upstreamReadable(slot) }
             }
             if n < RelayWorker.readyCapacity { return total }
         }
@@ -316,7 +337,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var i = start
         while i < end {
             let slot = sessionOf[i]
-            guard slot >= 0, sessions[Int(slot)].fd >= 0 else {
+            guard slot >= 0, sessions[Int(slot)].fd >= 0, !sessions[Int(slot)].held else {
                 i += 1
                 continue
             }
@@ -363,7 +384,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         let fd: Int32
         do {
-            fd = try UDPSocket.open(family: address.family)
+            fd = try openSessionSocket(family: address.family)
         } catch {
             counters.add(.sessionErrors)
             if !sessionSocketFailing {
@@ -379,12 +400,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
         }
         do {
-            try UDPSocket.connect(fd, to: address)
+            try connectSessionSocket(fd, to: address)
         } catch {
             close(fd)
             counters.add(.sessionErrors)
-            upCounters[pick.index].add(.failures)
-            upstreams.recordFailure(pick.index, now: now)
+            if !RelayWorker.isLocalShortage(error.errno) {
+                upCounters[pick.index].add(.failures)
+                upstreams.recordFailure(pick.index, now: now)
+            }
             return nil
         }
         let slot: Int32
@@ -441,16 +464,22 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         return withUnsafeBytes(of: &client) { SocketAddress(sockaddr: $0.baseAddress!).map { "\($0)" } ?? "?" }
     }
 
-    /// Removes a session and closes its socket (which also takes it out of the epoll set).
+    /// Removes a session from the table. Its socket is closed (which also takes it out of the
+    /// epoll set) when the upstream failed or the worker stops; otherwise it is held for
+    /// `holdNanos` so that a late reply cannot reach a newer session on the same port.
     private func closeSession(_ slot: Int32, reason: Counter?) {
         dispatchPrecondition(condition: .onQueue(queue))
         let fd = sessions[Int(slot)].fd
-        guard fd >= 0 else { return }
+        guard fd >= 0, !sessions[Int(slot)].held else { return }
         table.removeValue(forKey: sessions[Int(slot)].key)
         idle.remove(slot)
-        sessions[Int(slot)].fd = -1
-        freeSlots.append(slot)
-        close(fd)
+        if reason == nil || reason == .sessionsFailed || holdNanos == 0 {
+            releaseSlot(slot)
+        } else {
+            if heldSlots.count - heldHead >= heldLimit { releaseOldestHeld() }
+            sessions[Int(slot)].held = true
+            heldSlots.append((slot, monotonicNanos()))
+        }
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
         logger.debug("session closed", metadata: [
@@ -472,6 +501,71 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         while let slot = idle.expired(now: now, timeout: timeoutNanos) {
             closeSession(slot, reason: .sessionsExpired)
+        }
+        while heldHead < heldSlots.count, now &- heldSlots[heldHead].since >= holdNanos { releaseOldestHeld() }
+    }
+
+    // MARK: held sockets of closed sessions
+
+    /// Closes a session's socket and frees its slot.
+    private func releaseSlot(_ slot: Int32) {
+        close(sessions[Int(slot)].fd)
+        sessions[Int(slot)].fd = -1
+        sessions[Int(slot)].held = false
+        freeSlots.append(slot)
+    }
+
+    /// Closes the socket held longest. False when none is held.
+    @discardableResult
+    private func releaseOldestHeld() -> Bool {
+        guard heldHead < heldSlots.count else { return false }
+        releaseSlot(heldSlots[heldHead].slot)
+        heldHead += 1
+        if heldHead == heldSlots.count {
+            heldSlots.removeAll(keepingCapacity: true)
+            heldHead = 0
+        } else if heldHead >= 1024 && heldHead * 2 >= heldSlots.count {
+            heldSlots.removeFirst(heldHead)
+            heldHead = 0
+        }
+        return true
+    }
+
+    /// A late reply (or an ICMP error) on a held socket: read and counted, never forwarded.
+    private func drainHeld(_ slot: Int32) {
+        for _ in 0..<tuning.maxBatchesPerWakeup {
+            guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
+                  received > 0 else { return }
+            counters.add(.repliesIgnored, UInt64(received))
+            if received < replyBatch.capacity { return }
+        }
+    }
+
+    /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from an
+    /// automatic bind): this host's shortage, not the upstream's fault.
+    static func isLocalShortage(_ err: Int32) -> Bool {
+        err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN || err == EADDRNOTAVAIL
+    }
+
+    /// Opens a session socket; when descriptors run out, releases held sockets and retries.
+    private func openSessionSocket(family: Int32) throws(SyscallError) -> Int32 {
+        while true {
+            do {
+                return try UDPSocket.open(family: family)
+            } catch {
+                guard RelayWorker.isLocalShortage(error.errno), releaseOldestHeld() else { throw error }
+            }
+        }
+    }
+
+    /// Connects a session socket; when ephemeral ports run out, releases held sockets and retries.
+    private func connectSessionSocket(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
+        while true {
+            do {
+                return try UDPSocket.connect(fd, to: address)
+            } catch {
+                guard RelayWorker.isLocalShortage(error.errno), releaseOldestHeld() else { throw error }
+            }
         }
     }
 
