@@ -386,29 +386,25 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         do {
             fd = try openSessionSocket(family: address.family)
         } catch {
-            counters.add(.sessionErrors)
-            if !sessionSocketFailing {
-                // Once per episode (EMFILE usually means max_sessions is above the file limit).
-                sessionSocketFailing = true
-                logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
-                               metadata: ["error": "\(error)", "sessions.active": "\(table.count)"])
+            sessionSocketsFail(error)
+            return nil
+        }
+        do {
+            try connectSessionSocket(fd, to: address)
+        } catch {
+            close(fd)
+            if RelayWorker.isLocalShortage(error.errno) {
+                sessionSocketsFail(error)
+            } else {
+                counters.add(.sessionErrors)
+                upCounters[pick.index].add(.failures)
+                upstreams.recordFailure(pick.index, now: now)
             }
             return nil
         }
         if sessionSocketFailing {
             sessionSocketFailing = false
             logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
-        }
-        do {
-            try connectSessionSocket(fd, to: address)
-        } catch {
-            close(fd)
-            counters.add(.sessionErrors)
-            if !RelayWorker.isLocalShortage(error.errno) {
-                upCounters[pick.index].add(.failures)
-                upstreams.recordFailure(pick.index, now: now)
-            }
-            return nil
         }
         let slot: Int32
         if let free = freeSlots.popLast() {
@@ -539,6 +535,19 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             counters.add(.repliesIgnored, UInt64(received))
             if received < replyBatch.capacity { return }
         }
+    }
+
+    /// A session socket could not be opened or bound for want of descriptors or ports: counted,
+    /// and logged once per episode with what to change.
+    private func sessionSocketsFail(_ error: SyscallError) {
+        counters.add(.sessionErrors)
+        guard !sessionSocketFailing else { return }
+        sessionSocketFailing = true
+        let hint = error.errno == EAGAIN || error.errno == EADDRNOTAVAIL
+            ? "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
+            : "raise the file limit (LimitNOFILE=) or lower max_sessions"
+        logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
+                       metadata: ["error": "\(error)", "hint": "\(hint)", "sessions.active": "\(table.count)"])
     }
 
     /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from an
