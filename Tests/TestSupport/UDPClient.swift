@@ -14,9 +14,12 @@ public final class UDPClient {
         family = bind.ip.isIPv6 ? AF_INET6 : AF_INET
         fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.init(rawValue: errno)!) }
+        // 4 MiB whatever net.core.rmem_max says (the FORCE options need root, as CI runs):
+        // capped at a default rmem_max of 208 KiB, a burst of a few hundred replies that a
+        // slow (ThreadSanitizer) reader has not taken yet overflows the buffer and is lost.
         var big: Int32 = 4 << 20
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, 4)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, 4)
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, 4) != 0 { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, 4) }
+        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, 4) != 0 { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, 4) }
         var (storage, len) = TestAddress.storage(bind)
         let rc = withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, len) }
