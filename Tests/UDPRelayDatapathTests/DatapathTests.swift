@@ -83,7 +83,12 @@ final class DatapathTests: XCTestCase {
         client.send(payload(513, seed: 999), to: v4)
         let replies = client.receiveMany(count, idle: 3)
         XCTAssertEqual(Set(replies), Set((0..<count).map { payload(100, seed: UInt64($0)) }))
-        // Counters are updated before the replies are sent; wait for the oversized one to be seen.
+        // The oversized datagram may reach the socket after the read that returned the last
+        // echoed one, and its read event may be queued after a ping: wait until it is counted.
+        let deadline = Date().addingTimeInterval(10)
+        while listener.counters()[.receivedPackets] < UInt64(count + 1) && Date() < deadline { usleep(1000) }
+        // Received counters move before the replies are sent, sent counters after: a ping
+        // queued now runs after the block that counted the last datagram has finished.
         let probe = DispatchSemaphore(value: 0)
         listener.workers[0].ping { probe.signal() }
         XCTAssertEqual(probe.wait(timeout: .now() + 5), .success)
@@ -101,11 +106,13 @@ final class ProbeTests: XCTestCase {
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"))
         datapath.start()
         defer { datapath.stop() }
-        let healthy = await datapath.probe(timeout: .seconds(1))
+        // Healthy queues answer at once; the timeouts allow for ThreadSanitizer on a loaded
+        // machine (a wedged queue never answers, whatever the timeout).
+        let healthy = await datapath.probe(timeout: .seconds(10))
         XCTAssertEqual(healthy, [])
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "b")!.workers[0].queue.async { release.wait() }  // wedge b
-        let problems = await datapath.probe(timeout: .milliseconds(200))
+        let problems = await datapath.probe(timeout: .seconds(2))
         release.signal()
         XCTAssertEqual(problems.count, 1)
         XCTAssertTrue(problems[0].hasPrefix("listener 'b' queue for 127.0.0.1:"), problems.first ?? "")
