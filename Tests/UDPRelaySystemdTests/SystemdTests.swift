@@ -74,15 +74,23 @@ final class WatchdogTests: XCTestCase {
         let sock = try NotifySocket()
         setenv("NOTIFY_SOCKET", sock.path, 1)
         let healthy = Flag(true)
+        // Signalled each time the service runs a probe that fails.
+        let failedProbe = DispatchSemaphore(value: 0)
         let w = WatchdogService(interval: .milliseconds(200), notifier: SystemdNotifier(logger: Logger(label: "t")),
-                                logger: Logger(label: "t")) { _ in healthy.value ? [] : ["listener 'x' queue did not answer"] }
+                                logger: Logger(label: "t")) { _ in
+            if healthy.value { return [] }
+            failedProbe.signal()
+            return ["listener 'x' queue did not answer"]
+        }
         let task = Task { try await w.run() }
         defer { task.cancel() }
         XCTAssertEqual(sock.receive(timeout: 2), "WATCHDOG=1")
         XCTAssertEqual(sock.receive(timeout: 2), "WATCHDOG=1")
         healthy.value = false
-        // At most one ping that was already on its way.
-        _ = sock.receive(timeout: 0.15)
+        // A ping whose probe passed just before may still be sent; once the service has run a
+        // failing probe, that ping (sent before it, in the same loop) is in the socket.
+        XCTAssertEqual(failedProbe.wait(timeout: .now() + 5), .success)
+        while sock.receive(timeout: 0) != nil {}
         XCTAssertNil(sock.receive(timeout: 0.6), "no ping while the datapath does not answer")
         healthy.value = true
         XCTAssertEqual(sock.receive(timeout: 2), "WATCHDOG=1", "pings resume when it answers again")
