@@ -121,9 +121,11 @@ final class StatusServerTests: XCTestCase {
         var limits = StatusLimits()
         limits.headTimeout = .milliseconds(300)
         let server = try await start(limits: limits)
+        // The head timer starts when the server accepts the connection, so the clock starts
+        // before connecting: a pause between connect and send must not shorten what is measured.
+        let start = Date()
         let c = try TCPClient(to: server.localAddress)
         c.send("GET /status HTTP/1.1\r\nHost: x\r\n")
-        let start = Date()
         let r = c.readToEnd(timeout: 5)
         XCTAssertTrue(r.text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"), r.text)
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.25)
