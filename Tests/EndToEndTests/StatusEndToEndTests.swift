@@ -94,16 +94,28 @@ final class StatusEndToEndTests: XCTestCase {
             client.send(payload(100, seed: UInt64(i + 1)), to: address)
             XCTAssertNotNil(client.receive())
         }
-        let curl = Process()
-        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        curl.arguments = ["-sS", "--max-time", "10", "-g", "http://\(status)/metrics"]
-        let out = Pipe()
-        curl.standardOutput = out
-        try curl.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        curl.waitUntilExit()
-        XCTAssertEqual(curl.terminationStatus, 0)
-        XCTAssertTrue(text.contains("\nudprelayd_packets_received_total{listener=\"six\"} 5\n"), text)
-        XCTAssertTrue(text.contains("\nudprelayd_bytes_sent_total{listener=\"six\"} 500\n"), text)
+        let received = "\nudprelayd_packets_received_total{listener=\"six\"} 5\n"
+        let sent = "\nudprelayd_bytes_sent_total{listener=\"six\"} 500\n"
+        // The worker counts what it sent just after the send, so the client can hold the last
+        // reply a moment before the counter moves: ask again (up to 10 s) until it has.
+        var curlStatus: Int32 = -1
+        var text = ""
+        let deadline = Date().addingTimeInterval(10)
+        repeat {
+            let curl = Process()
+            curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            curl.arguments = ["-sS", "--max-time", "10", "-g", "http://\(status)/metrics"]
+            let out = Pipe()
+            curl.standardOutput = out
+            try curl.run()
+            text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            curl.waitUntilExit()
+            curlStatus = curl.terminationStatus
+            if curlStatus != 0 || (text.contains(received) && text.contains(sent)) { break }
+            usleep(50_000)
+        } while Date() < deadline
+        XCTAssertEqual(curlStatus, 0)
+        XCTAssertTrue(text.contains(received), text)
+        XCTAssertTrue(text.contains(sent), text)
     }
 }

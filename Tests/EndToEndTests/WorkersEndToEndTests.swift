@@ -31,6 +31,20 @@ final class WorkersEndToEndTests: XCTestCase {
         return try XCTUnwrap(listeners.first { $0["name"] as? String == name }, "no listener \(name) in \(body)")
     }
 
+    /// The listener's object once its `received` and `sent` packets both reached `expected`
+    /// (or after 10 s). A worker counts what it sends just after the send, so a client can hold
+    /// its last reply a moment before `sent` moves (a worker preempted on a loaded machine).
+    func settledStatus(_ status: SocketAddress, _ name: String, expected: Int) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            let object = try listenerStatus(status, name)
+            if packets(object, "received") >= expected && packets(object, "sent") >= expected || Date() > deadline {
+                return object
+            }
+            usleep(20_000)
+        }
+    }
+
     func packets(_ object: [String: Any], _ direction: String) -> Int {
         ((object[direction] as? [String: Any])?["packets"] as? Int) ?? -1
     }
@@ -81,8 +95,7 @@ final class WorkersEndToEndTests: XCTestCase {
         let clients = 32, perClient = 20
         XCTAssertEqual(exchange(clients: clients, perClient: perClient, with: address), [])
 
-        // Every reply was counted before it was sent, so the counters are final now.
-        let w = try listenerStatus(status, "w")
+        let w = try settledStatus(status, "w", expected: clients * perClient)
         XCTAssertEqual(w["addresses"] as? [String], ["\(address)"])
         XCTAssertEqual(packets(w, "received"), clients * perClient)
         XCTAssertEqual(packets(w, "sent"), clients * perClient)
@@ -113,7 +126,7 @@ final class WorkersEndToEndTests: XCTestCase {
         XCTAssertEqual(exchange(clients: clients, perClient: perClient, with: address), [])
         XCTAssertEqual(upstream.sources.count, clients, "one session (one upstream source port) per client")
 
-        let fwd = try listenerStatus(status, "fwd")
+        let fwd = try settledStatus(status, "fwd", expected: clients * perClient)
         XCTAssertEqual(packets(fwd, "received"), clients * perClient)
         XCTAssertEqual(packets(fwd, "sent"), clients * perClient)
         let sessions = try XCTUnwrap(fwd["sessions"] as? [String: Any])

@@ -197,8 +197,10 @@ class Checks:
             return expected
 
         def settled(after, expected):
-            return all(after[n][d]["packets"] - before[n][d]["packets"] == p
-                       for n, (p, _) in expected.items() for d in ("received", "sent"))
+            # Packets and bytes: a worker adds them one after the other, and a snapshot taken
+            # between the two has the packets of a send but not yet its bytes.
+            return all((after[n][d]["packets"] - before[n][d]["packets"], after[n][d]["bytes"] - before[n][d]["bytes"]) == (p, b)
+                       for n, (p, b) in expected.items() for d in ("received", "sent"))
 
         # A worker counts a reply just after sending it, so the client can hold the reply a
         # moment before the counter moves (seen under ThreadSanitizer): wait for the counters
