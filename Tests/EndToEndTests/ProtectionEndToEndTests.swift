@@ -83,6 +83,14 @@ final class ProtectionEndToEndTests: XCTestCase {
                 if polite.receive(timeout: 2) != nil { politeAnswered += 1 }
             }
         }
+        // One more polite datagram: the single worker reads its socket in order, so once this
+        // is answered every flood datagram has been judged and its reply (if any) sent.
+        polite.send([0xFF], to: target)
+        var markerAnswered = false
+        while let r = polite.receive(timeout: 10) {
+            if r.bytes == [0xFF] { markerAnswered = true; break }
+        }
+        XCTAssertTrue(markerAnswered, "the polite marker after the flood is answered")
         let elapsed = Date().timeIntervalSince(start)
         let floodReplies = flooder.receiveMany(flood, idle: 0.5).count
         XCTAssertEqual(politeAnswered, 10, "a source within its rate is served in full during another's flood")
@@ -191,6 +199,14 @@ final class ExhaustionEndToEndTests: XCTestCase {
             XCTAssertEqual(clients[i].receive(timeout: 2)?.bytes, Array("again \(i)".utf8), "existing session \(i)")
         }
         XCTAssertEqual(d.stop(), 0, "the daemon survives descriptor exhaustion and exits cleanly")
+        // A reply that came after the half-second lull above is in its client's socket now
+        // that the daemon has exited: it was served too.
+        for k in clients.indices where !served.contains(k) {
+            if let reply = clients[k].receive(timeout: 0) {
+                XCTAssertEqual(reply.bytes, Array("hello \(k)".utf8))
+                served.append(k)
+            }
+        }
         let line = try XCTUnwrap(d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "fwd" })
         let refused = Int(DaemonProcess.field("drop.no_session", in: line) ?? "") ?? -1
         XCTAssertEqual(refused, 100 - served.count, line)
