@@ -132,12 +132,19 @@ public final class DaemonProcess: @unchecked Sendable {
     /// the deadline or when stderr closes.
     @discardableResult
     public func waitForLine(containing text: String, after: Int = 0, timeout: Double = 20) -> String? {
+        waitForLine(after: after, timeout: timeout) { $0.contains(text) }
+    }
+
+    /// Waits until a stderr line (at index >= `after`) satisfies `match`; returns it, or nil at
+    /// the deadline or when stderr closes.
+    @discardableResult
+    public func waitForLine(after: Int = 0, timeout: Double = 20, where match: (String) -> Bool) -> String? {
         let deadline = Date().addingTimeInterval(timeout)
         condition.lock(); defer { condition.unlock() }
         var checked = after
         while true {
             while checked < lines.count {
-                if lines[checked].contains(text) { return lines[checked] }
+                if match(lines[checked]) { return lines[checked] }
                 checked += 1
             }
             if exited { return nil }
