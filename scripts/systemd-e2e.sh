@@ -67,7 +67,9 @@ check() {  # check DESCRIPTION COMMAND...: ok if the command succeeds
 }
 prop() { ct systemctl show -p "$1" --value udprelayd.service; }
 # Sends one datagram from inside the container, prints the reply (empty on timeout).
-udp() { printf '%s' "$2" | ct timeout 5 socat -T 2 - "$1" 2>/dev/null || true; }
+# socat waits 4 s for the reply: a service started by the datagram (socket activation) on a
+# loaded machine may take a few seconds to answer.
+udp() { printf '%s' "$2" | ct timeout 8 socat -T 4 - "$1" 2>/dev/null || true; }
 # Waits up to $1 seconds for a shell condition (evaluated on the host) to hold.
 wait_for() {
   local limit=$1 i
@@ -114,20 +116,27 @@ ct systemctl daemon-reload
 
 echo "start"
 if ct systemctl start udprelayd.service; then ok "systemctl start returned 0"; else bad "systemctl start failed"; fi
+# Read first: the daemon replaces it with a summary with rates 3 s after start.
+status=$(prop StatusText)
 check "unit is active (running)" test "$(prop ActiveState)/$(prop SubState)" = active/running
+check "StatusText is the summary: '$status'" grep -q '^1 listener (2 sockets); config gen 1$' <<<"$status"
+# journald stores messages asynchronously: `systemctl start` can return before it has written
+# the daemon's "ready" line or PID 1's "Started" line, so wait until both are there.
+journal_has() { grep -q "$1" <<<"$(ct journalctl -u udprelayd.service -o cat --no-pager)"; }
+wait_for 10 "journal_has '^ready listeners=' && journal_has '^Started udprelayd.service'" || true
 journal=$(ct journalctl -u udprelayd.service -o cat --no-pager)
 ready_line=$(grep -n '^ready listeners=' <<<"$journal" | head -n1 | cut -d: -f1 || true)
 started_line=$(grep -n '^Started udprelayd.service' <<<"$journal" | head -n1 | cut -d: -f1 || true)
 check "READY=1 came before systemd's Started (journal lines $ready_line < $started_line)" \
   test -n "$ready_line" -a -n "$started_line" -a "${ready_line:-0}" -lt "${started_line:-0}"
-status=$(prop StatusText)
-check "StatusText is the summary: '$status'" grep -q '^1 listener (2 sockets); config gen 1$' <<<"$status"
 check "echo over IPv4" test "$(udp UDP4:127.0.0.1:7007 hello4)" = hello4
 check "echo over IPv6" test "$(udp 'UDP6:[::1]:7007' hello6)" = hello6
 check "StatusText refreshes with rates" wait_for 8 '[[ "$(prop StatusText)" == *"pkt/s in"* ]]'
 echo "    StatusText: $(prop StatusText)"
 
 echo "journal"
+# "watchdog enabled" comes from a service that may start after READY=1: wait for journald to have it.
+wait_for 10 "journal_has '^watchdog enabled'" || true
 json=$(ct journalctl -u udprelayd.service -o json --no-pager)
 check "start-up line with PRIORITY=6" grep -q '"MESSAGE":"starting .*"PRIORITY":"6"\|"PRIORITY":"6".*"MESSAGE":"starting ' <<<"$json"
 check "listening line with PRIORITY=6 and LISTENER=echo" \
@@ -151,9 +160,11 @@ listen = 127.0.0.1:7010
 EOF
 check "systemctl reload succeeds" ct systemctl reload udprelayd.service
 check "MainPID unchanged after reload ($pid)" test "$(prop MainPID)" = "$pid"
+# With Type=notify (no notify-reload before systemd 253), `systemctl reload` returns when
+# ExecReload= has run, which may be before the daemon has handled SIGHUP: wait for its READY=1.
+check "StatusText shows generation 2" wait_for 5 '[[ "$(prop StatusText)" == *"config gen 2, reloaded "* ]]'
 check "new listener serves after reload" test "$(udp UDP4:127.0.0.1:7010 extra)" = extra
 check "unchanged listener still serves" test "$(udp UDP4:127.0.0.1:7007 again)" = again
-check "StatusText shows generation 2" wait_for 5 '[[ "$(prop StatusText)" == *"config gen 2, reloaded "* ]]'
 
 put_config <<'EOF'
 [listener echo]
@@ -172,7 +183,7 @@ status_json=$(http_get /status || true)
 check "/status (served under the sandbox) shows the failed reload" \
   bash -c '[[ $1 =~ \"generation\":\ *2, ]] && [[ $1 =~ \"ok\":\ *false ]]' _ "$status_json"
 check "journalctl -p err shows the reload error" \
-  bash -c "grep -q 'reload: /etc/udprelayd/udprelayd.ini:3: \[listener echo\] mode:'" <<<"$(ct journalctl -u udprelayd.service -p err -o cat --no-pager)"
+  wait_for 10 "grep -q 'reload: /etc/udprelayd/udprelayd.ini:3: \[listener echo\] mode:' <<<\"\$(ct journalctl -u udprelayd.service -p err -o cat --no-pager)\""
 good_config
 
 echo "watchdog"
@@ -181,8 +192,7 @@ ct sh -c "kill -STOP $pid"
 check "frozen process is killed by the watchdog and restarted" \
   wait_for 20 '[ "$(prop NRestarts)" -gt "$restarts" ] && [ "$(prop ActiveState)" = active ] && [ "$(prop MainPID)" != "$pid" ] && [ "$(prop MainPID)" != 0 ]'
 echo "    NRestarts: $restarts -> $(prop NRestarts), MainPID: $pid -> $(prop MainPID)"
-check "journal records the watchdog timeout" \
-  bash -c "grep -qi 'watchdog timeout'" <<<"$(ct journalctl -u udprelayd.service -o cat --no-pager)"
+check "journal records the watchdog timeout" wait_for 10 "journal_has '[Ww]atchdog timeout'"
 check "restarted service serves" test "$(udp UDP4:127.0.0.1:7007 back)" = back
 
 echo "socket activation"
@@ -192,9 +202,10 @@ ct systemctl daemon-reload
 check "udprelayd.socket starts" ct systemctl start udprelayd.socket
 check "service is not running yet" test "$(prop ActiveState)" = inactive
 check "first datagram starts the service and is answered" test "$(udp UDP4:127.0.0.1:7007 activated)" = activated
-check "service active after activation" test "$(prop ActiveState)" = active
+# The reply can leave between the daemon's start of serving and PID 1 handling its READY=1.
+check "service active after activation" wait_for 5 '[ "$(prop ActiveState)" = active ]'
 check "daemon used the inherited sockets for listener echo" \
-  bash -c "grep -q 'using sockets passed by systemd listener.name=echo sockets=2'" <<<"$(ct journalctl -u udprelayd.service -o cat --no-pager)"
+  wait_for 10 "journal_has 'using sockets passed by systemd listener.name=echo sockets=2'"
 check "echo over IPv6 through the socket unit" test "$(udp 'UDP6:[::1]:7007' six)" = six
 check "socket unit's wildcard address serves another local address" test "$(udp UDP4:127.0.0.2:7007 wild)" = wild
 
@@ -203,7 +214,8 @@ ct systemctl stop udprelayd.socket udprelayd.service
 check "inactive after stop" test "$(prop ActiveState)" = inactive
 check "clean stop: Result=success" test "$(prop Result)" = success
 check "clean stop: exit status 0" test "$(prop ExecMainStatus)" = 0
-check "clean stop: 'stopped' logged" bash -c "grep -q '^stopped'" <<<"$(ct journalctl -u udprelayd.service -o cat --no-pager)"
+# The daemon's last line may reach journald after `systemctl stop` has returned.
+check "clean stop: 'stopped' logged" wait_for 10 "journal_has '^stopped'"
 
 echo "systemd-e2e: $failures failure(s), $(($(date +%s) - started)) s" >&2
 if [ "$failures" -ne 0 ]; then
