@@ -82,11 +82,22 @@ wait_active() {
   done
   return 1
 }
-# echo_ok ADDRESS: a datagram with a random token comes back unchanged (socat waits 1 s at most).
+# echo_ok ADDRESS: a datagram with a random token comes back unchanged (socat waits 3 s at
+# most: a service just (re)started on a loaded machine can be slow to answer its first datagram).
 echo_ok() {
   local token="pkgtest-$RANDOM-$RANDOM" reply
-  reply=$(ct_sh "echo $token | socat -t 1 - UDP:$1" 2>/dev/null || true)
+  reply=$(ct_sh "echo $token | socat -t 3 - UDP:$1" 2>/dev/null || true)
   [ "$reply" = "$token" ]
+}
+# journal_has TEXT: the service's journal of this boot contains TEXT within 10 s (journald
+# stores messages asynchronously, so a line logged just now may not be readable yet).
+journal_has() {
+  local i
+  for i in $(seq 1 50); do
+    ct_sh "journalctl -b -u udprelayd.service -o cat | grep -qF -- '$1'" && return 0
+    sleep 0.2
+  done
+  return 1
 }
 file_has() { ct_sh "grep -qF -- '$2' '$1'"; }
 absent() { ! ct_sh "test -e '$1'"; }
@@ -103,7 +114,7 @@ check "package version is $version" test "$(in_ct dpkg-query -W -f '${Version}' 
 check "udprelayd --version says $version" test "$(in_ct udprelayd --version)" = "$version"
 # /status and /metrics, when the status endpoint is part of the build: bash's /dev/tcp (no curl there).
 http_get() { in_ct bash -c "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET $1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3 && timeout 5 cat <&3" 2>/dev/null; }
-if ct_sh "journalctl -b -u udprelayd.service -o cat | grep -q 'status listening'"; then
+if journal_has 'status listening'; then
   # The daemon says its status endpoint listens (the packaged config enables it on 127.0.0.1:9180):
   # it must answer under the packaged unit's sandbox (DynamicUser, no capabilities but binding).
   status=$(http_get /status || true)
@@ -143,7 +154,7 @@ check "systemctl stop the service, enable --now udprelayd.socket, start the serv
 check "service active with the socket unit" wait_active
 check "echo through the sockets passed by udprelayd.socket" echo_ok 127.0.0.1:7007
 check "the service took listener echo's sockets from systemd (journal)" \
-  ct_sh "journalctl -b -u udprelayd.service -o cat | grep 'using sockets passed by systemd' | grep -q 'echo'"
+  journal_has 'using sockets passed by systemd listener.name=echo'
 
 # --- 3. Remove ----------------------------------------------------------------------------------
 check "apt remove udprelayd" apt_ct remove udprelayd
