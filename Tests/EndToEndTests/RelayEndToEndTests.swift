@@ -44,11 +44,15 @@ final class RelayEndToEndTests: XCTestCase {
         let perClient = 20
         let group = DispatchGroup()
         let failures = LockedList()
+        // Opened here and kept until the end: a client closed by a thread that finished early
+        // frees its port, the kernel may give it to a client started later, and the two then
+        // share one session (49 sessions for 50 clients).
+        nonisolated(unsafe) let clients = try (0..<50).map { _ in try UDPClient() }
         for c in 0..<50 {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                guard let client = try? UDPClient() else { return failures.append("client \(c): no socket") }
+                let client = clients[c]  // used by this thread only
                 var expected = Set<[UInt8]>()
                 for i in 0..<perClient {
                     let p = payload(32 + i, seed: UInt64(c * 1000 + i))
@@ -418,10 +422,18 @@ final class RelayEndToEndTests: XCTestCase {
         upstream = \(stay.address), \(leaving.address)
         """)
         let address = try XCTUnwrap(bound["lb"]?.first)
+        // Every client stays open until the end, so a "new" client never gets the port (and so
+        // the session) of an earlier one.
+        var clients: [UDPClient] = []
+        func newClient() throws -> UDPClient {
+            let c = try UDPClient()
+            clients.append(c)
+            return c
+        }
         // Both serve at first.
         var tags = Set<String>()
         for _ in 0..<4 {
-            let client = try UDPClient()
+            let client = try newClient()
             client.send([1], to: address)
             tags.insert(String(decoding: try XCTUnwrap(client.receive()).bytes.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self))
         }
@@ -431,7 +443,7 @@ final class RelayEndToEndTests: XCTestCase {
         // marks the upstream down.
         var attempts = 0
         while daemon.waitForLine(containing: "upstream down", timeout: 0.05) == nil, attempts < 40 {
-            let client = try UDPClient()
+            let client = try newClient()
             client.send([2], to: address)
             _ = client.receive(timeout: 0.1)
             attempts += 1
@@ -439,7 +451,7 @@ final class RelayEndToEndTests: XCTestCase {
         let downLine = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", timeout: 2), daemon.log.joined(separator: "\n"))
         XCTAssertTrue(downLine.contains("upstream=\(leaving.address)"), downLine)
         for i in 0..<10 {
-            let client = try UDPClient()
+            let client = try newClient()
             client.send([3], to: address)
             let r = try XCTUnwrap(client.receive(), "new session \(i) must go to the live upstream")
             XCTAssertEqual(String(decoding: r.bytes.prefix(3), as: UTF8.self), "ok:")
@@ -487,15 +499,21 @@ final class RelayEndToEndTests: XCTestCase {
         """)
         let address = try XCTUnwrap(bound["lb"]?.first)
         var downs = 0
+        // Kept open to the end: each datagram below must open a session of its own, which a
+        // client reusing a closed client's port would not.
+        var clients: [UDPClient] = []
         for _ in 0..<100 where downs < 2 {
             let client = try UDPClient()
+            clients.append(client)
             client.send([1], to: address)
             _ = client.receive(timeout: 0.05)
             downs = daemon.log.filter { $0.contains("upstream down") }.count
         }
         XCTAssertEqual(downs, 2, daemon.log.joined(separator: "\n"))
         for _ in 0..<5 {
-            try UDPClient().send([2], to: address)  // still sent somewhere: fail open
+            let client = try UDPClient()
+            clients.append(client)
+            client.send([2], to: address)  // still sent somewhere: fail open
         }
         let t = try totals(daemon, "lb")
         XCTAssertGreaterThanOrEqual(field("fail_open", t) ?? 0, 5, t)

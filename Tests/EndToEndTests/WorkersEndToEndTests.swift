@@ -54,11 +54,15 @@ final class WorkersEndToEndTests: XCTestCase {
     func exchange(clients: Int, perClient: Int, with address: SocketAddress) -> [String] {
         let failures = LockedList()
         let group = DispatchGroup()
+        // Opened here and kept until every thread is done: a client closed by a thread that
+        // finished early frees its port, and a client started later may get it and share the
+        // first one's session and worker.
+        nonisolated(unsafe) let sockets = (0..<clients).map { _ in try? UDPClient() }
         for c in 0..<clients {
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                guard let client = try? UDPClient() else { return failures.append("client \(c): no socket") }
+                guard let client = sockets[c] else { return failures.append("client \(c): no socket") }
                 var expected: [[UInt8]] = []
                 for i in 0..<perClient {
                     let p = payload(16 + (c * 37 + i * 11) % 1400, seed: UInt64(c * 10_000 + i + 1))
