@@ -21,8 +21,12 @@ final class SessionHoldEndToEndTests: XCTestCase {
         """, fileLimit: 48)
         addTeardownBlock { d.stop() }
         let relay = try XCTUnwrap(try d.waitUntilReady()["fwd"]?.first)
+        // Every client stays open to the end: a client closed earlier frees its port, and one
+        // opened later on that port would find the earlier client's session (no eviction).
+        var clients: [UDPClient] = []
         for i in 0..<100 {
             let client = try UDPClient()
+            clients.append(client)
             client.send(Array("client \(i)".utf8), to: relay)
             XCTAssertEqual(client.receive().map { String(decoding: $0.bytes, as: UTF8.self) }, "client \(i)",
                            "client \(i) is served although closed sessions hold sockets")
