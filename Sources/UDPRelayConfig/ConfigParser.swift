@@ -42,6 +42,7 @@ struct ListenerDraft {
     var healthProbe: [UInt8]?
     var healthExpect: [UInt8]?
     var healthInterval: Duration?
+    var healthFails: Int?
     var busyPoll: Duration?
     var workers: WorkerCount?
     var segmentation: Bool?
@@ -118,6 +119,7 @@ enum Schema {
         KeySpec("health_probe") { d, v in d.healthProbe = try Values.payload(v) },
         KeySpec("health_expect") { d, v in d.healthExpect = try Values.payload(v) },
         KeySpec("health_interval") { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("health_fails") { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
         KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
@@ -285,7 +287,8 @@ struct ConfigParser {
                 health: HealthSettings(maxFails: d.maxFails ?? Defaults.maxFails,
                                        failTimeout: d.failTimeout ?? Defaults.failTimeout,
                                        probe: d.healthProbe, expect: d.healthExpect ?? [],
-                                       interval: d.healthInterval ?? Defaults.healthInterval)
+                                       interval: d.healthInterval ?? Defaults.healthInterval,
+                                       probeFails: d.healthFails ?? Defaults.healthFails)
             ))
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
@@ -316,7 +319,7 @@ struct ConfigParser {
                 error(d.line, section, "upstream", "missing required key for \(modeText) (e.g. upstream = 192.0.2.10:53)")
             }
         }
-        only(["upstream", "resolve_interval", "max_fails", "fail_timeout", "health_probe", "health_expect", "health_interval"],
+        only(["upstream", "resolve_interval", "max_fails", "fail_timeout", "health_probe", "health_expect", "health_interval", "health_fails"],
              mode.isRelay, "mode = forward|balance|mirror")
         only(["session_timeout", "max_sessions", "session_max_replies"], mode.hasSessions, "mode = forward|balance")
         only(["sample"], mode == .mirror, "mode = mirror")
@@ -338,7 +341,7 @@ struct ConfigParser {
             }
         }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
-            for key in ["health_expect", "health_interval"] where d.keyLines[key] != nil && mode.isRelay {
+            for key in ["health_expect", "health_interval", "health_fails"] where d.keyLines[key] != nil && mode.isRelay {
                 error(line(key), section, key, "only valid together with health_probe")
             }
         }

@@ -166,6 +166,8 @@ public enum Defaults {
     /// Passive health: the failure window and how long an upstream stays down.
     public static let failTimeout = Duration.seconds(10)
     public static let healthInterval = Duration.seconds(5)
+    /// Active health: unanswered probes in a row that mark an upstream down.
+    public static let healthFails = 1
     /// Loopback networks: the status endpoint's `allow` when it listens on a wildcard address.
     public static let loopbackNetworks: [CIDR] = [
         CIDR(network: .v4(0x7F00_0000), prefixLength: 8),

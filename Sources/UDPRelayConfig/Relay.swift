@@ -112,9 +112,13 @@ public struct HealthSettings: Sendable, Equatable {
     /// Active: a reply must start with these bytes (empty: any reply).
     public var expect: [UInt8]
     public var interval: Duration
+    /// Active: unanswered probes in a row that mark an upstream down (at least 1).
+    public var probeFails: Int
 
     public init(maxFails: Int = Defaults.maxFails, failTimeout: Duration = Defaults.failTimeout,
-                probe: [UInt8]? = nil, expect: [UInt8] = [], interval: Duration = Defaults.healthInterval) {
+                probe: [UInt8]? = nil, expect: [UInt8] = [], interval: Duration = Defaults.healthInterval,
+                probeFails: Int = Defaults.healthFails) {
+        self.probeFails = probeFails
         self.maxFails = maxFails
         self.failTimeout = failTimeout
         self.probe = probe

@@ -487,6 +487,24 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertFalse(answering.datagrams.filter { $0.bytes == Array("ping".utf8) }.isEmpty)
     }
 
+    func testHealthFailsIsAppliedToProbesAndNamedInTheLog() throws {
+        let silent = try UpstreamServer(reply: nil)
+        addTeardownBlock { silent.stop() }
+        let (daemon, _) = try startDaemon("""
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = forward
+        health_probe = ping
+        health_interval = 50ms
+        health_fails = 3
+        upstream = \(silent.address)
+        """)
+        let down = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", timeout: 10), daemon.log.joined(separator: "\n"))
+        // The count itself is tested on HealthState with a fake clock; here, that the key
+        // reaches the probes and the log says why.
+        XCTAssertTrue(down.contains("3 health probes in a row not answered within 0.05 seconds"), down)
+    }
+
     func testAllUpstreamsDownFailsOpenAndCountsIt() throws {
         let a = try closedLoopbackPort(), b = try closedLoopbackPort()
         let (daemon, bound) = try startDaemon("""

@@ -36,6 +36,7 @@ final class RelayConfigTests: XCTestCase {
         health_probe = 0x0d0a
         health_expect = "OK"
         health_interval = 2s
+        health_fails = 3
         [listener m]
         listen = 127.0.0.1:0
         mode = mirror
@@ -48,14 +49,14 @@ final class RelayConfigTests: XCTestCase {
         XCTAssertNil(f.upstreams[0].literal)
         XCTAssertEqual(f.balance, .roundRobin)
         XCTAssertEqual(f.sessions, SessionSettings(timeout: .seconds(60), maxSessions: 65536, maxReplies: nil))
-        XCTAssertEqual(f.health, HealthSettings(maxFails: 3, failTimeout: .seconds(10), probe: nil, expect: [], interval: .seconds(5)))
+        XCTAssertEqual(f.health, HealthSettings(maxFails: 3, failTimeout: .seconds(10), probe: nil, expect: [], interval: .seconds(5), probeFails: 1))
         XCTAssertEqual(f.resolveInterval, .seconds(30))
         XCTAssertEqual(b.upstreams.map(\.description), ["192.0.2.1:53", "[2001:db8::1]:53", "resolver-2.example:5353"])
         XCTAssertEqual(b.upstreams[0].literal?.description, "192.0.2.1:53")
         XCTAssertEqual(b.balance, .hash)
         XCTAssertEqual(b.sessions, SessionSettings(timeout: .milliseconds(250), maxSessions: 100, maxReplies: 1))
         XCTAssertEqual(b.resolveInterval, .seconds(300))
-        XCTAssertEqual(b.health, HealthSettings(maxFails: 0, failTimeout: .seconds(30), probe: [0x0d, 0x0a], expect: Array("OK".utf8), interval: .seconds(2)))
+        XCTAssertEqual(b.health, HealthSettings(maxFails: 0, failTimeout: .seconds(30), probe: [0x0d, 0x0a], expect: Array("OK".utf8), interval: .seconds(2), probeFails: 3))
         XCTAssertEqual(m.mode, .mirror)
         XCTAssertEqual(m.sampleEvery, 10)
         XCTAssertEqual(m.upstreams.count, 2)
@@ -162,6 +163,15 @@ final class RelayConfigTests: XCTestCase {
         let e = errors("[listener a]\nlisten = 127.0.0.1:5353\nmode = forward\nupstream = 127.0.0.1:5353\n")
         XCTAssertEqual(e.map(\.line), [4])
         XCTAssertTrue(e[0].message.contains("relay to itself"), e[0].message)
+    }
+
+    func testHealthFailsNeedsProbeAndAWholeNumberFrom1To1000() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = 127.0.0.1:9\nhealth_fails = 2\n"
+                       + "[listener b]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = 127.0.0.1:9\nhealth_probe = x\nhealth_fails = 0\n")
+        XCTAssertEqual(e.map(\.line), [5, 11])
+        XCTAssertEqual(e.map(\.key), ["health_fails", "health_fails"])
+        XCTAssertTrue(e[0].message.contains("only valid together with health_probe"), e[0].message)
+        XCTAssertTrue(e[1].message.contains("1"), e[1].message)
     }
 
     func testHealthExpectNeedsProbe() {

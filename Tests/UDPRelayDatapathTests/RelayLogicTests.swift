@@ -191,6 +191,19 @@ final class RelayLogicTests: XCTestCase {
         XCTAssertFalse(h.isDown(now: 31))
     }
 
+    func testHealthFailsProbesInARowMarkDownAndOneAnswerBringsItBack() {
+        var h = HealthState(maxFails: 1, failTimeout: 1000 * Self.ms, probeFails: 3)
+        XCTAssertNil(h.recordProbe(answered: false, now: 10))
+        XCTAssertNil(h.recordProbe(answered: false, now: 20), "two lost probes are not enough")
+        XCTAssertNil(h.recordProbe(answered: true, now: 30), "an answer starts the count again")
+        XCTAssertNil(h.recordProbe(answered: false, now: 40))
+        XCTAssertNil(h.recordProbe(answered: false, now: 50))
+        XCTAssertFalse(h.isDown(now: 51))
+        XCTAssertEqual(h.recordProbe(answered: false, now: 60), true, "the third in a row marks it down")
+        XCTAssertNil(h.recordProbe(answered: false, now: 70))
+        XCTAssertEqual(h.recordProbe(answered: true, now: 80), false, "one answer brings it back")
+    }
+
     func testDurationNanoseconds() {
         XCTAssertEqual(Duration.milliseconds(250).nanoseconds, 250_000_000)
         XCTAssertEqual(Duration.seconds(60).nanoseconds, 60_000_000_000)

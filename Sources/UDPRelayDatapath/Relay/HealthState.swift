@@ -2,20 +2,25 @@
 /// time (nanoseconds, injected), so tests run it on a fake clock.
 ///
 /// Passive: `maxFails` failures within `failTimeout` of the first one mark the upstream down for
-/// `failTimeout`. Active: a probe that got no answer marks it down until a probe is answered.
+/// `failTimeout`. Active: `probeFails` probes in a row that got no answer mark it down until a
+/// probe is answered.
 struct HealthState: Sendable, Equatable {
     let maxFails: Int
     let failTimeout: UInt64
+    let probeFails: Int
+    /// Probes in a row that got no answer.
+    private(set) var missedProbes = 0
     private(set) var failures = 0
     private(set) var windowStart: UInt64 = 0
     /// Passively down while `now < downUntil`.
     private(set) var downUntil: UInt64 = 0
-    /// Actively down: the last probe went unanswered.
+    /// Actively down: the last `probeFails` probes went unanswered.
     private(set) var probeDown = false
 
-    init(maxFails: Int, failTimeout: UInt64) {
+    init(maxFails: Int, failTimeout: UInt64, probeFails: Int = 1) {
         self.maxFails = maxFails
         self.failTimeout = failTimeout
+        self.probeFails = max(1, probeFails)
     }
 
     func isDown(now: UInt64) -> Bool { probeDown || now < downUntil }
@@ -37,7 +42,8 @@ struct HealthState: Sendable, Equatable {
     /// Records a probe outcome; returns the new "down" value when it changed, nil otherwise.
     mutating func recordProbe(answered: Bool, now: UInt64) -> Bool? {
         let wasDown = isDown(now: now)
-        probeDown = !answered
+        missedProbes = answered ? 0 : missedProbes + 1
+        probeDown = missedProbes >= probeFails
         let isNowDown = isDown(now: now)
         return wasDown == isNowDown ? nil : isNowDown
     }

@@ -61,7 +61,8 @@ final class UpstreamTable: @unchecked Sendable {
         self.logger = log
         let n = endpoints.count
         counters = (0...workers).map { _ in (0..<n).map { _ in UpstreamCounterSet() } }
-        let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds)
+        let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds,
+                                 probeFails: configuration.health.probeFails)
         lock = NIOLockedValueBox(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
         state = AtomicSlots(count: 3 * n)
         controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
@@ -281,11 +282,12 @@ final class UpstreamTable: @unchecked Sendable {
     }
 
     private func recordProbe(_ i: Int, answered: Bool, now: UInt64) {
-        let change = lock.withLockedValue { $0.health[i].recordProbe(answered: answered, now: now) }
-        state[3 * i + 1] = answered ? 0 : 1
+        let (change, probeDown) = lock.withLockedValue { ($0.health[i].recordProbe(answered: answered, now: now), $0.health[i].probeDown) }
+        state[3 * i + 1] = probeDown ? 1 : 0
         if let down = change {
             if down {
-                logger.warning("upstream down", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe not answered within \(settings.interval)"])
+                let missed = settings.probeFails == 1 ? "health probe" : "\(settings.probeFails) health probes in a row"
+                logger.warning("upstream down", metadata: ["upstream": "\(endpoints[i])", "reason": "\(missed) not answered within \(settings.interval)"])
             } else {
                 logger.notice("upstream up", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe answered"])
             }
