@@ -68,6 +68,19 @@ final class ClosedSessionHoldTests: XCTestCase {
         XCTAssertTrue(portIsFree(fromB.port))
     }
 
+    func testAnExpiredSessionHoldsItsPortToo() throws {
+        let (datapath, fwd, upstream) = try startRelay(extra: "session_timeout = 100ms\n")
+        defer { datapath.stop() }
+        let a = try UDPClient()
+        a.send([1], to: fwd.boundAddresses[0])
+        let fromA = try XCTUnwrap(upstream.receive()).from
+        XCTAssertTrue(waitUntil(10) { fwd.counters()[.sessionsExpired] == 1 }, "the idle session expires")
+        XCTAssertFalse(portIsFree(fromA.port), "the expired session's port is held, not freed in the same tick")
+        upstream.send(Array("late".utf8), to: fromA)
+        XCTAssertTrue(waitUntil(5) { fwd.counters()[.repliesIgnored] == 1 }, "a reply after expiry is counted and dropped")
+        XCTAssertNil(a.receive(timeout: 0.1))
+    }
+
     func testHeldSocketIsClosedOnceTheHoldIsOver() throws {
         // A short hold and a short session_timeout, so the expiry timer runs often.
         let (datapath, fwd, upstream) = try startRelay(hold: 50_000_000, extra: "session_timeout = 1s\n")

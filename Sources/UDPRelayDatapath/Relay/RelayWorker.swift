@@ -368,7 +368,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
-        if failure != 0 { upstreamFailed(slot, now: monotonicNanos()) }
+        if failure != 0 { upstreamFailed(slot, errno: failure, now: monotonicNanos()) }
     }
 
     // MARK: sessions
@@ -461,15 +461,15 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// Removes a session from the table. Its socket is closed (which also takes it out of the
-    /// epoll set) when the upstream failed or the worker stops; otherwise it is held for
+    /// epoll set) when the worker stops or `hold` is false; otherwise it is held for
     /// `holdNanos` so that a late reply cannot reach a newer session on the same port.
-    private func closeSession(_ slot: Int32, reason: Counter?) {
+    private func closeSession(_ slot: Int32, reason: Counter?, hold: Bool = true) {
         dispatchPrecondition(condition: .onQueue(queue))
         let fd = sessions[Int(slot)].fd
         guard fd >= 0, !sessions[Int(slot)].held else { return }
         table.removeValue(forKey: sessions[Int(slot)].key)
         idle.remove(slot)
-        if reason == nil || reason == .sessionsFailed || holdNanos == 0 {
+        if reason == nil || !hold || holdNanos == 0 {
             releaseSlot(slot)
         } else {
             if heldSlots.count - heldHead >= heldLimit { releaseOldestHeld() }
@@ -486,11 +486,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     /// A send to the session's upstream failed, or an ICMP error came back: count it against
     /// the upstream and close the session so the client's next datagram picks one that is up.
-    private func upstreamFailed(_ slot: Int32, now: UInt64) {
+    /// After a refusal (nothing listens there) no reply can follow, so the port is freed at
+    /// once; after other errors (unreachable, a firewall's EPERM) replies to earlier datagrams
+    /// may still come, so it is held like any other closed session's.
+    private func upstreamFailed(_ slot: Int32, errno err: Int32, now: UInt64) {
         let upstream = Int(sessions[Int(slot)].upstream)
         upCounters[upstream].add(.failures)
         upstreams.recordFailure(upstream, now: now)
-        closeSession(slot, reason: .sessionsFailed)
+        closeSession(slot, reason: .sessionsFailed, hold: err != ECONNREFUSED)
     }
 
     func expireIdle(now: UInt64) {
@@ -498,7 +501,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         while let slot = idle.expired(now: now, timeout: timeoutNanos) {
             closeSession(slot, reason: .sessionsExpired)
         }
-        while heldHead < heldSlots.count, now &- heldSlots[heldHead].since >= holdNanos { releaseOldestHeld() }
+        // Sessions closed just above were stamped after `now`: they stay, as does all after them.
+        while heldHead < heldSlots.count, heldSlots[heldHead].since <= now,
+              now - heldSlots[heldHead].since >= holdNanos { releaseOldestHeld() }
     }
 
     // MARK: held sockets of closed sessions
@@ -543,17 +548,19 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.add(.sessionErrors)
         guard !sessionSocketFailing else { return }
         sessionSocketFailing = true
-        let hint = error.errno == EAGAIN || error.errno == EADDRNOTAVAIL
+        let hint = error.errno == EAGAIN
             ? "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
             : "raise the file limit (LimitNOFILE=) or lower max_sessions"
         logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
                        metadata: ["error": "\(error)", "hint": "\(hint)", "sessions.active": "\(table.count)"])
     }
 
-    /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from an
-    /// automatic bind): this host's shortage, not the upstream's fault.
+    /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from the
+    /// automatic bind of `connect`): this host's shortage, not the upstream's fault.
+    /// (EADDRNOTAVAIL from `connect` means no source address for the upstream's family: that
+    /// upstream cannot be reached, and counts against it.)
     static func isLocalShortage(_ err: Int32) -> Bool {
-        err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN || err == EADDRNOTAVAIL
+        err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN
     }
 
     /// Opens a session socket; when descriptors run out, releases held sockets and retries.
@@ -593,7 +600,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
-                    upstreamFailed(slot, now: monotonicNanos())
+                    upstreamFailed(slot, errno: error.errno, now: monotonicNanos())
                     return
                 }
                 counters.add(.receiveErrors)
