@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         // The only place that imports libsystemd.
@@ -43,6 +44,7 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
                 // pthread_mutex locks ThreadSanitizer sees (Synchronization.Mutex's futex it does not).
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
         // systemd glue: sd_notify, watchdog, socket activation, journald. The only importer of CSystemd.

@@ -6,8 +6,7 @@ import CUDPRelay
 /// Sends a vector of datagrams with as few system calls as the kernel allows, in order.
 ///
 /// Runs of equal-sized datagrams to the same destination (the last of a run may be shorter) go
-/// out as one `sendmsg` with
-/// UDP generic segmentation offload (`UDP_SEGMENT`): the payloads are gathered from their
+/// out as one `sendmsg` with UDP generic segmentation offload (`UDP_SEGMENT`): the payloads are gathered from their
 /// buffers by an iovec list (no copy) and the kernel builds, routes and passes down one large
 /// packet that it cuts into the datagrams at the end, instead of doing all of that once per
 /// datagram. Everything else goes out with `sendmmsg`, as before. A kernel or route that

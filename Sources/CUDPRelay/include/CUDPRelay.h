@@ -41,7 +41,7 @@ size_t cur_write_source_control(void *control, size_t capacity, const struct soc
 /// packet-info control data into `out` (port left 0). Returns 1 when found, 0 otherwise.
 int cur_received_destination(const struct msghdr *msg, struct sockaddr_storage *out, unsigned int *ifindex);
 
-/// One ready descriptor reported by `cur_epoll_wait`: the tag it was added with and its epoll
+/// One ready descriptor reported by `cur_epoll_poll`: the tag it was added with and its epoll
 /// events. (glibc's `struct epoll_event` is packed on x86_64, which Swift imports badly.)
 struct cur_ready {
     uint64_t tag;

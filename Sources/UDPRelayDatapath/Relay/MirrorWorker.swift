@@ -168,10 +168,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             }
         }
         if failed { upstreams.recordFailure(u, now: monotonicNanos()) }
-        let (sent, sentBytes) = (outcome.sent, outcome.bytes)
-        up.add(.sentPackets, UInt64(sent))
-        up.add(.sentBytes, sentBytes)
-        return sent
+        up.add(.sentPackets, UInt64(outcome.sent))
+        up.add(.sentBytes, outcome.bytes)
+        return outcome.sent
     }
 
     private func drainReplies(_ u: Int, fd ufd: Int32) {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CUDPRelay
+import DequeModule
 import Dispatch
 import Logging
 import UDPRelayConfig
@@ -92,14 +93,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// What one `epoll_wait` reports: up to `readyCapacity` ready sessions.
     private let ready: UnsafeMutablePointer<cur_ready>
     private static let readyCapacity = 64
-    /// Closed sessions whose sockets are held, oldest first (`heldHead` is the oldest), with the
-    /// time each was closed.
-    private var heldSlots: ContiguousArray<(slot: Int32, since: UInt64)> = []
-    private var heldHead = 0
+    /// Closed sessions whose sockets are held, oldest first, with the time each was closed.
+    private var heldSlots = Deque<(slot: Int32, since: UInt64)>()
     private let heldLimit: Int
     private let holdNanos: UInt64
     /// Most held sockets per worker: `max_sessions`, within 256...4096.
     static func heldCapacity(maxSessions: Int) -> Int { min(4096, max(256, maxSessions)) }
+    /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
+    /// (not the whole batch per wakeup: at one datagram in flight that is 64 slots per datagram).
+    private var listenerFilled: Int
+    private var repliesFilled: Int
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
     /// `busy_poll` in nanoseconds, 0 when off.
@@ -122,6 +125,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.controlCapacity = (cur_pktinfo_space() + 7) & ~7
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: localAddress.ip.isWildcard)
         self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 65535, withControl: false)
+        self.listenerFilled = tuning.batchSize
+        self.repliesFilled = tuning.batchSize
         self.scratch = .allocate(capacity: tuning.batchSize)
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
         self.sessionOf = .allocate(capacity: tuning.batchSize)
@@ -284,11 +289,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// forwards what it read. Returns the datagrams read.
     @discardableResult
     private func serveClients() -> Int {
-        var lastCount = batch.capacity
         var total = 0
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            guard let received = receive(into: batch, resetting: lastCount), received > 0 else { return total }
-            lastCount = received
+            guard let received = receive(into: batch, resetting: listenerFilled), received > 0 else { return total }
+            listenerFilled = received
             total += received
             // busy_poll serves request/response traffic; a fuller batch means a stream that
             // batches better through Dispatch (measured: W=64 p99 1.1 ms polling off, 2.1 ms on).
@@ -384,13 +388,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         let fd: Int32
         do {
-            fd = try openSessionSocket(family: address.family)
+            fd = try releasingHeldSockets { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
         } catch {
             sessionSocketsFail(error)
             return nil
         }
         do {
-            try connectSessionSocket(fd, to: address)
+            try releasingHeldSockets { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
             close(fd)
             if RelayWorker.isLocalShortage(error.errno) {
@@ -472,7 +476,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         if reason == nil || !hold || holdNanos == 0 {
             releaseSlot(slot)
         } else {
-            if heldSlots.count - heldHead >= heldLimit { releaseOldestHeld() }
+            if heldSlots.count >= heldLimit { releaseOldestHeld() }
             sessions[Int(slot)].held = true
             heldSlots.append((slot, monotonicNanos()))
         }
@@ -502,8 +506,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             closeSession(slot, reason: .sessionsExpired)
         }
         // Sessions closed just above were stamped after `now`: they stay, as does all after them.
-        while heldHead < heldSlots.count, heldSlots[heldHead].since <= now,
-              now - heldSlots[heldHead].since >= holdNanos { releaseOldestHeld() }
+        while let oldest = heldSlots.first, oldest.since <= now, now - oldest.since >= holdNanos { releaseOldestHeld() }
     }
 
     // MARK: held sockets of closed sessions
@@ -519,16 +522,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Closes the socket held longest. False when none is held.
     @discardableResult
     private func releaseOldestHeld() -> Bool {
-        guard heldHead < heldSlots.count else { return false }
-        releaseSlot(heldSlots[heldHead].slot)
-        heldHead += 1
-        if heldHead == heldSlots.count {
-            heldSlots.removeAll(keepingCapacity: true)
-            heldHead = 0
-        } else if heldHead >= 1024 && heldHead * 2 >= heldSlots.count {
-            heldSlots.removeFirst(heldHead)
-            heldHead = 0
-        }
+        guard let oldest = heldSlots.popFirst() else { return false }
+        releaseSlot(oldest.slot)
         return true
     }
 
@@ -537,6 +532,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         for _ in 0..<tuning.maxBatchesPerWakeup {
             guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
                   received > 0 else { return }
+            repliesFilled = received
             counters.add(.repliesIgnored, UInt64(received))
             if received < replyBatch.capacity { return }
         }
@@ -563,22 +559,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN
     }
 
-    /// Opens a session socket; when descriptors run out, releases held sockets and retries.
-    private func openSessionSocket(family: Int32) throws(SyscallError) -> Int32 {
+    /// Runs `call` (opening or connecting a session socket); when descriptors or ports run out,
+    /// releases held sockets one by one and tries again.
+    private func releasingHeldSockets<T>(_ call: () throws(SyscallError) -> T) throws(SyscallError) -> T {
         while true {
             do {
-                return try UDPSocket.open(family: family)
-            } catch {
-                guard RelayWorker.isLocalShortage(error.errno), releaseOldestHeld() else { throw error }
-            }
-        }
-    }
-
-    /// Connects a session socket; when ephemeral ports run out, releases held sockets and retries.
-    private func connectSessionSocket(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
-        while true {
-            do {
-                return try UDPSocket.connect(fd, to: address)
+                return try call()
             } catch {
                 guard RelayWorker.isLocalShortage(error.errno), releaseOldestHeld() else { throw error }
             }
@@ -591,12 +577,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private func upstreamReadable(_ slot: Int32) {
         let sessionFD = sessions[Int(slot)].fd
         let up = upCounters[Int(sessions[Int(slot)].upstream)]
-        var lastCount = replyBatch.capacity
         var prepared = false
         for _ in 0..<tuning.maxBatchesPerWakeup {
             let received: Int
             do {
-                received = try replyBatch.receive(from: sessionFD, resetting: lastCount)
+                received = try replyBatch.receive(from: sessionFD, resetting: repliesFilled)
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
@@ -606,7 +591,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 counters.add(.receiveErrors)
                 return
             }
-            lastCount = max(received, 1)
+            repliesFilled = max(received, 1)
             guard received > 0 else { return }
             if !prepared {
                 prepareReply(slot)
