@@ -44,9 +44,9 @@ deb:
 # The benchmark's C pieces: load client, C reference server, malloc-counting shim.
 BENCH_BIN := .build/bench
 BENCH_CFLAGS := -O2 -g -Wall -Wextra -Werror
-bench-tools: $(BENCH_BIN)/loadgen $(BENCH_BIN)/refserver $(BENCH_BIN)/mallocount.so
+bench-tools: $(BENCH_BIN)/loadgen $(BENCH_BIN)/openloop $(BENCH_BIN)/refserver $(BENCH_BIN)/mallocount.so
 
-$(BENCH_BIN)/loadgen $(BENCH_BIN)/refserver: $(BENCH_BIN)/%: Benchmarks/%.c
+$(BENCH_BIN)/loadgen $(BENCH_BIN)/openloop $(BENCH_BIN)/refserver: $(BENCH_BIN)/%: Benchmarks/%.c
 	@mkdir -p $(BENCH_BIN)
 	gcc $(BENCH_CFLAGS) -o $@ $<
 

@@ -21,7 +21,9 @@ Environment:
   BENCH_OUT       where to write the report (default BENCHMARKS.md; "-" for none;
                   a filtered run writes nothing unless BENCH_OUT is set)
   UDPRELAYD       the binary (default .build/release/udprelayd)
-  BENCH_BIN       directory with loadgen, refserver, mallocount.so (default .build/bench)
+  BENCH_BIN       directory with loadgen, openloop, refserver, mallocount.so (default .build/bench)
+  BENCH_OPEN_SECONDS  seconds per open-loop measurement (default 5)
+  BENCH_OPEN      0 to skip the open-loop section (default 1; "open" in BENCH_ONLY runs only it)
 """
 import json
 import os
@@ -45,6 +47,11 @@ SERVERS = [s for s in os.environ.get("BENCH_SERVERS", ",".join(ALL_SERVERS)).spl
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100000"))
 CLK = os.sysconf("SC_CLK_TCK")
 LOADGEN = os.path.join(BIN, "loadgen")
+OPENLOOP = os.path.join(BIN, "openloop")
+OPEN_SECONDS = float(os.environ.get("BENCH_OPEN_SECONDS", "5"))
+# Offered rates of the open-loop section (datagrams per second), per mode.
+OPEN_RATES = {"echo": (1000, 10000, 50000), "forward": (1000, 10000, 25000)}
+OPEN_SERVERS = ("udprelayd", "cref", "nginx")
 REFSERVER = os.path.join(BIN, "refserver")
 MALLOCOUNT = os.path.join(BIN, "mallocount.so")
 
@@ -118,6 +125,21 @@ def cpu_seconds(pid):
         except OSError:
             pass
     return total / CLK
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of a process and its descendants (all threads)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def rss_kib(pid, key="VmRSS"):
@@ -300,6 +322,60 @@ def run_matrix(servers, relay):
     return rows
 
 
+def run_openloop(servers):
+    """CPU per datagram at fixed offered rates (open loop): what a relay costs at everyday load."""
+    results = {}
+    for rep in range(REPS):
+        for mode, rates in OPEN_RATES.items():
+            for rate in rates:
+                for name in OPEN_SERVERS:
+                    s = servers.get((mode, name))
+                    if s is None:
+                        continue
+                    cpu0, cs0 = cpu_seconds(s.pid), context_switches(s.pid)
+                    argv = pinned(CLIENT_CPU, [OPENLOOP, "-t", f"127.0.0.1:{s.port}", "-r", str(rate),
+                                               "-d", str(OPEN_SECONDS), "-s", "8", "-p", "64"])
+                    t0 = time.perf_counter()
+                    r = subprocess.run(argv, capture_output=True, text=True, timeout=OPEN_SECONDS + 30)
+                    wall = time.perf_counter() - t0
+                    if r.returncode == 2 or not r.stdout.strip():
+                        raise RuntimeError(f"openloop failed: {r.stderr.strip()}")
+                    o = json.loads(r.stdout)
+                    o["cpu"], o["cs"], o["wall"] = cpu_seconds(s.pid) - cpu0, context_switches(s.pid) - cs0, wall
+                    results.setdefault((mode, rate, name), []).append(o)
+                    log(f"rep {rep + 1}/{REPS} open {mode:7} {rate:>6}/s {name:9} CPU {o['cpu'] / wall * 100:5.1f}% "
+                        f"{o['cpu'] / max(o['sent'], 1) * 1e6:6.2f} µs/datagram, {o['cs'] / wall:8.0f} cs/s, "
+                        f"lost {o['lost']} corrupt {o['corrupt'] + o['duplicate']}")
+    rows = []
+    for mode, rates in OPEN_RATES.items():
+        for rate in rates:
+            ref = results.get((mode, rate, "cref"))
+            ref_us = median([o["cpu"] / o["sent"] * 1e6 for o in ref]) if ref else 0
+            for name in OPEN_SERVERS:
+                os_ = results.get((mode, rate, name))
+                if not os_:
+                    continue
+                us = median([o["cpu"] / o["sent"] * 1e6 for o in os_])
+                rows.append({"mode": mode, "rate": rate, "server": name,
+                             "cpu_pct": median([o["cpu"] / o["wall"] * 100 for o in os_]),
+                             "us": us, "ratio": us / ref_us if ref_us else 0,
+                             "cs": median([o["cs"] / o["sent"] for o in os_]),
+                             "p50": median([o["p50_us"] for o in os_]), "p99": median([o["p99_us"] for o in os_]),
+                             "lost": sum(o["lost"] for o in os_),
+                             "corrupt": sum(o["corrupt"] + o["duplicate"] for o in os_)})
+    return rows
+
+
+def open_table(rows):
+    lines = ["| mode | offered/s | server | CPU % | CPU µs per datagram | vs C ref | context switches per datagram "
+             "| p50 µs | p99 µs | lost / corrupt |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['rate']:,} | {r['server']} | {r['cpu_pct']:.1f} | {r['us']:.2f} "
+                     f"| {fmt_ratio(r['ratio'])} | {r['cs']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} "
+                     f"| {r['lost']} / {r['corrupt']} |")
+    return "\n".join(lines)
+
+
 def table(rows):
     head = ("| mode | payload | W | server | replies/s | vs C ref | p50 µs | p99 µs | p99.9 µs | p99 vs C ref "
             "| CPU s per 1M replies | lost / corrupt |")
@@ -448,7 +524,7 @@ def version(argv):
 
 
 def main():
-    for path in (LOADGEN, REFSERVER, MALLOCOUNT, UDPRELAYD):
+    for path in (LOADGEN, OPENLOOP, REFSERVER, MALLOCOUNT, UDPRELAYD):
         if not os.path.exists(path):
             sys.exit(f"missing {path}: run `make bench`")
     started = time.time()
@@ -460,9 +536,12 @@ def main():
             log("udprelayd has no forward mode yet: forward rows are n/a for udprelayd")
         servers = start_servers(tmp, relay)
         try:
-            rows = run_matrix(servers, relay)
+            only_open = ONLY == ["open"]
+            rows = [] if only_open else run_matrix(servers, relay)
             extra = {}
-            if not ONLY or "extras" in ONLY:
+            if os.environ.get("BENCH_OPEN", "1") != "0" and (not ONLY or "open" in ONLY):
+                extra["open"] = run_openloop(servers)
+            if (not ONLY or "extras" in ONLY) and not only_open:
                 if "udprelayd" in SERVERS:
                     extra["alloc_echo"] = measure_allocations(tmp, "echo")
                     if relay:
@@ -483,7 +562,7 @@ def main():
             if os.path.exists(findings):
                 f.write("\n" + open(findings).read())
         log(f"wrote {out}")
-    bad = [r for r in rows if r.get("lost") or r.get("corrupt")]
+    bad = [r for r in rows + extra.get("open", []) if r.get("lost") or r.get("corrupt")]
     if bad:
         log("some datagrams were lost or corrupted: see the lost / corrupt column")
         sys.exit(1)
@@ -525,6 +604,15 @@ def render(info, rows, extra, relay, elapsed):
          "million client round trips; for forward that is two datagrams in and two out per round trip.",
          "", table(rows), ""]
     L += vs_nginx(rows)
+    if extra.get("open"):
+        L += ["## Open loop: CPU at fixed offered rates", "",
+              f"Benchmarks/openloop.c sends 64-byte datagrams on a fixed schedule (not driven by replies) from 8 "
+              f"client sockets for {OPEN_SECONDS:g} s per rate, {REPS} repetitions, and checks every reply. CPU is the "
+              "server's utime+stime (all threads and child processes: nginx's workers too) over the window divided by "
+              "the wall time (CPU %) and by the datagrams offered (CPU µs per datagram; for forward one datagram "
+              "offered is two received and two sent by the relay). \"vs C ref\" divides by the C reference's "
+              "median at the same rate in this run. Round-trip times are from each datagram's scheduled send time.",
+              "", open_table(extra["open"]), ""]
     if not relay:
         L += ["udprelayd's forward rows are n/a: `mode = forward` had not landed when this ran.", ""]
     if "alloc_echo" in extra:
