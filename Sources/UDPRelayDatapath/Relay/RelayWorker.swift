@@ -19,7 +19,10 @@ struct Session {
     var upstream: Int32 = 0
     /// Interface of `local` (packet info on wildcard listeners).
     var ifindex: UInt32 = 0
-    var replies = 0
+    /// Datagrams sent to the upstream and replies forwarded to the client (saturating): with
+    /// `session_max_replies` = R the session closes once replies reach R × requests.
+    var requests: UInt32 = 0
+    var replies: UInt32 = 0
     var key = ClientKey(high: 0, low: 0, rest: 0)
     /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
     var client = sockaddr_in6()
@@ -381,6 +384,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
+        sessions[Int(slot)].requests = Self.saturatingAdd(sessions[Int(slot)].requests, outcome.sent)
         if failure != 0 { upstreamFailed(slot, errno: failure, now: monotonicNanos()) }
     }
 
@@ -449,6 +453,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         s.fd = fd
         s.generation &+= 1
         s.upstream = Int32(upstream)
+        s.requests = 0
         s.replies = 0
         s.key = key
         s.client = sockaddr_in6()
@@ -559,11 +564,17 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// A late reply (or an ICMP error) on a held socket: read and counted, never forwarded.
+    /// Like every datagram from an upstream it counts in the upstream's `received_*`.
     private func drainHeld(_ slot: Int32) {
+        let up = upCounters[Int(sessions[Int(slot)].upstream)]
         for _ in 0..<tuning.maxBatchesPerWakeup {
             guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
                   received > 0 else { return }
             repliesFilled = received
+            var bytes: UInt64 = 0
+            for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
+            up.add(.receivedPackets, UInt64(received))
+            up.add(.receivedBytes, bytes)
             counters.add(.repliesIgnored, UInt64(received))
             if received < replyBatch.capacity { return }
         }
@@ -636,12 +647,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 prepareReply(slot)
                 prepared = true
             }
-            var allowed = received
-            if let max = settings.maxReplies { allowed = min(received, max - sessions[Int(slot)].replies) }
+            let allowed = Self.repliesAllowed(received, maxReplies: settings.maxReplies,
+                                              requests: sessions[Int(slot)].requests, replies: sessions[Int(slot)].replies)
+            // Every datagram from the upstream counts in its `received_*`, ignored ones too.
             var bytes: UInt64 = 0
+            for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
             for k in 0..<allowed {
                 scratch[k] = replyBatch.messages[k]
-                bytes &+= UInt64(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
                 scratch[k].msg_hdr.msg_namelen = sessions[Int(slot)].clientLength
@@ -652,14 +664,31 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            sessions[Int(slot)].replies += allowed
+            sessions[Int(slot)].replies = Self.saturatingAdd(sessions[Int(slot)].replies, allowed)
             idle.touch(slot, now: monotonicNanos())
-            if let max = settings.maxReplies, sessions[Int(slot)].replies >= max {
+            if Self.repliesAllowed(1, maxReplies: settings.maxReplies, requests: sessions[Int(slot)].requests,
+                                   replies: sessions[Int(slot)].replies) == 0 {
                 closeSession(slot, reason: .sessionsClosed)
                 return
             }
             if received < replyBatch.capacity { return }
         }
+    }
+
+    /// Of `received` replies, how many may still go to the client: with `session_max_replies`
+    /// = R, a session expects R replies per request it forwarded (nginx `proxy_responses` per
+    /// `proxy_requests`), so pipelined requests (DNS A and AAAA from one socket) each get theirs.
+    /// Pure, for tests.
+    static func repliesAllowed(_ received: Int, maxReplies: Int?, requests: UInt32, replies: UInt32) -> Int {
+        guard let maxReplies else { return received }
+        let expected = UInt64(maxReplies) * UInt64(requests)
+        return expected > UInt64(replies) ? Int(min(UInt64(received), expected - UInt64(replies))) : 0
+    }
+
+    @inline(__always)
+    static func saturatingAdd(_ a: UInt32, _ n: Int) -> UInt32 {
+        let (sum, overflow) = a.addingReportingOverflow(UInt32(clamping: n))
+        return overflow ? .max : sum
     }
 
     /// Length of the control data in `replyControl` for the session being served.
