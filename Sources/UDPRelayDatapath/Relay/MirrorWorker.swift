@@ -142,21 +142,28 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         }
         countReceived(count, bytes: bytes)
         guard n > 0 else { return }
+        // The listener's `sent` is every copy that went out, packets and bytes: the sum of its
+        // upstreams' `sent`.
         var copies = 0
+        var copiedBytes: UInt64 = 0
         for u in 0..<upstreamFDs.count {
-            copies += send(n, toUpstream: u)
+            let outcome = send(n, toUpstream: u)
+            copies += outcome.sent
+            copiedBytes &+= outcome.bytes
         }
         counters.add(.sentPackets, UInt64(copies))
+        counters.add(.sentBytes, copiedBytes)
     }
 
-    /// Sends the `count` messages of `scratch` to one upstream; returns how many went out.
+    /// Sends the `count` messages of `scratch` to one upstream; returns the datagrams and bytes
+    /// that went out.
     @inline(__always)
-    private func send(_ count: Int, toUpstream u: Int) -> Int {
+    private func send(_ count: Int, toUpstream u: Int) -> (sent: Int, bytes: UInt64) {
         let up = upCounters[u]
         let ufd = upstreamFDs[u]
         guard ufd >= 0 else {
             up.add(.sendDrops, UInt64(count))
-            return 0
+            return (0, 0)
         }
         var failed = false
         let outcome = sender.send(fd: ufd, scratch, count: count, oneDestination: true) { err, n in
@@ -170,7 +177,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         if failed { upstreams.recordFailure(u, now: monotonicNanos()) }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
-        return outcome.sent
+        return (outcome.sent, outcome.bytes)
     }
 
     private func drainReplies(_ u: Int, fd ufd: Int32) {
