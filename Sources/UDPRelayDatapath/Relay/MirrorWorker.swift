@@ -165,16 +165,16 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             up.add(.sendDrops, UInt64(count))
             return (0, 0)
         }
-        var failed = false
+        var failure: Int32 = 0
         let outcome = sender.send(fd: ufd, scratch, count: count, oneDestination: true) { err, n in
             // Counted once, on the upstream (as in RelayWorker).
             up.add(.sendDrops, UInt64(n))
             if ErrorPolicy.isUpstreamFailure(errno: err) {
                 up.add(.failures)
-                failed = true
+                failure = err
             }
         }
-        if failed { upstreams.recordFailure(u, now: monotonicNanos()) }
+        if failure != 0 { upstreams.recordFailure(u, now: monotonicNanos(), errno: failure) }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
         return (outcome.sent, outcome.bytes)
@@ -191,7 +191,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 // ECONNREFUSED for an earlier copy: count it against the upstream and go on.
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     up.add(.failures)
-                    upstreams.recordFailure(u, now: monotonicNanos())
+                    upstreams.recordFailure(u, now: monotonicNanos(), errno: error.errno)
                     continue
                 }
                 counters.add(.receiveErrors)

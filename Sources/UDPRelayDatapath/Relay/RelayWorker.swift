@@ -426,7 +426,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             } else {
                 counters.add(.sessionErrors)
                 upCounters[pick.index].add(.failures)
-                upstreams.recordFailure(pick.index, now: now)
+                upstreams.recordFailure(pick.index, now: now, errno: error.errno)
             }
             return nil
         }
@@ -527,7 +527,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private func upstreamFailed(_ slot: Int32, errno err: Int32, now: UInt64) {
         let upstream = Int(sessions[Int(slot)].upstream)
         upCounters[upstream].add(.failures)
-        upstreams.recordFailure(upstream, now: now)
+        upstreams.recordFailure(upstream, now: now, errno: err)
         closeSession(slot, reason: .sessionsFailed, hold: err != ECONNREFUSED)
     }
 
