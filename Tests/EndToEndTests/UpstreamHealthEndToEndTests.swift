@@ -63,3 +63,33 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
         XCTAssertNotEqual(line.split(separator: " ").last, "0", String(line))
     }
 }
+
+extension UpstreamHealthEndToEndTests {
+    /// Issue 12 item 7: coming back from a passive mark-down was never logged.
+    func testPassiveMarkDownAndItsEndAreLoggedOnceEach() throws {
+        let refusing = try closedLoopbackPort()
+        let d = try DaemonProcess(config: """
+        [status]
+        listen = off
+        [listener lb]
+        listen = 127.0.0.1:0
+        mode = forward
+        max_fails = 1
+        fail_timeout = 300ms
+        upstream = \(refusing)
+        """)
+        addTeardownBlock { d.stop() }
+        let relay = try XCTUnwrap(try d.waitUntilReady()["lb"]?.first)
+        let client = try UDPClient()
+        client.send([1], to: relay)  // refused: ICMP port unreachable marks the upstream down
+        let down = try XCTUnwrap(d.waitForLine(containing: "upstream down", timeout: 10), d.log.joined(separator: "\n"))
+        XCTAssertTrue(down.contains("upstream=\(refusing)"), down)
+        let mark = try XCTUnwrap(d.log.firstIndex(of: down))
+        let up = try XCTUnwrap(d.waitForLine(containing: "upstream up", after: mark, timeout: 10),
+                               "the end of the mark-down is logged: \(d.log.joined(separator: "\n"))")
+        XCTAssertTrue(up.contains("upstream=\(refusing)") && up.contains("fail_timeout"), up)
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertEqual(d.log.filter { $0.contains("upstream down") }.count, 1, "logged once")
+        XCTAssertEqual(d.log.filter { $0.contains("upstream up") }.count, 1, "logged once")
+    }
+}

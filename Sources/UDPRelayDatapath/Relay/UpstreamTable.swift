@@ -13,7 +13,7 @@ import UDPRelayConfig
 /// changes, a failure is recorded or a session picks its upstream's address.
 final class UpstreamTable: @unchecked Sendable {
     // @unchecked: mutable state is behind `lock`, in atomics, or confined to one queue:
-    // `controlQueue` (probe sockets and timer, `awaiting`), `resolveQueue` (`resolveFailing`).
+    // `controlQueue` (probe sockets and timer, `awaiting`, `stopped`), `resolveQueue` (`resolveFailing`).
     let endpoints: [UpstreamEndpoint]
     let settings: HealthSettings
     let resolveInterval: Duration
@@ -46,6 +46,8 @@ final class UpstreamTable: @unchecked Sendable {
     private var awaiting: [Bool] = []
     private var resolveFailing: [Bool] = []
     private let probeClosed = DispatchGroup()
+    /// `stop` ran (on `controlQueue`): no more state changes are logged.
+    private var stopped = false
 
     /// Resolves one hostname (getaddrinfo by default; tests inject a fake).
     typealias Resolver = @Sendable (String, UInt16) -> Result<SocketAddress, ResolveError>
@@ -90,23 +92,47 @@ final class UpstreamTable: @unchecked Sendable {
 
     func address(_ i: Int) -> SocketAddress? { lock.withLockedValue { $0.addresses[i] } }
 
-    /// Records a failure seen on the datapath (refused, send error: `errno`); logs when it
-    /// marks the upstream down.
+    /// Records a failure seen on the datapath (refused, send error: `errno`). When it marks
+    /// the upstream down, logs that (unless a probe had it down already) and schedules the
+    /// end of the mark-down, which is logged too.
     func recordFailure(_ i: Int, now: UInt64, errno err: Int32) {
-        let (down, until) = lock.withLockedValue { l -> (Bool, UInt64) in
+        let (marked, wasDown, until) = lock.withLockedValue { l -> (Bool, Bool, UInt64) in
             l.lastError[i] = .errno(err)
-            guard settings.maxFails > 0 else { return (false, l.health[i].downUntil) }
+            guard settings.maxFails > 0 else { return (false, false, l.health[i].downUntil) }
+            let wasDown = l.health[i].isDown(now: now)
             let d = l.health[i].recordFailure(now: now)
-            return (d, l.health[i].downUntil)
+            return (d, wasDown, l.health[i].downUntil)
         }
         guard settings.maxFails > 0 else { return }
         state[3 * i] = until
-        if down {
+        guard marked else { return }
+        if !wasDown {
             logger.warning("upstream down", metadata: [
                 "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
                 "down_for": "\(settings.failTimeout)",
             ])
         }
+        controlQueue.async { [self] in schedulePassiveEnd(i, until: until) }
+    }
+
+    /// Logs "upstream up" once a passive mark-down that ended at `until` is over, unless the
+    /// upstream is still down for another reason (a probe; its answer then logs the way back).
+    private func schedulePassiveEnd(_ i: Int, until: UInt64) {
+        dispatchPrecondition(condition: .onQueue(controlQueue))
+        guard !stopped else { return }
+        let now = monotonicNanos()
+        guard now >= until else {
+            controlQueue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: until - now))) { [weak self] in
+                self?.schedulePassiveEnd(i, until: until)
+            }
+            return
+        }
+        let up = lock.withLockedValue { l in l.health[i].downUntil == until && !l.health[i].isDown(now: now) }
+        guard up else { return }
+        logger.notice("upstream up", metadata: [
+            "upstream": "\(endpoints[i])",
+            "reason": "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again",
+        ])
     }
 
     // MARK: resolution
@@ -195,6 +221,7 @@ final class UpstreamTable: @unchecked Sendable {
         }
         done.enter()
         controlQueue.async { [self] in
+            stopped = true
             probeTimer?.cancel()
             probeTimer = nil
             for (i, s) in probeSources.enumerated() {
