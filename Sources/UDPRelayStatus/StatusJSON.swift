@@ -142,6 +142,7 @@ public enum StatusJSON {
                     ("sent", traffic(u.sent)),
                     ("received", traffic(u.received)),
                     ("failures", .uint(u.failures)),
+                    ("last_error", u.lastError.map { .string($0) } ?? .null),
                     ("counters", .object(u.counters.map { ($0.name, .uint($0.value)) })),
                 ])
             })),

@@ -93,7 +93,13 @@ public enum StatusPage {
                 h += "<td colspan=\"4\" class=\"muted\"></td>"
                 h += "<td>\(Format.grouped(u.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.received.bytes)))</span></td>"
                 h += "<td>\(Format.grouped(u.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.sent.bytes)))</span></td>"
-                h += "<td class=\"l\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")</td>"
+                h += "<td class=\"l wrap\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")"
+                // Why it is down: the last error, and how its health probes fare.
+                if !u.isUp, let e = u.lastError { h += "<br><span class=\"sub\">last error: \(Format.html(e))</span>" }
+                if u.counter("probes_sent") > 0 {
+                    h += "<br><span class=\"sub\">probes \(Format.grouped(u.counter("probes_answered"))) of \(Format.grouped(u.counter("probes_sent"))) answered</span>"
+                }
+                h += "</td>"
                 h += "<td></td></tr>\n"
             }
         }

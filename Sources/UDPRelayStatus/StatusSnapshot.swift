@@ -137,16 +137,22 @@ public struct UpstreamStatus: Sendable, Equatable {
     public var failures: UInt64
     /// Other counters of this upstream (`send_drops`, `probes_sent`, ...).
     public var counters: [NamedCounter]
+    /// The last failure seen (why it is down), nil when none was seen.
+    public var lastError: String?
 
     public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
-                counters: [NamedCounter] = []) {
+                counters: [NamedCounter] = [], lastError: String? = nil) {
         self.address = address
         self.state = state
         self.sent = sent
         self.received = received
         self.failures = failures
         self.counters = counters
+        self.lastError = lastError
     }
+
+    /// A counter of `counters` by name, 0 when absent.
+    public func counter(_ name: String) -> UInt64 { counters.first { $0.name == name }?.value ?? 0 }
 
     public var isUp: Bool { state == "up" }
 }

@@ -42,7 +42,7 @@ struct DaemonStatusSource: StatusSource {
                                failures: u.counters[.failures],
                                counters: [UpstreamCounter.sendDrops, .sessions, .probesSent, .probesAnswered].map {
                                    NamedCounter($0.name, u.counters[$0])
-                               })
+                               }, lastError: u.lastError)
             },
             counters: l.mode == ListenerMode.echo.rawValue ? [] : Self.relayEvents.map { NamedCounter($0.0, c[$0.1]) },
             workers: l.workers.map { w in

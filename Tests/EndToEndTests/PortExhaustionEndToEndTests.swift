@@ -30,6 +30,39 @@ final class PortExhaustionEndToEndTests: XCTestCase {
         return unsafeBitCast(symbol, to: Unshare.self)(CLONE_NEWNET) == 0
     }
 
+    /// Runs `body` on a thread of its own in a new network namespace (loopback up, ephemeral
+    /// port range `portRange`): the daemon it starts and the sockets it opens live there, and
+    /// the host's port range is never touched. Skips where namespaces cannot be made (not root).
+    static func inNetworkNamespace(portRange: String, timeout: Double = 120, _ body: @escaping @Sendable () throws -> Void) throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root for a network namespace (CI runs as root)") }
+        let hostRange = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        final class Outcome: @unchecked Sendable {
+            // @unchecked: written by the namespace thread before `done` is signalled, read after.
+            var skipReason: String?
+            var error: Error?
+        }
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            defer { done.signal() }
+            guard unshareNetwork() else { outcome.skipReason = "cannot create a network namespace: errno \(errno)"; return }
+            guard bringLoopbackUp() else { outcome.skipReason = "cannot bring lo up: errno \(errno)"; return }
+            do {
+                try portRange.write(toFile: "/proc/sys/net/ipv4/ip_local_port_range", atomically: false, encoding: .utf8)
+            } catch {
+                outcome.skipReason = "cannot set the namespace's port range: \(error)"
+                return
+            }
+            do { try body() } catch { outcome.error = error }
+        }
+        thread.start()
+        XCTAssertEqual(done.wait(timeout: .now() + timeout), .success, "the namespace thread finished")
+        XCTAssertEqual(try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8), hostRange,
+                       "the host's port range is untouched")
+        if let reason = outcome.skipReason { throw XCTSkip(reason) }
+        if let error = outcome.error { throw error }
+    }
+
     func testRunningOutOfLocalPortsIsLoggedOnceAndDoesNotMarkTheUpstreamDown() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root for a network namespace (CI runs as root)") }
         let hostRange = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)

@@ -232,10 +232,13 @@ final class UpstreamResolutionTests: XCTestCase {
         XCTAssertTrue(table.isUp(1, now: 1))
         XCTAssertEqual(table.snapshot().map(\.endpoint), ["no-such-host.invalid:53", "127.0.0.1:9"])
         XCTAssertEqual(table.snapshot().map(\.state), ["unresolved", "up"])
-        table.recordFailure(1, now: 1)
-        table.recordFailure(1, now: 2)
-        table.recordFailure(1, now: 3)  // max_fails = 3 within fail_timeout
+        XCTAssertEqual(table.snapshot()[0].lastError?.hasPrefix("cannot resolve: "), true, "why it takes no traffic")
+        XCTAssertNil(table.snapshot()[1].lastError, "no failure yet")
+        table.recordFailure(1, now: 1, errno: ECONNREFUSED)
+        table.recordFailure(1, now: 2, errno: ECONNREFUSED)
+        table.recordFailure(1, now: 3, errno: ECONNREFUSED)  // max_fails = 3 within fail_timeout
         XCTAssertEqual(table.snapshot(now: 4).map(\.state), ["unresolved", "down"])
+        XCTAssertEqual(table.snapshot(now: 4)[1].lastError, "connection refused (ICMP port unreachable)", "why it is down")
         XCTAssertFalse(table.isUp(1, now: 4))
         XCTAssertTrue(table.isUp(1, now: 3 + Duration.seconds(10).nanoseconds), "back after fail_timeout")
     }

@@ -142,35 +142,42 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         }
         countReceived(count, bytes: bytes)
         guard n > 0 else { return }
+        // The listener's `sent` is every copy that went out, packets and bytes: the sum of its
+        // upstreams' `sent`.
         var copies = 0
+        var copiedBytes: UInt64 = 0
         for u in 0..<upstreamFDs.count {
-            copies += send(n, toUpstream: u)
+            let outcome = send(n, toUpstream: u)
+            copies += outcome.sent
+            copiedBytes &+= outcome.bytes
         }
         counters.add(.sentPackets, UInt64(copies))
+        counters.add(.sentBytes, copiedBytes)
     }
 
-    /// Sends the `count` messages of `scratch` to one upstream; returns how many went out.
+    /// Sends the `count` messages of `scratch` to one upstream; returns the datagrams and bytes
+    /// that went out.
     @inline(__always)
-    private func send(_ count: Int, toUpstream u: Int) -> Int {
+    private func send(_ count: Int, toUpstream u: Int) -> (sent: Int, bytes: UInt64) {
         let up = upCounters[u]
         let ufd = upstreamFDs[u]
         guard ufd >= 0 else {
             up.add(.sendDrops, UInt64(count))
-            return 0
+            return (0, 0)
         }
-        var failed = false
+        var failure: Int32 = 0
         let outcome = sender.send(fd: ufd, scratch, count: count, oneDestination: true) { err, n in
             // Counted once, on the upstream (as in RelayWorker).
             up.add(.sendDrops, UInt64(n))
             if ErrorPolicy.isUpstreamFailure(errno: err) {
                 up.add(.failures)
-                failed = true
+                failure = err
             }
         }
-        if failed { upstreams.recordFailure(u, now: monotonicNanos()) }
+        if failure != 0 { upstreams.recordFailure(u, now: monotonicNanos(), errno: failure) }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
-        return outcome.sent
+        return (outcome.sent, outcome.bytes)
     }
 
     private func drainReplies(_ u: Int, fd ufd: Int32) {
@@ -184,7 +191,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 // ECONNREFUSED for an earlier copy: count it against the upstream and go on.
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     up.add(.failures)
-                    upstreams.recordFailure(u, now: monotonicNanos())
+                    upstreams.recordFailure(u, now: monotonicNanos(), errno: error.errno)
                     continue
                 }
                 counters.add(.receiveErrors)

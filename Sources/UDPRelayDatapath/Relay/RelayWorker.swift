@@ -19,7 +19,10 @@ struct Session {
     var upstream: Int32 = 0
     /// Interface of `local` (packet info on wildcard listeners).
     var ifindex: UInt32 = 0
-    var replies = 0
+    /// Datagrams sent to the upstream and replies forwarded to the client (saturating): with
+    /// `session_max_replies` = R the session closes once replies reach R × requests.
+    var requests: UInt32 = 0
+    var replies: UInt32 = 0
     var key = ClientKey(high: 0, low: 0, rest: 0)
     /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
     var client = sockaddr_in6()
@@ -48,11 +51,13 @@ struct Session {
 /// its own source: nested in the epoll set it cost 5% more CPU per datagram.
 ///
 /// A session that is evicted, expires or reaches `session_max_replies` keeps its socket, out of
-/// the table, for `closedSessionHold` (2 s; at most `heldCapacity` sockets, oldest released
-/// first, and released at once when descriptors or ports run out). A closed UDP port is free
-/// for the next `connect`, so without the hold a reply still on its way to an evicted session
-/// could reach whichever new session the kernel gave that port, and so the wrong client. Held,
-/// such a reply is read and counted as `replies_ignored`.
+/// the table, for `closedSessionHold` (2 s), and no held socket is closed before that. A closed
+/// UDP port is free for the next `connect`, so without the hold a reply still on its way to an
+/// evicted session could reach whichever new session the kernel gave that port, and so the
+/// wrong client. Held, such a reply is read and counted as `replies_ignored`. Live and held
+/// sockets together stay within `sessionBudget`; when it, the descriptors or the ports run out,
+/// new clients are refused (`no_session`, `session_errors`) rather than served on a port that
+/// may still receive another client's replies.
 ///
 /// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
 /// each group goes out through `DatagramSender` (one segmented send per equal-sized run, the
@@ -95,9 +100,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private static let readyCapacity = 64
     /// Closed sessions whose sockets are held, oldest first, with the time each was closed.
     private var heldSlots = Deque<(slot: Int32, since: UInt64)>()
-    private let heldLimit: Int
+    /// Most session sockets per worker, live and held: `max_sessions` + `heldCapacity`.
+    private let sessionBudget: Int
     private let holdNanos: UInt64
-    /// Most held sockets per worker: `max_sessions`, within 256...4096.
+    /// Room for held sockets per worker beyond `max_sessions`: `max_sessions`, within 256...4096.
     static func heldCapacity(maxSessions: Int) -> Int { min(4096, max(256, maxSessions)) }
     /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
     /// (not the whole batch per wakeup: at one datagram in flight that is 64 slots per datagram).
@@ -140,7 +146,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.settings = configuration.sessions
         self.timeoutNanos = configuration.sessions.timeout.nanoseconds
         self.holdNanos = tuning.closedSessionHold
-        self.heldLimit = RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
+        self.sessionBudget = configuration.sessions.maxSessions + RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
         self.busyPoll = configuration.busyPoll.nanoseconds
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -318,6 +324,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 sessionOf[i] = slot
                 continue
             }
+            // The new socket first: a client refused for want of a port or a descriptor must
+            // not cost another client its session.
+            guard let socket = openSessionSocket(clientHash: key.stableHash, now: now) else {
+                counters.add(.dropNoSession)
+                continue
+            }
             if table.count >= settings.maxSessions {
                 // Send what is queued first: it may belong to the session about to be evicted.
                 sendGroups(from: pending, to: i)
@@ -325,7 +337,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 let oldest = idle.tail
                 if oldest >= 0 { closeSession(oldest, reason: .sessionsEvicted) }
             }
-            if let slot = openSession(key: key, message: m, now: now) {
+            if let slot = addSession(socket, key: key, message: m, now: now) {
                 sessionOf[i] = slot
             } else {
                 counters.add(.dropNoSession)
@@ -372,15 +384,27 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
+        sessions[Int(slot)].requests = Self.saturatingAdd(sessions[Int(slot)].requests, outcome.sent)
         if failure != 0 { upstreamFailed(slot, errno: failure, now: monotonicNanos()) }
     }
 
     // MARK: sessions
 
-    /// Opens a session for the client of message `m`: picks an upstream, opens and connects its
-    /// socket and adds it to the epoll set. Returns the slot, or nil (counted) when it cannot.
-    private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
-        let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) })
+    /// Opens and connects a socket for a new session on the upstream the balancer picks, or
+    /// nil (counted as `session_errors`) when it cannot: no address, the upstream's connect
+    /// failed, or this worker is out of sockets (`sessionBudget`), descriptors or ports. Held
+    /// sockets are never closed before their hold is over to make room: their port could be
+    /// handed to this session, and a late reply meant for the held session's client would then
+    /// reach this one's.
+    private func openSessionSocket(clientHash: UInt64, now: UInt64) -> (fd: Int32, upstream: Int)? {
+        if table.count + heldSlots.count >= sessionBudget {
+            releaseExpiredHolds(now: monotonicNanos())
+            guard table.count + heldSlots.count < sessionBudget else {
+                sessionSocketsFail(nil)
+                return nil
+            }
+        }
+        let pick = balancer.pick(clientHash: clientHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
@@ -388,13 +412,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         let fd: Int32
         do {
-            fd = try releasingHeldSockets { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
+            fd = try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
         } catch {
             sessionSocketsFail(error)
             return nil
         }
         do {
-            try releasingHeldSockets { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
+            try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
             close(fd)
             if RelayWorker.isLocalShortage(error.errno) {
@@ -402,10 +426,18 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             } else {
                 counters.add(.sessionErrors)
                 upCounters[pick.index].add(.failures)
-                upstreams.recordFailure(pick.index, now: now)
+                upstreams.recordFailure(pick.index, now: now, errno: error.errno)
             }
             return nil
         }
+        return (fd, pick.index)
+    }
+
+    /// Makes a session of a socket from `openSessionSocket` for the client of message `m`:
+    /// a slot, the client's addresses, the epoll set. Returns the slot, or nil (counted).
+    private func addSession(_ socket: (fd: Int32, upstream: Int), key: ClientKey,
+                            message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
+        let (fd, upstream) = socket
         if sessionSocketFailing {
             sessionSocketFailing = false
             logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
@@ -420,7 +452,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var s = sessions[Int(slot)]
         s.fd = fd
         s.generation &+= 1
-        s.upstream = Int32(pick.index)
+        s.upstream = Int32(upstream)
+        s.requests = 0
         s.replies = 0
         s.key = key
         s.client = sockaddr_in6()
@@ -451,10 +484,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         idle.insert(slot, now: now)
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(table.count))
-        upCounters[pick.index].add(.sessions)
+        upCounters[upstream].add(.sessions)
         logger.debug("session opened", metadata: [
-            "peer.address": "\(clientDescription(slot))",
-            "upstream": "\(upstreams.endpoints[pick.index])", "upstream.address": "\(address)",
+            "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[upstream])",
         ])
         return slot
     }
@@ -476,7 +508,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         if reason == nil || !hold || holdNanos == 0 {
             releaseSlot(slot)
         } else {
-            if heldSlots.count >= heldLimit { releaseOldestHeld() }
             sessions[Int(slot)].held = true
             heldSlots.append((slot, monotonicNanos()))
         }
@@ -496,7 +527,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private func upstreamFailed(_ slot: Int32, errno err: Int32, now: UInt64) {
         let upstream = Int(sessions[Int(slot)].upstream)
         upCounters[upstream].add(.failures)
-        upstreams.recordFailure(upstream, now: now)
+        upstreams.recordFailure(upstream, now: now, errno: err)
         closeSession(slot, reason: .sessionsFailed, hold: err != ECONNREFUSED)
     }
 
@@ -505,7 +536,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         while let slot = idle.expired(now: now, timeout: timeoutNanos) {
             closeSession(slot, reason: .sessionsExpired)
         }
-        // Sessions closed just above were stamped after `now`: they stay, as does all after them.
+        releaseExpiredHolds(now: now)
+    }
+
+    /// Closes the held sockets whose hold is over at `now`, oldest first. Sessions closed after
+    /// `now` was read are stamped later: they stay, as does all after them.
+    private func releaseExpiredHolds(now: UInt64) {
         while let oldest = heldSlots.first, oldest.since <= now, now - oldest.since >= holdNanos { releaseOldestHeld() }
     }
 
@@ -528,27 +564,38 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// A late reply (or an ICMP error) on a held socket: read and counted, never forwarded.
+    /// Like every datagram from an upstream it counts in the upstream's `received_*`.
     private func drainHeld(_ slot: Int32) {
+        let up = upCounters[Int(sessions[Int(slot)].upstream)]
         for _ in 0..<tuning.maxBatchesPerWakeup {
             guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
                   received > 0 else { return }
             repliesFilled = received
+            var bytes: UInt64 = 0
+            for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
+            up.add(.receivedPackets, UInt64(received))
+            up.add(.receivedBytes, bytes)
             counters.add(.repliesIgnored, UInt64(received))
             if received < replyBatch.capacity { return }
         }
     }
 
-    /// A session socket could not be opened or bound for want of descriptors or ports: counted,
-    /// and logged once per episode with what to change.
-    private func sessionSocketsFail(_ error: SyscallError) {
+    /// A session socket could not be opened or bound for want of descriptors or ports (`error`),
+    /// or live and held sockets fill `sessionBudget` (nil): counted, and logged once per episode
+    /// with what to change.
+    private func sessionSocketsFail(_ error: SyscallError?) {
         counters.add(.sessionErrors)
         guard !sessionSocketFailing else { return }
         sessionSocketFailing = true
-        let hint = error.errno == EAGAIN
-            ? "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
-            : "raise the file limit (LimitNOFILE=) or lower max_sessions"
-        logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
-                       metadata: ["error": "\(error)", "hint": "\(hint)", "sessions.active": "\(table.count)"])
+        let hint = switch error?.errno {
+        case nil: "too many sessions closed in the last \(holdNanos / 1_000_000) ms: each keeps its socket that long (see max_sessions)"
+        case EAGAIN: "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
+        default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
+        }
+        logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)", metadata: [
+            "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessionBudget))")",
+            "hint": "\(hint)", "sessions.active": "\(table.count)", "sessions.held": "\(heldSlots.count)",
+        ])
     }
 
     /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from the
@@ -560,14 +607,17 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// Runs `call` (opening or connecting a session socket); when descriptors or ports run out,
-    /// releases held sockets one by one and tries again.
-    private func releasingHeldSockets<T>(_ call: () throws(SyscallError) -> T) throws(SyscallError) -> T {
-        while true {
-            do {
-                return try call()
-            } catch {
-                guard RelayWorker.isLocalShortage(error.errno), releaseOldestHeld() else { throw error }
-            }
+    /// closes the held sockets whose hold is over (the expiry timer may not have run yet) and
+    /// tries once more. Never closes a held socket early.
+    private func retryingAfterExpiredHolds<T>(_ call: () throws(SyscallError) -> T) throws(SyscallError) -> T {
+        do {
+            return try call()
+        } catch {
+            let before = heldSlots.count
+            guard RelayWorker.isLocalShortage(error.errno) else { throw error }
+            releaseExpiredHolds(now: monotonicNanos())
+            guard heldSlots.count < before else { throw error }
+            return try call()
         }
     }
 
@@ -597,12 +647,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 prepareReply(slot)
                 prepared = true
             }
-            var allowed = received
-            if let max = settings.maxReplies { allowed = min(received, max - sessions[Int(slot)].replies) }
+            let allowed = Self.repliesAllowed(received, maxReplies: settings.maxReplies,
+                                              requests: sessions[Int(slot)].requests, replies: sessions[Int(slot)].replies)
+            // Every datagram from the upstream counts in its `received_*`, ignored ones too.
             var bytes: UInt64 = 0
+            for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
             for k in 0..<allowed {
                 scratch[k] = replyBatch.messages[k]
-                bytes &+= UInt64(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
                 scratch[k].msg_hdr.msg_namelen = sessions[Int(slot)].clientLength
@@ -613,14 +664,31 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            sessions[Int(slot)].replies += allowed
+            sessions[Int(slot)].replies = Self.saturatingAdd(sessions[Int(slot)].replies, allowed)
             idle.touch(slot, now: monotonicNanos())
-            if let max = settings.maxReplies, sessions[Int(slot)].replies >= max {
+            if Self.repliesAllowed(1, maxReplies: settings.maxReplies, requests: sessions[Int(slot)].requests,
+                                   replies: sessions[Int(slot)].replies) == 0 {
                 closeSession(slot, reason: .sessionsClosed)
                 return
             }
             if received < replyBatch.capacity { return }
         }
+    }
+
+    /// Of `received` replies, how many may still go to the client: with `session_max_replies`
+    /// = R, a session expects R replies per request it forwarded (nginx `proxy_responses` per
+    /// `proxy_requests`), so pipelined requests (DNS A and AAAA from one socket) each get theirs.
+    /// Pure, for tests.
+    static func repliesAllowed(_ received: Int, maxReplies: Int?, requests: UInt32, replies: UInt32) -> Int {
+        guard let maxReplies else { return received }
+        let expected = UInt64(maxReplies) * UInt64(requests)
+        return expected > UInt64(replies) ? Int(min(UInt64(received), expected - UInt64(replies))) : 0
+    }
+
+    @inline(__always)
+    static func saturatingAdd(_ a: UInt32, _ n: Int) -> UInt32 {
+        let (sum, overflow) = a.addingReportingOverflow(UInt32(clamping: n))
+        return overflow ? .max : sum
     }
 
     /// Length of the control data in `replyControl` for the session being served.

@@ -13,7 +13,7 @@ import UDPRelayConfig
 /// changes, a failure is recorded or a session picks its upstream's address.
 final class UpstreamTable: @unchecked Sendable {
     // @unchecked: mutable state is behind `lock`, in atomics, or confined to one queue:
-    // `controlQueue` (probe sockets and timer, `awaiting`), `resolveQueue` (`resolveFailing`).
+    // `controlQueue` (probe sockets and timer, `awaiting`, `stopped`), `resolveQueue` (`resolveFailing`).
     let endpoints: [UpstreamEndpoint]
     let settings: HealthSettings
     let resolveInterval: Duration
@@ -27,6 +27,8 @@ final class UpstreamTable: @unchecked Sendable {
     private struct Locked {
         var addresses: [SocketAddress?]
         var health: [HealthState]
+        /// The last failure seen per upstream, for `/status` and the page.
+        var lastError: [UpstreamError?]
     }
 
     private let lock: NIOLockedValueBox<Locked>
@@ -44,6 +46,8 @@ final class UpstreamTable: @unchecked Sendable {
     private var awaiting: [Bool] = []
     private var resolveFailing: [Bool] = []
     private let probeClosed = DispatchGroup()
+    /// `stop` ran (on `controlQueue`): no more state changes are logged.
+    private var stopped = false
 
     /// Resolves one hostname (getaddrinfo by default; tests inject a fake).
     typealias Resolver = @Sendable (String, UInt16) -> Result<SocketAddress, ResolveError>
@@ -63,7 +67,8 @@ final class UpstreamTable: @unchecked Sendable {
         counters = (0...workers).map { _ in (0..<n).map { _ in UpstreamCounterSet() } }
         let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds,
                                  probeFails: configuration.health.probeFails)
-        lock = NIOLockedValueBox(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n)))
+        lock = NIOLockedValueBox(Locked(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n),
+                                        lastError: Array(repeating: nil, count: n)))
         state = AtomicSlots(count: 3 * n)
         controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
         resolveQueue = DispatchQueue(label: "udprelayd.resolve.\(configuration.name)")
@@ -87,21 +92,47 @@ final class UpstreamTable: @unchecked Sendable {
 
     func address(_ i: Int) -> SocketAddress? { lock.withLockedValue { $0.addresses[i] } }
 
-    /// Records a failure seen on the datapath (refused, send error); logs when it marks the
-    /// upstream down.
-    func recordFailure(_ i: Int, now: UInt64) {
-        guard settings.maxFails > 0 else { return }
-        let (down, until) = lock.withLockedValue { l -> (Bool, UInt64) in
+    /// Records a failure seen on the datapath (refused, send error: `errno`). When it marks
+    /// the upstream down, logs that (unless a probe had it down already) and schedules the
+    /// end of the mark-down, which is logged too.
+    func recordFailure(_ i: Int, now: UInt64, errno err: Int32) {
+        let (marked, wasDown, until) = lock.withLockedValue { l -> (Bool, Bool, UInt64) in
+            l.lastError[i] = .errno(err)
+            guard settings.maxFails > 0 else { return (false, false, l.health[i].downUntil) }
+            let wasDown = l.health[i].isDown(now: now)
             let d = l.health[i].recordFailure(now: now)
-            return (d, l.health[i].downUntil)
+            return (d, wasDown, l.health[i].downUntil)
         }
+        guard settings.maxFails > 0 else { return }
         state[3 * i] = until
-        if down {
+        guard marked else { return }
+        if !wasDown {
             logger.warning("upstream down", metadata: [
                 "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
                 "down_for": "\(settings.failTimeout)",
             ])
         }
+        controlQueue.async { [self] in schedulePassiveEnd(i, until: until) }
+    }
+
+    /// Logs "upstream up" once a passive mark-down that ended at `until` is over, unless the
+    /// upstream is still down for another reason (a probe; its answer then logs the way back).
+    private func schedulePassiveEnd(_ i: Int, until: UInt64) {
+        dispatchPrecondition(condition: .onQueue(controlQueue))
+        guard !stopped else { return }
+        let now = monotonicNanos()
+        guard now >= until else {
+            controlQueue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: until - now))) { [weak self] in
+                self?.schedulePassiveEnd(i, until: until)
+            }
+            return
+        }
+        let up = lock.withLockedValue { l in l.health[i].downUntil == until && !l.health[i].isDown(now: now) }
+        guard up else { return }
+        logger.notice("upstream up", metadata: [
+            "upstream": "\(endpoints[i])",
+            "reason": "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again",
+        ])
     }
 
     // MARK: resolution
@@ -126,6 +157,7 @@ final class UpstreamTable: @unchecked Sendable {
                 }
                 resolveFailing[i] = false
             case .failure(let message):
+                lock.withLockedValue { $0.lastError[i] = .unresolved(message.description) }
                 if !resolveFailing[i] {
                     let kept = address(i)
                     logger.error("cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")", metadata: [
@@ -189,6 +221,7 @@ final class UpstreamTable: @unchecked Sendable {
         }
         done.enter()
         controlQueue.async { [self] in
+            stopped = true
             probeTimer?.cancel()
             probeTimer = nil
             for (i, s) in probeSources.enumerated() {
@@ -281,8 +314,13 @@ final class UpstreamTable: @unchecked Sendable {
         }
     }
 
+    /// An unanswered probe is a failure of the upstream (`failures`, the last error).
     private func recordProbe(_ i: Int, answered: Bool, now: UInt64) {
-        let (change, probeDown) = lock.withLockedValue { ($0.health[i].recordProbe(answered: answered, now: now), $0.health[i].probeDown) }
+        if !answered { counters[counters.count - 1][i].add(.failures) }
+        let (change, probeDown) = lock.withLockedValue { l in
+            if !answered { l.lastError[i] = .probeUnanswered }
+            return (l.health[i].recordProbe(answered: answered, now: now), l.health[i].probeDown)
+        }
         state[3 * i + 1] = probeDown ? 1 : 0
         if let down = change {
             if down {
@@ -297,14 +335,15 @@ final class UpstreamTable: @unchecked Sendable {
     // MARK: snapshot
 
     func snapshot(now: UInt64 = monotonicNanos()) -> [UpstreamSnapshot] {
-        let addresses = lock.withLockedValue { $0.addresses }
+        let (addresses, errors) = lock.withLockedValue { ($0.addresses, $0.lastError) }
         return endpoints.indices.map { i in
             var c = UpstreamCounterSnapshot()
             for row in counters {
                 for k in UpstreamCounter.allCases { c[k] &+= row[i].value(k) }
             }
             return UpstreamSnapshot(endpoint: endpoints[i].description, address: addresses[i],
-                                    down: isDown(i, now: now), counters: c)
+                                    down: isDown(i, now: now), counters: c,
+                                    lastError: errors[i].map { $0.describe(interval: settings.interval) })
         }
     }
 }
@@ -319,11 +358,32 @@ public struct UpstreamSnapshot: Sendable, Equatable {
     public let down: Bool
     /// Summed over the listener's workers.
     public let counters: UpstreamCounterSnapshot
+    /// The last failure seen (`connection refused`, `health probe not answered within 5s`,
+    /// `cannot resolve: ...`), kept after the upstream comes back; nil when none was seen.
+    public let lastError: String?
 
     /// One lower-case word for status pages: `up`, `down` (health checks), or `unresolved`
     /// (a hostname that has never resolved; it takes no traffic).
     public var state: String {
         if address == nil { return "unresolved" }
         return down ? "down" : "up"
+    }
+}
+
+/// The last failure of an upstream, stored without allocating and described when shown.
+enum UpstreamError: Sendable, Equatable {
+    /// A send or receive towards it failed (ECONNREFUSED: ICMP port unreachable).
+    case errno(Int32)
+    /// A health probe got no answer within `health_interval`.
+    case probeUnanswered
+    /// Its hostname did not resolve.
+    case unresolved(String)
+
+    func describe(interval: Duration) -> String {
+        switch self {
+        case .errno(let e): String(cString: strerror(e)).lowercased() + (e == ECONNREFUSED ? " (ICMP port unreachable)" : "")
+        case .probeUnanswered: "health probe not answered within \(interval)"
+        case .unresolved(let message): "cannot resolve: \(message)"
+        }
     }
 }

@@ -1,0 +1,51 @@
+import Foundation
+import Logging
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+import UDPRelayConfig
+@testable import UDPRelayDatapath
+
+/// What relay listeners count, as `/status`, `/metrics` and the page show it.
+final class RelayCountersTests: XCTestCase {
+    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !condition() {
+            if Date() >= deadline { return false }
+            usleep(2000)
+        }
+        return true
+    }
+
+    func start(_ text: String, name: String) throws -> (Datapath, Listener) {
+        let datapath = try Datapath(configuration: try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini"),
+                                    logger: Logger(label: "test"))
+        datapath.start()
+        return (datapath, try XCTUnwrap(datapath.listener(named: name)))
+    }
+
+    /// Issue 12 item 5: a mirror listener's `sent` bytes were 0 while its upstreams showed them.
+    func testMirrorCountsTheBytesItSends() throws {
+        let a = try UpstreamServer(reply: nil), b = try UpstreamServer(reply: nil)
+        let (datapath, mirror) = try start("""
+        [listener m]
+        listen = 127.0.0.1:0
+        mode = mirror
+        workers = 2
+        upstream = \(a.address), \(b.address)
+        """, name: "m")
+        defer { datapath.stop() }
+        let client = try UDPClient()
+        for size in [10, 20, 30] { client.send(payload(size, seed: UInt64(size)), to: mirror.boundAddresses[0]) }
+        XCTAssertEqual(a.waitForCount(3), 3)
+        XCTAssertEqual(b.waitForCount(3), 3)
+        XCTAssertTrue(waitUntil(5) { mirror.counters()[.sentPackets] == 6 })
+        XCTAssertEqual(mirror.counters()[.sentBytes], 2 * 60, "every copy's bytes")
+        let upstreamBytes = mirror.upstreamSnapshots().map { $0.counters[.sentBytes] }
+        XCTAssertEqual(upstreamBytes, [60, 60])
+        // The per-worker figures add up to the listener's.
+        XCTAssertEqual(mirror.workers.map { $0.counters.value(.sentBytes) }.reduce(0, +), 120)
+    }
+}
