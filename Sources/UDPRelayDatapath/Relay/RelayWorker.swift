@@ -326,7 +326,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 if oldest >= 0 { closeSession(oldest, reason: .sessionsEvicted) }
             }
             if let slot = openSession(key: key, message: m, now: now) {
-                sessionOf[i] = slot
+                if slot >= 0 { sessionOf[i] = slot }
             } else {
                 counters.add(.dropNoSession)
             }
@@ -378,13 +378,20 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     // MARK: sessions
 
     /// Opens a session for the client of message `m`: picks an upstream, opens and connects its
-    /// socket and adds it to the epoll set. Returns the slot, or nil (counted) when it cannot.
+    /// socket and adds it to the epoll set. Returns the slot, or nil (counted) when it cannot, or -1
+    /// when the upstream is this daemon (dropped, counted as `loop`).
     private func openSession(key: ClientKey, message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
         let pick = balancer.pick(clientHash: key.stableHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
             return nil
+        }
+        // An upstream that is a relay listener of this daemon is a loop (counted as one; -1).
+        if filter.isOwnRelayListener(address) {
+            counters.add(.dropLoop)
+            noteDrop(.dropLoop, from: address)
+            return -1
         }
         let fd: Int32
         do {
