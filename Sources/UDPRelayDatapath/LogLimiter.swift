@@ -1,3 +1,5 @@
+import NIOConcurrencyHelpers
+
 /// Bounds how often one kind of log event is written: at most `lines` per `interval`, and
 /// the next line written says how many were left out in between. One per event kind and
 /// owner; use it at every log site a remote peer can trigger, so that no flood, at any log
@@ -37,4 +39,45 @@ public struct LogLimiter: Sendable {
         defer { suppressed = 0 }
         return suppressed
     }
+}
+
+
+/// The process-wide bound on log lines that remote peers can cause, behind every call-site
+/// limiter: a log event that names a peer (`peer.address` metadata) is written at most `lines`
+/// times per `interval` per kind (level and message), whatever the log level; the next line
+/// written of that kind carries the number left out (`log.suppressed`). Events about the daemon
+/// itself (start-up, listeners, reloads) name no peer and always pass.
+///
+/// Thread-safe (one lock, taken only for events that name a peer). At most `kinds` kinds are
+/// tracked; the ones beyond share one limiter.
+public final class LogFloodGate: Sendable {
+    private struct State {
+        var limiters: [String: LogLimiter] = [:]
+        var others: LogLimiter
+    }
+
+    private let state: NIOLockedValueBox<State>
+    private let template: LogLimiter
+    private let kinds: Int
+
+    public init(lines: Int = 50, per interval: Duration = .seconds(1), kinds: Int = 256) {
+        template = LogLimiter(lines: lines, per: interval)
+        self.kinds = kinds
+        state = NIOLockedValueBox(State(others: template))
+    }
+
+    /// Whether to write an event of `kind` now: nil to leave it out, else the number of events
+    /// of that kind left out since the last one written.
+    public func admit(_ kind: String, now: UInt64) -> UInt64? {
+        state.withLockedValue { s in
+            if s.limiters[kind] == nil {
+                guard s.limiters.count < kinds else { return s.others.admit(now: now) }
+                s.limiters[kind] = template
+            }
+            return s.limiters[kind]!.admit(now: now)
+        }
+    }
+
+    /// Monotonic nanoseconds (coarse).
+    public static func now() -> UInt64 { IngressFilter.monotonicNow() }
 }

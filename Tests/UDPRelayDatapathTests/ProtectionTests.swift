@@ -265,4 +265,14 @@ final class ProtectionTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(written, 20 * 5)
     }
 
+
+    func testLogFloodGateBoundsEachKindAndCountsWhatItLeavesOut() {
+        let gate = LogFloodGate(lines: 5, per: .seconds(1), kinds: 2)
+        XCTAssertEqual((0..<100).compactMap { _ in gate.admit("debug session opened", now: 0) }.count, 5)
+        XCTAssertEqual((0..<100).compactMap { _ in gate.admit("notice datagram refused", now: 0) }.count, 5, "kinds are separate")
+        XCTAssertEqual(gate.admit("debug session opened", now: second), 95, "the next second's first line carries the count")
+        // Kinds beyond the table share one limiter: a peer cannot grow it with new messages.
+        XCTAssertEqual((0..<100).compactMap { i in gate.admit("debug kind \(i)", now: 0) }.count, 5)
+    }
+
 }

@@ -105,6 +105,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var repliesFilled: Int
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
+    /// Session events clients cause are logged at most 20 a second each (opened, closed: debug),
+    /// and the start and end of a shortage of session sockets at most 4 times in 10 s.
+    private var sessionLogs = (opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
+                               episodes: LogLimiter(lines: 4, per: .seconds(10)))
     /// `busy_poll` in nanoseconds, 0 when off.
     private let busyPoll: UInt64
     /// busy_poll is off for the rest of a wakeup that received a batch of more than
@@ -415,7 +419,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         if sessionSocketFailing {
             sessionSocketFailing = false
-            logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
+            if let skipped = sessionLogs.episodes.admit(now: now) {
+                logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)", "log.suppressed": "\(skipped)"])
+            }
         }
         let slot: Int32
         if let free = freeSlots.popLast() {
@@ -459,10 +465,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(table.count))
         upCounters[pick.index].add(.sessions)
-        logger.debug("session opened", metadata: [
-            "peer.address": "\(clientDescription(slot))",
-            "upstream": "\(upstreams.endpoints[pick.index])", "upstream.address": "\(address)",
-        ])
+        if logger.logLevel <= .debug, let skipped = sessionLogs.opened.admit(now: now) {
+            logger.debug("session opened", metadata: [
+                "peer.address": "\(clientDescription(slot))",
+                "upstream": "\(upstreams.endpoints[pick.index])", "upstream.address": "\(address)",
+                "log.suppressed": "\(skipped)",
+            ])
+        }
         return slot
     }
 
@@ -489,10 +498,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
-        logger.debug("session closed", metadata: [
-            "peer.address": "\(clientDescription(slot))",
-            "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
-        ])
+        if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: monotonicNanos()) {
+            logger.debug("session closed", metadata: [
+                "peer.address": "\(clientDescription(slot))",
+                "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
+                "log.suppressed": "\(skipped)",
+            ])
+        }
     }
 
     /// A send to the session's upstream failed, or an ICMP error came back: count it against
@@ -554,8 +566,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         let hint = error.errno == EAGAIN
             ? "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
             : "raise the file limit (LimitNOFILE=) or lower max_sessions"
+        // Clients can make this flap at the limit: at most 4 lines (with the other) per 10 s.
+        guard let skipped = sessionLogs.episodes.admit(now: monotonicNanos()) else { return }
         logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)",
-                       metadata: ["error": "\(error)", "hint": "\(hint)", "sessions.active": "\(table.count)"])
+                       metadata: ["error": "\(error)", "hint": "\(hint)", "sessions.active": "\(table.count)",
+                                  "log.suppressed": "\(skipped)"])
     }
 
     /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from the
