@@ -64,7 +64,7 @@ struct ProtectionDraft {
     /// Defaults applied, as everywhere, in one place (ProtectionConfiguration.init).
     var configuration: ProtectionConfiguration {
         ProtectionConfiguration(allow: allow ?? [], deny: deny ?? [],
-                                denySourcePorts: denySourcePorts ?? Defaults.denySourcePorts,
+                                denySourcePorts: denySourcePorts,
                                 loopGuard: loopGuard ?? true, rateLimit: rateLimit, rateBurst: rateBurst,
                                 rateLimitTotal: rateLimitTotal,
                                 rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources)

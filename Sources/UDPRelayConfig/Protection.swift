@@ -55,8 +55,9 @@ public struct ProtectionConfiguration: Sendable, Equatable {
     public var allow: [CIDR]
     /// Networks denied. The longest matching prefix over `allow` and `deny` decides; on a tie, deny wins.
     public var deny: [CIDR]
-    /// Datagrams from these source ports are dropped (reflection and loop vectors).
-    public var denySourcePorts: PortSet
+    /// Datagrams from these source ports are dropped (reflection and loop vectors); nil for
+    /// the default of the listener's mode (`denySourcePorts(for:)`).
+    public var denySourcePorts: PortSet?
     /// Drop datagrams whose source is one of this daemon's own listener addresses.
     public var loopGuard: Bool
     /// Per source address token bucket; nil for unlimited.
@@ -69,7 +70,7 @@ public struct ProtectionConfiguration: Sendable, Equatable {
     /// forgotten when full (counted).
     public var rateLimitSources: Int
 
-    public init(allow: [CIDR] = [], deny: [CIDR] = [], denySourcePorts: PortSet = Defaults.denySourcePorts,
+    public init(allow: [CIDR] = [], deny: [CIDR] = [], denySourcePorts: PortSet? = nil,
                 loopGuard: Bool = true, rateLimit: Rate? = nil, rateBurst: Int? = nil, rateLimitTotal: Rate? = nil,
                 rateLimitSources: Int = Defaults.rateLimitSources) {
         self.allow = allow
@@ -81,13 +82,38 @@ public struct ProtectionConfiguration: Sendable, Equatable {
         self.rateLimitTotal = rateLimitTotal
         self.rateLimitSources = rateLimitSources
     }
+
+    /// The source ports refused on a listener of `mode`: `deny_source_ports` if set, else the
+    /// mode's default (`Defaults.denySourcePorts(for:)`).
+    public func denySourcePorts(for mode: ListenerMode) -> PortSet {
+        denySourcePorts ?? Defaults.denySourcePorts(for: mode)
+    }
 }
 
 extension Defaults {
     /// Source ports of well-known reflecting services (echo, daytime, qotd, chargen, time, DNS,
     /// TFTP, portmap, NTP, NetBIOS, SNMP, CLDAP, SSDP, mDNS, memcached) and port 0: a datagram
     /// from one of them is a reflection or a loop (CVE-1999-0103, CVE-2024-2169), never a client.
+    ///
+    /// This is echo's default: echo answers whatever arrives, so a datagram from one of these
+    /// ports (spoofed by an attacker) would be answered into a reflector or into another
+    /// service that answers back.
     public static let denySourcePorts = PortSet([0, 7, 13, 17, 19, 37, 53, 69, 111, 123, 137, 161, 389, 1900, 5353, 11211])
+    /// Relay modes' default: only port 0 and the services that answer any datagram (echo,
+    /// daytime, qotd, chargen, time). A relay sends a client's datagram to its own upstream, not
+    /// back to the source; the source port matters only when the upstream answers like one of
+    /// these services and the answer, sent back to the source, is answered again: a loop. NTP
+    /// (123) and DNS (53) clients and servers really do send from those ports (ntpd, chronyd
+    /// `acquisitionport 123`, a DNS server forwarding from port 53), and NTP and DNS servers do
+    /// not answer answers, so they pass. The risk taken: datagrams that reflectors send from
+    /// other ports reach the upstream at the rate they arrive (bound it with `rate_limit`,
+    /// `allow`), never back to the sender amplified.
+    public static let relayDenySourcePorts = PortSet([0, 7, 13, 17, 19, 37])
+
+    /// The default `deny_source_ports` of a listener of `mode`.
+    public static func denySourcePorts(for mode: ListenerMode) -> PortSet {
+        mode == .echo ? denySourcePorts : relayDenySourcePorts
+    }
     public static let rateLimitSources = 65536
     /// Upstreams one listener may name (each costs a health record and, in mirror mode, a socket).
     public static let maxUpstreams = 64

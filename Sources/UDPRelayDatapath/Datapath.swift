@@ -52,8 +52,8 @@ public final class Datapath: Sendable {
     /// Arms `listeners`; `all` is the whole set they will be part of (each worker learns every
     /// local address, for the loop guard).
     func start(_ listeners: [Listener], all: [Listener]) {
-        let own = LocalAddresses.expand(all.flatMap(\.boundAddresses))
-        for l in all { for w in l.workers { w.setOwnAddresses(own) } }
+        let loop = LocalAddresses.context(all)
+        for l in all { for w in l.workers { w.setLoopContext(loop) } }
         let registered = DispatchGroup()
         for l in listeners {
             l.start(registered: registered)

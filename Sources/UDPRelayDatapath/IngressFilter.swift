@@ -4,36 +4,54 @@ import Glibc
 import UDPRelayConfig
 
 /// Decides, per received datagram, whether a listener serves it, in this order: the source
-/// port is a known reflector (`deny_source_ports`), the source is one of this daemon's own
-/// listener addresses (`loop_guard`), the access list denies it, its source or the listener
-/// as a whole is over its rate. Returns the drop counter, or nil to serve it.
+/// port is a known reflector (`deny_source_ports`), the source is this daemon (`loop_guard`),
+/// the loop breaker caps it, the access list denies it, its source or the listener as a whole
+/// is over its rate. Returns the drop counter, or nil to serve it.
+///
+/// Every check sees the source with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
+/// dual-stack socket reports for IPv4 senders) turned into the IPv4 address, so IPv4 rules,
+/// rate-limit keys and the loop guard apply to it.
 ///
 /// Not thread-safe: one per worker, used only on the worker's queue. Allocates nothing per datagram.
 final class IngressFilter {
     private let denyPorts: PortSet
     private let access: AccessList
     private let loopGuard: Bool
-    /// Ports of our own listeners (a fast pre-check) and the exact addresses.
-    private var ownPorts = PortSet()
-    private var ownAddresses: Set<SocketAddress> = []
+    /// Echo answers every datagram, so it needs the strictest loop rules; relays are judged by
+    /// where they send (`isOwnRelayListener`).
+    private let echo: Bool
+    private var loop = LoopContext()
+    /// Echo only: datagrams from a local address and a port outside the ephemeral range (a
+    /// server's port, not a client's) are capped per source address and port. Another echo
+    /// server on this host answering us (a loop one spoofed datagram starts) exceeds the cap
+    /// within `LoopBreaker.burst` round trips, and the first drop ends the loop.
+    private let loopFlows: KeyedRateLimiter<SocketAddress>?
     private let perSource: SourceRateLimiter?
     private var total: TokenBucket?
     /// Whether `check` needs the time.
     let needsClock: Bool
 
-    init(_ p: ProtectionConfiguration, now: UInt64 = IngressFilter.monotonicNow()) {
-        denyPorts = p.denySourcePorts
+    init(_ p: ProtectionConfiguration, mode: ListenerMode = .echo, now: UInt64 = IngressFilter.monotonicNow()) {
+        denyPorts = p.denySourcePorts(for: mode)
         access = AccessList(allow: p.allow, deny: p.deny)
         loopGuard = p.loopGuard
-        perSource = p.rateLimit.map { SourceRateLimiter(rate: $0, burst: p.rateBurst, capacity: p.rateLimitSources) }
+        echo = mode == .echo
+        loopFlows = mode == .echo
+            ? KeyedRateLimiter(rate: LoopBreaker.rate, burst: LoopBreaker.burst, capacity: LoopBreaker.flows, now: now) : nil
+        perSource = p.rateLimit.map { SourceRateLimiter(rate: $0, burst: p.rateBurst, capacity: p.rateLimitSources, now: now) }
         total = p.rateLimitTotal.map { TokenBucket(rate: $0.perSecond, burst: max(1, $0.perSecond.rounded(.up)), now: now) }
         needsClock = perSource != nil || total != nil
     }
 
-    /// Sets the daemon's own listener addresses (wildcards expanded to local addresses).
-    func setOwnAddresses(_ addresses: Set<SocketAddress>) {
-        ownAddresses = addresses
-        ownPorts = PortSet(addresses.map(\.port))
+    /// Sets what the loop guard knows about this daemon's listeners and this host.
+    func setLoopContext(_ context: LoopContext) {
+        loop = context
+    }
+
+    /// Whether `address` is a relay listener of this daemon: a relay must never send there.
+    @inline(__always)
+    func isOwnRelayListener(_ address: SocketAddress) -> Bool {
+        loop.isOwnRelayListener(address.unmapped)
     }
 
     private var reportedEvictions: UInt64 = 0
@@ -47,10 +65,17 @@ final class IngressFilter {
         return delta
     }
 
+    /// The drop counter for a datagram from `raw`, or nil to serve it. `now` is the monotonic
+    /// time when `needsClock` (else anything: the loop breaker reads the clock itself, rarely).
     @inline(__always)
-    func check(_ source: SocketAddress, now: UInt64) -> Counter? {
+    func check(_ raw: SocketAddress, now: UInt64) -> Counter? {
+        let source = raw.unmapped
         if denyPorts.contains(source.port) { return .dropSourcePort }
-        if loopGuard, ownPorts.contains(source.port), ownAddresses.contains(source) { return .dropLoop }
+        if loopGuard, echo ? loop.isOwnPortOnThisHost(source) : loop.isOwnListener(source) { return .dropLoop }
+        if let loopFlows, !loop.ephemeral.contains(source.port), loop.isLocal(source.ip),
+           !loopFlows.admit(source, now: needsClock ? now : IngressFilter.monotonicNow()) {
+            return .dropLoop
+        }
         if !access.isOpen, !access.permits(source.ip) { return .dropDenied }
         if let perSource, !perSource.admit(source.ip, now: now) { return .dropRateLimited }
         if total != nil, !total!.take(now: now) { return .dropRateLimitedTotal }
@@ -66,34 +91,138 @@ final class IngressFilter {
     }
 }
 
-/// This host's addresses, to expand wildcard listeners for the loop guard.
+/// The echo loop breaker's cap per local server-port flow. It holds whatever the configuration
+/// says (it is not switched off by `loop_guard = no`).
+enum LoopBreaker {
+    static let rate = Rate(perSecond: 100)
+    static let burst = 32
+    /// Flows tracked per worker (a full table shares one bucket, see `KeyedRateLimiter`).
+    static let flows = 256
+}
+
+/// What the loop guard knows about this daemon's listeners and this host: one value for every
+/// worker, rebuilt when the daemon starts and at each reload.
+struct LoopContext: Sendable {
+    /// Every port a listener of this daemon is bound to, on any address.
+    var listenerPorts = PortSet()
+    /// Ports of listeners bound to a wildcard address: that port on any local address is us.
+    var wildcardPorts = PortSet()
+    /// Listeners bound to one address.
+    var exact: Set<SocketAddress> = []
+    /// The same for relay listeners only.
+    var relayWildcardPorts = PortSet()
+    var relayExact: Set<SocketAddress> = []
+    /// This host's interface addresses, besides the loopback ranges (which are always local).
+    var interfaces: [IPAddress] = []
+    /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`): clients' ports.
+    var ephemeral: ClosedRange<UInt16> = 32768...60999
+
+    init() {}
+
+    /// `listeners`: each bound address and whether its listener relays.
+    init(listeners: [(address: SocketAddress, relay: Bool)], interfaces: [IPAddress], ephemeral: ClosedRange<UInt16>) {
+        for (raw, relay) in listeners {
+            let a = raw.unmapped
+            listenerPorts.insert(a.port)
+            if a.ip.isWildcard {
+                wildcardPorts.insert(a.port)
+                if relay { relayWildcardPorts.insert(a.port) }
+            } else {
+                exact.insert(a)
+                if relay { relayExact.insert(a) }
+            }
+        }
+        self.interfaces = interfaces.map(\.unmapped)
+        self.ephemeral = ephemeral
+    }
+
+    /// Loopback (all of 127.0.0.0/8, ::1), the unspecified address, or an interface address.
+    /// `ip` must be unmapped.
+    @inline(__always)
+    func isLocal(_ ip: IPAddress) -> Bool {
+        switch ip {
+        case .v4(let a): if a >> 24 == 127 || a == 0 { return true }
+        case .v6(let h, let l): if h == 0 && l <= 1 { return true }
+        }
+        for i in interfaces where i == ip { return true }
+        return false
+    }
+
+    /// Whether `a` (unmapped) is the address of one of this daemon's listeners.
+    @inline(__always)
+    func isOwnListener(_ a: SocketAddress) -> Bool {
+        guard listenerPorts.contains(a.port) else { return false }
+        return (wildcardPorts.contains(a.port) && isLocal(a.ip)) || exact.contains(a)
+    }
+
+    /// Whether `a` (unmapped) is a local address with the port of one of this daemon's
+    /// listeners, bound to that address or not: also another daemon on the same port of
+    /// another local address (two echo servers on one port answer each other forever).
+    @inline(__always)
+    func isOwnPortOnThisHost(_ a: SocketAddress) -> Bool {
+        listenerPorts.contains(a.port) && isLocal(a.ip)
+    }
+
+    /// Whether `a` (unmapped) is the address of one of this daemon's relay listeners.
+    func isOwnRelayListener(_ a: SocketAddress) -> Bool {
+        (relayWildcardPorts.contains(a.port) && isLocal(a.ip)) || relayExact.contains(a)
+    }
+}
+
+extension IPAddress {
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address; others unchanged.
+    @inline(__always)
+    var unmapped: IPAddress {
+        if case .v6(high: 0, low: let low) = self, low >> 32 == 0xFFFF { return .v4(UInt32(truncatingIfNeeded: low)) }
+        return self
+    }
+}
+
+extension SocketAddress {
+    /// The address with an IPv4-mapped IPv6 address turned into the IPv4 address.
+    @inline(__always)
+    var unmapped: SocketAddress {
+        if case .v6(high: 0, low: let low) = ip, low >> 32 == 0xFFFF {
+            return SocketAddress(ip: .v4(UInt32(truncatingIfNeeded: low)), port: port)
+        }
+        return self
+    }
+}
+
+/// This host's addresses and ports, for the loop guard.
 enum LocalAddresses {
-    static func all() -> [IPAddress] {
+    /// Every address of every interface (getifaddrs), IPv4-mapped ones unmapped.
+    static func interfaces() -> [IPAddress] {
         var head: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&head) == 0, let first = head else { return [] }
         defer { freeifaddrs(head) }
         var out: [IPAddress] = []
         var cursor: UnsafeMutablePointer<ifaddrs>? = first
         while let entry = cursor {
-            if let sa = entry.pointee.ifa_addr, let a = SocketAddress(sockaddr: UnsafeRawPointer(sa)) {
-                out.append(a.ip)
+            if let sa = entry.pointee.ifa_addr, let a = SocketAddress(sockaddr: UnsafeRawPointer(sa)), !out.contains(a.ip.unmapped) {
+                out.append(a.ip.unmapped)
             }
             cursor = entry.pointee.ifa_next
         }
         return out
     }
 
-    /// Bound addresses with wildcards replaced by every local address of the family.
-    static func expand(_ bound: [SocketAddress]) -> Set<SocketAddress> {
-        let local = all()
-        var out = Set<SocketAddress>()
-        for b in bound {
-            if b.ip.isWildcard {
-                for ip in local where ip.isIPv6 == b.ip.isIPv6 { out.insert(SocketAddress(ip: ip, port: b.port)) }
-            } else {
-                out.insert(b)
-            }
-        }
-        return out
+    /// `net.ipv4.ip_local_port_range` (which applies to IPv6 too), or Linux's default.
+    static func ephemeralPorts() -> ClosedRange<UInt16> {
+        let fallback: ClosedRange<UInt16> = 32768...60999
+        guard let f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r") else { return fallback }
+        defer { fclose(f) }
+        var buffer = [CChar](repeating: 0, count: 64)
+        guard fgets(&buffer, Int32(buffer.count), f) != nil else { return fallback }
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt16($0) }
+        guard parts.count == 2, parts[0] <= parts[1] else { return fallback }
+        return parts[0]...parts[1]
+    }
+
+    /// The loop guard's view of `listeners` on this host now.
+    static func context(_ listeners: [Listener]) -> LoopContext {
+        LoopContext(listeners: listeners.flatMap { l in l.boundAddresses.map { ($0, l.configuration.mode.isRelay) } },
+                    interfaces: interfaces(), ephemeral: ephemeralPorts())
     }
 }

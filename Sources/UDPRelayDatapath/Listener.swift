@@ -84,7 +84,12 @@ public final class Listener: Sendable {
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
         }
-        for w in workers { w.filter = IngressFilter(configuration.protection) }
+        var log = logger
+        log[metadataKey: "listener.name"] = "\(configuration.name)"
+        for w in workers {
+            w.filter = IngressFilter(configuration.protection, mode: configuration.mode)
+            w.dropLogger = log
+        }
         self.groups = groups
     }
 

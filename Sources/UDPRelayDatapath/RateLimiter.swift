@@ -8,10 +8,11 @@ public struct TokenBucket: Sendable {
     private var tokens: Double
     private var last: UInt64
 
-    public init(rate: Double, burst: Double, now: UInt64) {
+    /// A bucket holding `tokens` (default: full).
+    public init(rate: Double, burst: Double, now: UInt64, tokens: Double? = nil) {
         self.rate = rate
         self.burst = burst
-        self.tokens = burst
+        self.tokens = min(burst, tokens ?? burst)
         self.last = now
     }
 
@@ -30,30 +31,43 @@ public struct TokenBucket: Sendable {
     }
 }
 
-/// Per-source-address token buckets in a bounded table: when full, the least recently seen
-/// source is forgotten (counted in `evictions`). Storage is allocated once at `capacity`;
-/// admitting a datagram allocates nothing.
+/// Per-source-address token buckets (see `KeyedRateLimiter`).
+public typealias SourceRateLimiter = KeyedRateLimiter<IPAddress>
+
+/// Token buckets per key (a source address; a source address and port for the loop breaker)
+/// in a bounded table. Storage is allocated once at `capacity`; admitting a datagram allocates
+/// nothing.
+///
+/// A table that is full is under pressure: the least recently seen key is forgotten (counted in
+/// `evictions`) and the newcomer's bucket starts **empty**, its first datagram taking a token
+/// from one `overflow` bucket (the same rate and burst) shared by every newcomer. Otherwise a
+/// sender rotating through more addresses than the table holds would get a full burst with each
+/// new address and never be limited (issue 13 item 4): now all its addresses together get one
+/// source's rate. A table that is not full gives a new key a full bucket, as before.
 ///
 /// Not thread-safe: owned by one worker and used only on its queue.
-public final class SourceRateLimiter {
+public final class KeyedRateLimiter<Key: Hashable> {
     public let capacity: Int
     private let rate: Double
     private let burst: Double
-    private var index: [IPAddress: Int32]
-    private var keys: [IPAddress]
+    private var index: [Key: Int32]
+    private var keys: [Key]
     private var buckets: [TokenBucket]
     private var newer: [Int32]
     private var older: [Int32]
     private var newest: Int32 = -1
     private var oldest: Int32 = -1
-    /// Sources forgotten because the table was full.
+    /// Shared by keys that arrive while the table is full.
+    private var overflow: TokenBucket
+    /// Keys forgotten because the table was full.
     public private(set) var evictions: UInt64 = 0
 
-    public init(rate: Rate, burst: Int, capacity: Int) {
+    public init(rate: Rate, burst: Int, capacity: Int, now: UInt64 = 0) {
         precondition(capacity > 0)
         self.capacity = capacity
         self.rate = rate.perSecond
         self.burst = Double(burst)
+        overflow = TokenBucket(rate: rate.perSecond, burst: Double(burst), now: now)
         index = [:]
         index.reserveCapacity(capacity)
         keys = []
@@ -68,30 +82,33 @@ public final class SourceRateLimiter {
 
     public var count: Int { keys.count }
 
-    /// Whether a datagram from `source` at time `now` is within its rate.
-    public func admit(_ source: IPAddress, now: UInt64) -> Bool {
-        if let slot = index[source] {
+    /// Whether a datagram from `key` at time `now` is within its rate.
+    public func admit(_ key: Key, now: UInt64) -> Bool {
+        if let slot = index[key] {
             touch(slot)
             return buckets[Int(slot)].take(now: now)
         }
-        let slot: Int32
         if keys.count < capacity {
-            slot = Int32(keys.count)
-            keys.append(source)
+            let slot = Int32(keys.count)
+            keys.append(key)
             buckets.append(TokenBucket(rate: rate, burst: burst, now: now))
             newer.append(-1)
             older.append(-1)
-        } else {
-            slot = oldest
-            evictions &+= 1
-            unlink(slot)
-            index.removeValue(forKey: keys[Int(slot)])
-            keys[Int(slot)] = source
-            buckets[Int(slot)] = TokenBucket(rate: rate, burst: burst, now: now)
+            index[key] = slot
+            pushNewest(slot)
+            return buckets[Int(slot)].take(now: now)
         }
-        index[source] = slot
+        // Full: forget the least recently seen key; the newcomer starts empty and is served
+        // from the shared overflow bucket.
+        let slot = oldest
+        evictions &+= 1
+        unlink(slot)
+        index.removeValue(forKey: keys[Int(slot)])
+        keys[Int(slot)] = key
+        buckets[Int(slot)] = TokenBucket(rate: rate, burst: burst, now: now, tokens: 0)
+        index[key] = slot
         pushNewest(slot)
-        return buckets[Int(slot)].take(now: now)
+        return overflow.take(now: now)
     }
 
     private func touch(_ slot: Int32) {

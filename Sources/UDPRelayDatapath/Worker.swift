@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Dispatch
 import CUDPRelay
+import Logging
 import UDPRelayConfig
 
 /// Tunables of the batched datapath.
@@ -33,6 +34,11 @@ public class SocketWorker: @unchecked Sendable {
     /// Abuse protection applied to every datagram received on `fd`. Installed before `start`,
     /// afterwards touched only on `queue`.
     var filter = IngressFilter(ProtectionConfiguration(denySourcePorts: PortSet(), loopGuard: false))
+    /// Where refused datagrams are reported (`noteDrop`); installed with `filter`.
+    var dropLogger: Logger?
+    /// Per drop reason (indexed by `Counter.rawValue`): the first refusal is logged at once,
+    /// then at most one line a minute with the number refused in between.
+    private var dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .seconds(60)), count: Counter.allCases.count)
     private var source: DispatchSourceRead?
     private let closed = DispatchGroup()
 
@@ -77,9 +83,9 @@ public class SocketWorker: @unchecked Sendable {
         }
     }
 
-    /// Replaces the set of this daemon's own addresses used by the loop guard.
-    func setOwnAddresses(_ addresses: Set<SocketAddress>) {
-        queue.async { [self] in filter.setOwnAddresses(addresses) }
+    /// Replaces what the loop guard knows about this daemon's listeners and this host.
+    func setLoopContext(_ context: LoopContext) {
+        queue.async { [self] in filter.setLoopContext(context) }
     }
 
     /// Runs `reply` on the worker's queue: a liveness probe that a wedged queue never answers.
@@ -106,15 +112,43 @@ public class SocketWorker: @unchecked Sendable {
     /// `drop_too_large`; either is skipped. Every mode applies this one policy, in this order.
     @inline(__always)
     final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
-        if let source = SocketAddress(sockaddr: batch.names + i), let reason = filter.check(source, now: now) {
+        guard let source = SocketAddress(sockaddr: batch.names + i) else { return true }
+        if let reason = filter.check(source, now: now) {
             counters.add(reason)
+            noteDrop(reason, from: source)
             return false
         }
         if batch.messages[i].msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
             counters.add(.dropTooLarge)
+            noteDrop(.dropTooLarge, from: source)
             return false
         }
         return true
+    }
+
+    /// Logs a refused datagram: the first of each reason at once, then at most once a minute
+    /// with the number refused since the last line (so nothing is refused silently, and no
+    /// flood becomes a flood of log lines). Runs on `queue`.
+    @inline(__always)
+    final func noteDrop(_ reason: Counter, from source: SocketAddress) {
+        guard let dropLogger, let skipped = dropLogs[reason.rawValue].admit(now: IngressFilter.monotonicNow()) else { return }
+        dropLogger.notice("datagram refused", metadata: [
+            "drop.reason": "\(reason.dropReason ?? "\(reason)")", "peer.address": "\(source.unmapped)",
+            "listener.address": "\(localAddress)", "refused.since_last": "\(skipped)",
+            "hint": "\(Self.dropHint(reason))",
+        ])
+    }
+
+    static func dropHint(_ reason: Counter) -> String {
+        switch reason {
+        case .dropSourcePort: "the source port is in deny_source_ports (to allow it, e.g. 123 for NTP, set deny_source_ports without it)"
+        case .dropLoop: "the source is this daemon, or a server on this host answering it (loop guard)"
+        case .dropDenied: "not allowed by allow/deny"
+        case .dropRateLimited: "the source is over rate_limit"
+        case .dropRateLimitedTotal: "the listener is over rate_limit_total"
+        case .dropTooLarge: "larger than max_datagram"
+        default: "refused"
+        }
     }
 
     /// Counts a received batch of `count` datagrams and `bytes` bytes, and what the ingress

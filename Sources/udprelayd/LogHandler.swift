@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import UDPRelayDatapath
 import UDPRelaySystemd
 import Synchronization
 
@@ -87,7 +88,25 @@ struct LevelControlledLogHandler: LogHandler {
         set { inner[metadataKey: key] = newValue }
     }
 
+    /// Events that name a peer pass the process-wide flood gate first (see `LogFloodGate`).
     func log(event: LogEvent) {
+        var event = event
+        if event.metadata?["peer.address"] != nil || inner.metadata["peer.address"] != nil {
+            guard let skipped = LevelControlledLogHandler.gate.admit("\(event.level) \(event.message)", now: LogFloodGate.now()) else {
+                return
+            }
+            if skipped > 0 {
+                // Added to what a call site's own limiter left out, if it says.
+                let already = event.metadata?["log.suppressed"].flatMap { UInt64("\($0)") } ?? 0
+                if event.metadata == nil { event.metadata = [:] }
+                event.metadata?["log.suppressed"] = "\(already + skipped)"
+            }
+        }
         inner.log(event: event)
     }
+
+    /// One gate for the process: every logger's handler shares it. Looser than the call sites'
+    /// own limiters (20 a second per kind and worker), so it only acts where they are missing
+    /// or many workers add up.
+    static let gate = LogFloodGate(lines: 50, per: .seconds(1))
 }

@@ -44,7 +44,7 @@ struct DaemonStatusSource: StatusSource {
                                    NamedCounter($0.name, u.counters[$0])
                                }, lastError: u.lastError)
             },
-            counters: l.mode == ListenerMode.echo.rawValue ? [] : Self.relayEvents.map { NamedCounter($0.0, c[$0.1]) },
+            counters: (l.mode == ListenerMode.echo.rawValue ? Self.echoEvents : Self.relayEvents).map { NamedCounter($0.0, c[$0.1]) },
             workers: l.workers.map { w in
                 WorkerStatus(address: "\(w.address)",
                              received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
@@ -52,6 +52,9 @@ struct DaemonStatusSource: StatusSource {
             }
         )
     }
+
+    /// Echo counters shown by name: the per-source limiter's evictions (a sign of a rotating-source flood).
+    static let echoEvents: [(String, Counter)] = [("rate_limit_evictions", .rateLimitEvictions)]
 
     /// Relay counters shown by name (config/README.md, "Counters").
     static let relayEvents: [(String, Counter)] = [

@@ -76,7 +76,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         connectedGeneration = upstreams.generation[0]
         for i in 0..<upstreams.count {
-            guard let address = upstreams.address(i) else { continue }
+            // An upstream that is a relay listener of this daemon would copy forever: left
+            // unconnected (its copies count as send drops).
+            guard let address = upstreams.address(i), !filter.isOwnRelayListener(address) else { continue }
             if upstreamFDs[i] >= 0, (try? UDPSocket.connect(upstreamFDs[i], to: address)) != nil { continue }
             if let s = upstreamSources[i] {
                 s.cancel()

@@ -111,6 +111,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var repliesFilled: Int
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
+    /// Session events clients cause are logged at most 20 a second each (opened, closed: debug),
+    /// and the start and end of a shortage of session sockets at most 4 times in 10 s.
+    private var sessionLogs = (opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
+                               episodes: LogLimiter(lines: 4, per: .seconds(10)))
     /// `busy_poll` in nanoseconds, 0 when off.
     private let busyPoll: UInt64
     /// busy_poll is off for the rest of a wakeup that received a batch of more than
@@ -330,6 +334,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 counters.add(.dropNoSession)
                 continue
             }
+            // The upstream is this daemon: dropped, counted as `loop`.
+            if socket.fd < 0 { continue }
             if table.count >= settings.maxSessions {
                 // Send what is queued first: it may belong to the session about to be evicted.
                 sendGroups(from: pending, to: i)
@@ -395,7 +401,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// failed, or this worker is out of sockets (`sessionBudget`), descriptors or ports. Held
     /// sockets are never closed before their hold is over to make room: their port could be
     /// handed to this session, and a late reply meant for the held session's client would then
-    /// reach this one's.
+    /// reach this one's. An upstream that is a relay listener of this daemon is a loop: the
+    /// datagram is dropped and counted as `loop`, and the result's `fd` is -1.
     private func openSessionSocket(clientHash: UInt64, now: UInt64) -> (fd: Int32, upstream: Int)? {
         if table.count + heldSlots.count >= sessionBudget {
             releaseExpiredHolds(now: monotonicNanos())
@@ -409,6 +416,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
             return nil
+        }
+        // An upstream that is a relay listener of this daemon is a loop (counted as one; fd -1).
+        if filter.isOwnRelayListener(address) {
+            counters.add(.dropLoop)
+            noteDrop(.dropLoop, from: address)
+            return (-1, pick.index)
         }
         let fd: Int32
         do {
@@ -440,7 +453,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         let (fd, upstream) = socket
         if sessionSocketFailing {
             sessionSocketFailing = false
-            logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)"])
+            if let skipped = sessionLogs.episodes.admit(now: now) {
+                logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)", "log.suppressed": "\(skipped)"])
+            }
         }
         let slot: Int32
         if let free = freeSlots.popLast() {
@@ -485,9 +500,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(table.count))
         upCounters[upstream].add(.sessions)
-        logger.debug("session opened", metadata: [
-            "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[upstream])",
-        ])
+        if logger.logLevel <= .debug, let skipped = sessionLogs.opened.admit(now: now) {
+            logger.debug("session opened", metadata: [
+                "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[upstream])",
+                "log.suppressed": "\(skipped)",
+            ])
+        }
         return slot
     }
 
@@ -513,10 +531,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         if let reason { counters.add(reason) }
         counters.set(.sessionsActive, UInt64(table.count))
-        logger.debug("session closed", metadata: [
-            "peer.address": "\(clientDescription(slot))",
-            "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
-        ])
+        if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: monotonicNanos()) {
+            logger.debug("session closed", metadata: [
+                "peer.address": "\(clientDescription(slot))",
+                "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
+                "log.suppressed": "\(skipped)",
+            ])
+        }
     }
 
     /// A send to the session's upstream failed, or an ICMP error came back: count it against
@@ -592,9 +613,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         case EAGAIN: "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
         default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
         }
+        // Clients can make this flap at the limit: at most 4 lines (with the other) per 10 s.
+        guard let skipped = sessionLogs.episodes.admit(now: monotonicNanos()) else { return }
         logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)", metadata: [
             "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessionBudget))")",
             "hint": "\(hint)", "sessions.active": "\(table.count)", "sessions.held": "\(heldSlots.count)",
+            "log.suppressed": "\(skipped)",
         ])
     }
 

@@ -1,0 +1,104 @@
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+import UDPRelayConfig
+
+/// Issue 13 item 3: one spoofed datagram must not start an endless loop between echo servers
+/// on this host, whatever their addresses and ports.
+final class LoopEndToEndTests: XCTestCase {
+    func requireRoot() throws {
+        if getuid() != 0 { throw XCTSkip("needs root to send spoofed datagrams through a raw socket (CI runs as root)") }
+    }
+
+    func startDaemon(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]]) {
+        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config)
+        addTeardownBlock { d.stop() }
+        return (d, try d.waitUntilReady())
+    }
+
+    /// The first "datagram refused ... drop.reason=loop" line, which the daemon logs at once.
+    func waitForLoopDrop(_ d: DaemonProcess, timeout: Double = 10) -> String? {
+        d.waitForLine(timeout: timeout) { $0.contains("datagram refused") && DaemonProcess.field("drop.reason", in: $0) == "loop" }
+    }
+
+    static func totals(_ d: DaemonProcess, _ listener: String) -> String? {
+        d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == listener }
+    }
+
+    static func count(_ key: String, _ line: String?) -> Int {
+        line.flatMap { DaemonProcess.field(key, in: $0) }.flatMap { Int($0) } ?? -1
+    }
+
+    /// A port below the ephemeral range that is free on every address now, the way servers
+    /// are configured (the loop breaker tells servers from clients by it).
+    static func serverPort() throws -> UInt16 {
+        for _ in 0..<500 {
+            let p = UInt16.random(in: 20000...32000)
+            if (try? UDPClient(bind: SocketAddress(ip: .v4(0), port: p))) != nil { return p }
+        }
+        throw XCTSkip("no free UDP port found in 20000-32000")
+    }
+
+    func testSpoofedDatagramBetweenTwoWildcardEchoListenersIsDroppedAtOnce() throws {
+        try requireRoot()
+        let (d, bound) = try startDaemon("[listener a]\nlisten = 0.0.0.0:0\n[listener b]\nlisten = 0.0.0.0:0\n")
+        let a = try XCTUnwrap(bound["a"]?.first?.port), b = try XCTUnwrap(bound["b"]?.first?.port)
+        // To a on 127.0.0.5, "from" b on 127.0.0.5: a's answer would leave from 127.0.0.5 to b,
+        // b's back to a, forever (a core each), since only 127.0.0.1 was known to be local.
+        let local = IPAddress(literal: "127.0.0.5")!
+        try RawUDP.sendSpoofed(from: SocketAddress(ip: local, port: b), to: SocketAddress(ip: local, port: a), payload: Array("loop".utf8))
+        XCTAssertNotNil(waitForLoopDrop(d), "the spoofed datagram is refused as a loop")
+        let client = try UDPClient()
+        client.send([9], to: SocketAddress(ip: .v4(0x7F00_0001), port: a))
+        XCTAssertEqual(client.receive()?.bytes, [9], "a still serves")
+        XCTAssertEqual(d.stop(), 0)
+        let la = Self.totals(d, "a"), lb = Self.totals(d, "b")
+        XCTAssertEqual(Self.count("drop.loop", la), 1, la ?? "")
+        XCTAssertEqual(Self.count("received", la), 2, la ?? "")
+        XCTAssertEqual(Self.count("received", lb), 0, "nothing reaches b: \(lb ?? "")")
+    }
+
+    func testTwoDaemonsOnTheSamePortDoNotAnswerEachOther() throws {
+        try requireRoot()
+        let (x, bx) = try startDaemon("[listener e]\nlisten = 127.0.0.2:0\n")
+        let port = try XCTUnwrap(bx["e"]?.first?.port)
+        let (y, _) = try startDaemon("[listener e]\nlisten = 127.0.0.3:\(port)\n")
+        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: port),
+                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: port), payload: Array("loop".utf8))
+        XCTAssertNotNil(waitForLoopDrop(x), "x refuses a datagram from its own port on another local address")
+        XCTAssertEqual(x.stop(), 0)
+        XCTAssertEqual(y.stop(), 0)
+        let lx = Self.totals(x, "e"), ly = Self.totals(y, "e")
+        XCTAssertEqual(Self.count("received", lx), 1, lx ?? "")
+        XCTAssertEqual(Self.count("drop.loop", lx), 1, lx ?? "")
+        XCTAssertEqual(Self.count("received", ly), 0, ly ?? "")
+    }
+
+    /// Two echo daemons on different ports: neither knows the other's port, so the loop guard
+    /// cannot see it; the loop breaker (a cap per local server-port flow) ends it.
+    func testTwoEchoDaemonsOnDifferentPortsStopWithinTheBreakersBurst() throws {
+        try requireRoot()
+        let px = try Self.serverPort()
+        let (x, _) = try startDaemon("[listener e]\nlisten = 127.0.0.2:\(px)\nloop_guard = no\n")
+        let py = try Self.serverPort()
+        let (y, _) = try startDaemon("[listener e]\nlisten = 127.0.0.3:\(py)\n")
+        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
+        var ended = false
+        let deadline = Date().addingTimeInterval(15)
+        while !ended && Date() < deadline {
+            ended = waitForLoopDrop(x, timeout: 0.2) != nil || waitForLoopDrop(y, timeout: 0.2) != nil
+        }
+        XCTAssertTrue(ended, "one of the two refuses the ping-pong as a loop")
+        XCTAssertEqual(x.stop(), 0)
+        XCTAssertEqual(y.stop(), 0)
+        let lx = Self.totals(x, "e"), ly = Self.totals(y, "e")
+        let received = Self.count("received", lx) + Self.count("received", ly)
+        XCTAssertGreaterThan(received, 1, "the loop did start: \(lx ?? "") \(ly ?? "")")
+        XCTAssertLessThanOrEqual(received, 2 * 40, "and ended within the burst: \(lx ?? "") \(ly ?? "")")
+        XCTAssertEqual(Self.count("drop.loop", lx) + Self.count("drop.loop", ly), 1)
+    }
+}
