@@ -55,6 +55,10 @@ public final class StatusServer: Sendable {
             .serverChannelOption(.backlog, value: limits.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            // A client that shuts down its sending side after a request still gets the answer.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.writeBufferWaterMark,
+                                value: .init(low: limits.maxUnsentBytes / 2, high: limits.maxUnsentBytes))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try state.initialize(channel, routes: routes, logger: logger)
@@ -92,15 +96,30 @@ public final class StatusServer: Sendable {
     /// Connection and request counters of the endpoint itself.
     public var counters: ServerCounters { state.counters }
 
-    /// Stops accepting, closes every connection and the event-loop thread.
+    /// Stops accepting, closes every connection and the event-loop thread, in well under a
+    /// second whatever the clients do: idle connections close at once, all in parallel; a request
+    /// being answered gets `stopGrace` to finish, then its connection is closed too.
     public func stop() async {
         // Idempotent: a second call must not wait on futures of a loop that is gone.
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         sampler.cancel()
         try? await channel.close()
-        for child in state.openChannels() { try? await child.close() }
+        let children = state.trackedChannels()
+        for child in children { child.pipeline.fireUserInboundEventTriggered(ServerStoppingEvent()) }
+        let loop = channel.eventLoop
+        let closed = EventLoopFuture.andAllComplete(children.map(\.closeFuture), on: loop)
+        // Past the grace time every connection still open is closed as it stands (the guard
+        // passes closes straight through once it saw the stop).
+        let deadline = loop.scheduleTask(in: Self.stopGrace) {
+            for child in children { child.close(promise: nil) }
+        }
+        try? await closed.get()
+        deadline.cancel()
         try? await group.shutdownGracefully()
     }
+
+    /// How long a request in progress may take to be answered once `stop()` is called.
+    static let stopGrace = TimeAmount.milliseconds(500)
 
     static func monotonicNow() -> Double {
         Double(NIODeadline.now().uptimeNanoseconds) / 1e9
@@ -123,8 +142,10 @@ final class ServerState: Sendable {
     private let rejectedNotAllowed = Atomic<UInt64>(0)
     private let rejectedLimit = Atomic<UInt64>(0)
     private let requests = Atomic<UInt64>(0)
-    /// Connections being served, by identity, so `stop()` can close them.
+    /// Connections being served, by identity (the ones counted against the limit).
     private let open = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
+    /// Every accepted connection not closed yet, so `stop()` can close them all.
+    private let tracked = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
     init(limits: StatusLimits, allow: AllowList) {
         self.limits = limits
@@ -141,19 +162,21 @@ final class ServerState: Sendable {
         return c
     }
 
-    func openChannels() -> [Channel] { open.withLockedValue { Array($0.values) } }
+    func trackedChannels() -> [Channel] { tracked.withLockedValue { Array($0.values) } }
 
     /// Sets up a new connection: refused outside `allow`, 503 over the limit, else HTTP.
     func initialize(_ channel: Channel, routes: StatusRoutes, logger: Logger) throws {
         accepted.add(1, ordering: .relaxed)
         let ops = channel.pipeline.syncOperations
+        let id = ObjectIdentifier(channel)
+        tracked.withLockedValue { $0[id] = channel }
+        channel.closeFuture.whenComplete { [self] _ in _ = tracked.withLockedValue { $0.removeValue(forKey: id) } }
         guard allow.allows(channel.remoteAddress) else {
             rejectedNotAllowed.add(1, ordering: .relaxed)
             logger.debug("status connection refused: not in allow", metadata: ["peer.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
             try ops.addHandler(CloseAtOnceHandler())
             return
         }
-        let id = ObjectIdentifier(channel)
         let admitted = open.withLockedValue { channels -> Bool in
             guard channels.count < limits.maxConnections else { return false }
             channels[id] = channel
