@@ -245,4 +245,23 @@ final class StatusServerTests: XCTestCase {
         other.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         XCTAssertEqual(other.readResponse()?.hasPrefix("HTTP/1.1 200"), true)
     }
+
+    // MARK: issue 13 item 10: no listener, not healthy
+
+    func testHealthzFailsWhenNoListenerServes() async throws {
+        var empty = Fixtures.snapshot()
+        empty.listeners = []
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let server = try await StatusServer.start(listen: try SocketAddress(parsing: "127.0.0.1:0"), allow: Defaults.allNetworks,
+                                                  source: FixedSource(value: empty), logger: logger)
+        addTeardownBlock { await server.stop() }
+        let c = try TCPClient(to: server.localAddress)
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        let r = try XCTUnwrap(c.readResponse())
+        XCTAssertTrue(r.hasPrefix("HTTP/1.1 503"), r)
+        XCTAssertTrue(r.hasSuffix("\r\n\r\nno listener is serving (the configuration has none)\n"), r)
+        c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertTrue(try XCTUnwrap(c.readResponse()).contains("1 PROBLEM"), "the page says so too")
+    }
 }
