@@ -7,12 +7,18 @@ import Synchronization
 import UDPRelayConfig
 
 /// Who may connect: the `[status] allow` networks. IPv4 peers of a dual-stack (`[::]`) socket
-/// appear as `::ffff:a.b.c.d` and are matched as IPv4.
+/// appear as `::ffff:a.b.c.d` and are matched as IPv4; an IPv4-mapped network in `allow`
+/// (`::ffff:10.0.0.0/104`) is matched as the IPv4 network it names (`10.0.0.0/8`).
 public struct AllowList: Sendable {
     public let networks: [CIDR]
 
     public init(_ networks: [CIDR]) {
-        self.networks = networks
+        self.networks = networks.map { cidr in
+            guard case .v6(let high, let low) = cidr.network, high == 0, low >> 32 == 0xFFFF, cidr.prefixLength >= 96 else {
+                return cidr
+            }
+            return CIDR(network: .v4(UInt32(truncatingIfNeeded: low)), prefixLength: cidr.prefixLength - 96)
+        }
     }
 
     public func allows(_ ip: IPAddress) -> Bool {

@@ -264,4 +264,31 @@ final class StatusServerTests: XCTestCase {
         c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         XCTAssertTrue(try XCTUnwrap(c.readResponse()).contains("1 PROBLEM"), "the page says so too")
     }
+
+    // MARK: issue 13 item 5: IPv4-mapped addresses
+
+    func testIPv4MappedAllowNetworksMatchIPv4Peers() throws {
+        let list = AllowList([try CIDR(parsing: "::ffff:127.0.0.0/104")])
+        XCTAssertTrue(list.allows(try XCTUnwrap(IPAddress(literal: "127.0.0.9"))))
+        XCTAssertTrue(list.allows(try XCTUnwrap(IPAddress(literal: "::ffff:127.0.0.9"))))
+        XCTAssertFalse(list.allows(try XCTUnwrap(IPAddress(literal: "10.0.0.1"))))
+    }
+
+    func testIPv4MappedWildcardListenDefaultsToLoopbackOnly() throws {
+        let c = try ConfigLoader.parse("[status]\nlisten = [::ffff:0.0.0.0]:9180\n[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini")
+        XCTAssertEqual(c.status.allow, Defaults.loopbackNetworks, "binds every IPv4 address: a wildcard")
+        let specific = try ConfigLoader.parse("[status]\nlisten = [::ffff:192.0.2.1]:9180\n[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini")
+        XCTAssertEqual(specific.status.allow, Defaults.allNetworks)
+    }
+
+    func testMappedWildcardRefusesANonLoopbackPeer() async throws {
+        // 127.0.0.2 is outside the default when allow is written as the mapped loopback /104 of 127.0.0.1 only.
+        let server = try await start(allow: [try CIDR(parsing: "::ffff:127.0.0.1/128")], listen: "0.0.0.0:0")
+        let target = SocketAddress(ip: .v4(0x7F00_0001), port: server.localAddress.port)
+        let refused = try TCPClient(to: target, from: IPAddress(literal: "127.0.0.2"))
+        XCTAssertEqual(refused.readToEnd(timeout: 5).text, "")
+        let allowed = try TCPClient(to: target, from: IPAddress(literal: "127.0.0.1"))
+        allowed.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(allowed.readResponse()?.hasPrefix("HTTP/1.1 200"), true)
+    }
 }
