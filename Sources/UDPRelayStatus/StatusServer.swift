@@ -60,6 +60,11 @@ public final class StatusServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: limits.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler { state.countAcceptError() })
+                }
+            }
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             // A client that shuts down its sending side after a request still gets the answer.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -148,6 +153,7 @@ final class ServerState: Sendable {
     private let rejectedNotAllowed = Atomic<UInt64>(0)
     private let rejectedLimit = Atomic<UInt64>(0)
     private let requests = Atomic<UInt64>(0)
+    private let acceptErrors = Atomic<UInt64>(0)
     /// Connections being served, by identity (the ones counted against the limit).
     private let open = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     /// Every accepted connection not closed yet, so `stop()` can close them all.
@@ -165,8 +171,11 @@ final class ServerState: Sendable {
         c.rejectedNotAllowed = rejectedNotAllowed.load(ordering: .relaxed)
         c.rejectedLimit = rejectedLimit.load(ordering: .relaxed)
         c.requests = requests.load(ordering: .relaxed)
+        c.acceptErrors = acceptErrors.load(ordering: .relaxed)
         return c
     }
+
+    func countAcceptError() { acceptErrors.add(1, ordering: .relaxed) }
 
     func trackedChannels() -> [Channel] { tracked.withLockedValue { Array($0.values) } }
 
@@ -207,6 +216,53 @@ final class ServerState: Sendable {
         try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
                                             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
         try ops.addHandler(StatusHTTPHandler(routes: routes, requestAnswered: requestAnswered))
+    }
+}
+
+/// On the listening socket: when a connection cannot be accepted for lack of descriptors (or
+/// memory), accepting pauses for 100 ms, doubling up to 1 s while it keeps failing, and each
+/// failure is counted. Without it the event loop retried `accept4` at once, for ever: a full core
+/// and no answer to anyone while relay sessions held every descriptor. The waiting connections
+/// stay in the backlog and are served once descriptors free.
+final class AcceptPauseHandler: ChannelInboundHandler {
+    typealias InboundIn = Channel
+    typealias InboundOut = Channel
+
+    static let firstPause = TimeAmount.milliseconds(100)
+    static let longestPause = TimeAmount.seconds(1)
+
+    private let counted: @Sendable () -> Void
+    private var pause = AcceptPauseHandler.firstPause
+    private var resume: Scheduled<Void>?
+
+    init(counted: @escaping @Sendable () -> Void) {
+        self.counted = counted
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Accepting works again.
+        pause = Self.firstPause
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let io = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(io.errnoCode) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        counted()
+        guard resume == nil else { return }
+        // Turning auto-read off takes the socket out of the poll set until we turn it back on.
+        try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+        resume = context.eventLoop.assumeIsolated().scheduleTask(in: pause) {
+            self.resume = nil
+            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+        }
+        pause = TimeAmount.nanoseconds(min(pause.nanoseconds * 2, Self.longestPause.nanoseconds))
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        resume?.cancel()
     }
 }
 

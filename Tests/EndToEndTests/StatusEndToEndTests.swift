@@ -219,6 +219,70 @@ final class StatusEndToEndTests: XCTestCase {
         XCTAssertEqual(client.receive().map { String(decoding: $0.bytes, as: UTF8.self) }, "still here")
     }
 
+    // MARK: issue 13 item 7: out of descriptors
+
+    func testOutOfDescriptorsTheEndpointDoesNotSpinAndRecovers() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        // 64 descriptors; relay sessions (one socket each) take all that is left.
+        let d = try DaemonProcess(config: """
+        [status]
+        listen = 127.0.0.1:0
+        [listener fwd]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = \(upstream.address)
+        session_timeout = 1s
+        """, fileLimit: 64)
+        addTeardownBlock { d.stop() }
+        let relay = try XCTUnwrap(try d.waitUntilReady()["fwd"]?.first)
+        let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") })
+        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: line)))
+        var clients: [UDPClient] = []
+        for i in 0..<80 {
+            let c = try UDPClient()
+            c.send(Array("client \(i)".utf8), to: relay)
+            _ = c.receive(timeout: 0.5)
+            clients.append(c)
+        }
+        XCTAssertLessThan(Self.openDescriptors(d.pid), 64 + 1)
+        XCTAssertGreaterThanOrEqual(Self.openDescriptors(d.pid), 63, "descriptors exhausted")
+        // A connection now cannot be accepted: the endpoint must not spin on accept4.
+        let waiting = try TCPClient(to: status)
+        waiting.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        let cpuBefore = try XCTUnwrap(Self.cpuSeconds(d.pid))
+        let window = Date()
+        usleep(2_000_000)
+        let cpu = try XCTUnwrap(Self.cpuSeconds(d.pid)) - cpuBefore
+        let elapsed = Date().timeIntervalSince(window)
+        XCTAssertLessThan(cpu, 0.2 * elapsed, "the daemon used \(cpu) s of CPU in \(elapsed) s with a connection it cannot accept")
+        // Sessions expire (1 s) and their held sockets are released (2 s): descriptors free and
+        // the waiting connection is served, within a few seconds.
+        clients.removeAll()
+        let r = waiting.readResponse(timeout: 15)
+        XCTAssertEqual(r?.hasPrefix("HTTP/1.1 200"), true, "\(r ?? "no answer")")
+        let fresh = try TCPClient(to: status)
+        fresh.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        let metrics = try XCTUnwrap(fresh.readResponse())
+        let counted = metrics.split(separator: "\n").first { $0.hasPrefix("udprelayd_status_accept_errors_total ") }
+        XCTAssertNotNil(counted, "counted in /metrics")
+        XCTAssertNotEqual(counted.map { String($0) }, "udprelayd_status_accept_errors_total 0")
+    }
+
+    static func openDescriptors(_ pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0
+    }
+
+    /// User + system CPU time of a process, in seconds.
+    static func cpuSeconds(_ pid: Int32) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+        guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
+        return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     static func rssKiB(_ pid: Int32) -> Int? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return nil }
