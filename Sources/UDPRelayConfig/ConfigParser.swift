@@ -248,7 +248,9 @@ struct ConfigParser {
         let daemonConfig = DaemonConfiguration(logLevel: daemon.logLevel ?? Defaults.logLevel)
 
         let statusListen: SocketAddress? = status.listen ?? Defaults.statusListen
-        let statusAllow = status.allow ?? ((statusListen?.ip.isWildcard ?? true) ? Defaults.loopbackNetworks : Defaults.allNetworks)
+        // `[::ffff:0.0.0.0]` binds every IPv4 address: a wildcard too.
+        let statusWildcard = statusListen.map { $0.ip.isWildcard || $0.ip == .v6(high: 0, low: 0xFFFF_0000_0000) } ?? true
+        let statusAllow = status.allow ?? (statusWildcard ? Defaults.loopbackNetworks : Defaults.allNetworks)
         let statusConfig = StatusConfiguration(listen: statusListen, allow: statusAllow)
 
         var listeners: [ListenerConfiguration] = []

@@ -32,10 +32,11 @@ final class StatusHTTPHandler: ChannelInboundHandler {
                 // Answer now: waiting for a body we do not want could take forever.
                 answeredEarly = true
                 respond(context, head: head, routes.plan(method: head.method, uri: head.uri))
-            } else if head.headers.contains(name: "transfer-encoding")
-                        || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0 {
+            } else if let problem = Self.headProblem(head) {
+                // Answered now, and the connection closed: whatever follows the head cannot be
+                // trusted (a body we would wait for, or bytes NIO's parser will not parse).
                 answeredEarly = true
-                respond(context, head: head, .now(.text(.badRequest, "a \(head.method.rawValue) request takes no body\n", close: true)))
+                respond(context, head: head, .now(.text(.badRequest, problem + "\n", close: true)))
             } else {
                 pending = head
             }
@@ -47,6 +48,28 @@ final class StatusHTTPHandler: ChannelInboundHandler {
             pending = nil
             respond(context, head: head, routes.plan(method: head.method, uri: head.uri))
         }
+    }
+
+    /// Why a GET or HEAD head is refused with 400, or nil.
+    static func headProblem(_ head: HTTPRequestHead) -> String? {
+        let lengths = head.headers[canonicalForm: "content-length"]
+        if head.headers.contains(name: "transfer-encoding") || !lengths.allSatisfy({ $0 == "0" }) {
+            // Any body, and any Content-Length that is not exactly 0 (RFC 9112 §6.3: an invalid
+            // one is an unrecoverable error; a huge one would have us wait for ever).
+            return "a \(head.method.rawValue) request takes no body"
+        }
+        if head.version.major == 1 && head.version.minor >= 1 {
+            // RFC 9112 §3.2: exactly one Host header in HTTP/1.1.
+            let hosts = head.headers["host"].count
+            if hosts != 1 { return hosts == 0 ? "missing Host header" : "more than one Host header" }
+        }
+        return nil
+    }
+
+    /// An upgrade request (`Upgrade: h2c`) is answered over HTTP/1.1 as if the header were not
+    /// there, and the connection then closed: NIO's parser parses nothing after such a request.
+    static func asksUpgrade(_ head: HTTPRequestHead) -> Bool {
+        head.headers.contains(name: "upgrade")
     }
 
     private func respond(_ context: ChannelHandlerContext, head: HTTPRequestHead, _ plan: PlannedResponse) {
@@ -69,7 +92,7 @@ final class StatusHTTPHandler: ChannelInboundHandler {
 
     private func write(_ context: ChannelHandlerContext, head request: HTTPRequestHead, _ response: StatusResponse) {
         guard context.channel.isActive, !closing else { return }
-        let close = response.close || !request.isKeepAlive
+        let close = response.close || !request.isKeepAlive || Self.asksUpgrade(request)
         let body = response.body.utf8
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)

@@ -109,6 +109,7 @@ public enum StatusJSON {
                     ("limit", .uint(server.rejectedLimit)),
                 ])),
                 ("requests", .uint(server.requests)),
+                ("accept_errors", .uint(server.acceptErrors)),
             ])),
             ("listeners", .array(listeners.map(listener))),
         ])

@@ -111,6 +111,9 @@ public enum StatusPage {
         if server.rejectedNotAllowed + server.rejectedLimit > 0 {
             h += ", rejected \(server.rejectedNotAllowed) not allowed / \(server.rejectedLimit) over the limit"
         }
+        if server.acceptErrors > 0 {
+            h += ", <span class=\"badtext\">\(Format.grouped(server.acceptErrors)) not accepted for lack of file descriptors</span>"
+        }
         h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
         h += "</footer>\n</body></html>\n"
         return h

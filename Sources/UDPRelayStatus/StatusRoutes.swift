@@ -64,8 +64,9 @@ public struct StatusRoutes: Sendable {
         }
         switch path {
         case "/healthz":
-            return .afterProbe { problems in
-                problems.isEmpty
+            return .afterProbe { [source] problems in
+                let problems = Self.withListenerCheck(problems, source.snapshot())
+                return problems.isEmpty
                     ? .text(.ok, "ok\n")
                     : .text(.serviceUnavailable, problems.map { $0 + "\n" }.joined())
             }
@@ -84,6 +85,7 @@ public struct StatusRoutes: Sendable {
         default:  // "/"
             return .afterProbe { [source, history, counters, now] problems in
                 let snapshot = source.snapshot()
+                let problems = Self.withListenerCheck(problems, snapshot)
                 let t = now()
                 var rates: [String: ListenerRates] = [:]
                 for l in snapshot.listeners { rates[l.name] = history.rates(of: l, now: t) }
@@ -91,6 +93,11 @@ public struct StatusRoutes: Sendable {
                                       StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
             }
         }
+    }
+
+    /// A daemon with no listener serves nothing: that is a problem, whatever the probe says.
+    static func withListenerCheck(_ problems: [String], _ snapshot: StatusSnapshot) -> [String] {
+        snapshot.listeners.isEmpty ? ["no listener is serving (the configuration has none)"] + problems : problems
     }
 
     /// Answers directly (runs the probe when needed); for tests and simple callers.

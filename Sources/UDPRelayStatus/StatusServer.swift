@@ -7,12 +7,18 @@ import Synchronization
 import UDPRelayConfig
 
 /// Who may connect: the `[status] allow` networks. IPv4 peers of a dual-stack (`[::]`) socket
-/// appear as `::ffff:a.b.c.d` and are matched as IPv4.
+/// appear as `::ffff:a.b.c.d` and are matched as IPv4; an IPv4-mapped network in `allow`
+/// (`::ffff:10.0.0.0/104`) is matched as the IPv4 network it names (`10.0.0.0/8`).
 public struct AllowList: Sendable {
     public let networks: [CIDR]
 
     public init(_ networks: [CIDR]) {
-        self.networks = networks
+        self.networks = networks.map { cidr in
+            guard case .v6(let high, let low) = cidr.network, high == 0, low >> 32 == 0xFFFF, cidr.prefixLength >= 96 else {
+                return cidr
+            }
+            return CIDR(network: .v4(UInt32(truncatingIfNeeded: low)), prefixLength: cidr.prefixLength - 96)
+        }
     }
 
     public func allows(_ ip: IPAddress) -> Bool {
@@ -54,7 +60,16 @@ public final class StatusServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: limits.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler { state.countAcceptError() })
+                }
+            }
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            // A client that shuts down its sending side after a request still gets the answer.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.writeBufferWaterMark,
+                                value: .init(low: limits.maxUnsentBytes / 2, high: limits.maxUnsentBytes))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try state.initialize(channel, routes: routes, logger: logger)
@@ -92,15 +107,30 @@ public final class StatusServer: Sendable {
     /// Connection and request counters of the endpoint itself.
     public var counters: ServerCounters { state.counters }
 
-    /// Stops accepting, closes every connection and the event-loop thread.
+    /// Stops accepting, closes every connection and the event-loop thread, in well under a
+    /// second whatever the clients do: idle connections close at once, all in parallel; a request
+    /// being answered gets `stopGrace` to finish, then its connection is closed too.
     public func stop() async {
         // Idempotent: a second call must not wait on futures of a loop that is gone.
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         sampler.cancel()
         try? await channel.close()
-        for child in state.openChannels() { try? await child.close() }
+        let children = state.trackedChannels()
+        for child in children { child.pipeline.fireUserInboundEventTriggered(ServerStoppingEvent()) }
+        let loop = channel.eventLoop
+        let closed = EventLoopFuture.andAllComplete(children.map(\.closeFuture), on: loop)
+        // Past the grace time every connection still open is closed as it stands (the guard
+        // passes closes straight through once it saw the stop).
+        let deadline = loop.scheduleTask(in: Self.stopGrace) {
+            for child in children { child.close(promise: nil) }
+        }
+        try? await closed.get()
+        deadline.cancel()
         try? await group.shutdownGracefully()
     }
+
+    /// How long a request in progress may take to be answered once `stop()` is called.
+    static let stopGrace = TimeAmount.milliseconds(500)
 
     static func monotonicNow() -> Double {
         Double(NIODeadline.now().uptimeNanoseconds) / 1e9
@@ -123,8 +153,11 @@ final class ServerState: Sendable {
     private let rejectedNotAllowed = Atomic<UInt64>(0)
     private let rejectedLimit = Atomic<UInt64>(0)
     private let requests = Atomic<UInt64>(0)
-    /// Connections being served, by identity, so `stop()` can close them.
+    private let acceptErrors = Atomic<UInt64>(0)
+    /// Connections being served, by identity (the ones counted against the limit).
     private let open = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
+    /// Every accepted connection not closed yet, so `stop()` can close them all.
+    private let tracked = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
     init(limits: StatusLimits, allow: AllowList) {
         self.limits = limits
@@ -138,22 +171,27 @@ final class ServerState: Sendable {
         c.rejectedNotAllowed = rejectedNotAllowed.load(ordering: .relaxed)
         c.rejectedLimit = rejectedLimit.load(ordering: .relaxed)
         c.requests = requests.load(ordering: .relaxed)
+        c.acceptErrors = acceptErrors.load(ordering: .relaxed)
         return c
     }
 
-    func openChannels() -> [Channel] { open.withLockedValue { Array($0.values) } }
+    func countAcceptError() { acceptErrors.add(1, ordering: .relaxed) }
+
+    func trackedChannels() -> [Channel] { tracked.withLockedValue { Array($0.values) } }
 
     /// Sets up a new connection: refused outside `allow`, 503 over the limit, else HTTP.
     func initialize(_ channel: Channel, routes: StatusRoutes, logger: Logger) throws {
         accepted.add(1, ordering: .relaxed)
         let ops = channel.pipeline.syncOperations
+        let id = ObjectIdentifier(channel)
+        tracked.withLockedValue { $0[id] = channel }
+        channel.closeFuture.whenComplete { [self] _ in _ = tracked.withLockedValue { $0.removeValue(forKey: id) } }
         guard allow.allows(channel.remoteAddress) else {
             rejectedNotAllowed.add(1, ordering: .relaxed)
             logger.debug("status connection refused: not in allow", metadata: ["peer.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
             try ops.addHandler(CloseAtOnceHandler())
             return
         }
-        let id = ObjectIdentifier(channel)
         let admitted = open.withLockedValue { channels -> Bool in
             guard channels.count < limits.maxConnections else { return false }
             channels[id] = channel
@@ -178,6 +216,53 @@ final class ServerState: Sendable {
         try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
                                             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
         try ops.addHandler(StatusHTTPHandler(routes: routes, requestAnswered: requestAnswered))
+    }
+}
+
+/// On the listening socket: when a connection cannot be accepted for lack of descriptors (or
+/// memory), accepting pauses for 100 ms, doubling up to 1 s while it keeps failing, and each
+/// failure is counted. Without it the event loop retried `accept4` at once, for ever: a full core
+/// and no answer to anyone while relay sessions held every descriptor. The waiting connections
+/// stay in the backlog and are served once descriptors free.
+final class AcceptPauseHandler: ChannelInboundHandler {
+    typealias InboundIn = Channel
+    typealias InboundOut = Channel
+
+    static let firstPause = TimeAmount.milliseconds(100)
+    static let longestPause = TimeAmount.seconds(1)
+
+    private let counted: @Sendable () -> Void
+    private var pause = AcceptPauseHandler.firstPause
+    private var resume: Scheduled<Void>?
+
+    init(counted: @escaping @Sendable () -> Void) {
+        self.counted = counted
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Accepting works again.
+        pause = Self.firstPause
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let io = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(io.errnoCode) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        counted()
+        guard resume == nil else { return }
+        // Turning auto-read off takes the socket out of the poll set until we turn it back on.
+        try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+        resume = context.eventLoop.assumeIsolated().scheduleTask(in: pause) {
+            self.resume = nil
+            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+        }
+        pause = TimeAmount.nanoseconds(min(pause.nanoseconds * 2, Self.longestPause.nanoseconds))
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        resume?.cancel()
     }
 }
 

@@ -259,6 +259,9 @@ public struct ServerCounters: Sendable, Equatable {
     public var rejectedLimit: UInt64 = 0
     /// HTTP requests answered (any status).
     public var requests: UInt64 = 0
+    /// Connections that could not be accepted for lack of file descriptors (or memory); each
+    /// pauses accepting for 100 ms to 1 s.
+    public var acceptErrors: UInt64 = 0
 
     public init() {}
 }

@@ -110,7 +110,7 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testHeadLargerThan8KiBIsAnswered431AndClosed() throws {
         try connect()
-        try send("GET /status HTTP/1.1\r\nX-Big: " + String(repeating: "a", count: 9000))
+        try send("GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "a", count: 9000))
         let responses = parseResponses(try sent())
         XCTAssertEqual(responses.map(\.status), [431])
         XCTAssertEqual(responses.first?.headers["connection"], "close")
@@ -146,9 +146,9 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testHeadTimerCountsFromTheFirstByteOfEachHead() throws {
         try connect()
-        try send("GET /metrics HTTP/1.1\r\n\r\n")
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         advance(.seconds(20))
-        try send("GET /metrics HTTP/1.1\r\n")
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\n")
         advance(.seconds(4))
         try send("\r\n")
         advance(.seconds(4))
@@ -158,7 +158,7 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testIdleConnectionIsClosedAfterThirtySeconds() throws {
         try connect()
-        try send("GET /metrics HTTP/1.1\r\n\r\n")
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         XCTAssertEqual(parseResponses(try sent()).map(\.status), [200])
         advance(.seconds(29))
         XCTAssertTrue(channel.isActive)
@@ -187,14 +187,14 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testPOSTWithALargeBodyGets405NotAHang() throws {
         try connect()
-        try send("POST /status HTTP/1.1\r\nContent-Length: 20000\r\n\r\n" + String(repeating: "b", count: 20000))
+        try send("POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + String(repeating: "b", count: 20000))
         XCTAssertEqual(parseResponses(try sent()).map(\.status), [405])
         XCTAssertFalse(channel.isActive)
     }
 
     func testGETWithABodyGets400() throws {
         try connect()
-        try send("GET /status HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        try send("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         XCTAssertEqual(parseResponses(try sent()).map(\.status), [400])
         XCTAssertFalse(channel.isActive)
     }
@@ -211,10 +211,208 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testClientConnectionCloseIsHonoured() throws {
         try connect()
-        try send("GET /status?listener=dns HTTP/1.1\r\nConnection: close\r\n\r\n")
+        try send("GET /status?listener=dns HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         let r = parseResponses(try sent())
         XCTAssertEqual(r.map(\.status), [200])
         XCTAssertFalse(r[0].body.contains("game-relay"), "narrowed to one listener")
         XCTAssertFalse(channel.isActive)
+    }
+    // MARK: backpressure (issue 13 item 1)
+
+    func testPipelinedRequestsAreNotAnsweredWhileOutputIsBlockedAndAtMostEightAtOnce() throws {
+        try connect()
+        // A client that pipelines and does not read: its socket stops being writable.
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        try send(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 100))
+        XCTAssertEqual(parseResponses(try sent()).count, 0, "nothing is answered while output is blocked")
+        // Output drains: the held requests are answered, all of them, in order.
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(parseResponses(try sent()).map(\.status), Array(repeating: 200, count: 100))
+        XCTAssertTrue(channel.isActive)
+    }
+
+    func testOutputBlockedMidBatchStopsAfterTheOutstandingRequests() throws {
+        try connect()
+        // Writability drops after the first answer: at most `maxPipelined` answers were built.
+        let blocker = BlockAfterFirstWrite(channel: channel)
+        try channel.pipeline.syncOperations.addHandler(blocker, position: .first)
+        try send(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 100))
+        let answered = parseResponses(try sent()).count
+        XCTAssertGreaterThan(answered, 0)
+        XCTAssertLessThanOrEqual(answered, limits.maxPipelined)
+    }
+
+    func testAClientThatNeverReadsIsDisconnectedAfterTheIdleTimeout() throws {
+        try connect()
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        try send(String(repeating: "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", count: 3))
+        advance(.seconds(29))
+        XCTAssertTrue(channel.isActive)
+        advance(.seconds(4))
+        XCTAssertFalse(channel.isActive, "no progress for the idle timeout: closed")
+    }
+
+    // MARK: connections that never end (issue 13 item 6)
+
+    func testHugeOrInvalidContentLengthGets400AndClose() throws {
+        for value in ["9223372036854775808", "18446744073709551616", "-1", "1e3", "0x10"] {
+            try connect()
+            _ = try? send("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: \(value)\r\n\r\n")
+            let r = parseResponses(try sent())
+            XCTAssertEqual(r.map(\.status), [400], value)
+            XCTAssertEqual(r.first?.headers["connection"], "close", value)
+            XCTAssertFalse(channel.isActive, value)
+            tearDown()
+        }
+    }
+
+    func testZeroContentLengthIsServed() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        XCTAssertEqual(parseResponses(try sent()).map(\.status), [200])
+    }
+
+    func testUpgradeRequestIsAnsweredAndClosedEvenWithAPipelinedSecondRequest() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+                 + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        let r = parseResponses(try sent())
+        XCTAssertEqual(r.first?.status, 200)
+        XCTAssertEqual(r.first?.headers["connection"], "close")
+        advance(.seconds(3))
+        XCTAssertFalse(channel.isActive, "the connection ends")
+    }
+
+    func testUpgradeWithoutConnectionUpgradeAlsoEnds() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(parseResponses(try sent()).first?.status, 200)
+        advance(.seconds(3))
+        XCTAssertFalse(channel.isActive)
+    }
+
+    // MARK: Host (issue 13 item 13)
+
+    func testHTTP11WithoutOrWithTwoHostHeadersGets400() throws {
+        for head in ["GET /metrics HTTP/1.1\r\n\r\n", "GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                     "GET /healthz HTTP/1.1\r\nUser-Agent: x\r\n\r\n"] {
+            try connect()
+            try send(head)
+            let r = parseResponses(try sent())
+            XCTAssertEqual(r.map(\.status), [400], head)
+            XCTAssertTrue(r.first?.body.contains("Host") ?? false, head)
+            XCTAssertFalse(channel.isActive)
+            tearDown()
+        }
+    }
+
+    func testHTTP10WithoutHostIsServed() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.0\r\n\r\n")
+        XCTAssertEqual(parseResponses(try sent()).map(\.status), [200])
+    }
+
+    // MARK: HTTP/2 prior knowledge (issue 12 item 14)
+
+    func testHTTP2PrefaceIsRefusedWithHTTP11RequiredOnTheClientsStream() throws {
+        try connect()
+        var bytes = HTTP2Preface.preface
+        bytes += [0, 0, 0, 4, 0, 0, 0, 0, 0]                          // SETTINGS, empty
+        bytes += [0, 0, 4, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41]  // HEADERS on stream 1
+        try channel.writeInbound(ByteBuffer(bytes: bytes))
+        var out = try XCTUnwrap(channel.readOutbound(as: IOData.self)).byteBuffer
+        let frames = Array(out.readBytes(length: out.readableBytes) ?? [])
+        XCTAssertEqual(Array(frames.prefix(9)), [0, 0, 0, 4, 0, 0, 0, 0, 0], "our SETTINGS first")
+        XCTAssertEqual(Array(frames.dropFirst(9)), [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 0xD],
+                       "RST_STREAM(1, HTTP_1_1_REQUIRED)")
+        XCTAssertTrue(channel.isActive, "left open until the client closes, so it reads the frames")
+        advance(.seconds(3))
+        XCTAssertFalse(channel.isActive)
+    }
+
+    func testBarePrefaceGetsGOAWAYWithAReason() throws {
+        try connect()
+        try channel.writeInbound(ByteBuffer(bytes: HTTP2Preface.preface))
+        XCTAssertNil(try channel.readOutbound(as: IOData.self), "waits for the client's first stream")
+        advance(.seconds(5))
+        var out = try XCTUnwrap(channel.readOutbound(as: IOData.self)).byteBuffer
+        let frames = Array(out.readBytes(length: out.readableBytes) ?? [])
+        XCTAssertEqual(frames[12], 7, "GOAWAY")
+        XCTAssertEqual(Array(frames[18..<26]), [0, 0, 0, 0, 0, 0, 0, 0xD])
+        XCTAssertTrue(String(decoding: frames[26...], as: UTF8.self).contains("use HTTP/1.1"))
+    }
+
+    func testARequestThatMerelyStartsLikeThePrefaceIsHTTP1() throws {
+        try connect()
+        _ = try? send("PRI / HTTP/1.1\r\nHost: x\r\n\r\n")
+        let text = try sent()
+        XCTAssertTrue(text.hasPrefix("HTTP/1.1 4"), "an HTTP/1.1 answer, not HTTP/2 frames: \(text)")
+    }
+
+    // MARK: half-close (issue 12 item 4)
+
+    func testRequestsBeforeAHalfCloseAreAnsweredThenTheConnectionCloses() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.0\r\n\r\n".replacingOccurrences(of: "1.0", with: "1.1").replacingOccurrences(of: "\r\n\r\n", with: "\r\nHost: x\r\n\r\n")
+                 + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        channel.embeddedEventLoop.run()
+        XCTAssertEqual(parseResponses(try sent()).map(\.status), [200, 200])
+        XCTAssertFalse(channel.isActive, "closed once everything is answered")
+    }
+
+    func testHalfCloseWithAPartialHeadClosesWithoutAnswer() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHost")
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        channel.embeddedEventLoop.run()
+        XCTAssertEqual(try sent(), "")
+        XCTAssertFalse(channel.isActive)
+    }
+
+    // MARK: stop (issue 12 item 3)
+
+    func testStopClosesAnIdleConnectionAtOnce() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(parseResponses(try sent()).map(\.status), [200])
+        channel.pipeline.fireUserInboundEventTriggered(ServerStoppingEvent())
+        channel.embeddedEventLoop.run()
+        XCTAssertFalse(channel.isActive, "closed without waiting for the client or a linger time")
+    }
+
+    func testStopClosesAConnectionWithAPartialHeadAtOnce() throws {
+        try connect()
+        try send("GET /metrics HTTP/1.1\r\nHo")
+        channel.pipeline.fireUserInboundEventTriggered(ServerStoppingEvent())
+        channel.embeddedEventLoop.run()
+        XCTAssertFalse(channel.isActive)
+        XCTAssertEqual(try sent(), "")
+    }
+}
+
+/// Makes the channel unwritable after the first write, as a full socket buffer would.
+final class BlockAfterFirstWrite: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    let channel: EmbeddedChannel
+    var writes = 0
+    init(channel: EmbeddedChannel) { self.channel = channel }
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        writes += 1
+        context.write(data, promise: promise)
+        if writes == 1 {
+            channel.isWritable = false
+            context.pipeline.fireChannelWritabilityChanged()
+        }
+    }
+}
+
+extension IOData {
+    var byteBuffer: ByteBuffer {
+        if case .byteBuffer(let b) = self { return b }
+        return ByteBuffer()
     }
 }

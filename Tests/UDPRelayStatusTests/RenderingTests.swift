@@ -52,6 +52,7 @@ enum Fixtures {
         c.accepted = 10
         c.open = 2
         c.rejectedNotAllowed = 3
+        c.acceptErrors = 6
         c.rejectedLimit = 1
         c.requests = 20
         return c
@@ -84,6 +85,7 @@ final class StatusJSONTests: XCTestCase {
 
         let server = try XCTUnwrap(doc["status_server"] as? [String: Any])
         XCTAssertEqual((server["connections_rejected"] as? [String: Any])?["not_allowed"] as? Int, 3)
+        XCTAssertEqual(server["accept_errors"] as? Int, 6)
 
         let listeners = try XCTUnwrap(doc["listeners"] as? [[String: Any]])
         XCTAssertEqual(listeners.map { $0["name"] as? String }, ["dns", "game-relay"])
@@ -171,6 +173,7 @@ final class PrometheusTextTests: XCTestCase {
             "udprelayd_upstream_up{listener=\"game-relay\",upstream=\"10.0.0.2:27015\"} 0",
             "udprelayd_upstream_failures_total{listener=\"game-relay\",upstream=\"10.0.0.2:27015\"} 4",
             "udprelayd_status_connections_rejected_total{reason=\"not_allowed\"} 3",
+            "udprelayd_status_accept_errors_total 6",
             "udprelayd_events_total{listener=\"game-relay\",event=\"fail_open\"} 2",
             "udprelayd_upstream_events_total{listener=\"game-relay\",upstream=\"10.0.0.1:27015\",event=\"probes_sent\"} 7",
         ] {
