@@ -234,6 +234,12 @@ struct ConfigParser {
             }
         }
 
+        // An empty or truncated file must not be taken for "serve nothing": a reload would
+        // close every listener and a start would serve nothing while looking healthy.
+        if !sections.contains(where: { $0.kind == "listener" }) {
+            error(0, nil, nil, "no listener: a configuration needs at least one [listener NAME] section "
+                  + "with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+        }
         return finalize(daemon: daemon, status: status, listeners: listeners)
     }
 

@@ -44,10 +44,11 @@ final class ConfigTests: XCTestCase {
     }
 
     func testStatusOffAndWildcardAllowDefault() throws {
-        XCTAssertNil(try parse("[status]\nlisten = off\n").status.listen)
-        let c = try parse("[status]\nlisten = [::]:9180\n")
+        let listener = "[listener a]\nlisten = 127.0.0.1:9\n"
+        XCTAssertNil(try parse("[status]\nlisten = off\n" + listener).status.listen)
+        let c = try parse("[status]\nlisten = [::]:9180\n" + listener)
         XCTAssertEqual(c.status.allow, Defaults.loopbackNetworks)
-        let d = try parse("[status]\nlisten = 0.0.0.0:9180\nallow = 10.0.0.0/8, 2001:db8::/32\n")
+        let d = try parse("[status]\nlisten = 0.0.0.0:9180\nallow = 10.0.0.0/8, 2001:db8::/32\n" + listener)
         XCTAssertEqual(d.status.allow.map(\.description), ["10.0.0.0/8", "2001:db8::/32"])
     }
 
@@ -57,6 +58,8 @@ final class ConfigTests: XCTestCase {
         ; semicolon comment
           [daemon]   ; trailing comment
         log_level=debug#not-a-comment-without-space
+        [listener a]
+        listen = 127.0.0.1:9
         """.replacingOccurrences(of: "#not-a-comment-without-space", with: "  # comment"))
         XCTAssertEqual(c.daemon.logLevel, .debug)
         XCTAssertEqual(try INILexer.parseValue("\"a;b # c\" ; comment"), "a;b # c")
@@ -173,8 +176,24 @@ final class ConfigTests: XCTestCase {
     }
 
     func testRepeatedSection() {
-        let e = errors("[daemon]\n[daemon]\n")
+        let e = errors("[daemon]\n[daemon]\n[listener a]\nlisten = 127.0.0.1:9\n")
         XCTAssertEqual(e.map(\.line), [2])
+    }
+
+    // MARK: a configuration without listeners
+
+    func testEmptyOrListenerlessConfigurationIsAnError() {
+        for text in ["", "\n\n; only comments\n", "[daemon]\nlog_level = info\n", "[status]\nlisten = 127.0.0.1:9180\n"] {
+            let e = errors(text)
+            XCTAssertEqual(e.count, 1, text)
+            XCTAssertEqual(e.first?.line, 0, text)
+            XCTAssertEqual(e.first?.description,
+                           "t.ini: no listener: a configuration needs at least one [listener NAME] section with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+        }
+        // A listener section that is itself wrong is reported as such, not as "no listener".
+        let e = errors("[listener a]\nmode = echo\n")
+        XCTAssertEqual(e.map(\.line), [1])
+        XCTAssertTrue(e[0].message.contains("missing required key"), e[0].message)
     }
 
     func testUnreadableFile() {
