@@ -25,12 +25,17 @@ struct INISection: Sendable {
 /// - `key = value`; the value may be wrapped in double quotes to keep `;` or `#` in it
 ///   (escapes: `\"`, `\\`, `\n`, `\t`, `\xHH`).
 enum INILexer {
-    static func lex(_ text: String, file: String) -> (sections: [INISection], errors: [ConfigError]) {
+    static func lex(_ text: String, file: String) -> (sections: [INISection], errors: ErrorCollector) {
         var sections: [INISection] = []
-        var errors: [ConfigError] = []
+        var errors = ErrorCollector(file: file)
         var lineNumber = 0
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
+            if rawLine.utf8.count > ConfigLimits.maxLineLength {
+                errors.add(line: lineNumber, section: sections.last?.header,
+                           message: "line is \(rawLine.utf8.count) bytes long; the limit is \(ConfigLimits.maxLineLength)")
+                continue
+            }
             var line = Substring(rawLine)
             if line.hasSuffix("\r") { line = line.dropLast() }
             let trimmed = line.trimmingSpaces()
@@ -39,13 +44,13 @@ enum INILexer {
             if trimmed.first == "[" {
                 let content = stripComment(trimmed)
                 guard content.last == "]" else {
-                    errors.append(ConfigError(file: file, line: lineNumber, message: "section header must end with ']': '\(trimmed)'"))
+                    errors.add(line: lineNumber, message: "section header must end with ']': '\(trimmed)'")
                     continue
                 }
                 let inner = content.dropFirst().dropLast().trimmingSpaces()
                 let words = inner.split(whereSeparator: { $0 == " " || $0 == "\t" })
                 guard let kind = words.first, words.count <= 2 else {
-                    errors.append(ConfigError(file: file, line: lineNumber, message: "expected '[section]' or '[section name]', got '\(content)'"))
+                    errors.add(line: lineNumber, message: "expected '[section]' or '[section name]', got '\(content)'")
                     continue
                 }
                 let name = words.count == 2 ? String(words[1]) : nil
@@ -55,28 +60,28 @@ enum INILexer {
             }
 
             guard let eq = trimmed.firstIndex(of: "=") else {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          message: "expected 'key = value', got '\(stripComment(trimmed))'"))
+                errors.add(line: lineNumber, section: sections.last?.header,
+                                          message: "expected 'key = value', got '\(stripComment(trimmed))'")
                 continue
             }
             let key = trimmed[..<eq].trimmingSpaces()
             let rest = trimmed[trimmed.index(after: eq)...].trimmingSpaces()
             guard !key.isEmpty else {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          message: "missing key before '='"))
+                errors.add(line: lineNumber, section: sections.last?.header,
+                                          message: "missing key before '='")
                 continue
             }
             let value: String
             do {
                 value = try parseValue(rest)
             } catch {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          key: String(key), message: error.message))
+                errors.add(line: lineNumber, section: sections.last?.header,
+                                          key: String(key), message: error.message)
                 continue
             }
             guard !sections.isEmpty else {
-                errors.append(ConfigError(file: file, line: lineNumber, key: String(key),
-                                          message: "key outside of any section; put it under [daemon], [status] or [listener NAME]"))
+                errors.add(line: lineNumber, key: String(key),
+                                          message: "key outside of any section; put it under [daemon], [status] or [listener NAME]")
                 continue
             }
             sections[sections.count - 1].entries.append(INIEntry(key: String(key), value: value, line: lineNumber))
