@@ -9,19 +9,24 @@ import Darwin
 public enum ConfigLoader {
     /// Reads and parses a file; throws every problem found, each with `file:line`.
     public static func load(path: String) throws(ConfigErrors) -> Configuration {
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = try readFile(path)
+            bytes = try readFile(path)
         } catch {
             throw ConfigErrors([ConfigError(file: path, line: 0, message: "cannot read configuration file: \(error.message)")])
         }
-        return try parse(text, file: path)
+        return try parse(bytes: bytes, file: path)
     }
 
     /// Parses configuration text; `file` is used in messages only.
     public static func parse(_ text: String, file: String) throws(ConfigErrors) -> Configuration {
+        try parse(bytes: Array(text.utf8), file: file)
+    }
+
+    /// Parses the bytes of a configuration file; `file` is used in messages only.
+    public static func parse(bytes: [UInt8], file: String) throws(ConfigErrors) -> Configuration {
         var parser = ConfigParser(file: file)
-        let (sections, lexErrors) = INILexer.lex(text, file: file)
+        let (sections, lexErrors) = INILexer.lex(bytes, file: file)
         parser.errors = lexErrors
         let configuration = parser.build(sections)
         guard parser.errors.isEmpty, let configuration else {
@@ -34,7 +39,7 @@ public enum ConfigLoader {
     /// a device, a directory, a socket) is refused before a single read, so a reload can never
     /// block on it: the open is non-blocking (a FIFO without writer would block in `open`),
     /// and only a regular file is read.
-    static func readFile(_ path: String) throws(ValueError) -> String {
+    static func readFile(_ path: String) throws(ValueError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else { throw ValueError(String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -59,10 +64,8 @@ public enum ConfigLoader {
             count += n
         }
         guard count <= limit else { throw ValueError(tooLarge) }
-        guard let text = String(validating: bytes[..<count], as: UTF8.self) else {
-            throw ValueError("file is not valid UTF-8")
-        }
-        return text
+        bytes.removeSubrange(count...)
+        return bytes
     }
 
     static func fileType(_ mode: mode_t) -> String {

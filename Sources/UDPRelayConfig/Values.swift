@@ -68,6 +68,7 @@ enum Values {
         for item in try list(s) {
             do {
                 let a = try SocketAddress(parsing: item)
+                try refuseMapped(a.ip, port: a.port)
                 if !seen.insert(a).inserted { throw ValueError("address \(a) is listed twice") }
                 out.append(a)
             } catch let e as ValueErrorMessage {
@@ -81,6 +82,14 @@ enum Values {
         return out
     }
 
+    /// An IPv4-mapped address (`[::ffff:127.0.0.1]:P`) cannot be bound by an IPv6-only socket
+    /// (EINVAL at start) and hides an IPv4 address from every IPv4 check: the IPv4 form is
+    /// asked for instead.
+    static func refuseMapped(_ ip: IPAddress, port: UInt16) throws(ValueError) {
+        guard let v4 = ip.mappedIPv4 else { return }
+        throw ValueError("[\(ip)]:\(port) is an IPv4-mapped IPv6 address; write the IPv4 form, \(SocketAddress(ip: v4, port: port))")
+    }
+
     /// Comma-separated `HOST:PORT` upstreams, no repeats.
     static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
         var out: [UpstreamEndpoint] = []
@@ -91,6 +100,7 @@ enum Values {
             } catch {
                 throw ValueError(error.message)
             }
+            if case .address(let ip) = e.host { try refuseMapped(ip, port: e.port) }
             if out.contains(e) { throw ValueError("upstream \(e) is listed twice") }
             out.append(e)
             if out.count > Defaults.maxUpstreams {
