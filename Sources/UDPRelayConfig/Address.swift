@@ -56,6 +56,13 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The IPv4 address an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) stands for; nil for any
+    /// other address.
+    var mappedIPv4: IPAddress? {
+        guard case .v6(let h, let l) = self, h == 0, l >> 32 == 0xFFFF else { return nil }
+        return .v4(UInt32(truncatingIfNeeded: l))
+    }
+
     /// `127.0.0.0/8` or `::1`.
     public var isLoopback: Bool {
         switch self {

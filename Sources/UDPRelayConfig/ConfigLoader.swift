@@ -9,46 +9,73 @@ import Darwin
 public enum ConfigLoader {
     /// Reads and parses a file; throws every problem found, each with `file:line`.
     public static func load(path: String) throws(ConfigErrors) -> Configuration {
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = try readFile(path)
+            bytes = try readFile(path)
         } catch {
             throw ConfigErrors([ConfigError(file: path, line: 0, message: "cannot read configuration file: \(error.message)")])
         }
-        return try parse(text, file: path)
+        return try parse(bytes: bytes, file: path)
     }
 
     /// Parses configuration text; `file` is used in messages only.
     public static func parse(_ text: String, file: String) throws(ConfigErrors) -> Configuration {
+        try parse(bytes: Array(text.utf8), file: file)
+    }
+
+    /// Parses the bytes of a configuration file; `file` is used in messages only.
+    public static func parse(bytes: [UInt8], file: String) throws(ConfigErrors) -> Configuration {
         var parser = ConfigParser(file: file)
-        let (sections, lexErrors) = INILexer.lex(text, file: file)
+        let (sections, lexErrors) = INILexer.lex(bytes, file: file)
         parser.errors = lexErrors
         let configuration = parser.build(sections)
         guard parser.errors.isEmpty, let configuration else {
-            throw ConfigErrors(parser.errors.sorted { $0.line < $1.line })
+            throw parser.errors.result
         }
         return configuration
     }
 
-    static func readFile(_ path: String) throws(ValueError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// Reads a regular file of at most `ConfigLimits.maxFileSize` bytes. Anything else (a FIFO,
+    /// a device, a directory, a socket) is refused before a single read, so a reload can never
+    /// block on it: the open is non-blocking (a FIFO without writer would block in `open`),
+    /// and only a regular file is read.
+    static func readFile(_ path: String) throws(ValueError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else { throw ValueError(String(cString: strerror(errno))) }
         defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ValueError(String(cString: strerror(errno))) }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw ValueError("not a regular file (\(fileType(st.st_mode))); give the path of an INI file")
+        }
+        let limit = ConfigLimits.maxFileSize
+        let tooLarge = "file is larger than \(limit / 1024) KiB (\(limit) bytes), the most a configuration may be"
+        guard st.st_size <= limit else { throw ValueError(tooLarge) }
+        // The size may change under us: read at most one byte past the limit.
+        var bytes = [UInt8](repeating: 0, count: limit + 1)
+        var count = 0
+        while count < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw ValueError(String(cString: strerror(errno)))
             }
             if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-            if bytes.count > 16 << 20 { throw ValueError("file is larger than 16 MiB") }
+            count += n
         }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw ValueError("file is not valid UTF-8")
+        guard count <= limit else { throw ValueError(tooLarge) }
+        bytes.removeSubrange(count...)
+        return bytes
+    }
+
+    static func fileType(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: "a FIFO"
+        case S_IFDIR: "a directory"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        default: "not a regular file"
         }
-        return text
     }
 }

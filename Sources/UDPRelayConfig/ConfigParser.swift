@@ -136,14 +136,15 @@ enum Schema {
 /// Turns lexed sections into a `Configuration`, collecting every error.
 struct ConfigParser {
     let file: String
-    var errors: [ConfigError] = []
+    var errors: ErrorCollector
 
     init(file: String) {
         self.file = file
+        errors = ErrorCollector(file: file)
     }
 
     mutating func error(_ line: Int, _ section: String?, _ key: String?, _ message: String) {
-        errors.append(ConfigError(file: file, line: line, section: section, key: key, message: message))
+        errors.add(line: line, section: section, key: key, message: message)
     }
 
     /// Applies every entry of `section` to `draft` through `table`, reporting unknown and repeated keys.
@@ -234,6 +235,12 @@ struct ConfigParser {
             }
         }
 
+        // An empty or truncated file must not be taken for "serve nothing": a reload would
+        // close every listener and a start would serve nothing while looking healthy.
+        if !sections.contains(where: { $0.kind == "listener" }) {
+            error(0, nil, nil, "no listener: a configuration needs at least one [listener NAME] section "
+                  + "with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+        }
         return finalize(daemon: daemon, status: status, listeners: listeners)
     }
 
@@ -254,7 +261,7 @@ struct ConfigParser {
         let statusConfig = StatusConfiguration(listen: statusListen, allow: statusAllow)
 
         var listeners: [ListenerConfiguration] = []
-        var owners: [SocketAddress: String] = [:]
+        var owners = AddressOwners()
         for d in drafts {
             guard let listen = d.listen else {
                 // An invalid value was already reported; only a missing key is new.
@@ -263,10 +270,10 @@ struct ConfigParser {
                 continue
             }
             for address in listen where address.port != 0 {
-                if let owner = owners[address] ?? conflictingWildcard(address, owners) {
+                if let owner = owners.conflict(with: address) {
                     error(d.listenLine ?? d.line, "listener \(d.name)", "listen", "\(address) overlaps \(owner); each address and port may belong to one listener")
                 } else {
-                    owners[address] = "listener '\(d.name)'"
+                    owners.add(address, owner: "listener '\(d.name)'")
                 }
             }
             let mode = d.mode ?? Defaults.mode
@@ -349,13 +356,37 @@ struct ConfigParser {
         }
     }
 
+}
+
+/// Which listener owns each bound address, answering "does this one overlap?" in constant time
+/// however many addresses a file lists.
+struct AddressOwners {
+    struct PortKey: Hashable {
+        var port: UInt16
+        var isIPv6: Bool
+    }
+
+    private var exact: [SocketAddress: String] = [:]
+    /// Per port and family: the wildcard's owner, if any, and any one specific address.
+    private var wildcard: [PortKey: String] = [:]
+    private var specific: [PortKey: SocketAddress] = [:]
+
     /// A wildcard and a specific address of the same family and port cannot both be bound.
-    func conflictingWildcard(_ address: SocketAddress, _ owners: [SocketAddress: String]) -> String? {
-        for (other, owner) in owners where other.port == address.port && other.ip.isIPv6 == address.ip.isIPv6 {
-            if other.ip.isWildcard || address.ip.isWildcard {
-                return "\(other) of \(owner)"
-            }
+    func conflict(with address: SocketAddress) -> String? {
+        if let owner = exact[address] { return owner }
+        let key = PortKey(port: address.port, isIPv6: address.ip.isIPv6)
+        if let owner = wildcard[key] {
+            return "\(SocketAddress(ip: address.ip.isIPv6 ? .v6(high: 0, low: 0) : .v4(0), port: address.port)) of \(owner)"
+        }
+        if address.ip.isWildcard, let other = specific[key], let owner = exact[other] {
+            return "\(other) of \(owner)"
         }
         return nil
+    }
+
+    mutating func add(_ address: SocketAddress, owner: String) {
+        exact[address] = owner
+        let key = PortKey(port: address.port, isIPv6: address.ip.isIPv6)
+        if address.ip.isWildcard { wildcard[key] = owner } else if specific[key] == nil { specific[key] = address }
     }
 }

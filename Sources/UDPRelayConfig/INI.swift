@@ -25,63 +25,122 @@ struct INISection: Sendable {
 /// - `key = value`; the value may be wrapped in double quotes to keep `;` or `#` in it
 ///   (escapes: `\"`, `\\`, `\n`, `\t`, `\xHH`).
 enum INILexer {
-    static func lex(_ text: String, file: String) -> (sections: [INISection], errors: [ConfigError]) {
+    /// Lexes the bytes of a file. Lines end at LF (a CR before it is dropped, so CRLF files read
+    /// as they look); a UTF-8 byte order mark at the start is skipped. A line that is not UTF-8,
+    /// holds a control character other than tab, or is longer than `ConfigLimits.maxLineLength`
+    /// is one error and is otherwise ignored.
+    static func lex(_ bytes: [UInt8], file: String) -> (sections: [INISection], errors: ErrorCollector) {
         var sections: [INISection] = []
-        var errors: [ConfigError] = []
+        var errors = ErrorCollector(file: file)
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        var start = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
+        while start <= bytes.count {
+            let newline = bytes[start...].firstIndex(of: 0x0A)
+            var end = newline ?? bytes.count
+            let next = end + 1
+            if end > start && bytes[end - 1] == 0x0D { end -= 1 }
             lineNumber += 1
-            var line = Substring(rawLine)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            let trimmed = line.trimmingSpaces()
-            if trimmed.isEmpty || trimmed.first == ";" || trimmed.first == "#" { continue }
-
-            if trimmed.first == "[" {
-                let content = stripComment(trimmed)
-                guard content.last == "]" else {
-                    errors.append(ConfigError(file: file, line: lineNumber, message: "section header must end with ']': '\(trimmed)'"))
-                    continue
-                }
-                let inner = content.dropFirst().dropLast().trimmingSpaces()
-                let words = inner.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                guard let kind = words.first, words.count <= 2 else {
-                    errors.append(ConfigError(file: file, line: lineNumber, message: "expected '[section]' or '[section name]', got '\(content)'"))
-                    continue
-                }
-                let name = words.count == 2 ? String(words[1]) : nil
-                let header = name.map { "\(kind) \($0)" } ?? String(kind)
-                sections.append(INISection(header: header, kind: String(kind), name: name, line: lineNumber))
+            defer { start = next }
+            if newline == nil && start == end { break }  // nothing after the last newline
+            if end - start > ConfigLimits.maxLineLength {
+                errors.add(line: lineNumber, section: sections.last?.header,
+                           message: "line is \(end - start) bytes long; the limit is \(ConfigLimits.maxLineLength)")
                 continue
             }
-
-            guard let eq = trimmed.firstIndex(of: "=") else {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          message: "expected 'key = value', got '\(stripComment(trimmed))'"))
+            let raw = bytes[start..<end]
+            if let problem = textProblem(raw) {
+                errors.add(line: lineNumber, section: sections.last?.header, message: problem)
                 continue
             }
-            let key = trimmed[..<eq].trimmingSpaces()
-            let rest = trimmed[trimmed.index(after: eq)...].trimmingSpaces()
-            guard !key.isEmpty else {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          message: "missing key before '='"))
-                continue
-            }
-            let value: String
-            do {
-                value = try parseValue(rest)
-            } catch {
-                errors.append(ConfigError(file: file, line: lineNumber, section: sections.last?.header,
-                                          key: String(key), message: error.message))
-                continue
-            }
-            guard !sections.isEmpty else {
-                errors.append(ConfigError(file: file, line: lineNumber, key: String(key),
-                                          message: "key outside of any section; put it under [daemon], [status] or [listener NAME]"))
-                continue
-            }
-            sections[sections.count - 1].entries.append(INIEntry(key: String(key), value: value, line: lineNumber))
+            lexLine(Substring(String(decoding: raw, as: UTF8.self)), number: lineNumber, into: &sections, errors: &errors)
         }
         return (sections, errors)
+    }
+
+    /// Why a line cannot be read as text, or nil: invalid UTF-8 or a control character.
+    static func textProblem(_ line: ArraySlice<UInt8>) -> String? {
+        for (offset, byte) in line.enumerated() where (byte < 0x20 && byte != 0x09) || byte == 0x7F {
+            let name = byte == 0x7F ? "DEL" : controlNames[Int(byte)]
+            return "control character \(name) (byte 0x\(hex(byte))) at column \(offset + 1); a configuration line is text, "
+                + "and tab is the only control character it may hold (write bytes in a quoted value as \\xHH)"
+        }
+        guard let text = String(validating: line, as: UTF8.self) else {
+            // Find the first byte that does not decode.
+            var parser = Unicode.UTF8.ForwardParser()
+            var iterator = line.makeIterator()
+            var offset = 0
+            while true {
+                switch parser.parseScalar(from: &iterator) {
+                case .valid(let encoded): offset += encoded.count; continue
+                case .emptyInput: offset = 0
+                case .error: break
+                }
+                break
+            }
+            let bad = line[line.startIndex + offset]
+            return "not valid UTF-8 (byte 0x\(hex(bad)) at column \(offset + 1)); save the file as UTF-8"
+        }
+        for (offset, scalar) in text.unicodeScalars.enumerated() where (0x80...0x9F).contains(scalar.value) {
+            return "control character U+00\(hex(UInt8(scalar.value))) at character \(offset + 1); a configuration line is text"
+        }
+        return nil
+    }
+
+    static let controlNames = ["NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT", "FF", "CR",
+                               "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB",
+                               "ESC", "FS", "GS", "RS", "US"]
+
+    static func hex(_ byte: UInt8) -> String {
+        let digits = Array("0123456789ABCDEF")
+        return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
+    }
+
+    static func lexLine(_ line: Substring, number lineNumber: Int, into sections: inout [INISection], errors: inout ErrorCollector) {
+        let trimmed = line.trimmingSpaces()
+        if trimmed.isEmpty || trimmed.first == ";" || trimmed.first == "#" { return }
+
+        if trimmed.first == "[" {
+            let content = stripComment(trimmed)
+            guard content.last == "]" else {
+                errors.add(line: lineNumber, message: "section header must end with ']': '\(trimmed)'")
+                return
+            }
+            let inner = content.dropFirst().dropLast().trimmingSpaces()
+            let words = inner.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let kind = words.first, words.count <= 2 else {
+                errors.add(line: lineNumber, message: "expected '[section]' or '[section name]', got '\(content)'")
+                return
+            }
+            let name = words.count == 2 ? String(words[1]) : nil
+            let header = name.map { "\(kind) \($0)" } ?? String(kind)
+            sections.append(INISection(header: header, kind: String(kind), name: name, line: lineNumber))
+            return
+        }
+
+        guard let eq = trimmed.firstIndex(of: "=") else {
+            errors.add(line: lineNumber, section: sections.last?.header,
+                       message: "expected 'key = value', got '\(stripComment(trimmed))'")
+            return
+        }
+        let key = trimmed[..<eq].trimmingSpaces()
+        let rest = trimmed[trimmed.index(after: eq)...].trimmingSpaces()
+        guard !key.isEmpty else {
+            errors.add(line: lineNumber, section: sections.last?.header, message: "missing key before '='")
+            return
+        }
+        let value: String
+        do {
+            value = try parseValue(rest)
+        } catch {
+            errors.add(line: lineNumber, section: sections.last?.header, key: String(key), message: error.message)
+            return
+        }
+        guard !sections.isEmpty else {
+            errors.add(line: lineNumber, key: String(key),
+                       message: "key outside of any section; put it under [daemon], [status] or [listener NAME]")
+            return
+        }
+        sections[sections.count - 1].entries.append(INIEntry(key: String(key), value: value, line: lineNumber))
     }
 
     /// Removes a trailing comment: `;` or `#` at the start or preceded by whitespace.

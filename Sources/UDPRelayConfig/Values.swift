@@ -64,10 +64,12 @@ enum Values {
 
     static func socketAddresses(_ s: String) throws(ValueError) -> [SocketAddress] {
         var out: [SocketAddress] = []
+        var seen: Set<SocketAddress> = []
         for item in try list(s) {
             do {
                 let a = try SocketAddress(parsing: item)
-                if out.contains(a) { throw ValueError("address \(a) is listed twice") }
+                try refuseMapped(a.ip, port: a.port)
+                if !seen.insert(a).inserted { throw ValueError("address \(a) is listed twice") }
                 out.append(a)
             } catch let e as ValueErrorMessage {
                 throw ValueError(e.message)
@@ -80,6 +82,14 @@ enum Values {
         return out
     }
 
+    /// An IPv4-mapped address (`[::ffff:127.0.0.1]:P`) cannot be bound by an IPv6-only socket
+    /// (EINVAL at start) and hides an IPv4 address from every IPv4 check: the IPv4 form is
+    /// asked for instead.
+    static func refuseMapped(_ ip: IPAddress, port: UInt16) throws(ValueError) {
+        guard let v4 = ip.mappedIPv4 else { return }
+        throw ValueError("[\(ip)]:\(port) is an IPv4-mapped IPv6 address; write the IPv4 form, \(SocketAddress(ip: v4, port: port))")
+    }
+
     /// Comma-separated `HOST:PORT` upstreams, no repeats.
     static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
         var out: [UpstreamEndpoint] = []
@@ -90,11 +100,12 @@ enum Values {
             } catch {
                 throw ValueError(error.message)
             }
+            if case .address(let ip) = e.host { try refuseMapped(ip, port: e.port) }
             if out.contains(e) { throw ValueError("upstream \(e) is listed twice") }
             out.append(e)
-        }
-        if out.count > Defaults.maxUpstreams {
-            throw ValueError("at most \(Defaults.maxUpstreams) upstreams per listener, got \(out.count)")
+            if out.count > Defaults.maxUpstreams {
+                throw ValueError("at most \(Defaults.maxUpstreams) upstreams per listener, got more")
+            }
         }
         return out
     }
@@ -154,17 +165,34 @@ enum Values {
     }
 }
 
-/// "Did you mean" suggestions by edit distance.
+/// "Did you mean" suggestions by edit distance, with bounded work whatever the input: only
+/// candidates whose length is within the accepted distance are compared, so a key of megabytes
+/// costs no more than one as long as the longest candidate.
 enum Suggest {
+    /// Edits a suggestion may be away from the word: at most 3, less for short words.
+    static func limit(for length: Int) -> Int { max(1, min(3, length / 3 + 1)) }
+
     static func closest(to word: String, in candidates: [String]) -> String? {
-        let best = candidates.map { ($0, distance(word, $0)) }.min { $0.1 < $1.1 }
-        guard let (name, d) = best else { return nil }
-        let limit = max(1, min(3, word.count / 3 + 1))
-        return d <= limit ? name : nil
+        let a = Array(word.unicodeScalars.prefix(Self.maxLength + 4))
+        let limit = Self.limit(for: a.count)
+        var best: (name: String, distance: Int)?
+        for name in candidates {
+            let b = Array(name.unicodeScalars)
+            guard abs(a.count - b.count) <= limit else { continue }
+            let d = distance(a, b)
+            if d <= limit && d < (best?.distance ?? .max) { best = (name, d) }
+        }
+        return best?.name
     }
 
+    /// Longer words are never compared character by character (no candidate is this long).
+    static let maxLength = 64
+
     static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
+        distance(Array(a.unicodeScalars), Array(b.unicodeScalars))
+    }
+
+    static func distance(_ a: [Unicode.Scalar], _ b: [Unicode.Scalar]) -> Int {
         if a.isEmpty { return b.count }
         if b.isEmpty { return a.count }
         var previous = Array(0...b.count)

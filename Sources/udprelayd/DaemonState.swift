@@ -11,8 +11,11 @@ final class DaemonState: Sendable {
         var ok: Bool
         /// Wall-clock time, seconds since the epoch.
         var at: Double
-        /// One line per problem; empty when `ok`.
+        /// One line per problem (at most `ConfigLimits.maxReportedErrors`, then one line that
+        /// counts the rest); empty when `ok`.
         var errors: [String]
+        /// Problems found in all.
+        var errorCount: Int
     }
 
     struct Snapshot: Sendable {
@@ -42,14 +45,14 @@ final class DaemonState: Sendable {
         state.withLockedValue {
             $0.generation += 1
             $0.loadedAt = now
-            $0.lastReload = LoadResult(ok: true, at: now, errors: [])
+            $0.lastReload = LoadResult(ok: true, at: now, errors: [], errorCount: 0)
         }
     }
 
     /// Records a failed reload: the running configuration (and generation) stay as they were.
-    func reloadFailed(_ errors: [String]) {
+    func reloadFailed(_ errors: [String], total: Int) {
         let now = DaemonState.now()
-        state.withLockedValue { $0.lastReload = LoadResult(ok: false, at: now, errors: errors) }
+        state.withLockedValue { $0.lastReload = LoadResult(ok: false, at: now, errors: errors, errorCount: total) }
     }
 
     static func now() -> Double {

@@ -53,8 +53,9 @@ struct SystemdService: Service {
         do {
             configuration = try ConfigLoader.load(path: configPath)
         } catch {
+            // At most ConfigLimits.maxReportedErrors lines and one counting the rest.
             for e in error.errors { logger.error("reload: \(e)") }
-            rejected(error.errors.map(\.description))
+            rejected(error.errors.map(\.description), total: error.total)
             return
         }
         let changes: ListenerChanges
@@ -90,10 +91,10 @@ struct SystemdService: Service {
         notifier.ready(status: statusLine(rates: nil))
     }
 
-    func rejected(_ errors: [String]) {
-        state.reloadFailed(errors)
+    func rejected(_ errors: [String], total: Int? = nil) {
+        state.reloadFailed(errors, total: total ?? errors.count)
         logger.error("reload rejected; still serving the running configuration", metadata: [
-            "generation": "\(state.snapshot.generation)", "errors": "\(errors.count)",
+            "generation": "\(state.snapshot.generation)", "errors": "\(total ?? errors.count)",
         ])
         notifier.ready(status: statusLine(rates: nil))
     }
@@ -130,7 +131,7 @@ struct SystemdService: Service {
         let listeners = datapath.snapshot()
         let s = state.snapshot
         let reload = s.lastReload.map { r in
-            (ok: r.ok, at: clockTime(r.at), firstError: r.errors.first, errorCount: r.errors.count)
+            (ok: r.ok, at: clockTime(r.at), firstError: r.errors.first, errorCount: r.errorCount)
         }
         // Relay listeners with sessions (forward, balance) report how many are open.
         let withSessions = datapath.listeners.filter { $0.configuration.mode.hasSessions }

@@ -42,7 +42,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
             configuration = try ConfigLoader.load(path: config)
         } catch {
             for e in error.errors { printError("error: \(e)") }
-            if checkConfig { printError("configuration invalid: \(error.errors.count) error(s)") }
+            if checkConfig { printError("configuration invalid: \(error.total) error(s)") }
             throw ExitCode(exitConfigError)
         }
         if checkConfig {

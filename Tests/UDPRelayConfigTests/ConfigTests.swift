@@ -44,10 +44,11 @@ final class ConfigTests: XCTestCase {
     }
 
     func testStatusOffAndWildcardAllowDefault() throws {
-        XCTAssertNil(try parse("[status]\nlisten = off\n").status.listen)
-        let c = try parse("[status]\nlisten = [::]:9180\n")
+        let listener = "[listener a]\nlisten = 127.0.0.1:9\n"
+        XCTAssertNil(try parse("[status]\nlisten = off\n" + listener).status.listen)
+        let c = try parse("[status]\nlisten = [::]:9180\n" + listener)
         XCTAssertEqual(c.status.allow, Defaults.loopbackNetworks)
-        let d = try parse("[status]\nlisten = 0.0.0.0:9180\nallow = 10.0.0.0/8, 2001:db8::/32\n")
+        let d = try parse("[status]\nlisten = 0.0.0.0:9180\nallow = 10.0.0.0/8, 2001:db8::/32\n" + listener)
         XCTAssertEqual(d.status.allow.map(\.description), ["10.0.0.0/8", "2001:db8::/32"])
     }
 
@@ -57,6 +58,8 @@ final class ConfigTests: XCTestCase {
         ; semicolon comment
           [daemon]   ; trailing comment
         log_level=debug#not-a-comment-without-space
+        [listener a]
+        listen = 127.0.0.1:9
         """.replacingOccurrences(of: "#not-a-comment-without-space", with: "  # comment"))
         XCTAssertEqual(c.daemon.logLevel, .debug)
         XCTAssertEqual(try INILexer.parseValue("\"a;b # c\" ; comment"), "a;b # c")
@@ -173,8 +176,24 @@ final class ConfigTests: XCTestCase {
     }
 
     func testRepeatedSection() {
-        let e = errors("[daemon]\n[daemon]\n")
+        let e = errors("[daemon]\n[daemon]\n[listener a]\nlisten = 127.0.0.1:9\n")
         XCTAssertEqual(e.map(\.line), [2])
+    }
+
+    // MARK: a configuration without listeners
+
+    func testEmptyOrListenerlessConfigurationIsAnError() {
+        for text in ["", "\n\n; only comments\n", "[daemon]\nlog_level = info\n", "[status]\nlisten = 127.0.0.1:9180\n"] {
+            let e = errors(text)
+            XCTAssertEqual(e.count, 1, text)
+            XCTAssertEqual(e.first?.line, 0, text)
+            XCTAssertEqual(e.first?.description,
+                           "t.ini: no listener: a configuration needs at least one [listener NAME] section with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+        }
+        // A listener section that is itself wrong is reported as such, not as "no listener".
+        let e = errors("[listener a]\nmode = echo\n")
+        XCTAssertEqual(e.map(\.line), [1])
+        XCTAssertTrue(e[0].message.contains("missing required key"), e[0].message)
     }
 
     func testUnreadableFile() {
@@ -188,5 +207,69 @@ final class ConfigTests: XCTestCase {
     func testEveryErrorReportedInOnePass() {
         let e = errors("[daemon]\nlog_level = x\nfoo = 1\n[listener a]\nmax_datagram = 0\n")
         XCTAssertEqual(e.map(\.line), [2, 3, 4, 5])
+    }
+
+    // MARK: bytes of the file (issue 13 item 12)
+
+    func testCRLFLineEndingsReadAsLines() throws {
+        let c = try parse("[daemon]\r\nlog_level = debug\r\n\r\n[listener a]\r\nlisten = 127.0.0.1:9 ; comment\r\nmode = echo\r\nhealth_probe_ignored = 1\r\n"
+                          .replacingOccurrences(of: "health_probe_ignored = 1\r\n", with: "max_datagram = \"1500\"\r\n"))
+        XCTAssertEqual(c.daemon.logLevel, .debug)
+        XCTAssertEqual(c.listeners.map(\.name), ["a"])
+        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["127.0.0.1:9"])
+        XCTAssertEqual(c.listeners[0].maxDatagram, 1500)
+        // Line numbers count CRLF lines.
+        let e = errors("[listener a]\r\nlisten = 127.0.0.1:9\r\nmode = ecko\r\n")
+        XCTAssertEqual(e.map(\.line), [3])
+        XCTAssertTrue(e[0].message.hasPrefix("expected one of echo|forward|balance|mirror, got 'ecko'"), e[0].message)
+    }
+
+    func testALeadingByteOrderMarkIsSkipped() throws {
+        let c = try parse("\u{FEFF}[status]\nlisten = off\n[listener a]\nlisten = 127.0.0.1:9\n")
+        XCTAssertNil(c.status.listen)
+        // Anywhere else it is an error like any stray character.
+        XCTAssertEqual(errors("[listener a]\nlisten = 127.0.0.1:9\n\u{FEFF}[status]\n").map(\.line), [3])
+    }
+
+    func testControlCharactersAreRefusedByName() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = echo\u{0}\n[listener b]\nlisten = 127.0.0.1:10\nmode = ec\rho\r\n")
+        XCTAssertEqual(e.map(\.line), [3, 6])
+        XCTAssertEqual(e[0].description, "t.ini:3: [listener a]: control character NUL (byte 0x00) at column 12; a configuration line is text, "
+                       + "and tab is the only control character it may hold (write bytes in a quoted value as \\xHH)")
+        XCTAssertTrue(e[1].message.hasPrefix("control character CR (byte 0x0D) at column 10"), e[1].message)
+        XCTAssertTrue(errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \u{1B}[0m\n")[0].message.hasPrefix("control character ESC (byte 0x1B) at column 8"))
+        XCTAssertTrue(errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \u{7F}\n")[0].message.hasPrefix("control character DEL (byte 0x7F)"))
+        XCTAssertTrue(errors("[listener a]\nlisten = 127.0.0.1:9\nmode = e\u{85}\n")[0].message.hasPrefix("control character U+0085 at character 9"))
+        // Tabs are whitespace; bytes can still be written as escapes in quoted values.
+        XCTAssertNoThrow(try parse("[listener a]\n\tlisten\t=\t127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:10\nhealth_probe = \"\\x00\\x01\"\n"))
+    }
+
+    func testInvalidUTF8NamesTheByteAndColumn() {
+        var bytes = Array("[listener a]\nlisten = 127.0.0.1:9\nmode = é".utf8)
+        bytes += [0xFF, 0x0A]
+        do {
+            _ = try ConfigLoader.parse(bytes: bytes, file: "t.ini")
+            XCTFail("invalid UTF-8 accepted")
+        } catch {
+            XCTAssertEqual(error.errors.map(\.description), ["t.ini:3: [listener a]: not valid UTF-8 (byte 0xFF at column 10); save the file as UTF-8"])
+        }
+    }
+
+    func testIPv4MappedAddressesAreRefusedWithTheIPv4Form() {
+        let e = errors("""
+        [status]
+        listen = [::ffff:127.0.0.1]:9180
+        [listener a]
+        listen = [::1]:7, [::ffff:127.0.0.1]:7007
+        [listener b]
+        listen = 127.0.0.1:0
+        mode = forward
+        upstream = [::ffff:192.0.2.1]:53
+        """)
+        XCTAssertEqual(e.map(\.line), [2, 4, 8])
+        XCTAssertEqual(e[0].message, "[::ffff:127.0.0.1]:9180 is an IPv4-mapped IPv6 address; write the IPv4 form, 127.0.0.1:9180")
+        XCTAssertEqual(e[1].message, "[::ffff:127.0.0.1]:7007 is an IPv4-mapped IPv6 address; write the IPv4 form, 127.0.0.1:7007")
+        XCTAssertEqual(e[2].message, "[::ffff:192.0.2.1]:53 is an IPv4-mapped IPv6 address; write the IPv4 form, 192.0.2.1:53")
+        XCTAssertNoThrow(try parse("[listener a]\nlisten = [::1]:7, [2001:db8::ffff:1]:7\n"))
     }
 }
