@@ -274,11 +274,15 @@ final class StatusServerTests: XCTestCase {
         XCTAssertFalse(list.allows(try XCTUnwrap(IPAddress(literal: "10.0.0.1"))))
     }
 
-    func testIPv4MappedWildcardListenDefaultsToLoopbackOnly() throws {
-        let c = try ConfigLoader.parse("[status]\nlisten = [::ffff:0.0.0.0]:9180\n[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini")
-        XCTAssertEqual(c.status.allow, Defaults.loopbackNetworks, "binds every IPv4 address: a wildcard")
-        let specific = try ConfigLoader.parse("[status]\nlisten = [::ffff:192.0.2.1]:9180\n[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini")
-        XCTAssertEqual(specific.status.allow, Defaults.allNetworks)
+    func testIPv4MappedListenIsRefusedWithTheIPv4Form() throws {
+        // [::ffff:0.0.0.0] binds every IPv4 address; it used to pass as a non-wildcard, so
+        // `allow` defaulted to everyone. It is now refused at check time, naming the IPv4 form.
+        for (written, ipv4) in [("[::ffff:0.0.0.0]:9180", "0.0.0.0:9180"), ("[::ffff:192.0.2.1]:9180", "192.0.2.1:9180")] {
+            XCTAssertThrowsError(try ConfigLoader.parse("[status]\nlisten = \(written)\n[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini")) {
+                XCTAssertTrue("\($0)".contains("t.ini:2: [status] listen:"), "\($0)")
+                XCTAssertTrue("\($0)".contains("write the IPv4 form, \(ipv4)"), "\($0)")
+            }
+        }
     }
 
     func testMappedWildcardRefusesANonLoopbackPeer() async throws {
