@@ -69,6 +69,7 @@ public final class Listener: Sendable {
                 var group: [SocketWorker] = []
                 for fd in fds {
                     UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
+                    UDPSocket.enableDropCount(fd)
                     let worker = try Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
                                                  upstreams: upstreams, tuning: tuning, logger: logger)
                     workers.append(worker)
