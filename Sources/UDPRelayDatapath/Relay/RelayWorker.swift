@@ -185,6 +185,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     /// Starts the listener's source, the epoll set's source and the expiry timer.
     override func start(registered: DispatchGroup) {
+        // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
+        // listener was made, however many names hang).
+        upstreams.awaitInitialResolution()
         super.start(registered: registered)
         started = true
         let source = DispatchSource.makeReadSource(fileDescriptor: epollFD, queue: queue)
