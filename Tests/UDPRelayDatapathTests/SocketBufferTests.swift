@@ -61,6 +61,8 @@ final class SocketBufferTests: XCTestCase {
     }
 
     func testBurstOfLargestRepliesCrossesASessionWithTheListenersBuffer() throws {
+        // Without CAP_NET_ADMIN the kernel caps the 4 MiB at net.core.rmem_max (208 KiB by default).
+        guard getuid() == 0 else { throw XCTSkip("needs root for SO_RCVBUFFORCE (CI runs as root)") }
         let (datapath, fwd, client, upstream, session) = try relay(extra: "")  // rcvbuf = 4MiB by default
         defer { datapath.stop() }
         whileStalled(fwd.workers[0]) {
