@@ -27,6 +27,10 @@ public enum Counter: Int, CaseIterable, Sendable {
     /// Relay: no session could be opened for a new client (out of descriptors, no upstream
     /// address, connect failed), so its datagram was dropped. See also `sessionErrors`.
     case dropNoSession
+    /// The kernel dropped datagrams because a socket's receive buffer was full (SO_RXQ_OVFL):
+    /// requests on the listener socket, replies on relay session sockets. Seen when the next
+    /// datagram on that socket is read.
+    case dropReceiveBufferFull
     /// Receive calls that failed with an error other than "would block".
     case receiveErrors
     /// Sources forgotten by the per-source rate limiter because its table was full.
@@ -68,6 +72,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .dropRateLimited: "rate_limited"
         case .dropRateLimitedTotal: "rate_limited_total"
         case .dropNoSession: "no_session"
+        case .dropReceiveBufferFull: "receive_buffer_full"
         default: nil
         }
     }

@@ -37,8 +37,9 @@ public final class Listener: Sendable {
     /// `workersPerSocket` (default: the configured `workers`, resolved) is the size of each
     /// group: the first socket binds the address (port 0 included), the others bind the address
     /// it got, all with SO_REUSEPORT. On failure closes what it opened, adopted descriptors
-    /// included. Relay listeners resolve upstream hostnames here (a failure is logged, not
-    /// fatal: the upstream takes no traffic until it resolves).
+    /// included. Relay listeners start looking up upstream hostnames here; their workers wait
+    /// for the answers at most `UpstreamTable.resolveWait` when they start (a failure is logged,
+    /// not fatal: the upstream takes no traffic until it resolves).
     public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
                 sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
                 logger: Logger = Logger(label: "udprelayd")) throws(BindError) {
@@ -69,6 +70,7 @@ public final class Listener: Sendable {
                 var group: [SocketWorker] = []
                 for fd in fds {
                     UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
+                    UDPSocket.enableDropCount(fd)
                     let worker = try Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
                                                  upstreams: upstreams, tuning: tuning, logger: logger)
                     workers.append(worker)

@@ -20,16 +20,17 @@ final class MessageBatch {
     /// - Parameters:
     ///   - capacity: datagrams per system call.
     ///   - bufferSize: bytes per datagram; a larger datagram arrives with `MSG_TRUNC`.
-    ///   - withControl: reserve room for packet-info control messages.
+    ///   - withControl: reserve room for packet-info control messages. Room for the kernel's
+    ///     drop count (SO_RXQ_OVFL, see `kernelDrops`) is always reserved.
     init(capacity: Int, bufferSize: Int, withControl: Bool) {
         precondition(capacity > 0 && bufferSize > 0)
         self.capacity = capacity
         self.bufferSize = bufferSize
-        self.controlSize = withControl ? (cur_pktinfo_space() + 7) & ~7 : 0
+        self.controlSize = (withControl ? (cur_pktinfo_space() + 7) & ~7 : 0) + UDPSocket.dropCountControlSpace
         buffers = .allocate(byteCount: capacity * bufferSize, alignment: 64)
         iovecs = .allocate(capacity: capacity)
         names = .allocate(capacity: capacity)
-        controls = withControl ? .allocate(byteCount: capacity * controlSize, alignment: 8) : nil
+        controls = .allocate(byteCount: capacity * controlSize, alignment: 8)
         messages = .allocate(capacity: capacity)
         for i in 0..<capacity {
             iovecs[i] = iovec(iov_base: buffers + i * bufferSize, iov_len: bufferSize)

@@ -68,6 +68,29 @@ public enum UDPSocket {
         return (Int(er), Int(es))
     }
 
+    /// Sets SO_RCVBUF/SO_SNDBUF on a socket opened often (relay session sockets): two calls,
+    /// no read-back. `force` says whether to try the FORCE variants; it is cleared when they
+    /// are refused (no CAP_NET_ADMIN), so later sockets go straight to the capped options.
+    @inline(__always)
+    public static func setBuffers(_ fd: Int32, receive: Int, send: Int, force: inout Bool) {
+        let r = Int32(clamping: receive), s = Int32(clamping: send)
+        if force, (try? setOption(fd, SOL_SOCKET, SO_RCVBUFFORCE, r)) == nil { force = false }
+        if !force { try? setOption(fd, SOL_SOCKET, SO_RCVBUF, r) }
+        if force, (try? setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, s)) == nil { force = false }
+        if !force { try? setOption(fd, SOL_SOCKET, SO_SNDBUF, s) }
+    }
+
+    /// SO_RXQ_OVFL: every datagram received then carries the socket's count of datagrams the
+    /// kernel dropped (receive buffer full), read by `MessageBatch.kernelDrops`.
+    public static func enableDropCount(_ fd: Int32) {
+        try? setOption(fd, SOL_SOCKET, dropCountOption, 1)
+    }
+
+    /// SO_RXQ_OVFL (asm-generic/socket.h), the option and its control message type.
+    static let dropCountOption: Int32 = 40
+    /// CMSG_SPACE(sizeof(uint32_t)) on 64-bit Linux: room for the SO_RXQ_OVFL control message.
+    static let dropCountControlSpace = 24
+
     /// The address the kernel actually bound (learns the port after binding port 0).
     public static func localAddress(_ fd: Int32) throws(SyscallError) -> SocketAddress {
         var storage = sockaddr_storage()
@@ -93,5 +116,31 @@ extension UDPSocket {
                 _ = try syscallNoWait("connect") { Glibc.connect(fd, sa, length) }
             }
         }
+    }
+}
+
+extension MessageBatch {
+    /// The kernel's count of datagrams dropped on the socket (SO_RXQ_OVFL, cumulative and
+    /// wrapping), as the last of the `received` datagrams carried it; nil when it carried none
+    /// (nothing dropped yet, or the option is off). Walks that message's control data by hand
+    /// (CMSG_* are macros Swift cannot call): 16-byte `cmsghdr` headers, 8-byte alignment.
+    @inline(__always)
+    func kernelDrops(_ received: Int) -> UInt32? {
+        guard received > 0 else { return nil }
+        let header = messages[received - 1].msg_hdr
+        guard let control = header.msg_control else { return nil }
+        let length = Int(header.msg_controllen)
+        var offset = 0
+        while offset + 16 <= length {
+            let cmsgLength = control.loadUnaligned(fromByteOffset: offset, as: Int.self)
+            let level = control.loadUnaligned(fromByteOffset: offset + 8, as: Int32.self)
+            let type = control.loadUnaligned(fromByteOffset: offset + 12, as: Int32.self)
+            guard cmsgLength >= 16, offset + cmsgLength <= length else { return nil }
+            if level == SOL_SOCKET && type == UDPSocket.dropCountOption && cmsgLength >= 20 {
+                return control.loadUnaligned(fromByteOffset: offset + 16, as: UInt32.self)
+            }
+            offset += (cmsgLength + 7) & ~7
+        }
+        return nil
     }
 }

@@ -41,6 +41,8 @@ public class SocketWorker: @unchecked Sendable {
     private var dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .seconds(60)), count: Counter.allCases.count)
     private var source: DispatchSourceRead?
     private let closed = DispatchGroup()
+    /// The kernel's drop count of `fd` last seen (SO_RXQ_OVFL).
+    private var kernelDrops: UInt32 = 0
 
     init(fd: Int32, localAddress: SocketAddress, label: String) {
         self.fd = fd
@@ -100,7 +102,12 @@ public class SocketWorker: @unchecked Sendable {
     @inline(__always)
     final func receive(into batch: MessageBatch, resetting lastCount: Int) -> Int? {
         do {
-            return try batch.receive(from: fd, resetting: lastCount)
+            let received = try batch.receive(from: fd, resetting: lastCount)
+            if let drops = batch.kernelDrops(received), drops != kernelDrops {
+                counters.add(.dropReceiveBufferFull, UInt64(drops &- kernelDrops))
+                kernelDrops = drops
+            }
+            return received
         } catch {
             counters.add(.receiveErrors)
             return nil

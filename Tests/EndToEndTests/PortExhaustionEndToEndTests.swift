@@ -64,13 +64,9 @@ final class PortExhaustionEndToEndTests: XCTestCase {
     }
 
     func testRunningOutOfLocalPortsIsLoggedOnceAndDoesNotMarkTheUpstreamDown() throws {
-        guard getuid() == 0 else { throw XCTSkip("needs root for a network namespace (CI runs as root)") }
-        let hostRange = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
         let loopback: UInt32 = 0x7F00_0001
         final class Outcome: @unchecked Sendable {
-            // @unchecked: written by the namespace thread before `done` is signalled, read after.
-            var setupError: String?
-            var skipReason: String?
+            // @unchecked: written by the namespace thread, read after it finished.
             var served: [Int] = []
             var servedAgain: [Int] = []
             var servedLate: [Int] = []
@@ -78,66 +74,44 @@ final class PortExhaustionEndToEndTests: XCTestCase {
             var log: [String] = []
         }
         let outcome = Outcome()
-        let done = DispatchSemaphore(value: 0)
-        // Network namespaces belong to threads: this thread, the daemon it starts and the
-        // sockets it opens all live in the new namespace.
-        let thread = Thread {
-            defer { done.signal() }
-            guard Self.unshareNetwork() else { outcome.skipReason = "cannot create a network namespace: errno \(errno)"; return }
-            guard Self.bringLoopbackUp() else { outcome.setupError = "lo up: errno \(errno)"; return }
-            do {
-                do {
-                    try "40000 40007".write(toFile: "/proc/sys/net/ipv4/ip_local_port_range", atomically: false, encoding: .utf8)
-                } catch {
-                    outcome.skipReason = "cannot set the namespace's port range: \(error)"
-                    return
+        try Self.inNetworkNamespace(portRange: "40000 40007") {
+            // Every fixed port is outside 40000-40007, so all 8 are left for sessions.
+            let d = try DaemonProcess(config: """
+            [status]
+            listen = off
+            [listener up]
+            listen = 127.0.0.1:20001
+            [listener fwd]
+            listen = 127.0.0.1:20000
+            mode = forward
+            upstream = 127.0.0.1:20001
+            max_sessions = 100
+            """)
+            _ = try d.waitUntilReady()
+            let relay = SocketAddress(ip: .v4(loopback), port: 20000)
+            let clients = try (0..<20).map { try UDPClient(bind: SocketAddress(ip: .v4(loopback), port: UInt16(30000 + $0))) }
+            for (i, c) in clients.enumerated() { c.send(Array("hello \(i)".utf8), to: relay) }
+            // Collect replies on all clients at once until none has come for a second.
+            var fds = clients.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            while poll(&fds, nfds_t(fds.count), 1000) > 0 {
+                for k in fds.indices where fds[k].revents != 0 {
+                    fds[k] = pollfd(fd: -1, events: 0, revents: 0)  // one reply per client
+                    if clients[k].receive(timeout: 0)?.bytes == Array("hello \(k)".utf8) { outcome.served.append(k) }
                 }
-                // Every fixed port is outside 40000-40007, so all 8 are left for sessions.
-                let d = try DaemonProcess(config: """
-                [status]
-                listen = off
-                [listener up]
-                listen = 127.0.0.1:20001
-                [listener fwd]
-                listen = 127.0.0.1:20000
-                mode = forward
-                upstream = 127.0.0.1:20001
-                max_sessions = 100
-                """)
-                _ = try d.waitUntilReady()
-                let relay = SocketAddress(ip: .v4(loopback), port: 20000)
-                let clients = try (0..<20).map { try UDPClient(bind: SocketAddress(ip: .v4(loopback), port: UInt16(30000 + $0))) }
-                for (i, c) in clients.enumerated() { c.send(Array("hello \(i)".utf8), to: relay) }
-                // Collect replies on all clients at once until none has come for a second.
-                var fds = clients.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-                while poll(&fds, nfds_t(fds.count), 1000) > 0 {
-                    for k in fds.indices where fds[k].revents != 0 {
-                        fds[k] = pollfd(fd: -1, events: 0, revents: 0)  // one reply per client
-                        if clients[k].receive(timeout: 0)?.bytes == Array("hello \(k)".utf8) { outcome.served.append(k) }
-                    }
-                }
-                outcome.served.sort()
-                for i in outcome.served {
-                    clients[i].send(Array("again \(i)".utf8), to: relay)
-                    if clients[i].receive(timeout: 1)?.bytes == Array("again \(i)".utf8) { outcome.servedAgain.append(i) }
-                }
-                outcome.exitCode = d.stop()
-                outcome.log = d.log
-                // A reply that came after the one-second lull above is in its client's socket
-                // now that the daemon has exited: that client had a session too.
-                outcome.servedLate = clients.indices.filter { k in
-                    !outcome.served.contains(k) && clients[k].receive(timeout: 0)?.bytes == Array("hello \(k)".utf8)
-                }
-            } catch {
-                outcome.setupError = "\(error)"
+            }
+            outcome.served.sort()
+            for i in outcome.served {
+                clients[i].send(Array("again \(i)".utf8), to: relay)
+                if clients[i].receive(timeout: 1)?.bytes == Array("again \(i)".utf8) { outcome.servedAgain.append(i) }
+            }
+            outcome.exitCode = d.stop()
+            outcome.log = d.log
+            // A reply that came after the one-second lull above is in its client's socket
+            // now that the daemon has exited: that client had a session too.
+            outcome.servedLate = clients.indices.filter { k in
+                !outcome.served.contains(k) && clients[k].receive(timeout: 0)?.bytes == Array("hello \(k)".utf8)
             }
         }
-        thread.start()
-        XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
-        XCTAssertEqual(try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8), hostRange,
-                       "the host's port range is untouched")
-        if let reason = outcome.skipReason { throw XCTSkip(reason) }
-        XCTAssertNil(outcome.setupError)
         // The range has 8 ports; the daemon may hold one or two of them itself.
         XCTAssertTrue((1...8).contains(outcome.served.count), "\(outcome.served.count) clients served")
         XCTAssertEqual(outcome.servedAgain, outcome.served, "existing sessions keep working")

@@ -49,3 +49,30 @@ final class SessionHoldEndToEndTests: XCTestCase {
         XCTAssertTrue(log.contains("session sockets open again"), log)
     }
 }
+
+extension SessionHoldEndToEndTests {
+    /// Issue 12 item 11: a relay listener whose max_sessions does not fit the open-file limit
+    /// warned at every start and every rebuild. Once, with what to do.
+    func testOpenFileLimitWarningIsLoggedOnceWithWhatToDo() throws {
+        let upstream = try UpstreamServer()
+        addTeardownBlock { upstream.stop() }
+        let config = { (timeout: String) in
+            "[status]\nlisten = off\n[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(upstream.address)\nsession_timeout = \(timeout)\n"
+        }
+        // The default max_sessions needs 70,656 descriptors; 4096 is the hard limit here.
+        let d = try DaemonProcess(config: config("60s"), fileLimit: 4096)
+        addTeardownBlock { d.stop() }
+        let address = try XCTUnwrap(try d.waitUntilReady()["fwd"]?.first)
+        let warnings = { d.log.filter { $0.contains("max_sessions exceeds the open-file limit") } }
+        XCTAssertEqual(warnings().count, 1, d.log.joined(separator: "\n"))
+        XCTAssertTrue(warnings().first?.contains("LimitNOFILE=") == true, "says what to change: \(warnings())")
+        // A changed session_timeout rebuilds the listener on its socket: no second warning.
+        try config("30s").replacingOccurrences(of: "127.0.0.1:0", with: "\(address)")
+            .write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        let mark = d.log.count
+        d.signal(SIGHUP)
+        let reloaded = try XCTUnwrap(d.waitForLine(containing: "reloaded", after: mark, timeout: 10), d.log.joined(separator: "\n"))
+        XCTAssertEqual(DaemonProcess.field("listeners.changed", in: reloaded), "fwd", reloaded)
+        XCTAssertEqual(warnings().count, 1, "not again at the rebuild: \(d.log.joined(separator: "\n"))")
+    }
+}

@@ -227,6 +227,7 @@ final class UpstreamResolutionTests: XCTestCase {
         let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
                                        upstreams: [try UpstreamEndpoint(parsing: "no-such-host.invalid:53"), try UpstreamEndpoint(parsing: "127.0.0.1:9")])
         let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "test"))
+        table.awaitInitialResolution()
         XCTAssertNil(table.address(0))
         XCTAssertFalse(table.isUp(0, now: 1))
         XCTAssertTrue(table.isUp(1, now: 1))
@@ -250,17 +251,18 @@ final class UpstreamResolutionTests: XCTestCase {
         let log = CapturedLog()
         let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
                                   resolver: { _, port in answers.next(port: port) })
+        table.awaitInitialResolution()
         XCTAssertEqual(table.address(0)?.description, "192.0.2.1:53")
         let g0 = table.generation[0]
-        table.resolveNames()  // fails: keeps the address
-        table.resolveNames()  // fails again: not logged again
+        table.resolveNames().wait()  // fails: keeps the address
+        table.resolveNames().wait()  // fails again: not logged again
         XCTAssertEqual(table.address(0)?.description, "192.0.2.1:53")
         XCTAssertTrue(table.isUp(0, now: 1), "the last good address keeps serving")
         XCTAssertEqual(log.lines.filter { $0.contains("cannot resolve upstream") }.count, 1, log.lines.joined(separator: "\n"))
-        table.resolveNames()  // same address again
+        table.resolveNames().wait()  // same address again
         XCTAssertEqual(table.generation[0], g0, "no change, no reconnect")
         XCTAssertEqual(log.lines.filter { $0.contains("resolves again") }.count, 1)
-        table.resolveNames()  // a new address
+        table.resolveNames().wait()  // a new address
         XCTAssertEqual(table.address(0)?.description, "192.0.2.2:53")
         XCTAssertNotEqual(table.generation[0], g0, "workers with long-lived sockets reconnect")
     }

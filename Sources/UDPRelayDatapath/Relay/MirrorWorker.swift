@@ -28,6 +28,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private var upstreamSources: [DispatchSourceRead?]
     private var connectedGeneration: UInt64 = .max
     private let upstreamsClosed = DispatchGroup()
+    /// The listener's `rcvbuf`/`sndbuf`, applied to the upstream sockets too.
+    private let receiveBuffer: Int
+    private let sendBuffer: Int
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
          upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) {
@@ -38,6 +41,8 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
         self.sender = DatagramSender(segmentation: configuration.segmentation)
         self.sampleEvery = configuration.sampleEvery
+        self.receiveBuffer = configuration.receiveBuffer
+        self.sendBuffer = configuration.sendBuffer
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.upstreamFDs = Array(repeating: -1, count: upstreams.count)
@@ -51,6 +56,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     }
 
     override func start(registered: DispatchGroup) {
+        upstreams.awaitInitialResolution()  // as RelayWorker
         queue.async { [self] in connectUpstreams() }
         super.start(registered: registered)
     }
@@ -90,7 +96,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 close(ufd)
                 continue
             }
-            UDPSocket.setBuffers(ufd, receive: 1 << 16, send: 1 << 22)
+            UDPSocket.setBuffers(ufd, receive: receiveBuffer, send: sendBuffer)
             let source = DispatchSource.makeReadSource(fileDescriptor: ufd, queue: queue)
             source.setEventHandler { [unowned self] in drainReplies(i, fd: ufd) }
             let closed = upstreamsClosed

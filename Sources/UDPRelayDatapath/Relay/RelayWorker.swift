@@ -16,13 +16,14 @@ struct Session {
     var fd: Int32 = -1
     /// Bumped each time the slot is reused, so an epoll event of a closed session is ignored.
     var generation: UInt32 = 0
-    var upstream: Int32 = 0
     /// Interface of `local` (packet info on wildcard listeners).
     var ifindex: UInt32 = 0
     /// Datagrams sent to the upstream and replies forwarded to the client (saturating): with
     /// `session_max_replies` = R the session closes once replies reach R × requests.
     var requests: UInt32 = 0
     var replies: UInt32 = 0
+    /// The kernel's drop count of the socket last seen (SO_RXQ_OVFL).
+    var kernelDrops: UInt32 = 0
     var key = ClientKey(high: 0, low: 0, rest: 0)
     /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
     var client = sockaddr_in6()
@@ -30,8 +31,10 @@ struct Session {
     /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
     /// when not needed.
     var local = sockaddr_in6()
+    /// Index of its upstream (at most 64). Here and `held` last, where they fit in the
+    /// padding (stride stays 112 bytes).
+    var upstream: UInt16 = 0
     /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
-    /// Last, where it fits in the padding (stride stays 112 bytes).
     var held = false
 
     /// The epoll tag of this session in `slot`.
@@ -115,6 +118,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// and the start and end of a shortage of session sockets at most 4 times in 10 s.
     private var sessionLogs = (opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
                                episodes: LogLimiter(lines: 4, per: .seconds(10)))
+    /// The listener's `rcvbuf`/`sndbuf`, applied to every session socket; whether the FORCE
+    /// options work (see `UDPSocket.setBuffers(_:receive:send:force:)`).
+    private let receiveBuffer: Int
+    private let sendBuffer: Int
+    private var forceBuffers = true
     /// `busy_poll` in nanoseconds, 0 when off.
     private let busyPoll: UInt64
     /// busy_poll is off for the rest of a wakeup that received a batch of more than
@@ -152,6 +160,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.holdNanos = tuning.closedSessionHold
         self.sessionBudget = configuration.sessions.maxSessions + RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
         self.busyPoll = configuration.busyPoll.nanoseconds
+        self.receiveBuffer = configuration.receiveBuffer
+        self.sendBuffer = configuration.sendBuffer
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.balancer = Balancer(algorithm: configuration.mode == .balance ? configuration.balance : .first,
@@ -179,6 +189,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     /// Starts the listener's source, the epoll set's source and the expiry timer.
     override func start(registered: DispatchGroup) {
+        // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
+        // listener was made, however many names hang).
+        upstreams.awaitInitialResolution()
         super.start(registered: registered)
         started = true
         let source = DispatchSource.makeReadSource(fileDescriptor: epollFD, queue: queue)
@@ -430,6 +443,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             sessionSocketsFail(error)
             return nil
         }
+        // The listener's buffer sizes (a burst of large replies must not overflow the kernel
+        // default of 208 KiB), and the kernel's drop count on every reply.
+        UDPSocket.setBuffers(fd, receive: receiveBuffer, send: sendBuffer, force: &forceBuffers)
+        UDPSocket.enableDropCount(fd)
         do {
             try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
@@ -467,7 +484,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var s = sessions[Int(slot)]
         s.fd = fd
         s.generation &+= 1
-        s.upstream = Int32(upstream)
+        s.upstream = UInt16(upstream)
+        s.kernelDrops = 0
         s.requests = 0
         s.replies = 0
         s.key = key
@@ -592,6 +610,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
                   received > 0 else { return }
             repliesFilled = received
+            countKernelDrops(slot, received)
             var bytes: UInt64 = 0
             for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
             up.add(.receivedPackets, UInt64(received))
@@ -667,6 +686,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             repliesFilled = max(received, 1)
             guard received > 0 else { return }
+            countKernelDrops(slot, received)
             if !prepared {
                 prepareReply(slot)
                 prepared = true
@@ -697,6 +717,15 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             if received < replyBatch.capacity { return }
         }
+    }
+
+    /// Replies the kernel dropped on a session socket (its receive buffer was full), as the
+    /// last of the `received` replies in `replyBatch` reports them: `receive_buffer_full`.
+    @inline(__always)
+    private func countKernelDrops(_ slot: Int32, _ received: Int) {
+        guard let drops = replyBatch.kernelDrops(received), drops != sessions[Int(slot)].kernelDrops else { return }
+        counters.add(.dropReceiveBufferFull, UInt64(drops &- sessions[Int(slot)].kernelDrops))
+        sessions[Int(slot)].kernelDrops = drops
     }
 
     /// Of `received` replies, how many may still go to the client: with `session_max_replies`

@@ -13,7 +13,8 @@ import UDPRelayConfig
 /// changes, a failure is recorded or a session picks its upstream's address.
 final class UpstreamTable: @unchecked Sendable {
     // @unchecked: mutable state is behind `lock`, in atomics, or confined to one queue:
-    // `controlQueue` (probe sockets and timer, `awaiting`, `stopped`), `resolveQueue` (`resolveFailing`).
+    // `controlQueue` (probe sockets and timer, `awaiting`, `stopped`), `resolveQueue`
+    // (`resolveFailing`, `resolving`, `resolveStopped`, `reportedSlowNames`).
     let endpoints: [UpstreamEndpoint]
     let settings: HealthSettings
     let resolveInterval: Duration
@@ -45,6 +46,16 @@ final class UpstreamTable: @unchecked Sendable {
     private var probeGeneration: UInt64 = .max
     private var awaiting: [Bool] = []
     private var resolveFailing: [Bool] = []
+    /// Per upstream: a lookup is under way (on `resolveQueue`).
+    private var resolving: [Bool] = []
+    /// `stop` ran: late lookups are not applied (on `resolveQueue`).
+    private var resolveStopped = false
+    /// The names still unresolved after `resolveWait` were logged (on `resolveQueue`).
+    private var reportedSlowNames = false
+    /// Left once the lookups started by init are applied; see `awaitInitialResolution`.
+    private let initialResolution: DispatchGroup
+    private let createdAt = DispatchTime.now()
+    private static let onResolveQueue = DispatchSpecificKey<Bool>()
     private let probeClosed = DispatchGroup()
     /// `stop` ran (on `controlQueue`): no more state changes are logged.
     private var stopped = false
@@ -74,8 +85,13 @@ final class UpstreamTable: @unchecked Sendable {
         resolveQueue = DispatchQueue(label: "udprelayd.resolve.\(configuration.name)")
         awaiting = Array(repeating: false, count: n)
         resolveFailing = Array(repeating: false, count: n)
+        resolving = Array(repeating: false, count: n)
+        initialResolution = DispatchGroup()
+        resolveQueue.setSpecific(key: Self.onResolveQueue, value: true)
         for i in 0..<n where endpoints[i].literal != nil { state[3 * i + 2] = 1 }
-        resolveNames()
+        initialResolution.enter()
+        let started = resolveNames()
+        started.notify(queue: resolveQueue) { [initialResolution] in initialResolution.leave() }
     }
 
     var count: Int { endpoints.count }
@@ -137,35 +153,84 @@ final class UpstreamTable: @unchecked Sendable {
 
     // MARK: resolution
 
-    /// Resolves every hostname; on failure keeps the last good address and logs once.
-    /// Runs at start-up (in init) and then on `resolveQueue` every `resolve_interval`.
-    func resolveNames() {
-        for (i, e) in endpoints.enumerated() {
-            guard case .name(let host) = e.host else { continue }
-            switch resolver(host, e.port) {
-            case .success(let address):
-                let changed = lock.withLockedValue { l -> Bool in
-                    defer { l.addresses[i] = address }
-                    return l.addresses[i] != address
+    /// Longest a start or a reload waits for the hostnames of a relay listener's upstreams
+    /// (config/README.md, `resolve_interval`). Names not resolved by then take no traffic until
+    /// their lookup, which goes on, succeeds.
+    static let resolveWait: Duration = .seconds(2)
+
+    /// Looks up every hostname not already being looked up, all at once, each on a thread of
+    /// its own (getaddrinfo blocks, up to the resolver's timeouts), and applies each result on
+    /// `resolveQueue`: a new address is used by new sessions; a failure keeps the last good
+    /// address and is logged once. Runs from init, then every `resolve_interval` on
+    /// `resolveQueue`. The returned group is left once every lookup started here is applied.
+    @discardableResult
+    func resolveNames() -> DispatchGroup {
+        let applied = DispatchGroup()
+        let start = { [self] in
+            for (i, e) in endpoints.enumerated() {
+                guard case .name(let host) = e.host, !resolving[i] else { continue }
+                resolving[i] = true
+                applied.enter()
+                let (resolver, port, queue) = (self.resolver, e.port, resolveQueue)
+                ResolverThread.run { [self] in
+                    let result = resolver(host, port)
+                    queue.async { [self] in
+                        resolving[i] = false
+                        apply(result, to: i)
+                        applied.leave()
+                    }
                 }
-                state[3 * i + 2] = 1
-                if changed {
-                    generation[0] = generation[0] &+ 1
-                    logger.info("upstream resolved", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
-                } else if resolveFailing[i] {
-                    logger.notice("upstream resolves again", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
-                }
-                resolveFailing[i] = false
-            case .failure(let message):
-                lock.withLockedValue { $0.lastError[i] = .unresolved(message.description) }
-                if !resolveFailing[i] {
-                    let kept = address(i)
-                    logger.error("cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")", metadata: [
-                        "upstream": "\(e)", "error": "\(message)", "upstream.address": "\(kept.map { "\($0)" } ?? "none")",
-                    ])
-                }
-                resolveFailing[i] = true
             }
+        }
+        if DispatchQueue.getSpecific(key: Self.onResolveQueue) == true { start() } else { resolveQueue.sync(execute: start) }
+        return applied
+    }
+
+    /// Waits (once, at most until `resolveWait` after the table was made) for the lookups init
+    /// started, then logs each name still unresolved. Workers call it before they start, so a
+    /// start or reload is held at most `resolveWait` however many names hang, and each worker
+    /// finds the addresses that came in time.
+    func awaitInitialResolution() {
+        guard initialResolution.wait(timeout: createdAt + .nanoseconds(Int(Self.resolveWait.nanoseconds))) == .timedOut else { return }
+        resolveQueue.sync {
+            guard !reportedSlowNames else { return }
+            reportedSlowNames = true
+            for (i, e) in endpoints.enumerated() where resolving[i] && address(i) == nil {
+                logger.warning("upstream not resolved in time; it takes no traffic until it resolves", metadata: [
+                    "upstream": "\(e)", "waited": "\(Self.resolveWait)",
+                ])
+            }
+        }
+    }
+
+    /// Applies one lookup's result (on `resolveQueue`).
+    private func apply(_ result: Result<SocketAddress, ResolveError>, to i: Int) {
+        dispatchPrecondition(condition: .onQueue(resolveQueue))
+        guard !resolveStopped else { return }
+        let e = endpoints[i]
+        switch result {
+        case .success(let address):
+            let changed = lock.withLockedValue { l -> Bool in
+                defer { l.addresses[i] = address }
+                return l.addresses[i] != address
+            }
+            state[3 * i + 2] = 1
+            if changed {
+                generation[0] = generation[0] &+ 1
+                logger.info("upstream resolved", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
+            } else if resolveFailing[i] {
+                logger.notice("upstream resolves again", metadata: ["upstream": "\(e)", "upstream.address": "\(address)"])
+            }
+            resolveFailing[i] = false
+        case .failure(let message):
+            lock.withLockedValue { $0.lastError[i] = .unresolved(message.description) }
+            if !resolveFailing[i] {
+                let kept = address(i)
+                logger.error("cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")", metadata: [
+                    "upstream": "\(e)", "error": "\(message)", "upstream.address": "\(kept.map { "\($0)" } ?? "none")",
+                ])
+            }
+            resolveFailing[i] = true
         }
     }
 
@@ -215,6 +280,7 @@ final class UpstreamTable: @unchecked Sendable {
     func stop(done: DispatchGroup) {
         done.enter()
         resolveQueue.async { [self] in
+            resolveStopped = true
             resolveTimer?.cancel()
             resolveTimer = nil
             done.leave()
@@ -384,6 +450,33 @@ enum UpstreamError: Sendable, Equatable {
         case .errno(let e): String(cString: strerror(e)).lowercased() + (e == ECONNREFUSED ? " (ICMP port unreachable)" : "")
         case .probeUnanswered: "health probe not answered within \(interval)"
         case .unresolved(let message): "cannot resolve: \(message)"
+        }
+    }
+}
+
+/// A detached thread for one blocking call (getaddrinfo): lookups of many names run at once
+/// instead of one after another, and none waits for a Dispatch worker thread that another
+/// blocked lookup holds.
+enum ResolverThread {
+    private final class Work {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    static func run(_ body: @escaping @Sendable () -> Void) {
+        let work = Unmanaged.passRetained(Work(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            let work = Unmanaged<Work>.fromOpaque(context!).takeRetainedValue()
+            work.body()
+            return nil
+        }, work)
+        if rc == 0 {
+            pthread_detach(thread)
+        } else {
+            // No thread to be had: run it on a Dispatch worker instead.
+            let body = Unmanaged<Work>.fromOpaque(work).takeRetainedValue().body
+            DispatchQueue.global().async(execute: body)
         }
     }
 }
