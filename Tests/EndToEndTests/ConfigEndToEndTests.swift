@@ -113,4 +113,19 @@ final class ConfigEndToEndTests: XCTestCase {
         let last = try XCTUnwrap((json["config"] as? [String: Any])?["last_reload"] as? [String: Any])
         XCTAssertEqual((last["errors"] as? [String])?.count, 101)
     }
+
+    // MARK: relays that loop (issue 13 item 3)
+
+    func testCheckConfigRefusesSelfRelaysAndRelayCycles() throws {
+        let selfRelay = try DaemonProcess(config: "[listener r]\nlisten = 0.0.0.0:30001\nmode = forward\nupstream = localhost:30001\n",
+                                          arguments: ["--check-config"])
+        XCTAssertEqual(selfRelay.waitForExit(), 78)
+        XCTAssertNotNil(selfRelay.log.first { $0.contains(":4: [listener r] upstream: localhost:30001 is this listener's own address 0.0.0.0:30001") },
+                        selfRelay.log.joined(separator: "\n"))
+        let pair = try DaemonProcess(config: "[listener a]\nlisten = 127.0.0.1:30001\nmode = forward\nupstream = 127.0.0.1:30002\n"
+                                     + "[listener b]\nlisten = 0.0.0.0:30002\nmode = mirror\nupstream = 127.0.0.1:30001\n",
+                                     arguments: ["--check-config"])
+        XCTAssertEqual(pair.waitForExit(), 78)
+        XCTAssertNotNil(pair.log.first { $0.contains("relay loop 'a' -> 'b' -> 'a'") }, pair.log.joined(separator: "\n"))
+    }
 }
