@@ -188,7 +188,7 @@ struct ConfigParser {
         var singletonLines: [String: Int] = [:]
         var listenerLines: [String: Int] = [:]
 
-        for section in sections {
+        for section in sections where section.isValid {
             switch section.kind {
             case "daemon", "status":
                 if section.name != nil {

@@ -272,4 +272,29 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(e[2].message, "[::ffff:192.0.2.1]:53 is an IPv4-mapped IPv6 address; write the IPv4 form, 192.0.2.1:53")
         XCTAssertNoThrow(try parse("[listener a]\nlisten = [::1]:7, [2001:db8::ffff:1]:7\n"))
     }
+
+    // MARK: after a bad section header (issue 12 item 10)
+
+    func testKeysAfterABadHeaderAreNotTakenForThePreviousSection() {
+        let e = errors("""
+        [listener e]
+        listen = 127.0.0.1:9
+        [listener f g]
+        listen = 127.0.0.1:10
+        mode = nonsense
+        stray words
+        [listener h]
+        listen = 127.0.0.1:11
+        [daemon
+        log_level = info
+        listen = 1
+        """)
+        XCTAssertEqual(e.map(\.description), [
+            "t.ini:3: expected '[section]' or '[section name]', got '[listener f g]'; the lines up to the next section header are ignored",
+            "t.ini:6: expected 'key = value', got 'stray words'",
+            "t.ini:9: section header must end with ']': '[daemon'; the lines up to the next section header are ignored",
+        ])
+        // A bad listener header alone is not reported as "no listener".
+        XCTAssertEqual(errors("[listener f g]\nlisten = 127.0.0.1:10\n").map(\.line), [1])
+    }
 }
