@@ -62,10 +62,23 @@ enum Values {
         return items
     }
 
+    /// A comma list whose items hold no spaces (addresses, networks): an item with a space in
+    /// it is two items with the comma forgotten, and is reported as that.
+    static func words(_ s: String) throws(ValueError) -> [Substring] {
+        let items = try list(s)
+        for item in items {
+            if let space = item.firstIndex(where: { $0 == " " || $0 == "\t" }) {
+                let before = item[..<space], after = item[space...].trimmingSpaces()
+                throw ValueError("missing comma between '\(before)' and '\(after)'; separate list items with commas")
+            }
+        }
+        return items
+    }
+
     static func socketAddresses(_ s: String) throws(ValueError) -> [SocketAddress] {
         var out: [SocketAddress] = []
         var seen: Set<SocketAddress> = []
-        for item in try list(s) {
+        for item in try words(s) {
             do {
                 let a = try SocketAddress(parsing: item)
                 try refuseMapped(a.ip, port: a.port)
@@ -93,7 +106,7 @@ enum Values {
     /// Comma-separated `HOST:PORT` upstreams, no repeats.
     static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
         var out: [UpstreamEndpoint] = []
-        for item in try list(s) {
+        for item in try words(s) {
             let e: UpstreamEndpoint
             do {
                 e = try UpstreamEndpoint(parsing: item)
@@ -146,7 +159,7 @@ enum Values {
 
     static func cidrs(_ s: String) throws(ValueError) -> [CIDR] {
         var out: [CIDR] = []
-        for item in try list(s) {
+        for item in try words(s) {
             do {
                 out.append(try CIDR(parsing: item))
             } catch {

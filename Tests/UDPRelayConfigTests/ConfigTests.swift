@@ -297,4 +297,28 @@ final class ConfigTests: XCTestCase {
         // A bad listener header alone is not reported as "no listener".
         XCTAssertEqual(errors("[listener f g]\nlisten = 127.0.0.1:10\n").map(\.line), [1])
     }
+
+    // MARK: a forgotten comma (issue 12 item 9)
+
+    func testAMissingCommaIsReportedAsOne() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:24000 [::1]:24000
+        allow = 10.0.0.0/8  192.168.0.0/16
+        [listener b]
+        listen = 127.0.0.1:0
+        mode = balance
+        upstream = 127.0.0.1:24053 127.0.0.1:24054
+        [status]
+        listen = 127.0.0.1:9180 127.0.0.1:9181
+        """)
+        XCTAssertEqual(e.map(\.description), [
+            "t.ini:2: [listener a] listen: missing comma between '127.0.0.1:24000' and '[::1]:24000'; separate list items with commas",
+            "t.ini:3: [listener a] allow: missing comma between '10.0.0.0/8' and '192.168.0.0/16'; separate list items with commas",
+            "t.ini:7: [listener b] upstream: missing comma between '127.0.0.1:24053' and '127.0.0.1:24054'; separate list items with commas",
+            "t.ini:9: [status] listen: missing comma between '127.0.0.1:9180' and '127.0.0.1:9181'; separate list items with commas",
+        ])
+        // Spaces around commas are fine.
+        XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9 ,\t[::1]:9\n").listeners[0].listen.count, 2)
+    }
 }
