@@ -93,11 +93,7 @@ enum Schema {
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
-        KeySpec("busy_poll") { d, v in
-            let t = try Values.duration(v, allowZero: true)
-            guard t <= .milliseconds(10) else { throw ValueError("must be at most 10ms, got '\(v)'") }
-            d.busyPoll = t
-        },
+        KeySpec("busy_poll") { d, v in d.busyPoll = try Values.duration(v, max: .milliseconds(10), allowZero: true) },
         KeySpec("workers") { d, v in
             if v.lowercased() == "auto" { d.workers = .auto; return }
             let r = WorkerCount.range
@@ -124,9 +120,9 @@ enum Schema {
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
         KeySpec("loop_guard") { d, v in d.protection.loopGuard = try Values.bool(v) },
-        KeySpec("rate_limit") { d, v in d.protection.rateLimit = try Values.rate(v) },
+        KeySpec("rate_limit") { d, v in d.protection.rateLimit = try Values.anyCaseRate(v) },
         KeySpec("rate_burst") { d, v in d.protection.rateBurst = try Values.integer(v, in: 1...10_000_000) },
-        KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.rate(v) },
+        KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.anyCaseRate(v) },
         KeySpec("rate_limit_sources") { d, v in d.protection.rateLimitSources = try Values.integer(v, in: 16...16_777_216) },
     ]
 

@@ -128,4 +128,13 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertEqual(pair.waitForExit(), 78)
         XCTAssertNotNil(pair.log.first { $0.contains("relay loop 'a' -> 'b' -> 'a'") }, pair.log.joined(separator: "\n"))
     }
+
+    // MARK: value spelling (issue 12 item 8)
+
+    func testLogLevelOnTheCommandLineIsCaseInsensitiveLikeTheFile() throws {
+        let d = try DaemonProcess(config: "[daemon]\nlog_level = Info\n[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 63kib\n",
+                                  arguments: ["--check-config", "--log-level", "DEBUG"])
+        XCTAssertEqual(d.waitForExit(), 0, d.log.joined(separator: "\n"))
+        XCTAssertTrue(d.standardOutput.contains("configuration OK: 1 listener"), d.standardOutput)
+    }
 }
