@@ -86,6 +86,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
                                      hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
+                                     startedWith: (configuration.status, configuration.daemon),
                                      logLevel: logLevel == nil ? logLevelControl : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: DatapathService(

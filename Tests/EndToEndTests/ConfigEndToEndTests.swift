@@ -137,4 +137,31 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertEqual(d.waitForExit(), 0, d.log.joined(separator: "\n"))
         XCTAssertTrue(d.standardOutput.contains("configuration OK: 1 listener"), d.standardOutput)
     }
+
+    // MARK: [status] compared with what runs (issue 12 item 12)
+
+    func testStatusChangedAndChangedBackIsNoLongerReportedAsPending() throws {
+        let running = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
+        let d = try DaemonProcess(config: running)
+        addTeardownBlock { d.stop() }
+        _ = try d.waitUntilReady()
+        let pending = "[status] changes take effect at the next restart"
+
+        try running.replacingOccurrences(of: "listen = 127.0.0.1:0\n[listener", with: "listen = off\n[listener")
+            .write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        var (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNotNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+
+        // Another reload of the changed file: still pending.
+        (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNotNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+
+        // Back to what runs: nothing waits for a restart.
+        try running.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+    }
 }
