@@ -28,10 +28,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.listeners.map(\.name), ["echo", "echo-small", "relay"])
         XCTAssertEqual(c.listeners[2].mode, .forward)
         XCTAssertEqual(c.listeners[2].upstreams.map(\.description), ["127.0.0.1:7008"])
-        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["0.0.0.0:7007", "[::]:7007"])
+        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["127.0.0.1:7007", "[::1]:7007"])
         XCTAssertEqual(c.listeners[1].maxDatagram, 1500)
         XCTAssertEqual(c.daemon.logLevel, .info)
         XCTAssertEqual(c.status.listen?.description, "127.0.0.1:9180")
+    }
+
+    /// The example is installed as /etc/udprelayd/udprelayd.ini and started by `apt install`
+    /// (issue 13 item 15): on a host with a public address it must not be an open reflector.
+    /// Every listener binds loopback addresses only, or limits both who and how fast.
+    func testExampleFileServesOnlyThisHostOrIsLimited() throws {
+        let c = try ConfigLoader.load(path: Self.examplePath)
+        XCTAssertFalse(c.listeners.isEmpty)
+        for l in c.listeners {
+            let loopbackOnly = l.listen.allSatisfy { $0.ip.isLoopback }
+            let limited = !l.protection.allow.isEmpty && l.protection.rateLimit != nil
+            XCTAssertTrue(loopbackOnly || limited, "[listener \(l.name)] listens on \(l.listen) without allow and rate_limit")
+        }
+        XCTAssertEqual(c.status.listen?.ip.isLoopback, true, "the status endpoint of the example stays on loopback")
+        // The wider example is there, commented, for whoever needs it.
+        let text = try String(contentsOfFile: Self.examplePath, encoding: .utf8)
+        XCTAssertTrue(text.contains("\n; listen = 0.0.0.0:7007, [::]:7007\n"), "the commented wildcard example")
     }
 
     func testDefaults() throws {
