@@ -264,6 +264,15 @@ final class ConfigTests: XCTestCase {
         XCTAssertNoThrow(try parse("[listener a]\n\tlisten\t=\t127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:10\nhealth_probe = \"\\x00\\x01\"\n"))
     }
 
+    /// Quoted values may hold any byte; a message quoting one stays one printable line.
+    func testControlCharactersFromQuotedEscapesAreShownEscapedInMessages() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \"ec\\x00ho\"\n[listener b]\nlisten = 127.0.0.1:10\nmode = \"x\\nWARNING forged\\ty\"\n")
+        XCTAssertEqual(e.map(\.line), [3, 6])
+        XCTAssertTrue(e[0].message.hasPrefix("expected one of echo|forward|balance|mirror, got 'ec\\x00ho'"), e[0].message)
+        XCTAssertTrue(e[1].message.hasPrefix("expected one of echo|forward|balance|mirror, got 'x\\x0aWARNING forged\\x09y'"), e[1].message)
+        XCTAssertFalse(e.contains { $0.description.unicodeScalars.contains { $0.value < 0x20 } })
+    }
+
     func testInvalidUTF8NamesTheByteAndColumn() {
         var bytes = Array("[listener a]\nlisten = 127.0.0.1:9\nmode = é".utf8)
         bytes += [0xFF, 0x0A]
