@@ -1,5 +1,5 @@
 # udprelayd: the two commands the README promises, and a few more.
-#   make run   - install what is missing, build a release binary, run it with config/udprelayd.ini
+#   make run   - install what is missing (and socat), build a release binary, run it with config/udprelayd.ini
 #   make test  - install what is missing, build, run every test
 #   make deb   - build udprelayd_<version>_amd64.deb (installs its Build-Depends), check it with lintian
 #   make bench - benchmark against a C reference, nginx and socat on loopback; writes BENCHMARKS.md
@@ -21,7 +21,9 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
+# Also installs socat, which the README's quick start uses to talk to the running daemon.
 run: release
+	@scripts/install-deps.sh run
 	.build/release/udprelayd --config $(CONFIG)
 
 check-config: release

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages udprelayd needs to build, run and test, if any are missing.
-# Idempotent and quick when everything is present. Usage: scripts/install-deps.sh [build|test|deb]
+# Idempotent and quick when everything is present.
+# Usage: scripts/install-deps.sh [build|run|test|deb] [--list]   (--list prints the packages and
+# installs nothing)
 set -euo pipefail
 what=${1:-build}
+list=${2:-}
 
 packages=(libsystemd-dev pkg-config)
+if [ "$what" = run ]; then
+  # `make run`: the client the README's quick start sends its first datagrams with.
+  packages+=(socat)
+fi
 if [ "$what" = test ]; then
   # systemd (systemd-analyze), systemd-container (systemd-nspawn), debootstrap: the unit checks
   # and the end-to-end test under a real systemd (scripts/nspawn.sh).
@@ -20,6 +27,11 @@ fi
 # (scripts/build-deb.sh also installs debian/control's Build-Depends with apt-get satisfy.)
 if [ "$what" = test ] || [ "$what" = deb ]; then
   packages+=(build-essential dpkg-dev debhelper lintian python3 groff-base man-db)
+fi
+
+if [ "$list" = --list ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
 fi
 
 missing=()

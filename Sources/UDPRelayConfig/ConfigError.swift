@@ -85,9 +85,9 @@ struct ErrorCollector {
             uncounted += 1
             return
         }
-        stored.append(ConfigError(file: file, line: line, section: section.map { Self.excerpt($0, ConfigLimits.maxKeyLength) },
-                                  key: key.map { Self.excerpt($0, ConfigLimits.maxKeyLength) },
-                                  message: Self.excerpt(message, ConfigLimits.maxMessageLength)))
+        stored.append(ConfigError(file: file, line: line, section: section.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
+                                  key: key.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
+                                  message: Self.excerpt(Self.printable(message), ConfigLimits.maxMessageLength)))
     }
 
     mutating func append(contentsOf other: ErrorCollector) {
@@ -105,6 +105,26 @@ struct ErrorCollector {
         kept.append(ConfigError(file: file, line: sorted[limit].line,
                                 message: "and \(total - limit) more error(s) not shown; fix the ones above and check again"))
         return ConfigErrors(kept, total: total)
+    }
+
+    /// `s` with control characters written as `\xHH`: a quoted value may hold any byte
+    /// (`"\n"`, `"\x00"`), and a message quoting it must stay one readable log line.
+    static func printable(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: isControl) else { return s }
+        var out = String.UnicodeScalarView()
+        for scalar in s.unicodeScalars {
+            if isControl(scalar) {
+                let digits = Array("0123456789abcdef".unicodeScalars)
+                out.append(contentsOf: ["\\", "x", digits[Int(scalar.value >> 4)], digits[Int(scalar.value & 15)]])
+            } else {
+                out.append(scalar)
+            }
+        }
+        return String(out)
+    }
+
+    static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
     }
 
     /// `s` itself, or its start and end around `…(N characters left out)…` when longer than `limit`.

@@ -93,11 +93,7 @@ enum Schema {
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
-        KeySpec("busy_poll") { d, v in
-            let t = try Values.duration(v, allowZero: true)
-            guard t <= .milliseconds(10) else { throw ValueError("must be at most 10ms, got '\(v)'") }
-            d.busyPoll = t
-        },
+        KeySpec("busy_poll") { d, v in d.busyPoll = try Values.duration(v, max: .milliseconds(10), allowZero: true) },
         KeySpec("workers") { d, v in
             if v.lowercased() == "auto" { d.workers = .auto; return }
             let r = WorkerCount.range
@@ -124,9 +120,9 @@ enum Schema {
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
         KeySpec("loop_guard") { d, v in d.protection.loopGuard = try Values.bool(v) },
-        KeySpec("rate_limit") { d, v in d.protection.rateLimit = try Values.rate(v) },
+        KeySpec("rate_limit") { d, v in d.protection.rateLimit = try Values.anyCaseRate(v) },
         KeySpec("rate_burst") { d, v in d.protection.rateBurst = try Values.integer(v, in: 1...10_000_000) },
-        KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.rate(v) },
+        KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.anyCaseRate(v) },
         KeySpec("rate_limit_sources") { d, v in d.protection.rateLimitSources = try Values.integer(v, in: 16...16_777_216) },
     ]
 
@@ -188,7 +184,7 @@ struct ConfigParser {
         var singletonLines: [String: Int] = [:]
         var listenerLines: [String: Int] = [:]
 
-        for section in sections {
+        for section in sections where section.isValid {
             switch section.kind {
             case "daemon", "status":
                 if section.name != nil {
@@ -261,6 +257,7 @@ struct ConfigParser {
         let statusConfig = StatusConfiguration(listen: statusListen, allow: statusAllow)
 
         var listeners: [ListenerConfiguration] = []
+        var upstreamLines: [Int] = []
         var owners = AddressOwners()
         for d in drafts {
             guard let listen = d.listen else {
@@ -278,6 +275,7 @@ struct ConfigParser {
             }
             let mode = d.mode ?? Defaults.mode
             checkRelayKeys(d, mode: mode)
+            upstreamLines.append(d.keyLines["upstream"] ?? d.line)
             listeners.append(ListenerConfiguration(
                 name: d.name,
                 line: d.line,
@@ -307,8 +305,36 @@ struct ConfigParser {
             listeners[listeners.count - 1].workers = d.workers ?? Defaults.workers
             listeners[listeners.count - 1].segmentation = d.segmentation ?? Defaults.segmentation
         }
+        checkRelayLoops(listeners, upstreamLines: upstreamLines)
         guard errors.isEmpty else { return nil }
         return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)
+    }
+
+    /// Relays that would send datagrams back to themselves, directly or around a cycle of this
+    /// file's relay listeners: an upstream that is one of our own listen addresses, in any
+    /// spelling a check can see without asking DNS or the interfaces (the runtime loop guard
+    /// covers the rest). A relay to one of our `echo` listeners is no loop (the echo answers
+    /// the relay's session socket, which is not a listener) and stays allowed.
+    mutating func checkRelayLoops(_ listeners: [ListenerConfiguration], upstreamLines: [Int]) {
+        let graph = RelayGraph(listeners)
+        for (from, targets) in graph.edges.enumerated() {
+            var reported: Set<UpstreamEndpoint> = []
+            for edge in targets where edge.to == from && reported.insert(edge.upstream).inserted {
+                let l = listeners[from]
+                error(upstreamLines[from], "listener \(l.name)", "upstream",
+                      "\(edge.upstream) is this listener's own address \(edge.address); it would relay to itself")
+            }
+        }
+        for component in graph.loops() {
+            let cycle = graph.shortestCycle(from: component.min()!, within: Set(component))
+            guard cycle.count > 1 else { continue }
+            let first = listeners[cycle[0]], next = listeners[cycle[1]]
+            let hop = graph.edges[cycle[0]].first { $0.to == cycle[1] }!
+            let path = (cycle + [cycle[0]]).map { "'\(listeners[$0].name)'" }.joined(separator: " -> ")
+            error(upstreamLines[cycle[0]], "listener \(first.name)", "upstream",
+                  "relay loop \(path): \(hop.upstream) is listener '\(next.name)''s address \(hop.address), and each relays "
+                  + "to the next, so datagrams would circle between them; point one upstream elsewhere")
+        }
     }
 
     /// Cross-field checks of the relay keys: which keys each mode takes and how many upstreams.
@@ -340,13 +366,6 @@ struct ConfigParser {
             }
             if mode == .balance && upstreams.count < 2 {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
-            }
-        }
-        if let upstreams = d.upstreams, let listen = d.listen {
-            for u in upstreams {
-                if let literal = u.literal, listen.contains(literal) {
-                    error(line("upstream"), section, "upstream", "\(u) is this listener's own address; it would relay to itself")
-                }
             }
         }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
@@ -388,5 +407,123 @@ struct AddressOwners {
         exact[address] = owner
         let key = PortKey(port: address.port, isIPv6: address.ip.isIPv6)
         if address.ip.isWildcard { wildcard[key] = owner } else if specific[key] == nil { specific[key] = address }
+    }
+}
+
+/// Which relay listener sends to which of this file's listeners. An edge means an upstream of
+/// the first is a listen address of the second, as far as the configuration alone can tell:
+/// the same address; a loopback or unspecified address (`0.0.0.0` and `::` as a destination
+/// reach this host) on a wildcard listener of its family; `localhost` (and `*.localhost`,
+/// RFC 6761) as any loopback address. Port 0 listeners never match.
+struct RelayGraph {
+    struct Edge {
+        var to: Int
+        var upstream: UpstreamEndpoint
+        var address: SocketAddress
+    }
+
+    var edges: [[Edge]]
+
+    init(_ listeners: [ListenerConfiguration]) {
+        var byPort: [UInt16: [(listener: Int, address: SocketAddress)]] = [:]
+        for (i, l) in listeners.enumerated() {
+            for a in l.listen where a.port != 0 { byPort[a.port, default: []].append((i, a)) }
+        }
+        edges = listeners.map { l in
+            guard l.mode.isRelay else { return [] }
+            var out: [Edge] = []
+            for u in l.upstreams {
+                let targets = Self.localForms(of: u)
+                guard !targets.isEmpty else { continue }
+                for candidate in byPort[u.port] ?? [] where targets.contains(where: { Self.reaches($0, candidate.address.ip) }) {
+                    out.append(Edge(to: candidate.listener, upstream: u, address: candidate.address))
+                }
+            }
+            return out
+        }
+    }
+
+    /// The addresses a datagram sent to `u` may arrive at on this host, as far as we can know.
+    static func localForms(of u: UpstreamEndpoint) -> [IPAddress] {
+        switch u.host {
+        case .address(let ip):
+            let ip = ip.mappedIPv4 ?? ip
+            // A datagram sent to the unspecified address is delivered to this host's loopback.
+            if ip.isWildcard { return [ip.isIPv6 ? .v6(high: 0, low: 1) : .v4(0x7F00_0001)] }
+            return [ip]
+        case .name(let name):
+            let n = name.hasSuffix(".") ? String(name.dropLast()) : name
+            if n == "localhost" || n.hasSuffix(".localhost") { return [.v4(0x7F00_0001), .v6(high: 0, low: 1)] }
+            return []
+        }
+    }
+
+    /// Whether a datagram to `destination` reaches a socket bound to `bound`.
+    static func reaches(_ destination: IPAddress, _ bound: IPAddress) -> Bool {
+        guard destination.isIPv6 == bound.isIPv6 else { return false }
+        if destination == bound { return true }
+        return bound.isWildcard && destination.isLoopback
+    }
+
+    /// Groups of two or more relay listeners that reach each other (strongly connected
+    /// components, Tarjan's algorithm without recursion so no file can exhaust the stack).
+    func loops() -> [[Int]] {
+        let n = edges.count
+        var index = [Int](repeating: -1, count: n), low = [Int](repeating: 0, count: n)
+        var onStack = [Bool](repeating: false, count: n)
+        var stack: [Int] = [], result: [[Int]] = [], next = 0
+        for root in 0..<n where index[root] < 0 {
+            index[root] = next; low[root] = next; next += 1
+            stack.append(root); onStack[root] = true
+            var work: [(node: Int, edge: Int)] = [(root, 0)]
+            while let (v, i) = work.last {
+                if i < edges[v].count {
+                    work[work.count - 1].edge += 1
+                    let w = edges[v][i].to
+                    if index[w] < 0 {
+                        index[w] = next; low[w] = next; next += 1
+                        stack.append(w); onStack[w] = true
+                        work.append((w, 0))
+                    } else if onStack[w] {
+                        low[v] = min(low[v], index[w])
+                    }
+                } else {
+                    work.removeLast()
+                    if let parent = work.last?.node { low[parent] = min(low[parent], low[v]) }
+                    if low[v] == index[v] {
+                        var component: [Int] = []
+                        while let w = stack.popLast() {
+                            onStack[w] = false
+                            component.append(w)
+                            if w == v { break }
+                        }
+                        if component.count > 1 { result.append(component) }
+                    }
+                }
+            }
+        }
+        return result.sorted { $0.min()! < $1.min()! }
+    }
+
+    /// The shortest way from `start` back to it through `members` (breadth first), `start` first.
+    func shortestCycle(from start: Int, within members: Set<Int>) -> [Int] {
+        var parent: [Int: Int] = [:]
+        var queue = [start], head = 0
+        while head < queue.count {
+            let v = queue[head]
+            head += 1
+            for e in edges[v] where members.contains(e.to) && e.to != v {
+                if e.to == start {
+                    var path = [v]
+                    while let p = parent[path[0]] { path.insert(p, at: 0) }
+                    return path
+                }
+                if parent[e.to] == nil && e.to != start {
+                    parent[e.to] = v
+                    queue.append(e.to)
+                }
+            }
+        }
+        return [start]
     }
 }

@@ -15,6 +15,9 @@ struct INISection: Sendable {
     var name: String?
     var line: Int
     var entries: [INIEntry] = []
+    /// False for a header that could not be read (already reported): its entries are kept
+    /// apart so that nothing after it is taken for the previous section, and then ignored.
+    var isValid = true
 }
 
 /// The lexer: splits text into sections and entries. Knows nothing about keys or types.
@@ -43,13 +46,13 @@ enum INILexer {
             defer { start = next }
             if newline == nil && start == end { break }  // nothing after the last newline
             if end - start > ConfigLimits.maxLineLength {
-                errors.add(line: lineNumber, section: sections.last?.header,
+                errors.add(line: lineNumber, section: sections.last.flatMap { $0.isValid ? $0.header : nil },
                            message: "line is \(end - start) bytes long; the limit is \(ConfigLimits.maxLineLength)")
                 continue
             }
             let raw = bytes[start..<end]
             if let problem = textProblem(raw) {
-                errors.add(line: lineNumber, section: sections.last?.header, message: problem)
+                errors.add(line: lineNumber, section: sections.last.flatMap { $0.isValid ? $0.header : nil }, message: problem)
                 continue
             }
             lexLine(Substring(String(decoding: raw, as: UTF8.self)), number: lineNumber, into: &sections, errors: &errors)
@@ -99,16 +102,23 @@ enum INILexer {
         let trimmed = line.trimmingSpaces()
         if trimmed.isEmpty || trimmed.first == ";" || trimmed.first == "#" { return }
 
+        // Errors name the section they are in; after an unreadable header, none.
+        let current = sections.last.flatMap { $0.isValid ? $0.header : nil }
         if trimmed.first == "[" {
             let content = stripComment(trimmed)
-            guard content.last == "]" else {
-                errors.add(line: lineNumber, message: "section header must end with ']': '\(trimmed)'")
-                return
+            let ignored = "; the lines up to the next section header are ignored"
+            func invalid(_ message: String, kind: Substring?) {
+                errors.add(line: lineNumber, message: message + ignored)
+                sections.append(INISection(header: String(content), kind: String(kind ?? ""), name: nil, line: lineNumber, isValid: false))
             }
             let inner = content.dropFirst().dropLast().trimmingSpaces()
             let words = inner.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard content.last == "]" else {
+                invalid("section header must end with ']': '\(trimmed)'", kind: content.dropFirst().split(separator: " ").first)
+                return
+            }
             guard let kind = words.first, words.count <= 2 else {
-                errors.add(line: lineNumber, message: "expected '[section]' or '[section name]', got '\(content)'")
+                invalid("expected '[section]' or '[section name]', got '\(content)'", kind: words.first)
                 return
             }
             let name = words.count == 2 ? String(words[1]) : nil
@@ -118,21 +128,20 @@ enum INILexer {
         }
 
         guard let eq = trimmed.firstIndex(of: "=") else {
-            errors.add(line: lineNumber, section: sections.last?.header,
-                       message: "expected 'key = value', got '\(stripComment(trimmed))'")
+            errors.add(line: lineNumber, section: current, message: "expected 'key = value', got '\(stripComment(trimmed))'")
             return
         }
         let key = trimmed[..<eq].trimmingSpaces()
         let rest = trimmed[trimmed.index(after: eq)...].trimmingSpaces()
         guard !key.isEmpty else {
-            errors.add(line: lineNumber, section: sections.last?.header, message: "missing key before '='")
+            errors.add(line: lineNumber, section: current, message: "missing key before '='")
             return
         }
         let value: String
         do {
             value = try parseValue(rest)
         } catch {
-            errors.add(line: lineNumber, section: sections.last?.header, key: String(key), message: error.message)
+            errors.add(line: lineNumber, section: current, key: String(key), message: error.message)
             return
         }
         guard !sections.isEmpty else {

@@ -16,43 +16,85 @@ enum Values {
         return v
     }
 
-    /// `1400`, `1400B`, `64KiB`, `64K`, `1MiB`, `1M`: binary multiples.
+    /// `1400`, `1400B`, `64K`/`64KiB`, `4M`/`4MiB`, `1G`/`1GiB`: binary multiples (1K = 1024
+    /// bytes), units in any case (`64k`, `63kib`). `KB`, `MB`, `GB` are refused as ambiguous.
     static func size(_ s: String, in range: ClosedRange<Int>) throws(ValueError) -> Int {
-        let units: [(String, Int)] = [("KiB", 1024), ("MiB", 1 << 20), ("GiB", 1 << 30),
-                                      ("K", 1024), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
-        var number = Substring(s)
+        let units: [(String, Int)] = [("kib", 1024), ("mib", 1 << 20), ("gib", 1 << 30),
+                                      ("k", 1024), ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
+        let lower = s.lowercased()
+        let examples = sizeExamples.filter { range.contains($0.bytes) }.suffix(3).map(\.text)
+        let expected = "expected a size from \(range.lowerBound) to \(range.upperBound) bytes (e.g. \(examples.joined(separator: ", "))), got '\(s)'"
+        for ambiguous in ["kb", "mb", "gb"] where lower.hasSuffix(ambiguous) {
+            let binary = ambiguous.prefix(1).uppercased() + "iB"
+            throw ValueError("'\(s)': \(ambiguous.uppercased()) could mean 1000 or 1024; write \(binary) (or \(binary.prefix(1))) for binary multiples. " + expected)
+        }
+        var number = Substring(lower)
         var multiplier = 1
-        for (suffix, m) in units where s.hasSuffix(suffix) {
-            number = s.dropLast(suffix.count)
+        for (suffix, m) in units where lower.hasSuffix(suffix) {
+            number = lower.dropLast(suffix.count)
             multiplier = m
             break
         }
-        let expected = "expected a size from \(range.lowerBound) to \(range.upperBound) bytes (e.g. 1400, 64KiB), got '\(s)'"
         guard let n = Int(number.trimmingSpaces()), n >= 0 else { throw ValueError(expected) }
         let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
         guard !overflow, range.contains(v) else { throw ValueError(expected) }
         return v
     }
 
-    /// `250ms`, `30s`, `5m`, `1h`, `1d`; a bare number means seconds.
-    static func duration(_ s: String, min: Duration = .zero, allowZero: Bool = false) throws(ValueError) -> Duration {
+    /// Examples for messages, smallest first; a message shows the largest three its key accepts.
+    static let sizeExamples: [(text: String, bytes: Int)] = [
+        ("1400", 1400), ("9000", 9000), ("63KiB", 63 << 10), ("256KiB", 256 << 10), ("4MiB", 4 << 20), ("64MiB", 64 << 20),
+    ]
+
+    /// `50us`, `250ms`, `30s`, `5m`, `1h`, `1d`, units in any case (`30S`); a bare number means
+    /// seconds.
+    static func duration(_ s: String, min: Duration = .zero, max: Duration? = nil, allowZero: Bool = false) throws(ValueError) -> Duration {
         let units: [(String, Int64)] = [("us", 1), ("ms", 1000), ("s", 1_000_000), ("m", 60_000_000),
                                         ("h", 3_600_000_000), ("d", 86_400_000_000)]
+        let lower = s.lowercased()
         var microsPerUnit: Int64 = 1_000_000
-        var number = Substring(s)
-        for (suffix, m) in units where s.hasSuffix(suffix) {
-            number = s.dropLast(suffix.count)
+        var number = Substring(lower)
+        for (suffix, m) in units where lower.hasSuffix(suffix) {
+            number = lower.dropLast(suffix.count)
             microsPerUnit = m
             break
         }
-        let expected = "expected a duration such as 250ms, 30s, 5m or 1h, got '\(s)'"
+        let examples = durationExamples.filter { example in
+            (example.value != .zero || allowZero) && example.value >= min && (max.map { example.value <= $0 } ?? true)
+        }.suffix(4).map(\.text)
+        let list = examples.count > 1 ? examples.dropLast().joined(separator: ", ") + " or " + examples.last! : examples.joined()
+        let expected = "expected a duration such as \(list), got '\(s)'"
         guard let n = Int64(number.trimmingSpaces()), n >= 0 else { throw ValueError(expected) }
         let (us, overflow) = n.multipliedReportingOverflow(by: microsPerUnit)
         guard !overflow else { throw ValueError(expected) }
         let d = Duration.microseconds(us)
         if d == .zero && !allowZero { throw ValueError("must be greater than zero, got '\(s)'") }
-        if d < min { throw ValueError("must be at least \(min), got '\(s)'") }
+        if d < min { throw ValueError("must be at least \(Self.format(min)), got '\(s)'") }
+        if let max, d > max { throw ValueError("must be at most \(Self.format(max)), got '\(s)'") }
         return d
+    }
+
+    static let durationExamples: [(text: String, value: Duration)] = [
+        ("0", .zero), ("50us", .microseconds(50)), ("1ms", .milliseconds(1)), ("250ms", .milliseconds(250)),
+        ("30s", .seconds(30)), ("5m", .seconds(300)), ("1h", .seconds(3600)),
+    ]
+
+    /// A duration the way the file writes it: `10ms`, `1s`, `50us`.
+    static func format(_ d: Duration) -> String {
+        let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
+        if us % 1_000_000 == 0 { return "\(us / 1_000_000)s" }
+        if us % 1000 == 0 { return "\(us / 1000)ms" }
+        return "\(us)us"
+    }
+
+    /// A rate (`1000/s`, `60/m`, `3600/h`), the unit in any case (`1000/S`).
+    static func anyCaseRate(_ s: String) throws(ValueError) -> Rate {
+        do {
+            return try rate(s.lowercased())
+        } catch {
+            // The message quotes the value as written, not lowercased.
+            throw ValueError(error.message.replacing("'\(s.lowercased())'", with: "'\(s)'"))
+        }
     }
 
     /// Comma-separated, whitespace-trimmed, no empty items.
@@ -62,10 +104,23 @@ enum Values {
         return items
     }
 
+    /// A comma list whose items hold no spaces (addresses, networks): an item with a space in
+    /// it is two items with the comma forgotten, and is reported as that.
+    static func words(_ s: String) throws(ValueError) -> [Substring] {
+        let items = try list(s)
+        for item in items {
+            if let space = item.firstIndex(where: { $0 == " " || $0 == "\t" }) {
+                let before = item[..<space], after = item[space...].trimmingSpaces()
+                throw ValueError("missing comma between '\(before)' and '\(after)'; separate list items with commas")
+            }
+        }
+        return items
+    }
+
     static func socketAddresses(_ s: String) throws(ValueError) -> [SocketAddress] {
         var out: [SocketAddress] = []
         var seen: Set<SocketAddress> = []
-        for item in try list(s) {
+        for item in try words(s) {
             do {
                 let a = try SocketAddress(parsing: item)
                 try refuseMapped(a.ip, port: a.port)
@@ -93,7 +148,7 @@ enum Values {
     /// Comma-separated `HOST:PORT` upstreams, no repeats.
     static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
         var out: [UpstreamEndpoint] = []
-        for item in try list(s) {
+        for item in try words(s) {
             let e: UpstreamEndpoint
             do {
                 e = try UpstreamEndpoint(parsing: item)
@@ -146,7 +201,7 @@ enum Values {
 
     static func cidrs(_ s: String) throws(ValueError) -> [CIDR] {
         var out: [CIDR] = []
-        for item in try list(s) {
+        for item in try words(s) {
             do {
                 out.append(try CIDR(parsing: item))
             } catch {

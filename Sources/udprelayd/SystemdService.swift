@@ -24,6 +24,10 @@ struct SystemdService: Service {
     let hangups: UnixSignalsSequence
     let logger: Logger
     let running: RunningConfiguration
+    /// The `[status]` and `[daemon]` sections the process started with: a reload does not
+    /// apply them (except `log_level`), so a file is compared with these, not with the file
+    /// before it, to say whether a change is waiting for a restart.
+    let startedWith: (status: StatusConfiguration, daemon: DaemonConfiguration)
     /// The shared log level, which a reload sets from `[daemon] log_level`; nil when
     /// `--log-level` pins it.
     var logLevel: LogLevelControl?
@@ -73,12 +77,12 @@ struct SystemdService: Service {
         } else if logLevel == nil, previous.daemon.logLevel != configuration.daemon.logLevel {
             logger.notice("[daemon] log_level changed in the file, but --log-level overrides it")
         }
-        var otherDaemonKeys = previous.daemon
+        var otherDaemonKeys = startedWith.daemon
         otherDaemonKeys.logLevel = configuration.daemon.logLevel
         if otherDaemonKeys != configuration.daemon {
             logger.warning("[daemon] changes other than log_level take effect at the next restart")
         }
-        if previous.status != configuration.status {
+        if startedWith.status != configuration.status {
             logger.warning("[status] changes take effect at the next restart")
         }
         state.reloadSucceeded()

@@ -31,7 +31,8 @@ struct UDPRelayCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func validate() throws {
-        if let logLevel, LogLevel(rawValue: logLevel) == nil {
+        // Keywords are case-insensitive, on the command line as in the file.
+        if let logLevel, LogLevel(rawValue: logLevel.lowercased()) == nil {
             throw ValidationError("--log-level must be one of \(LogLevel.allCases.map(\.rawValue).joined(separator: "|")), got '\(logLevel)'")
         }
     }
@@ -50,7 +51,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
             return
         }
 
-        let level = Logger.Level(rawValue: logLevel ?? configuration.daemon.logLevel.rawValue) ?? .info
+        let level = Logger.Level(rawValue: logLevel?.lowercased() ?? configuration.daemon.logLevel.rawValue) ?? .info
         // stderr to the journal: priorities and fields via journald's socket, else `<N>` prefixes.
         let journal = Journal.isStderrJournal
         let native = Journal.isSocketAvailable
@@ -85,6 +86,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
                                      hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
+                                     startedWith: (configuration.status, configuration.daemon),
                                      logLevel: logLevel == nil ? logLevelControl : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: DatapathService(

@@ -113,4 +113,55 @@ final class ConfigEndToEndTests: XCTestCase {
         let last = try XCTUnwrap((json["config"] as? [String: Any])?["last_reload"] as? [String: Any])
         XCTAssertEqual((last["errors"] as? [String])?.count, 101)
     }
+
+    // MARK: relays that loop (issue 13 item 3)
+
+    func testCheckConfigRefusesSelfRelaysAndRelayCycles() throws {
+        let selfRelay = try DaemonProcess(config: "[listener r]\nlisten = 0.0.0.0:30001\nmode = forward\nupstream = localhost:30001\n",
+                                          arguments: ["--check-config"])
+        XCTAssertEqual(selfRelay.waitForExit(), 78)
+        XCTAssertNotNil(selfRelay.log.first { $0.contains(":4: [listener r] upstream: localhost:30001 is this listener's own address 0.0.0.0:30001") },
+                        selfRelay.log.joined(separator: "\n"))
+        let pair = try DaemonProcess(config: "[listener a]\nlisten = 127.0.0.1:30001\nmode = forward\nupstream = 127.0.0.1:30002\n"
+                                     + "[listener b]\nlisten = 0.0.0.0:30002\nmode = mirror\nupstream = 127.0.0.1:30001\n",
+                                     arguments: ["--check-config"])
+        XCTAssertEqual(pair.waitForExit(), 78)
+        XCTAssertNotNil(pair.log.first { $0.contains("relay loop 'a' -> 'b' -> 'a'") }, pair.log.joined(separator: "\n"))
+    }
+
+    // MARK: value spelling (issue 12 item 8)
+
+    func testLogLevelOnTheCommandLineIsCaseInsensitiveLikeTheFile() throws {
+        let d = try DaemonProcess(config: "[daemon]\nlog_level = Info\n[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 63kib\n",
+                                  arguments: ["--check-config", "--log-level", "DEBUG"])
+        XCTAssertEqual(d.waitForExit(), 0, d.log.joined(separator: "\n"))
+        XCTAssertTrue(d.standardOutput.contains("configuration OK: 1 listener"), d.standardOutput)
+    }
+
+    // MARK: [status] compared with what runs (issue 12 item 12)
+
+    func testStatusChangedAndChangedBackIsNoLongerReportedAsPending() throws {
+        let running = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
+        let d = try DaemonProcess(config: running)
+        addTeardownBlock { d.stop() }
+        _ = try d.waitUntilReady()
+        let pending = "[status] changes take effect at the next restart"
+
+        try running.replacingOccurrences(of: "listen = 127.0.0.1:0\n[listener", with: "listen = off\n[listener")
+            .write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        var (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNotNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+
+        // Another reload of the changed file: still pending.
+        (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNotNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+
+        // Back to what runs: nothing waits for a restart.
+        try running.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        (ok, lines) = reload(d)
+        XCTAssertTrue(ok)
+        XCTAssertNil(lines.first { $0.contains(pending) }, lines.joined(separator: "\n"))
+    }
 }

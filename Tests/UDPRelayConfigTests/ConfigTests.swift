@@ -28,10 +28,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.listeners.map(\.name), ["echo", "echo-small", "relay"])
         XCTAssertEqual(c.listeners[2].mode, .forward)
         XCTAssertEqual(c.listeners[2].upstreams.map(\.description), ["127.0.0.1:7008"])
-        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["0.0.0.0:7007", "[::]:7007"])
+        XCTAssertEqual(c.listeners[0].listen.map(\.description), ["127.0.0.1:7007", "[::1]:7007"])
         XCTAssertEqual(c.listeners[1].maxDatagram, 1500)
         XCTAssertEqual(c.daemon.logLevel, .info)
         XCTAssertEqual(c.status.listen?.description, "127.0.0.1:9180")
+    }
+
+    /// The example is installed as /etc/udprelayd/udprelayd.ini and started by `apt install`
+    /// (issue 13 item 15): on a host with a public address it must not be an open reflector.
+    /// Every listener binds loopback addresses only, or limits both who and how fast.
+    func testExampleFileServesOnlyThisHostOrIsLimited() throws {
+        let c = try ConfigLoader.load(path: Self.examplePath)
+        XCTAssertFalse(c.listeners.isEmpty)
+        for l in c.listeners {
+            let loopbackOnly = l.listen.allSatisfy { $0.ip.isLoopback }
+            let limited = !l.protection.allow.isEmpty && l.protection.rateLimit != nil
+            XCTAssertTrue(loopbackOnly || limited, "[listener \(l.name)] listens on \(l.listen) without allow and rate_limit")
+        }
+        XCTAssertEqual(c.status.listen?.ip.isLoopback, true, "the status endpoint of the example stays on loopback")
+        // The wider example is there, commented, for whoever needs it.
+        let text = try String(contentsOfFile: Self.examplePath, encoding: .utf8)
+        XCTAssertTrue(text.contains("\n; listen = 0.0.0.0:7007, [::]:7007\n"), "the commented wildcard example")
     }
 
     func testDefaults() throws {
@@ -72,6 +89,9 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(try Values.size("2K", in: 1...65535), 2048)
         XCTAssertThrowsError(try Values.size("1MiB", in: 1...65535))
         XCTAssertThrowsError(try Values.size("12kb", in: 1...65535))
+        XCTAssertEqual(try Values.size("64k", in: 1...1 << 20), 65536)
+        XCTAssertEqual(try Values.size("63kib", in: 1...65535), 64512)
+        XCTAssertEqual(try Values.duration("30S"), .seconds(30))
         XCTAssertEqual(try Values.duration("250ms"), .milliseconds(250))
         XCTAssertEqual(try Values.duration("30s"), .seconds(30))
         XCTAssertEqual(try Values.duration("5m"), .seconds(300))
@@ -244,6 +264,15 @@ final class ConfigTests: XCTestCase {
         XCTAssertNoThrow(try parse("[listener a]\n\tlisten\t=\t127.0.0.1:9\nmode = forward\nupstream = 127.0.0.1:10\nhealth_probe = \"\\x00\\x01\"\n"))
     }
 
+    /// Quoted values may hold any byte; a message quoting one stays one printable line.
+    func testControlCharactersFromQuotedEscapesAreShownEscapedInMessages() {
+        let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \"ec\\x00ho\"\n[listener b]\nlisten = 127.0.0.1:10\nmode = \"x\\nWARNING forged\\ty\"\n")
+        XCTAssertEqual(e.map(\.line), [3, 6])
+        XCTAssertTrue(e[0].message.hasPrefix("expected one of echo|forward|balance|mirror, got 'ec\\x00ho'"), e[0].message)
+        XCTAssertTrue(e[1].message.hasPrefix("expected one of echo|forward|balance|mirror, got 'x\\x0aWARNING forged\\x09y'"), e[1].message)
+        XCTAssertFalse(e.contains { $0.description.unicodeScalars.contains { $0.value < 0x20 } })
+    }
+
     func testInvalidUTF8NamesTheByteAndColumn() {
         var bytes = Array("[listener a]\nlisten = 127.0.0.1:9\nmode = é".utf8)
         bytes += [0xFF, 0x0A]
@@ -271,5 +300,54 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(e[1].message, "[::ffff:127.0.0.1]:7007 is an IPv4-mapped IPv6 address; write the IPv4 form, 127.0.0.1:7007")
         XCTAssertEqual(e[2].message, "[::ffff:192.0.2.1]:53 is an IPv4-mapped IPv6 address; write the IPv4 form, 192.0.2.1:53")
         XCTAssertNoThrow(try parse("[listener a]\nlisten = [::1]:7, [2001:db8::ffff:1]:7\n"))
+    }
+
+    // MARK: after a bad section header (issue 12 item 10)
+
+    func testKeysAfterABadHeaderAreNotTakenForThePreviousSection() {
+        let e = errors("""
+        [listener e]
+        listen = 127.0.0.1:9
+        [listener f g]
+        listen = 127.0.0.1:10
+        mode = nonsense
+        stray words
+        [listener h]
+        listen = 127.0.0.1:11
+        [daemon
+        log_level = info
+        listen = 1
+        """)
+        XCTAssertEqual(e.map(\.description), [
+            "t.ini:3: expected '[section]' or '[section name]', got '[listener f g]'; the lines up to the next section header are ignored",
+            "t.ini:6: expected 'key = value', got 'stray words'",
+            "t.ini:9: section header must end with ']': '[daemon'; the lines up to the next section header are ignored",
+        ])
+        // A bad listener header alone is not reported as "no listener".
+        XCTAssertEqual(errors("[listener f g]\nlisten = 127.0.0.1:10\n").map(\.line), [1])
+    }
+
+    // MARK: a forgotten comma (issue 12 item 9)
+
+    func testAMissingCommaIsReportedAsOne() {
+        let e = errors("""
+        [listener a]
+        listen = 127.0.0.1:24000 [::1]:24000
+        allow = 10.0.0.0/8  192.168.0.0/16
+        [listener b]
+        listen = 127.0.0.1:0
+        mode = balance
+        upstream = 127.0.0.1:24053 127.0.0.1:24054
+        [status]
+        listen = 127.0.0.1:9180 127.0.0.1:9181
+        """)
+        XCTAssertEqual(e.map(\.description), [
+            "t.ini:2: [listener a] listen: missing comma between '127.0.0.1:24000' and '[::1]:24000'; separate list items with commas",
+            "t.ini:3: [listener a] allow: missing comma between '10.0.0.0/8' and '192.168.0.0/16'; separate list items with commas",
+            "t.ini:7: [listener b] upstream: missing comma between '127.0.0.1:24053' and '127.0.0.1:24054'; separate list items with commas",
+            "t.ini:9: [status] listen: missing comma between '127.0.0.1:9180' and '127.0.0.1:9181'; separate list items with commas",
+        ])
+        // Spaces around commas are fine.
+        XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9 ,\t[::1]:9\n").listeners[0].listen.count, 2)
     }
 }

@@ -179,4 +179,84 @@ final class RelayConfigTests: XCTestCase {
         XCTAssertEqual(e.map(\.line), [5])
         XCTAssertTrue(e[0].message.contains("only valid together with health_probe"), e[0].message)
     }
+
+    // MARK: relays that loop (issue 13 item 3, the configuration's part)
+
+    func relay(_ name: String, listen: String, upstream: String, mode: String = "forward") -> String {
+        "[listener \(name)]\nlisten = \(listen)\nmode = \(mode)\nupstream = \(upstream)\n"
+    }
+
+    func testARelayToItselfIsRefusedInEverySpelling() {
+        let cases: [(listen: String, upstream: String)] = [
+            ("0.0.0.0:30001", "127.0.0.1:30001"),
+            ("0.0.0.0:30001", "127.0.0.5:30001"),
+            ("0.0.0.0:30001", "127.255.255.254:30001"),
+            ("0.0.0.0:30001", "0.0.0.0:30001"),
+            ("0.0.0.0:30001", "localhost:30001"),
+            ("0.0.0.0:30001", "LocalHost.:30001"),
+            ("0.0.0.0:30001", "relay.localhost:30001"),
+            ("127.0.0.1:30001", "127.0.0.1:30001"),
+            ("127.0.0.1:30001", "0.0.0.0:30001"),
+            ("127.0.0.1:30001", "localhost:30001"),
+            ("[::]:30001", "[::1]:30001"),
+            ("[::]:30001", "[::]:30001"),
+            ("[::]:30001", "localhost:30001"),
+            ("[::1]:30001", "[0:0:0:0:0:0:0:1]:30001"),
+            ("192.0.2.1:30001, [::]:30001", "[::1]:30001"),
+        ]
+        for c in cases {
+            for mode in ["forward", "mirror"] {
+                let e = errors(relay("r", listen: c.listen, upstream: c.upstream, mode: mode))
+                XCTAssertEqual(e.map(\.line), [4], "\(c) \(mode)")
+                XCTAssertEqual(e.first?.key, "upstream")
+                XCTAssertTrue(e.first?.message.contains("is this listener's own address") == true
+                              && e.first?.message.hasSuffix("it would relay to itself") == true, "\(c): \(e.first?.message ?? "accepted")")
+            }
+        }
+        // Balance with the loop among other upstreams.
+        let e = errors("[listener b]\nlisten = 0.0.0.0:30001\nmode = balance\nupstream = 192.0.2.1:53, localhost:30001\n")
+        XCTAssertEqual(e.map(\.description), ["t.ini:4: [listener b] upstream: localhost:30001 is this listener's own address 0.0.0.0:30001; it would relay to itself"])
+    }
+
+    func testAddressesThatDoNotReachTheListenerAreNoLoop() throws {
+        let fine: [(listen: String, upstream: String)] = [
+            ("127.0.0.1:30001", "127.0.0.2:30001"),  // a specific address is not the whole range
+            ("0.0.0.0:30001", "127.0.0.1:30002"),     // another port
+            ("0.0.0.0:30001", "[::1]:30001"),         // another family: IPv6 sockets are IPv6-only
+            ("[::]:30001", "127.0.0.1:30001"),
+            ("0.0.0.0:30001", "192.0.2.1:30001"),     // not knowable without the interfaces: the runtime guard's
+            ("0.0.0.0:30001", "dns.example:30001"),   // not knowable without DNS
+            ("127.0.0.1:0", "127.0.0.1:30001"),       // port 0 is chosen at bind time
+        ]
+        for c in fine {
+            XCTAssertNoThrow(try parse(relay("r", listen: c.listen, upstream: c.upstream)), "\(c)")
+        }
+    }
+
+    func testRelaysThatPointAtEachOtherAreALoop() {
+        let pair = errors(relay("a", listen: "0.0.0.0:30001", upstream: "127.0.0.1:30002")
+                          + relay("b", listen: "0.0.0.0:30002", upstream: "localhost:30001"))
+        XCTAssertEqual(pair.map(\.description), [
+            "t.ini:4: [listener a] upstream: relay loop 'a' -> 'b' -> 'a': 127.0.0.1:30002 is listener 'b''s address 0.0.0.0:30002, "
+                + "and each relays to the next, so datagrams would circle between them; point one upstream elsewhere",
+        ])
+        // A chain of three, written in any order, with a mirror and a balance in it.
+        let chain = errors(relay("c", listen: "127.0.0.1:30003", upstream: "localhost:30001", mode: "mirror")
+                           + relay("a", listen: "[::]:30001", upstream: "[::1]:30002")
+                           + "[listener b]\nlisten = 127.0.0.1:30002, [::1]:30002\nmode = balance\nupstream = 192.0.2.1:53, 127.0.0.1:30003\n")
+        XCTAssertEqual(chain.count, 1)
+        XCTAssertEqual(chain.first?.line, 4)
+        XCTAssertTrue(chain.first?.message.hasPrefix("relay loop 'c' -> 'a' -> 'b' -> 'c': localhost:30001 is listener 'a''s address [::]:30001") == true,
+                      chain.first?.message ?? "")
+    }
+
+    func testChainsAndRelaysToOurOwnEchoListenersAreAllowed() throws {
+        // A relay to an echo listener of this file (the shipped example does it): the echo answers
+        // the relay's session socket, not a listener, so nothing circles.
+        XCTAssertNoThrow(try parse("[listener e]\nlisten = 127.0.0.1:30001\n" + relay("r", listen: "127.0.0.1:30002", upstream: "127.0.0.1:30001")))
+        XCTAssertNoThrow(try parse("[listener e]\nlisten = 0.0.0.0:30001\n" + relay("m", listen: "127.0.0.1:30002", upstream: "localhost:30001", mode: "mirror")))
+        // A chain that ends outside: a -> b -> 192.0.2.1.
+        XCTAssertNoThrow(try parse(relay("a", listen: "127.0.0.1:30001", upstream: "127.0.0.1:30002")
+                                   + relay("b", listen: "127.0.0.1:30002", upstream: "192.0.2.1:53")))
+    }
 }
