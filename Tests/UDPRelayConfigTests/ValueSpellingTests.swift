@@ -143,7 +143,7 @@ final class ValueSpellingTests: XCTestCase {
         XCTAssertEqual(l.segmentation, false)
         XCTAssertEqual(l.protection.rateLimit, Rate(perSecond: 1000))
         XCTAssertEqual(l.protection.rateLimitTotal, Rate(perSecond: 1))
-        XCTAssertTrue(l.protection.denySourcePorts.isEmpty)
+        XCTAssertEqual(l.protection.denySourcePorts?.isEmpty, true)
         XCTAssertEqual(l.health.probe, [0x0d, 0x0a])
         // Messages quote the value as written.
         XCTAssertEqual(messages("[listener a]\nlisten = 127.0.0.1:0\nrate_limit = 10/X\n"),
