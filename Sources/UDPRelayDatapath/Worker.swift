@@ -112,15 +112,15 @@ public class SocketWorker: @unchecked Sendable {
     /// `drop_too_large`; either is skipped. Every mode applies this one policy, in this order.
     @inline(__always)
     final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
-        guard let source = SocketAddress(sockaddr: batch.names + i) else { return true }
-        if let reason = filter.check(source, now: now) {
+        let source = SocketAddress(sockaddr: batch.names + i)
+        if let source, let reason = filter.check(source, now: now) {
             counters.add(reason)
             noteDrop(reason, from: source)
             return false
         }
         if batch.messages[i].msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
             counters.add(.dropTooLarge)
-            noteDrop(.dropTooLarge, from: source)
+            if let source { noteDrop(.dropTooLarge, from: source) }
             return false
         }
         return true
