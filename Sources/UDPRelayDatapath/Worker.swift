@@ -142,7 +142,7 @@ public class SocketWorker: @unchecked Sendable {
     static func dropHint(_ reason: Counter) -> String {
         switch reason {
         case .dropSourcePort: "the source port is in deny_source_ports (to allow it, e.g. 123 for NTP, set deny_source_ports without it)"
-        case .dropLoop: "the source is this daemon, or a server on this host answering it (loop guard)"
+        case .dropLoop: "the source (for a relay: the upstream) is this daemon, or a server on this host answering it (loop guard)"
         case .dropDenied: "not allowed by allow/deny"
         case .dropRateLimited: "the source is over rate_limit"
         case .dropRateLimitedTotal: "the listener is over rate_limit_total"
