@@ -3,12 +3,15 @@
 
 Mixed echo and forward traffic from 1,000 client ports at a moderate rate, 50 reloads (one
 listener changed every time, the others unchanged), the forward upstream killed and restarted,
-and a burst of malformed requests at the status endpoint. At the end the daemon must be alive
-and healthy, its RSS within 10% of the value after warm-up, the unchanged echo listener must
-have lost nothing, every listener's counters must balance (received = sent + dropped), and
-SIGTERM during traffic must exit 0.
+a burst of malformed requests at the status endpoint, status clients that pipeline requests and
+never read the answers, a flood from 64 rotating source addresses at a rate-limited echo
+listener (it must get no more than the limit allows), and a client that opens a new forward
+session every few milliseconds (session churn). At the end the daemon must be alive and
+healthy, its RSS within 10% of the value after warm-up, the unchanged echo listener must have
+lost nothing, every listener's counters must balance (received = sent + dropped), and SIGTERM
+during traffic must exit 0.
 
-Usage: scripts/soak.py BINARY [--seconds N]
+Usage: scripts/soak.py BINARY [--seconds N]   (SOAK_NO_PIPELINE=1 skips the pipelining clients)
 """
 import argparse
 import os
@@ -155,7 +158,142 @@ fail_timeout = 2s
 [listener churn]
 listen = 127.0.0.1:0
 max_datagram = {1000 + generation}
+[listener limited]
+listen = 0.0.0.0:0
+rate_limit = {LIMITED_RATE}/s
+rate_limit_sources = 16
 """
+
+
+LIMITED_RATE = 100          # the rate-limited echo listener's rate_limit (burst: one second's worth)
+ROTATING_SOURCES = 64       # 127.0.2.1 ... 127.0.2.64, more than its 16-entry source table
+ROTATING_DATAGRAMS = 20000  # per flood, sent at about 10,000/s
+PIPELINE_CONNECTIONS = 4
+PIPELINE_BYTES = 4 << 20    # per connection: at most this much of pipelined requests, never read
+
+
+def rotating_flood(port, result):
+    """64 source addresses in turn at the rate-limited listener; counts the answers. A table of
+    16 sources must not hand each newcomer a fresh burst: all of them together get about one
+    source's rate (plus the first bursts)."""
+    socks = []
+    for k in range(ROTATING_SOURCES):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((f"127.0.2.{k + 1}", 0))
+        s.setblocking(False)
+        socks.append(s)
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    answered = 0
+    start = time.time()
+    for n in range(ROTATING_DATAGRAMS):
+        try:
+            socks[n % ROTATING_SOURCES].sendto(b"r%d" % n, ("127.0.0.1", port))
+        except OSError:
+            pass
+        if n % 100 == 99:
+            for key, _ in sel.select(timeout=0):
+                while True:
+                    try:
+                        key.fileobj.recv(2048)
+                        answered += 1
+                    except OSError:
+                        break
+            time.sleep(0.01)
+    elapsed = time.time() - start
+    idle_until = time.time() + 1.0
+    while time.time() < idle_until:
+        for key, _ in sel.select(timeout=0.1):
+            while True:
+                try:
+                    key.fileobj.recv(2048)
+                    answered += 1
+                    idle_until = time.time() + 1.0
+                except OSError:
+                    break
+    for s in socks:
+        s.close()
+    allowance = 16 * LIMITED_RATE + LIMITED_RATE + int(LIMITED_RATE * (elapsed + 2.5))
+    result.append((answered, allowance, elapsed))
+    log(f"rotating flood: {ROTATING_DATAGRAMS} datagrams from {ROTATING_SOURCES} sources in {elapsed:.1f} s, "
+        f"{answered} answered (allowed at most {allowance})")
+
+
+def pipeline_status(port, result):
+    """Connections that pipeline GET /metrics and never read: the daemon must stop reading them
+    (backpressure) instead of buffering answers without limit, and stay healthy. Bounded: at
+    most PIPELINE_BYTES per connection, and at most 10 s. SOAK_NO_PIPELINE=1 skips it."""
+    if not port:
+        return
+    if os.environ.get("SOAK_NO_PIPELINE"):
+        result.append((0, True))
+        return
+    conns = []
+    request = b"GET /metrics HTTP/1.1\r\nHost: soak\r\n\r\n"
+    chunk = request * 256
+    deadline = time.time() + 10
+    for _ in range(PIPELINE_CONNECTIONS):
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=2)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            c.setblocking(False)
+            conns.append([c, 0])
+        except OSError:
+            pass
+    last_progress = time.time()
+    while time.time() < deadline and any(sent < PIPELINE_BYTES for _, sent in conns):
+        if time.time() - last_progress > 2:
+            break  # every connection pushed back for 2 s: the daemon stopped reading them
+        progressed = False
+        for entry in conns:
+            c, sent = entry
+            if sent >= PIPELINE_BYTES:
+                continue
+            try:
+                n = c.send(chunk)
+                entry[1] += n
+                progressed = progressed or n > 0
+            except BlockingIOError:
+                pass
+            except OSError:
+                entry[1] = PIPELINE_BYTES  # closed or reset by the daemon: fine
+        if progressed:
+            last_progress = time.time()
+        else:
+            time.sleep(0.05)
+    total = sum(sent for _, sent in conns)
+    # With the connections still open and unread, the endpoint must answer others.
+    healthy = False
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            healthy = r.status == 200
+    except Exception as e:
+        log(f"pipelining: /healthz failed while pipelining connections were open: {e}")
+    result.append((total, healthy))
+    log(f"pipelining: {len(conns)} connections wrote {total >> 10} KiB of requests without reading; /healthz {'ok' if healthy else 'FAILED'}")
+    for c, _ in conns:
+        c.close()
+
+
+def session_churn(port, stop, result, limit=3000):
+    """A new client port every few milliseconds, one request each, then closed: sessions are
+    opened and expire continuously. Bounded by `limit` sessions."""
+    opened = answered = 0
+    while not stop.is_set() and opened < limit:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.5)
+        try:
+            s.sendto(b"churn %d" % opened, ("127.0.0.1", port))
+            opened += 1
+            if s.recv(2048) == b"churn %d" % (opened - 1):
+                answered += 1
+        except OSError:
+            pass
+        s.close()
+        time.sleep(0.01)
+    result.append((opened, answered))
 
 
 def main():
@@ -254,7 +392,10 @@ def main():
     # restarted, a status abuse burst), so allocator high-water marks are reached before the
     # baseline is taken; the main phase then repeats them and must not grow RSS by > 10%.
     log("warm-up 30 s: 5 reloads, upstream kill/restart, status abuse, so the baseline has seen each once")
-    warm = {"n": 0, "killed": False, "restarted": False, "abused": False}
+    warm = {"n": 0, "killed": False, "restarted": False, "abused": False, "pipelined": False, "flooded": False}
+    warm_results = {"pipeline": [], "flood": [], "churn": []}
+    churn_stop = threading.Event()
+    threading.Thread(target=session_churn, args=(ports["fwd"], churn_stop, warm_results["churn"], 1000), daemon=True).start()
 
     def warm_tick(t):
         if warm["n"] < 5 and t >= 2 + warm["n"] * 2:
@@ -270,13 +411,24 @@ def main():
         if not warm["abused"] and t >= 16:
             warm["abused"] = True
             threading.Thread(target=abuse_status, args=(status_port,), daemon=True).start()
+        if not warm["pipelined"] and t >= 22:
+            warm["pipelined"] = True
+            threading.Thread(target=pipeline_status, args=(status_port, warm_results["pipeline"]), daemon=True).start()
+        if not warm["flooded"] and t >= 19:
+            warm["flooded"] = True
+            threading.Thread(target=rotating_flood, args=(ports["limited"], warm_results["flood"]), daemon=True).start()
 
     send_for(30, warm_tick)
+    churn_stop.set()
     time.sleep(0.5)
     warm_rss = d.rss_kib()
     log(f"RSS after warm-up: {warm_rss} KiB")
 
-    events = {"reloads": 0, "killed": False, "restarted": False, "abused": False}
+    events = {"reloads": 0, "killed": False, "restarted": False, "abused": False, "pipelined": False, "flooded": False}
+    results = {"pipeline": [], "flood": [], "churn": []}
+    churn_stop = threading.Event()
+    churn = threading.Thread(target=session_churn, args=(ports["fwd"], churn_stop, results["churn"]), daemon=True)
+    churn.start()
     reload_every = (args.seconds - 10) / max(RELOADS, 1)
     last_line = [len(d.lines)]
 
@@ -303,11 +455,19 @@ def main():
         if not events["abused"] and t >= args.seconds * 0.6:
             events["abused"] = True
             threading.Thread(target=abuse_status, args=(status_port,), daemon=True).start()
+        if not events["pipelined"] and t >= args.seconds * 0.7:
+            events["pipelined"] = True
+            threading.Thread(target=pipeline_status, args=(status_port, results["pipeline"]), daemon=True).start()
+        if not events["flooded"] and t >= args.seconds * 0.5:
+            events["flooded"] = True
+            threading.Thread(target=rotating_flood, args=(ports["limited"], results["flood"]), daemon=True).start()
         if t >= args.seconds * 0.8:
             fwd_window["on"] = True
 
     log(f"main phase {args.seconds:.0f} s: {RATE}/s from {CLIENTS} ports, {RELOADS} reloads, upstream kill/restart, status abuse")
     send_for(args.seconds, tick)
+    churn_stop.set()
+    churn.join()
     # Wait for outstanding echo replies (or until nothing has arrived for 2 s).
     idle_since, last = time.time(), None
     while time.time() - idle_since < 2:
@@ -344,6 +504,27 @@ def main():
         f"(last 20%: {snapshot['window']['got']}/{snapshot['window']['sent']})")
     if lost_echo:
         failures.append(f"the unchanged echo listener lost {lost_echo} datagrams")
+    for phase, r in (("warm-up", warm_results), ("main", results)):
+        if len(r["pipeline"]) != 1 or not r["pipeline"][0][1]:
+            failures.append(f"{phase}: the status endpoint was not healthy while pipelining clients held it ({r['pipeline']})")
+        if len(r["flood"]) != 1:
+            failures.append(f"{phase}: the rotating-source flood did not finish")
+        elif r["flood"][0][0] > r["flood"][0][1]:
+            failures.append(f"{phase}: rotating sources got {r['flood'][0][0]} answers, more than the {r['flood'][0][1]} the rate limit allows")
+        if len(r["churn"]) != 1 or r["churn"][0][0] == 0:
+            failures.append(f"{phase}: the session-churn client did not run ({r['churn']})")
+        else:
+            log(f"{phase}: session churn: {r['churn'][0][0]} sessions opened, {r['churn'][0][1]} answered")
+    if status_port:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5) as r:
+                evictions = re.search(r'"name":\s*"limited".*?"rate_limit_evictions":\s*(\d+)', r.read().decode(), re.S)
+            if not evictions or int(evictions.group(1)) == 0:
+                failures.append("rate_limit_evictions of the rate-limited echo listener not shown or 0 in /status")
+            else:
+                log(f"limited: rate_limit_evictions {evictions.group(1)}")
+        except Exception as e:
+            failures.append(f"/status failed: {e}")
     w = snapshot["window"]
     if w["sent"] == 0 or w["got"] < 0.99 * w["sent"]:
         failures.append(f"forwarding did not recover after the upstream came back ({w['got']}/{w['sent']})")
@@ -378,18 +559,18 @@ def main():
     time.sleep(0.2)
     totals = {field(l, "listener.name"): l for l in d.lines if " totals " in l and " upstream totals " not in l}
     upstream_totals = [l for l in d.lines if " upstream totals " in l]
-    for name in ("echo", "fwd"):
+    for name in ("echo", "limited", "fwd"):
         line = totals.get(name)
         if not line:
             failures.append(f"no totals for {name}")
             continue
         received = int(field(line, "received"))
         drops = {k[5:]: int(v) for k, v in re.findall(r"(drop\.\S+?)=(\d+)", line)}
-        if name == "echo":
+        if name != "fwd":
             out, dropped = int(field(line, "sent")), sum(drops.values())
-            log(f"echo: received {received} = sent {out} + dropped {dropped}")
+            log(f"{name}: received {received} = sent {out} + dropped {dropped}")
             if received != out + dropped:
-                failures.append(f"echo: counters do not balance: received {received} != {out} + {dropped}")
+                failures.append(f"{name}: counters do not balance: received {received} != {out} + {dropped}")
             continue
         # Relay, towards the upstream: every datagram is sent, dropped on the upstream, or
         # dropped before an upstream was chosen.

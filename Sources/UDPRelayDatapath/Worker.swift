@@ -119,15 +119,15 @@ public class SocketWorker: @unchecked Sendable {
     /// `drop_too_large`; either is skipped. Every mode applies this one policy, in this order.
     @inline(__always)
     final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
-        guard let source = SocketAddress(sockaddr: batch.names + i) else { return true }
-        if let reason = filter.check(source, now: now) {
+        let source = SocketAddress(sockaddr: batch.names + i)
+        if let source, let reason = filter.check(source, now: now) {
             counters.add(reason)
             noteDrop(reason, from: source)
             return false
         }
         if batch.messages[i].msg_hdr.msg_flags & CUR_MSG_TRUNC != 0 {
             counters.add(.dropTooLarge)
-            noteDrop(.dropTooLarge, from: source)
+            if let source { noteDrop(.dropTooLarge, from: source) }
             return false
         }
         return true
@@ -149,7 +149,7 @@ public class SocketWorker: @unchecked Sendable {
     static func dropHint(_ reason: Counter) -> String {
         switch reason {
         case .dropSourcePort: "the source port is in deny_source_ports (to allow it, e.g. 123 for NTP, set deny_source_ports without it)"
-        case .dropLoop: "the source is this daemon, or a server on this host answering it (loop guard)"
+        case .dropLoop: "the source (for a relay: the upstream) is this daemon, or a server on this host answering it (loop guard)"
         case .dropDenied: "not allowed by allow/deny"
         case .dropRateLimited: "the source is over rate_limit"
         case .dropRateLimitedTotal: "the listener is over rate_limit_total"
