@@ -197,7 +197,15 @@ check "restarted service serves" test "$(udp UDP4:127.0.0.1:7007 back)" = back
 
 echo "socket activation"
 ct systemctl stop udprelayd.service
-"$nspawn" put "$name" "$root/systemd/udprelayd.socket" /etc/systemd/system/udprelayd.socket
+# The shipped unit binds loopback only; here (a private network) its commented wildcard form,
+# which also checks that replies on an inherited wildcard socket leave from the right address.
+wild_socket=$(mktemp)
+sed -e 's/^ListenDatagram=127.0.0.1:7007$/ListenDatagram=0.0.0.0:7007/' \
+    -e 's/^ListenDatagram=\[::1\]:7007$/ListenDatagram=[::]:7007/' "$root/systemd/udprelayd.socket" > "$wild_socket"
+grep -q '^ListenDatagram=0.0.0.0:7007$' "$wild_socket" && grep -q '^ListenDatagram=\[::\]:7007$' "$wild_socket" \
+  || { echo "systemd-e2e: udprelayd.socket no longer has the ListenDatagram lines this test rewrites" >&2; exit 1; }
+"$nspawn" put "$name" "$wild_socket" /etc/systemd/system/udprelayd.socket
+rm -f "$wild_socket"
 ct systemctl daemon-reload
 check "udprelayd.socket starts" ct systemctl start udprelayd.socket
 check "service is not running yet" test "$(prop ActiveState)" = inactive
