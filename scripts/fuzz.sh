@@ -22,6 +22,33 @@ build_request_target() {
     -o "$out/fuzz-request-target"
 }
 
+# The HTTP request path through the status server's own pipeline needs SwiftNIO: SwiftPM builds
+# the dependencies with the same sanitizers in their own scratch folder, and swiftc compiles the
+# status sources with the harness as one module against them.
+build_status_http() {
+  local spm="$out/spm"
+  swift build --sanitize=fuzzer --sanitize=address --scratch-path "$spm" --target UDPRelayConfig >&2
+  swift build --sanitize=fuzzer --sanitize=address --scratch-path "$spm" --target NIOEmbedded >&2
+  swift build --sanitize=fuzzer --sanitize=address --scratch-path "$spm" --target NIOHTTP1 >&2
+  local bin
+  bin=$(swift build --sanitize=fuzzer --sanitize=address --scratch-path "$spm" --show-bin-path)
+  local flags=() objects=()
+  for map in "$bin"/*.build/module.modulemap "$spm"/checkouts/*/Sources/*/include/module.modulemap; do
+    [ -f "$map" ] && flags+=(-Xcc "-fmodule-map-file=$map")
+  done
+  for inc in "$spm"/checkouts/*/Sources/*/include; do flags+=(-Xcc -I -Xcc "$inc"); done
+  for module in NIOCore NIOPosix NIOHTTP1 NIOEmbedded NIOConcurrencyHelpers _NIODataStructures _NIOBase64 \
+                CNIOLinux CNIOPosix CNIOLLHTTP CNIOAtomics CNIODarwin CNIOWindows CNIOWASI CNIOFreeBSD CNIOOpenBSD \
+                Logging UDPRelayConfig Atomics _AtomicsShims DequeModule InternalCollectionsUtilities ContainersPreview; do
+    [ -d "$bin/$module.build" ] || continue
+    while IFS= read -r -d '' o; do objects+=("$o"); done < <(find "$bin/$module.build" -name '*.o' -print0)
+  done
+  swiftc -parse-as-library -sanitize=fuzzer,address -O -g -swift-version 6 \
+    -module-name UDPRelayStatus -I "$bin/Modules" "${flags[@]}" \
+    Sources/UDPRelayStatus/*.swift Fuzz/FuzzStatusHTTP.swift "${objects[@]}" \
+    -o "$out/fuzz-status-http"
+}
+
 run() {
   local name=$1 corpus=$2
   mkdir -p "$out/corpus/$name" "$out/crashes/$name"
@@ -33,5 +60,7 @@ run() {
 
 build_config
 build_request_target
+build_status_http
 run config Fuzz/corpus/config
 run request-target Fuzz/corpus/request-target
+run status-http Fuzz/corpus/status-http

@@ -58,6 +58,7 @@ public enum StatusPage {
         h += "<th>In pkt/s</th><th>In bytes/s</th><th>Out pkt/s</th><th>Out bytes/s</th>"
         h += "<th>Received</th><th>Sent</th><th class=\"l\">Drops</th><th>Sessions</th>"
         h += "</tr></thead><tbody>\n"
+        let bodyStart = h.endIndex
         if s.listeners.isEmpty {
             h += "<tr><td colspan=\"11\" class=\"muted\">no listeners configured</td></tr>\n"
         }
@@ -103,6 +104,9 @@ public enum StatusPage {
                 h += "<td></td></tr>\n"
             }
         }
+        // Narrow screens show each row as a stack of "label value" lines: every cell carries
+        // its column's name.
+        h.replaceSubrange(bodyStart..., with: labelCells(String(h[bodyStart...])))
         h += "</tbody></table>\n"
 
         h += "<footer>"
@@ -135,6 +139,41 @@ public enum StatusPage {
         h += "<td>\(Format.grouped(w.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(w.sent.bytes)))</span></td>"
         h += "<td></td><td></td></tr>\n"
         return h
+    }
+
+    /// Column names, for the stacked layout of narrow screens.
+    static let columns = ["Listener", "Mode", "Addresses", "In pkt/s", "In bytes/s", "Out pkt/s", "Out bytes/s",
+                          "Received", "Sent", "Drops", "Sessions"]
+
+    /// Adds `data-label="<column>"` to every `<td` of the rows in `body`, following colspans;
+    /// a cell spanning several columns gets an empty label (its content says what it is).
+    static func labelCells(_ body: String) -> String {
+        var out = ""
+        out.reserveCapacity(body.utf8.count + body.utf8.count / 4)
+        var column = 0
+        var rest = Substring(body)
+        while let open = rest.firstIndex(of: "<") {
+            out += rest[..<open]
+            rest = rest[open...]
+            if rest.hasPrefix("<tr") {
+                column = 0
+            } else if rest.hasPrefix("<td"), let close = rest.firstIndex(of: ">") {
+                let tag = rest[..<close]
+                var span = 1
+                if let r = tag.firstRange(of: "colspan=\"") {
+                    span = Int(tag[r.upperBound...].prefix { $0.isNumber }) ?? 1
+                }
+                let label = span == 1 && column < columns.count ? columns[column] : ""
+                out += "<td data-label=\"\(label)\""
+                rest = rest[rest.index(rest.startIndex, offsetBy: 3)...]
+                column += span
+                continue
+            }
+            out += "<"
+            rest = rest.dropFirst()
+        }
+        out += rest
+        return out
     }
 
     static func nowrap(_ html: String) -> String { "<span class=\"nw\">\(html)</span>" }
@@ -172,12 +211,13 @@ public enum StatusPage {
     code{font:13px ui-monospace,"DejaVu Sans Mono",monospace}
     code.err{color:var(--bad);display:block}
     .good{color:var(--ok)} .badtext{color:var(--bad)} .muted{color:var(--muted)}
-    table{border-collapse:collapse;margin:16px 24px;background:#fff;border:1px solid var(--line);min-width:calc(100% - 48px)}
-    th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 12px;text-align:right;white-space:nowrap}
-    td{padding:8px 12px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums;white-space:nowrap}
+    table{border-collapse:collapse;margin:16px 24px;background:#fff;border:1px solid var(--line);width:calc(100% - 48px)}
+    th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 10px;text-align:right}
+    td{padding:8px 10px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums}
     .l{text-align:left}
-    td.wrap{white-space:normal;min-width:150px;max-width:260px}
-    .nw{white-space:nowrap}
+    td.name,td.addr,.problems,.config,footer{overflow-wrap:anywhere}
+    td.wrap{min-width:120px;max-width:260px}
+    .nw{white-space:normal}
     tr.listener td.name{font-weight:700;font-size:17px}
     tr.upstream td,tr.worker td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
     .bar{display:inline-block;width:120px;height:8px;margin-left:10px;background:#eaeef2;border-radius:4px;overflow:hidden;vertical-align:middle}
@@ -189,5 +229,26 @@ public enum StatusPage {
     .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
     footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
     a{color:#0969da}
+    @media (max-width:1100px){
+    header{padding:10px 14px;gap:6px 14px}
+    .facts{margin-left:0}
+    .problems{padding:8px 14px 8px 32px}
+    .config{padding:8px 14px}
+    table,tbody,tr,td{display:block}
+    table{margin:12px;width:auto;border:0;background:none}
+    thead{display:none}
+    tr{background:#fff;border:1px solid var(--line);border-radius:8px;margin-bottom:10px;overflow:hidden}
+    tr.upstream,tr.worker{margin:-4px 0 10px 18px}
+    td{position:relative;padding:6px 12px 6px 9.5em;min-height:2.2em;text-align:right;border-top:1px solid #eef1f4}
+    td:first-child{border-top:0}
+    td.wrap{min-width:0;max-width:none}
+    td::before{content:attr(data-label);position:absolute;left:12px;top:8px;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;text-align:left}
+    td[data-label=""]{padding-left:12px}
+    td:empty{display:none}
+    tr.listener td.name{text-align:left;padding-left:12px;background:#eaeef2}
+    tr.listener td.name::before{content:none}
+    .bar{width:80px}
+    footer{margin:0 14px 18px}
+    }
     """
 }

@@ -8,6 +8,10 @@ fails, printing one line per check.
     status_e2e.py --base http://127.0.0.1:PORT --schema docs/status.schema.json
                   --screenshot .build/status-page.png
                   --echo NAME=ADDR,ADDR --echo NAME=ADDR --relay NAME=ADDR
+
+    status_e2e.py --fit-page PAGE.html --screenshot-dir DIR
+        checks only that a saved page fits the viewport at every width below (used by
+        RenderingTests on a worst-case page).
 """
 import argparse
 import html
@@ -28,6 +32,57 @@ from prometheus_client.parser import text_string_to_metric_families
 
 LIMIT = 64  # documented connection limit
 TIMEOUT = 10
+# A large desktop, a laptop, a small laptop or tablet, a phone in portrait.
+WIDTHS = [(1920, 1080), (1400, 900), (1024, 768), (400, 860)]
+
+
+def page_fits(page_html, outdir, widths=WIDTHS):
+    """Loads the page in headless Chromium at each width and returns, per width, the page's
+    scrollWidth and its viewport's innerWidth (it fits when the first is not larger), taking a
+    screenshot of each (DIR/page-WIDTH.png). Chromium's headless window is at least 500 px wide,
+    so the page is shown in an iframe of the exact width inside a wrapper page; the wrapper
+    reads the iframe's document (same origin with --allow-file-access-from-files)."""
+    os.makedirs(outdir, exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        page = os.path.join(work, "page.html")
+        with open(page, "w") as f:
+            # No reload while Chromium looks at it.
+            f.write(page_html.replace('http-equiv="refresh"', 'data-refresh-removed="refresh"'))
+        for width, height in widths:
+            wrapper = os.path.join(work, f"wrap-{width}.html")
+            with open(wrapper, "w") as f:
+                f.write(f"""<!DOCTYPE html><html><body style="margin:0;background:#fff">
+<iframe id="f" src="page.html" style="border:0;display:block;width:{width}px;height:{height}px"></iframe>
+<script>
+const f = document.getElementById("f");
+f.onload = () => {{
+  const d = f.contentDocument;
+  document.body.setAttribute("data-fit", d.documentElement.scrollWidth + " " + f.contentWindow.innerWidth);
+}};
+</script></body></html>""")
+            with tempfile.TemporaryDirectory() as profile:
+                common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--no-first-run", "--allow-file-access-from-files", f"--user-data-dir={profile}",
+                          f"--window-size={max(width, 500)},{height}"]
+                dom = subprocess.run(common + ["--dump-dom", "file://" + wrapper],
+                                     capture_output=True, text=True, timeout=90)
+                shot_path = os.path.join(outdir, f"page-{width}.png")
+                shot = subprocess.run(common + [f"--screenshot={shot_path}", "file://" + wrapper],
+                                      capture_output=True, text=True, timeout=90)
+            assert shot.returncode == 0, shot.stderr[-2000:]
+            m = re.search(r'data-fit="(\d+) (\d+)"', dom.stdout)
+            assert m, f"no measurement at {width} px: {dom.stderr[-1000:]}"
+            results[width] = (int(m.group(1)), int(m.group(2)))
+    return results
+
+
+def assert_page_fits(page_html, outdir):
+    results = page_fits(page_html, outdir)
+    for width, (scroll, inner) in results.items():
+        assert inner == width, f"viewport at {width} px is {inner} px"
+        assert scroll <= inner, f"at {width} px the page is {scroll} px wide: it overflows by {scroll - inner} px"
+    return results
 
 
 def parse_address(text):
@@ -331,6 +386,11 @@ class Checks:
                 assert "worker 2 of 2" in text, f"page lacks the worker split of {listener['name']}"
         print(f"    screenshot: {self.screenshot} ({len(png)} bytes)")
 
+    def check_page_fits_every_width(self):
+        page = requests.get(self.base + "/", timeout=TIMEOUT).text
+        results = assert_page_fits(page, os.path.dirname(self.screenshot) or ".")
+        print("    widths (page/viewport): " + ", ".join(f"{w}: {s}/{i}" for w, (s, i) in results.items()))
+
     def check_slow_and_malformed_clients_while_echo_flows(self):
         echo_name = next(iter(self.echo))
         echo_address = self.echo[echo_name][0]
@@ -422,6 +482,18 @@ class Checks:
 
 
 def main():
+    if "--fit-page" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--fit-page", required=True)
+        parser.add_argument("--screenshot-dir", required=True)
+        args = parser.parse_args()
+        with open(args.fit_page) as f:
+            page = f.read()
+        results = page_fits(page, args.screenshot_dir)
+        bad = [w for w, (s, i) in results.items() if s > i or i != w]
+        for w, (s, i) in results.items():
+            print(f"{w} px: page {s} px, viewport {i} px{'  OVERFLOWS' if w in bad else ''}")
+        sys.exit(1 if bad else 0)
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True)
     parser.add_argument("--schema", required=True)
