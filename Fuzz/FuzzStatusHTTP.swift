@@ -50,7 +50,7 @@ enum FuzzHarness {
         // (bounded) until the connection's objects are freed, so LeakSanitizer sees no leak
         // unless there is one.
         var waits = 0
-        while watched.value != nil && waits < 2000 {
+        while (watched.value != nil || watched.pipeline != nil) && waits < 2000 {
             await loop.run()
             try await Task.sleep(for: .microseconds(500))
             waits += 1
@@ -58,8 +58,11 @@ enum FuzzHarness {
         await loop.shutdownGracefully()
     }
 
+    /// The connection's channel and pipeline (which the probe's pending callback keeps alive
+    /// through the handler context), held weakly.
     final class WeakBox {
         weak var value: NIOAsyncTestingChannel?
+        weak var pipeline: ChannelPipeline?
     }
 
     static func exercise(_ input: [UInt8], loop: NIOAsyncTestingEventLoop, watched: WeakBox) async throws {
@@ -71,6 +74,7 @@ enum FuzzHarness {
 
         let channel = NIOAsyncTestingChannel(loop: loop)
         watched.value = channel
+        watched.pipeline = channel.pipeline
         try await loop.executeInContext {
             try ServerState.addHTTPHandlers(channel.pipeline.syncOperations, limits: StatusLimits(), routes: routes,
                                             requestAnswered: {})
