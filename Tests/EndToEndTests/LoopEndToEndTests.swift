@@ -98,7 +98,9 @@ final class LoopEndToEndTests: XCTestCase {
         let lx = Self.totals(x, "e"), ly = Self.totals(y, "e")
         let received = Self.count("received", lx) + Self.count("received", ly)
         XCTAssertGreaterThan(received, 1, "the loop did start: \(lx ?? "") \(ly ?? "")")
-        XCTAssertLessThanOrEqual(received, 2 * 40, "and ended within the burst: \(lx ?? "") \(ly ?? "")")
+        // Within the burst (32) plus what the cap (100/s) refills while the ping-pong runs: on a
+        // busy machine a round trip can take a millisecond, so allow up to 0.3 s of refill.
+        XCTAssertLessThanOrEqual(received, 2 * (32 + 30), "and ended within the burst: \(lx ?? "") \(ly ?? "")")
         XCTAssertEqual(Self.count("drop.loop", lx) + Self.count("drop.loop", ly), 1)
     }
 }
