@@ -20,6 +20,11 @@ public struct StatusLimits: Sendable {
     public var maxPipelined = 8
     /// Unsent output of one connection above which nothing more is read from it (backpressure).
     public var maxUnsentBytes = 64 * 1024
+    /// SO_SNDBUF of each connection. Unset, the kernel grows a socket's send buffer to
+    /// `net.ipv4.tcp_wmem`'s maximum (4 MiB), so a client that pipelines and never reads got
+    /// about 500 answers rendered per connection before output counted as blocked, and four
+    /// of them kept the endpoint's one thread busy for seconds (`/healthz` waited 9.8 s).
+    public var socketSendBuffer: Int32 = 64 * 1024
 
     public init() {}
 }

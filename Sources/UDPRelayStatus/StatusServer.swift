@@ -70,6 +70,9 @@ public final class StatusServer: Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark,
                                 value: .init(low: limits.maxUnsentBytes / 2, high: limits.maxUnsentBytes))
+            // A fixed kernel send buffer: what a client leaves unread is bounded in the kernel
+            // too, not only in our own buffer (see StatusLimits.socketSendBuffer).
+            .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(limits.socketSendBuffer))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try state.initialize(channel, routes: routes, logger: logger)
