@@ -10,24 +10,11 @@ import UDPRelayConfig
 
 /// A closed relay session keeps its socket for a while, so a reply still on its way cannot
 /// reach a newer session that the kernel gave the same ephemeral port (and so another client).
-final class ClosedSessionHoldTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
+final class ClosedSessionHoldTests: XCTestCase, ConfigFileTests {
     /// Whether a socket can bind 127.0.0.1:`port` right now (false while a session holds it).
     func portIsFree(_ port: UInt16) -> Bool {
         guard let fd = try? UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: port)) else { return false }
         close(fd)
-        return true
-    }
-
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
         return true
     }
 

@@ -9,18 +9,9 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// What relay listeners count, as `/status`, `/metrics` and the page show it.
-final class RelayCountersTests: XCTestCase {
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
-
+final class RelayCountersTests: XCTestCase, ConfigFileTests {
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
-        let datapath = try Datapath(configuration: try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini"),
+        let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
         datapath.start()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))

@@ -1,7 +1,6 @@
 import Dispatch
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -11,21 +10,12 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// `Datapath.apply`: reload as a diff, in process.
-final class ReloadTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
+final class ReloadTests: XCTestCase, ConfigFileTests {
     /// A port that was free a moment ago (for tests that must name a fixed port).
     func freePort() throws -> UInt16 {
         let fd = try UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: 0))
         defer { close(fd) }
         return try UDPSocket.localAddress(fd).port
-    }
-
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
     }
 
     func testUnchangedListenerKeepsSocketAndCountersAndLosesNothingAcrossReloads() throws {
@@ -37,13 +27,13 @@ final class ReloadTests: XCTestCase {
         let address = steady.boundAddresses[0]
         let client = try UDPClient()
 
-        let stopSending = Shared(false)
-        let sent = Shared(0)
-        let progress = Shared(0)
+        let stopSending = LockedBox(false)
+        let sent = LockedBox(0)
+        let progress = LockedBox(0)
         // Replies seen so far: the sender keeps at most `window` datagrams unanswered, so a
         // slow datapath (ThreadSanitizer, a loaded machine) is never flooded past its socket
         // buffers; whatever goes missing is lost by the reloads, not by the test's pace.
-        let answered = Shared(0)
+        let answered = LockedBox(0)
         let window = 400  // fits the client's receive buffer even at a default rmem_max (about 500 small datagrams)
         // The sender thread only sends and this thread only receives on the client's socket.
         nonisolated(unsafe) let sending = client
@@ -66,9 +56,9 @@ final class ReloadTests: XCTestCase {
         }
         // Replies are read as they come, so the client's receive buffer never overflows
         // however long the reloads take on a loaded machine.
-        let seenShared = Shared(Set<Int>())
+        let seenShared = LockedBox(Set<Int>())
         // Set once the sender has stopped: the number of datagrams it sent.
-        let expected = Shared<Int?>(nil)
+        let expected = LockedBox<Int?>(nil)
         let receiverDone = DispatchSemaphore(value: 0)
         nonisolated(unsafe) let receiving = client
         let receiver = Thread {
@@ -235,15 +225,5 @@ final class ReloadTests: XCTestCase {
         datapath.stop()
         // The datapath served duplicates: the passed-in descriptor is still open.
         XCTAssertNotEqual(fcntl(passed, F_GETFD), -1)
-    }
-}
-
-/// A value shared between the test and a sender thread.
-final class Shared<T: Sendable>: Sendable {
-    private let m: NIOLockedValueBox<T>
-    init(_ v: T) { m = NIOLockedValueBox(v) }
-    var value: T {
-        get { m.withLockedValue { $0 } }
-        set { m.withLockedValue { $0 = newValue } }
     }
 }

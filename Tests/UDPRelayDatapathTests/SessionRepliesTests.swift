@@ -12,15 +12,6 @@ import UDPRelayConfig
 /// `proxy_requests`): a client that sends a second query before the first answer (dnsperf,
 /// glibc's A + AAAA from one socket) gets both answers (issue 12 item 1).
 final class SessionRepliesTests: XCTestCase {
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
-
     /// A relay listener over `upstreams` (test sockets answered by hand) with the extra keys.
     func startRelay(_ upstreams: [UDPClient], mode: String, extra: String) throws -> (Datapath, Listener) {
         let list = upstreams.map { "\($0.localAddress)" }.joined(separator: ", ")

@@ -11,17 +11,8 @@ import UDPRelayConfig
 /// Relay session sockets get the listener's `rcvbuf`/`sndbuf`, and datagrams the kernel drops
 /// for a full receive buffer are counted (`receive_buffer_full`) on listener and session
 /// sockets (issue 13 item 11).
-final class SocketBufferTests: XCTestCase {
+final class SocketBufferTests: XCTestCase, ConfigFileTests {
     static let largest = 65507
-
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
 
     /// Runs `body` while the worker's queue is blocked, so the worker reads nothing meanwhile
     /// and a burst piles up in the kernel's receive buffer as it would behind a busy worker.
@@ -37,7 +28,7 @@ final class SocketBufferTests: XCTestCase {
     }
 
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
-        let datapath = try Datapath(configuration: try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini"),
+        let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
         datapath.start()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))

@@ -10,16 +10,7 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// `workers = N`: N sockets per address with SO_REUSEPORT, each with its own worker.
-final class WorkersTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
-    }
-
+final class WorkersTests: XCTestCase, ConfigFileTests {
     func reusePort(_ fd: Int32) -> Int32 {
         (try? UDPSocket.getIntOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT)) ?? -1
     }
