@@ -73,8 +73,8 @@ final class DatapathTests: XCTestCase {
     func testListenerEchoesAndCountsInProcess() throws {
         let config = try ConfigLoader.parse("[listener t]\nlisten = 127.0.0.1:0, [::1]:0\nmax_datagram = 512\n", file: "t.ini")
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let listener = try XCTUnwrap(datapath.listener(named: "t"))
         let v4 = listener.boundAddresses[0]
         let client = try UDPClient()

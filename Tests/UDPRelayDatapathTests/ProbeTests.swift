@@ -12,8 +12,8 @@ final class ProbeTests: XCTestCase {
     func testProbeReportsAWedgedQueueAndPassesHealthyOnes() async throws {
         let config = try ConfigLoader.parse("[listener a]\nlisten = 127.0.0.1:0\n[listener b]\nlisten = 127.0.0.1:0\n", file: "t.ini")
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        await datapath.start()
+        defer { datapath.stopBlocking() }
         // Healthy queues answer at once; the timeouts allow for ThreadSanitizer on a loaded
         // machine (a wedged queue never answers, whatever the timeout).
         let healthy = await datapath.probe(timeout: .seconds(10))

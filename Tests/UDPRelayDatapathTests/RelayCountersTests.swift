@@ -13,7 +13,7 @@ final class RelayCountersTests: XCTestCase, ConfigFileTests {
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
         let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
 
@@ -27,7 +27,7 @@ final class RelayCountersTests: XCTestCase, ConfigFileTests {
         workers = 2
         upstream = \(a.address), \(b.address)
         """, name: "m")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         for size in [10, 20, 30] { client.send(payload(size, seed: UInt64(size)), to: mirror.boundAddresses[0]) }
         XCTAssertEqual(a.waitForCount(3), 3)

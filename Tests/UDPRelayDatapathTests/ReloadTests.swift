@@ -21,8 +21,8 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
     func testUnchangedListenerKeepsSocketAndCountersAndLosesNothingAcrossReloads() throws {
         let base = "[listener steady]\nlisten = 127.0.0.1:0\n"
         let datapath = try Datapath(configuration: try configuration(base), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let steady = try XCTUnwrap(datapath.listener(named: "steady"))
         let address = steady.boundAddresses[0]
         let client = try UDPClient()
@@ -109,13 +109,13 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
     func testUnchangedRelayListenerKeepsItsSessions() throws {
         // An echo listener stands in for the upstream of a forward listener.
         let upstream = try Datapath(configuration: try configuration("[listener up]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        upstream.start()
-        defer { upstream.stop() }
+        upstream.startBlocking()
+        defer { upstream.stopBlocking() }
         let up = try XCTUnwrap(upstream.listener(named: "up")?.boundAddresses.first)
         let relay = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(up)\nmax_sessions = 100\n"
         let datapath = try Datapath(configuration: try configuration(relay), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let fwd = try XCTUnwrap(datapath.listener(named: "fwd"))
         let client = try UDPClient()
         XCTAssertEqual(echo(client, fwd.boundAddresses[0], "first"), "first")
@@ -130,8 +130,8 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
     func testChangedListenerOnTheSamePortIsRebuiltWithoutRebinding() throws {
         let port = try freePort()
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "before"), "before")
@@ -145,8 +145,8 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
 
     func testRemovedListenerClosesAndNewOneBinds() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        await datapath.start()
+        defer { datapath.stopBlocking() }
         let oldAddress = try XCTUnwrap(datapath.listener(named: "a")?.boundAddresses.first)
         let changes = try datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(changes, ListenerChanges(removed: ["a"], added: ["b"]))
@@ -168,7 +168,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
     /// stop the watchdog pings), not vanish from the set while the reload hangs on it.
     func testAQueueWedgedDuringAReloadStillFailsTheProbe() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener old]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
+        await datapath.start()
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "old")!.workers[0].queue.async { release.wait() }
         let next = try configuration("[listener new]\nlisten = 127.0.0.1:0\n")
@@ -183,13 +183,13 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         release.signal()
         XCTAssertEqual(applied.wait(timeout: .now() + 5), .success)
         XCTAssertEqual(datapath.listeners.map(\.name), ["new"])
-        datapath.stop()
+        await datapath.stop()
     }
 
     func testFailedApplyChangesNothing() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let holder = try UDPClient()
         XCTAssertThrowsError(try datapath.apply(try configuration("""
@@ -215,14 +215,14 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         let address = try UDPSocket.localAddress(passed)
         let config = try configuration("[listener act]\nlisten = 127.0.0.1:9\n[listener plain]\nlisten = 127.0.0.1:0\n")
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"), inherited: ["act": [passed]])
-        datapath.start()
+        datapath.startBlocking()
         XCTAssertEqual(datapath.listener(named: "act")?.boundAddresses, [address])
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "activated"), "activated")
         // A changed listener takes the inherited socket again.
         try datapath.apply(try configuration("[listener act]\nlisten = 127.0.0.1:9\nmax_datagram = 100\n[listener plain]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(echo(client, address, "again"), "again")
-        datapath.stop()
+        datapath.stopBlocking()
         // The datapath served duplicates: the passed-in descriptor is still open.
         XCTAssertNotEqual(fcntl(passed, F_GETFD), -1)
     }

@@ -30,7 +30,7 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
         let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
 
@@ -55,7 +55,7 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
         // Without CAP_NET_ADMIN the kernel caps the 4 MiB at net.core.rmem_max (208 KiB by default).
         guard getuid() == 0 else { throw XCTSkip("needs root for SO_RCVBUFFORCE (CI runs as root)") }
         let (datapath, fwd, client, upstream, session) = try relay(extra: "")  // rcvbuf = 4MiB by default
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         whileStalled(fwd.workers[0]) {
             for i in 0..<50 { upstream.send(payload(Self.largest, seed: UInt64(i)), to: session) }
         }
@@ -68,7 +68,7 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
     func testRepliesTheKernelDropsOnASessionSocketAreCounted() throws {
         // The smallest buffer: one large reply fits, the rest of a burst is dropped.
         let (datapath, fwd, client, upstream, session) = try relay(extra: "rcvbuf = 4KiB")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         whileStalled(fwd.workers[0]) {
             for i in 0..<50 { upstream.send(payload(Self.largest, seed: UInt64(i)), to: session) }
         }
@@ -88,7 +88,7 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
         max_datagram = 65507
         rcvbuf = 4KiB
         """, name: "e")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         whileStalled(echo.workers[0]) {
             for i in 0..<50 { client.send(payload(Self.largest, seed: UInt64(i)), to: echo.boundAddresses[0]) }

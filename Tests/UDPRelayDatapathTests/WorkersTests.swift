@@ -18,8 +18,8 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
     func testEachAddressGetsNSocketsOnThePortTheFirstLearned() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0, [::1]:0\nworkers = 3\n"),
                                     logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         XCTAssertEqual(a.workers.count, 6)
         XCTAssertEqual(a.groups.map(\.count), [3, 3])
@@ -43,7 +43,7 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
 
     func testOneWorkerDoesNotShareThePort() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         XCTAssertEqual(a.workers.count, 1)
         XCTAssertEqual(reusePort(a.workers[0].fd), 0, "another process must not be able to join the port")
@@ -77,8 +77,8 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
             try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n\(workers)")
         }
         let datapath = try Datapath(configuration: try config(""), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "one"), "one")
@@ -108,8 +108,8 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
         let address = try UDPSocket.localAddress(passed)
         let datapath = try Datapath(configuration: try configuration("[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n"),
                                     logger: Logger(label: "test"), inherited: ["act": [passed]])
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let act = try XCTUnwrap(datapath.listener(named: "act"))
         XCTAssertEqual(act.workers.count, 1)
         XCTAssertEqual(act.boundAddresses, [address])
@@ -119,7 +119,7 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
     func testAWedgedWorkerIsNamedByItsNumber() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        await datapath.start()
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let release = DispatchSemaphore(value: 0)
         a.workers[1].queue.async { release.wait() }  // wedge the second worker
@@ -127,7 +127,7 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
         // loaded machine (the wedged one never answers, whatever the timeout).
         let problems = await datapath.probe(timeout: .seconds(2))
         release.signal()
-        datapath.stop()
+        await datapath.stop()
         XCTAssertEqual(problems, ["listener 'a' queue for \(a.boundAddresses[0]) (worker 2 of 2) did not answer within 2.0 seconds"])
     }
 }
