@@ -1,13 +1,14 @@
 # udprelayd: the two commands the README promises, and a few more.
 #   make run   - install what is missing (and socat), build a release binary, run it with config/udprelayd.ini
 #   make test  - install what is missing, build, run every test
+#   make check - build and run the unit and end-to-end XCTest tests only (no container, no package)
 #   make deb   - build udprelayd_<version>_amd64.deb (installs its Build-Depends), check it with lintian
 #   make bench - benchmark against a C reference, nginx and socat on loopback; writes BENCHMARKS.md
 SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check-config deb clean fuzz sanitize sanitize-thread sanitize-address soak bench bench-tools
+.PHONY: deps test-deps build release run test check check-config deb clean fuzz sanitize sanitize-thread sanitize-address soak bench bench-tools
 
 deps:
 	@scripts/install-deps.sh build
@@ -39,6 +40,13 @@ test: test-deps
 	$(MAKE) --no-print-directory bench-tools
 	Benchmarks/smoke.sh $(BENCH_BIN)
 	scripts/test-deb.sh
+
+# The unit and end-to-end XCTest tests, nothing else: no systemd container (scripts/systemd-e2e.sh),
+# no package build (scripts/test-deb.sh), no benchmark smoke run. Tests that need root skip without it.
+check: test-deps
+	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
+	scripts/check-warnings.sh < .build-test.log
+	$(SWIFT) test --skip-build --disable-swift-testing
 
 deb:
 	SWIFT=$$(command -v $(SWIFT)) scripts/build-deb.sh

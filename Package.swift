@@ -90,7 +90,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UDPRelayConfigTests",
-            dependencies: ["UDPRelayConfig"]
+            dependencies: ["UDPRelayConfig", "TestSupport"]
         ),
         .testTarget(
             name: "UDPRelayDatapathTests",

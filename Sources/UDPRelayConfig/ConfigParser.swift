@@ -1,12 +1,27 @@
-/// One row of a section's key table (the nginx way): a key name and how its value is parsed
-/// into the section's draft. Adding a key means adding a row, a draft field and a default.
+/// One row of a section's key table (the nginx way): a key name, the listener modes it applies
+/// to (as an nginx directive carries its context) and how its value is parsed into the
+/// section's draft. Adding a key means adding a row, a draft field and a default.
 struct KeySpec<Draft>: Sendable {
     let name: String
+    /// The listener modes in which the key may be set; nil: every mode (and every key of the
+    /// sections that have no mode).
+    let modes: [ListenerMode]?
+    /// Said after the modes when the key is set in another mode ("with several upstreams").
+    let modeNote: String?
     let apply: @Sendable (inout Draft, String) throws -> Void
 
-    init(_ name: String, _ apply: @escaping @Sendable (inout Draft, String) throws -> Void) {
+    init(_ name: String, modes: [ListenerMode]? = nil, note: String? = nil,
+         _ apply: @escaping @Sendable (inout Draft, String) throws -> Void) {
         self.name = name
+        self.modes = modes
+        self.modeNote = note
         self.apply = apply
+    }
+
+    /// "mode = forward|balance" (and the note): where the key is valid, for messages.
+    var modesText: String {
+        let list = "mode = " + (modes ?? ListenerMode.allCases).map(\.rawValue).joined(separator: "|")
+        return modeNote.map { "\(list) (\($0))" } ?? list
     }
 }
 
@@ -73,6 +88,13 @@ struct ProtectionDraft {
 
 /// The key tables of each section kind.
 enum Schema {
+    /// Modes that send to upstreams.
+    static let relayModes = ListenerMode.allCases.filter(\.isRelay)
+    /// Modes that keep a session per client.
+    static let sessionModes = ListenerMode.allCases.filter(\.hasSessions)
+    /// Modes whose worker reads its socket in a loop (`busy_poll`): all but mirror.
+    static let datagramModes = ListenerMode.allCases.filter { $0 != .mirror }
+
     static let daemon: [KeySpec<DaemonDraft>] = [
         KeySpec("log_level") { d, v in d.logLevel = try Values.oneOf(v, LogLevel.self) },
     ]
@@ -93,7 +115,7 @@ enum Schema {
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
-        KeySpec("busy_poll") { d, v in d.busyPoll = try Values.duration(v, max: .milliseconds(10), allowZero: true) },
+        KeySpec("busy_poll", modes: Schema.datagramModes) { d, v in d.busyPoll = try Values.duration(v, max: .milliseconds(10), allowZero: true) },
         KeySpec("workers") { d, v in
             if v.lowercased() == "auto" { d.workers = .auto; return }
             let r = WorkerCount.range
@@ -103,19 +125,19 @@ enum Schema {
             d.workers = .count(n)
         },
         KeySpec("udp_gso") { d, v in d.segmentation = try Values.bool(v) },
-        KeySpec("upstream") { d, v in d.upstreams = try Values.upstreams(v) },
-        KeySpec("balance") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
-        KeySpec("sample") { d, v in d.sampleEvery = try Values.sample(v) },
-        KeySpec("resolve_interval") { d, v in d.resolveInterval = try Values.duration(v, min: .seconds(1)) },
-        KeySpec("session_timeout") { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
-        KeySpec("max_sessions") { d, v in d.maxSessions = try Values.integer(v, in: 1...(1 << 24)) },
-        KeySpec("session_max_replies") { d, v in d.sessionMaxReplies = try Values.integer(v, in: 1...Int(Int32.max)) },
-        KeySpec("max_fails") { d, v in d.maxFails = try Values.integer(v, in: 0...1_000_000) },
-        KeySpec("fail_timeout") { d, v in d.failTimeout = try Values.duration(v, min: .milliseconds(10)) },
-        KeySpec("health_probe") { d, v in d.healthProbe = try Values.payload(v) },
-        KeySpec("health_expect") { d, v in d.healthExpect = try Values.payload(v) },
-        KeySpec("health_interval") { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
-        KeySpec("health_fails") { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
+        KeySpec("upstream", modes: Schema.relayModes) { d, v in d.upstreams = try Values.upstreams(v) },
+        KeySpec("balance", modes: [.balance], note: "with several upstreams") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
+        KeySpec("sample", modes: [.mirror]) { d, v in d.sampleEvery = try Values.sample(v) },
+        KeySpec("resolve_interval", modes: Schema.relayModes) { d, v in d.resolveInterval = try Values.duration(v, min: .seconds(1)) },
+        KeySpec("session_timeout", modes: Schema.sessionModes) { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("max_sessions", modes: Schema.sessionModes) { d, v in d.maxSessions = try Values.integer(v, in: 1...(1 << 24)) },
+        KeySpec("session_max_replies", modes: Schema.sessionModes) { d, v in d.sessionMaxReplies = try Values.integer(v, in: 1...Int(Int32.max)) },
+        KeySpec("max_fails", modes: Schema.relayModes) { d, v in d.maxFails = try Values.integer(v, in: 0...1_000_000) },
+        KeySpec("fail_timeout", modes: Schema.relayModes) { d, v in d.failTimeout = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("health_probe", modes: Schema.relayModes) { d, v in d.healthProbe = try Values.payload(v) },
+        KeySpec("health_expect", modes: Schema.relayModes) { d, v in d.healthExpect = try Values.payload(v) },
+        KeySpec("health_interval", modes: Schema.relayModes) { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
+        KeySpec("health_fails", modes: Schema.relayModes) { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
         KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
@@ -295,15 +317,15 @@ struct ConfigParser {
                                        failTimeout: d.failTimeout ?? Defaults.failTimeout,
                                        probe: d.healthProbe, expect: d.healthExpect ?? [],
                                        interval: d.healthInterval ?? Defaults.healthInterval,
-                                       probeFails: d.healthFails ?? Defaults.healthFails)
+                                       probeFails: d.healthFails ?? Defaults.healthFails),
+                protection: d.protection.configuration,
+                busyPoll: d.busyPoll ?? Defaults.busyPoll,
+                workers: d.workers ?? Defaults.workers,
+                segmentation: d.segmentation ?? Defaults.segmentation
             ))
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
             }
-            listeners[listeners.count - 1].protection = d.protection.configuration
-            listeners[listeners.count - 1].busyPoll = d.busyPoll ?? Defaults.busyPoll
-            listeners[listeners.count - 1].workers = d.workers ?? Defaults.workers
-            listeners[listeners.count - 1].segmentation = d.segmentation ?? Defaults.segmentation
         }
         checkRelayLoops(listeners, upstreamLines: upstreamLines)
         guard errors.isEmpty else { return nil }
@@ -342,24 +364,16 @@ struct ConfigParser {
         let section = "listener \(d.name)"
         let modeText = "mode = \(mode.rawValue)"
         func line(_ key: String) -> Int { d.keyLines[key] ?? d.line }
-        func only(_ keys: [String], _ allowed: Bool, _ what: String) {
-            guard !allowed else { return }
-            for key in keys where d.keyLines[key] != nil {
-                error(line(key), section, key, "only valid with \(what), not with \(modeText)")
-            }
-        }
         if mode.isRelay {
             // An upstream key with an invalid value was already reported.
             if d.upstreams == nil && d.keyLines["upstream"] == nil {
                 error(d.line, section, "upstream", "missing required key for \(modeText) (e.g. upstream = 192.0.2.10:53)")
             }
         }
-        only(["upstream", "resolve_interval", "max_fails", "fail_timeout", "health_probe", "health_expect", "health_interval", "health_fails"],
-             mode.isRelay, "mode = forward|balance|mirror")
-        only(["session_timeout", "max_sessions", "session_max_replies"], mode.hasSessions, "mode = forward|balance")
-        only(["sample"], mode == .mirror, "mode = mirror")
-        only(["busy_poll"], mode != .mirror, "mode = echo|forward|balance")
-        only(["balance"], mode == .balance, "mode = balance (with several upstreams)")
+        for spec in Schema.listener {
+            guard let modes = spec.modes, !modes.contains(mode), let keyLine = d.keyLines[spec.name] else { continue }
+            error(keyLine, section, spec.name, "only valid with \(spec.modesText), not with \(modeText)")
+        }
         if let upstreams = d.upstreams {
             if mode == .forward && upstreams.count > 1 {
                 error(line("upstream"), section, "upstream", "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")

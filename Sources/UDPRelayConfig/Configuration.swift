@@ -86,22 +86,24 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// Passive and active upstream health checks.
     public var health: HealthSettings
     /// Access control, loop guard and rate limits.
-    public var protection = ProtectionConfiguration()
+    public var protection: ProtectionConfiguration
     /// How long a worker keeps polling its socket after it ran dry before it goes back to
     /// sleep (`busy_poll`); zero sleeps at once.
-    public var busyPoll = Defaults.busyPoll
+    public var busyPoll: Duration
     /// Sockets per `listen` address, each with its own worker (`workers`); more than one share
     /// the address with SO_REUSEPORT and the kernel spreads clients over them.
-    public var workers = Defaults.workers
+    public var workers: WorkerCount
     /// Send runs of equal-sized datagrams to one destination as one UDP GSO send (`udp_gso`).
-    public var segmentation = Defaults.segmentation
+    public var segmentation: Bool
 
     public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
                 maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
                 sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
                 balance: BalanceAlgorithm = Defaults.balance, sampleEvery: Int = 1,
                 resolveInterval: Duration = Defaults.resolveInterval,
-                sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings()) {
+                sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
+                protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
+                workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation) {
         self.name = name
         self.line = line
         self.listen = listen
@@ -115,6 +117,10 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.resolveInterval = resolveInterval
         self.sessions = sessions
         self.health = health
+        self.protection = protection
+        self.busyPoll = busyPoll
+        self.workers = workers
+        self.segmentation = segmentation
     }
 }
 

@@ -250,4 +250,15 @@ final class AtomicSlots: @unchecked Sendable {
         get { UnsafeAtomic<UInt64>(at: storage + i).load(ordering: .relaxed) }
         set { UnsafeAtomic<UInt64>(at: storage + i).store(newValue, ordering: .relaxed) }
     }
+
+    /// Stores `value` in slot `i` unless the slot holds a larger one already (any thread).
+    func raise(_ i: Int, to value: UInt64) {
+        let a = UnsafeAtomic<UInt64>(at: storage + i)
+        var current = a.load(ordering: .relaxed)
+        while current < value {
+            let (exchanged, original) = a.weakCompareExchange(expected: current, desired: value, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
 }

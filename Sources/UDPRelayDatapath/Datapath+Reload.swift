@@ -54,10 +54,12 @@ extension Datapath {
             let isRunning = running.withLockedValue { $0 }
             let retired = old.filter { !keep.contains($0.name) }
             if isRunning {
-                start(opened, all: next)
+                // Synchronous: `reloading` is held until the new sockets serve and the old ones
+                // are closed, so the caller's thread waits here.
+                start(opened, all: next).wait()
                 // The old listeners stay in the set (and in `probe()`) until they have drained
                 // and closed: a queue wedged now must still stop the watchdog pings.
-                stop(retired)
+                stop(retired).wait()
             } else {
                 for l in retired { for w in l.workers { close(w.fd) } }
             }

@@ -3,10 +3,29 @@ import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import UDPRelayConfig
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Concurrency model. Each socket has one worker and each worker one serial Dispatch queue,
+// which owns everything of that socket: its read source, its batches and, for relay
+// listeners, its sessions and session sockets (the private epoll set of a relay worker is
+// read on that queue too). Nothing a worker owns is touched from another thread; other threads
+// reach a worker only by `queue.async` (ping, stop). Counters are the exception that is read
+// elsewhere: a worker writes its own counters (single-writer relaxed atomics) and any thread
+// (snapshots for /status, the totals at shutdown) may read them without a lock. Each relay
+// listener's `UpstreamTable` has two queues of its own: `controlQueue` for health probes and
+// `resolveQueue` for applying DNS answers (each lookup blocks a detached thread); its health
+// and addresses are written only under its lock, and the datapath reads the published flags
+// as atomics. The listener set (`current`, `running`) is behind NIO locks and `reloading`
+// serializes reloads. Swift concurrency meets all this at `start`, `stop` and `probe`, which
+// are async: they hand the work to the queues and suspend on a continuation that a
+// DispatchGroup's `notify` (or a ping's reply, or the probe's deadline) resumes, so no
+// cooperative thread blocks; `apply` (a reload) is synchronous and waits on its caller's thread.
 
 /// All listeners of a running daemon. Binding happens in `init` so a start that cannot bind
 /// fails before anything is announced; `start()` arms the read sources; `stop()` cancels them
-/// and waits until every socket is closed.
+/// and returns once every socket is closed.
 public final class Datapath: Sendable {
     /// The current listeners, in configuration order. A reload (`apply`) replaces the set.
     public var listeners: [Listener] { current.withLockedValue { $0 } }
@@ -43,15 +62,21 @@ public final class Datapath: Sendable {
     }
 
     /// Arms every read source and returns once all are registered with the kernel.
-    public func start() {
+    public func start() async {
+        await beginStart().completion()
+    }
+
+    /// Arms every read source; the group is left once all are registered with the kernel.
+    func beginStart() -> DispatchGroup {
         running.withLockedValue { $0 = true }
         let all = listeners
-        start(all, all: all)
+        return start(all, all: all)
     }
 
     /// Arms `listeners`; `all` is the whole set they will be part of (each worker learns every
-    /// local address, for the loop guard).
-    func start(_ listeners: [Listener], all: [Listener]) {
+    /// local address, for the loop guard). The group is left once every read source is
+    /// registered with the kernel.
+    func start(_ listeners: [Listener], all: [Listener]) -> DispatchGroup {
         let loop = LocalAddresses.context(all)
         for l in all { for w in l.workers { w.setLoopContext(loop) } }
         let registered = DispatchGroup()
@@ -64,31 +89,33 @@ public final class Datapath: Sendable {
                 log.info("listening", metadata: ["listener.address": "\(group[0].localAddress)", "listener.workers": "\(group.count)"])
             }
         }
-        registered.wait()
+        return registered
     }
 
     /// Stops reading, closes every socket and returns when all are closed.
-    public func stop() {
+    public func stop() async {
+        await beginStop().completion()
+    }
+
+    /// Stops reading and closes every socket; the group is left once all are closed.
+    func beginStop() -> DispatchGroup {
         reloading.withLock {
             running.withLockedValue { $0 = false }
-            stop(listeners)
+            return stop(listeners)
         }
     }
 
-    func stop(_ listeners: [Listener]) {
+    /// Stops `listeners`; the group is left once all their sockets are closed.
+    func stop(_ listeners: [Listener]) -> DispatchGroup {
         let done = DispatchGroup()
         for l in listeners { l.stop(done: done) }
-        done.wait()
+        return done
     }
 
     public func listener(named name: String) -> Listener? {
         listeners.first { $0.name == name }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A consistent, lock-free view of one listener, for status pages and logs.
 public struct ListenerSnapshot: Sendable {
@@ -137,12 +164,12 @@ extension Datapath {
         }
         guard !workers.isEmpty else { return [] }
         let answered = ProbeTally(count: workers.count)
-        for (index, (_, worker, _)) in workers.enumerated() {
-            worker.ping { answered.mark(index) }
-        }
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline, !answered.all {
-            try? await Task.sleep(for: .milliseconds(5))
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resume = ResumeOnce(c)
+            for (index, (_, worker, _)) in workers.enumerated() {
+                worker.ping { if answered.mark(index) { resume() } }
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: timeout.nanoseconds))) { resume() }
         }
         return answered.missing.map { i in
             "listener '\(workers[i].0)' queue for \(workers[i].1.localAddress)\(workers[i].2) did not answer within \(timeout)"
@@ -150,11 +177,37 @@ extension Datapath {
     }
 }
 
+extension DispatchGroup {
+    /// Suspends until the group is empty, without blocking a thread (`notify`, not `wait`).
+    func completion() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            notify(queue: .global()) { c.resume() }
+        }
+    }
+}
+
+/// Resumes a continuation the first time it is called; later calls do nothing.
+final class ResumeOnce: Sendable {
+    private let continuation: CheckedContinuation<Void, Never>
+    private let resumed = ManagedAtomic(false)
+    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+    func callAsFunction() {
+        if !resumed.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume() }
+    }
+}
+
 /// Which probes were answered: one atomic flag per queue, so answering never waits on a lock.
 final class ProbeTally: Sendable {
     private let seen: [ManagedAtomic<Bool>]
-    init(count: Int) { seen = (0..<count).map { _ in ManagedAtomic(false) } }
-    func mark(_ i: Int) { seen[i].store(true, ordering: .releasing) }
-    var all: Bool { seen.allSatisfy { $0.load(ordering: .acquiring) } }
+    private let unanswered: ManagedAtomic<Int>
+    init(count: Int) {
+        seen = (0..<count).map { _ in ManagedAtomic(false) }
+        unanswered = ManagedAtomic(count)
+    }
+    /// Marks probe `i` answered; true when it was the last one unanswered.
+    func mark(_ i: Int) -> Bool {
+        seen[i].store(true, ordering: .releasing)
+        return unanswered.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0
+    }
     var missing: [Int] { seen.indices.filter { !seen[$0].load(ordering: .acquiring) } }
 }

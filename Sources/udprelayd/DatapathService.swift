@@ -12,13 +12,13 @@ struct DatapathService: Service {
     var onStopping: @Sendable () -> Void = {}
 
     func run() async throws {
-        datapath.start()
+        await datapath.start()
         logger.info("ready", metadata: ["listeners": "\(datapath.listeners.count)"])
         onReady()
         try? await gracefulShutdown()
         onStopping()
         logger.info("stopping")
-        datapath.stop()
+        await datapath.stop()
         for listener in datapath.listeners {
             let c = listener.counters()
             var metadata: Logger.Metadata = [

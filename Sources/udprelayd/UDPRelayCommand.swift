@@ -103,7 +103,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
             }
         } catch {
             logger.critical("cannot start: \(error)")
-            datapath.stop()
+            await datapath.stop()
             throw ExitCode(1)
         }
         if let interval = WatchdogService.configuredInterval() {

@@ -9,17 +9,6 @@ import UDPRelayConfig
 /// The configuration file as the daemon meets it: `--check-config`, start and SIGHUP reload
 /// refuse the same files, and a refused reload changes nothing.
 final class ConfigEndToEndTests: XCTestCase {
-    func startDaemon(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]]) {
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config)
-        addTeardownBlock { d.stop() }
-        return (d, try d.waitUntilReady())
-    }
-
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
-    }
-
     /// Sends SIGHUP and waits for the outcome of that reload; returns the log lines it wrote.
     func reload(_ d: DaemonProcess) -> (ok: Bool, lines: [String]) {
         let before = d.log.count

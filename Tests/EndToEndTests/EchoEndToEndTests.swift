@@ -8,12 +8,6 @@ import UDPRelayConfig
 
 /// Runs the real binary and talks to it over loopback.
 final class EchoEndToEndTests: XCTestCase {
-    func startDaemon(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]]) {
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config)
-        addTeardownBlock { d.stop() }
-        return (d, try d.waitUntilReady())
-    }
-
     func testEchoesPayloadsByteForByteOnSeveralListenersOverIPv4AndIPv6() throws {
         let (_, bound) = try startDaemon("""
         [listener one]

@@ -9,22 +9,6 @@ import UDPRelayConfig
 /// Ingress checks of the real binary: IPv4-mapped sources, rotating sources against the
 /// per-source limit, source ports per mode and how refusals are logged.
 final class IngressEndToEndTests: XCTestCase {
-    func startDaemon(_ config: String, status: Bool = false, arguments: [String] = [],
-                     inheritedSocket: (fd: Int32, name: String)? = nil) throws -> (DaemonProcess, [String: [SocketAddress]]) {
-        let d = try DaemonProcess(config: (status ? "[status]\nlisten = 127.0.0.1:0\n" : "[status]\nlisten = off\n") + config,
-                                  arguments: arguments, inheritedSocket: inheritedSocket)
-        addTeardownBlock { d.stop() }
-        return (d, try d.waitUntilReady())
-    }
-
-    static func totals(_ d: DaemonProcess, _ listener: String) -> String? {
-        d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == listener }
-    }
-
-    static func count(_ key: String, _ line: String?) -> Int {
-        line.flatMap { DaemonProcess.field(key, in: $0) }.flatMap { Int($0) } ?? -1
-    }
-
     /// Issue 13 item 5: a dual-stack `[::]` socket (as systemd passes with BindIPv6Only=both)
     /// reports IPv4 clients as `::ffff:a.b.c.d`; `deny = 127.0.0.0/8` must still stop them.
     func testIPv4RulesApplyToIPv4MappedSourcesOnADualStackSocket() throws {
@@ -57,8 +41,8 @@ final class IngressEndToEndTests: XCTestCase {
         XCTAssertEqual(v6.receive()?.bytes, Array("v6".utf8))
         XCTAssertNil(v4.receive(timeout: 0.2), "::ffff:127.0.0.1 is 127.0.0.1: denied")
         XCTAssertEqual(d.stop(), 0)
-        let line = Self.totals(d, "dual")
-        XCTAssertEqual(Self.count("drop.denied", line), 5, line ?? "")
+        let line = d.totals("dual")
+        XCTAssertEqual(DaemonProcess.count("drop.denied", in: line), 5, line ?? "")
         XCTAssertEqual(upstream.datagrams.map(\.bytes), [Array("v6".utf8)], "only the IPv6 client reached the upstream")
     }
 
@@ -110,8 +94,8 @@ final class IngressEndToEndTests: XCTestCase {
             $0.hasPrefix("udprelayd_events_total{") && $0.contains(#"listener="e""#) && $0.contains(#"event="rate_limit_evictions""#)
         }, metrics)
         XCTAssertEqual(d.stop(), 0)
-        let line = Self.totals(d, "e")
-        XCTAssertEqual(Self.count("drop.rate_limited", line), sent + markers - answered - 1, line ?? "")
+        let line = d.totals("e")
+        XCTAssertEqual(DaemonProcess.count("drop.rate_limited", in: line), sent + markers - answered - 1, line ?? "")
     }
 
     func get(_ status: SocketAddress, _ path: String) throws -> String? {
@@ -151,7 +135,7 @@ final class IngressEndToEndTests: XCTestCase {
         XCTAssertEqual(DaemonProcess.field("listener.name", in: line), "echo")
         XCTAssertEqual(DaemonProcess.field("drop.reason", in: line), "source_port")
         XCTAssertTrue(line.contains("deny_source_ports"), line)
-        XCTAssertEqual(Self.count("drop.source_port", Self.totals(d, "echo")), 3)
-        XCTAssertEqual(Self.count("drop.source_port", Self.totals(d, "fwd")), 0)
+        XCTAssertEqual(DaemonProcess.count("drop.source_port", in: d.totals("echo")), 3)
+        XCTAssertEqual(DaemonProcess.count("drop.source_port", in: d.totals("fwd")), 0)
     }
 }

@@ -10,26 +10,12 @@ import UDPRelayConfig
 /// on this host, whatever their addresses and ports.
 final class LoopEndToEndTests: XCTestCase {
     func requireRoot() throws {
-        if getuid() != 0 { throw XCTSkip("needs root to send spoofed datagrams through a raw socket (CI runs as root)") }
-    }
-
-    func startDaemon(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]]) {
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config)
-        addTeardownBlock { d.stop() }
-        return (d, try d.waitUntilReady())
+        try requireRoot("to send spoofed datagrams through a raw socket")
     }
 
     /// The first "datagram refused ... drop.reason=loop" line, which the daemon logs at once.
     func waitForLoopDrop(_ d: DaemonProcess, timeout: Double = 10) -> String? {
         d.waitForLine(timeout: timeout) { $0.contains("datagram refused") && DaemonProcess.field("drop.reason", in: $0) == "loop" }
-    }
-
-    static func totals(_ d: DaemonProcess, _ listener: String) -> String? {
-        d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == listener }
-    }
-
-    static func count(_ key: String, _ line: String?) -> Int {
-        line.flatMap { DaemonProcess.field(key, in: $0) }.flatMap { Int($0) } ?? -1
     }
 
     /// A port below the ephemeral range that is free on every address now, the way servers
@@ -55,10 +41,10 @@ final class LoopEndToEndTests: XCTestCase {
         client.send([9], to: SocketAddress(ip: .v4(0x7F00_0001), port: a))
         XCTAssertEqual(client.receive()?.bytes, [9], "a still serves")
         XCTAssertEqual(d.stop(), 0)
-        let la = Self.totals(d, "a"), lb = Self.totals(d, "b")
-        XCTAssertEqual(Self.count("drop.loop", la), 1, la ?? "")
-        XCTAssertEqual(Self.count("received", la), 2, la ?? "")
-        XCTAssertEqual(Self.count("received", lb), 0, "nothing reaches b: \(lb ?? "")")
+        let la = d.totals("a"), lb = d.totals("b")
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: la), 1, la ?? "")
+        XCTAssertEqual(DaemonProcess.count("received", in: la), 2, la ?? "")
+        XCTAssertEqual(DaemonProcess.count("received", in: lb), 0, "nothing reaches b: \(lb ?? "")")
     }
 
     func testTwoDaemonsOnTheSamePortDoNotAnswerEachOther() throws {
@@ -71,10 +57,10 @@ final class LoopEndToEndTests: XCTestCase {
         XCTAssertNotNil(waitForLoopDrop(x), "x refuses a datagram from its own port on another local address")
         XCTAssertEqual(x.stop(), 0)
         XCTAssertEqual(y.stop(), 0)
-        let lx = Self.totals(x, "e"), ly = Self.totals(y, "e")
-        XCTAssertEqual(Self.count("received", lx), 1, lx ?? "")
-        XCTAssertEqual(Self.count("drop.loop", lx), 1, lx ?? "")
-        XCTAssertEqual(Self.count("received", ly), 0, ly ?? "")
+        let lx = x.totals("e"), ly = y.totals("e")
+        XCTAssertEqual(DaemonProcess.count("received", in: lx), 1, lx ?? "")
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx), 1, lx ?? "")
+        XCTAssertEqual(DaemonProcess.count("received", in: ly), 0, ly ?? "")
     }
 
     /// Two echo daemons on different ports: neither knows the other's port, so the loop guard
@@ -98,14 +84,14 @@ final class LoopEndToEndTests: XCTestCase {
         XCTAssertTrue(ended, "one of the two refuses the ping-pong as a loop")
         XCTAssertEqual(x.stop(), 0)
         XCTAssertEqual(y.stop(), 0)
-        let lx = Self.totals(x, "e"), ly = Self.totals(y, "e")
-        let received = Self.count("received", lx) + Self.count("received", ly)
+        let lx = x.totals("e"), ly = y.totals("e")
+        let received = DaemonProcess.count("received", in: lx) + DaemonProcess.count("received", in: ly)
         XCTAssertGreaterThan(received, 1, "the loop did start: \(lx ?? "") \(ly ?? "")")
         // The breaker (config/README.md, loop_guard): 100/s per flow after a burst of 32. A fast
         // loop ends within about 32 round trips; on a loaded machine a slower one takes more,
         // but never more than the cap lets through while it ran (each daemon sees its flow).
         let allowed = 2 * (32 + Int((100 * loopSeconds).rounded(.up)) + 2)
         XCTAssertLessThanOrEqual(received, allowed, "and was held to the breaker's cap over \(loopSeconds) s: \(lx ?? "") \(ly ?? "")")
-        XCTAssertEqual(Self.count("drop.loop", lx) + Self.count("drop.loop", ly), 1)
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), 1)
     }
 }

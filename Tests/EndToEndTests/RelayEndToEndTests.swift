@@ -8,20 +8,8 @@ import UDPRelayConfig
 
 /// The relay modes with the real binary and real upstream sockets on loopback.
 final class RelayEndToEndTests: XCTestCase {
-    func startDaemon(_ config: String, arguments: [String] = []) throws -> (DaemonProcess, [String: [SocketAddress]]) {
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config, arguments: arguments)
-        addTeardownBlock { d.stop() }
-        return (d, try d.waitUntilReady())
-    }
-
-    /// The `totals` line of a listener after shutdown, as key=value fields.
-    func totals(_ d: DaemonProcess, _ listener: String) throws -> String {
-        XCTAssertEqual(d.stop(), 0)
-        return try XCTUnwrap(d.log.first { $0.contains(" totals ") && $0.contains("listener.name=\(listener) ") || $0.contains(" totals ") && $0.hasSuffix("listener.name=\(listener)") }, d.log.joined(separator: "\n"))
-    }
-
     func field(_ key: String, _ line: String) -> Int? {
-        DaemonProcess.field(key, in: line).flatMap { Int($0) }
+        DaemonProcess.number(key, in: line)
     }
 
     /// An upstream that answers "<tag>:" + payload, so a client sees which upstream served it.
@@ -70,7 +58,7 @@ final class RelayEndToEndTests: XCTestCase {
         XCTAssertEqual(group.wait(timeout: .now() + 30), .success)
         XCTAssertEqual(failures.items, [])
         XCTAssertEqual(upstream.sources.count, 50, "one session (one upstream source port) per client")
-        let t = try totals(daemon, "fwd")
+        let t = try stopAndTotals(daemon, "fwd")
         XCTAssertEqual(field("sessions_created", t), 50)
         XCTAssertEqual(field("received", t), 50 * perClient)
         XCTAssertEqual(field("sent", t), 50 * perClient)
@@ -157,7 +145,7 @@ final class RelayEndToEndTests: XCTestCase {
             XCTAssertEqual(r2.bytes.prefix(2), r.bytes.prefix(2), "session is sticky")
         }
         XCTAssertEqual(served, ["u0": 10, "u1": 10, "u2": 10])
-        let t = try totals(daemon, "lb")
+        let t = try stopAndTotals(daemon, "lb")
         XCTAssertEqual(field("sessions_created", t), 30)
         let upstreamLines = daemon.log.filter { $0.contains("upstream totals") }
         XCTAssertEqual(upstreamLines.count, 3)
@@ -188,7 +176,7 @@ final class RelayEndToEndTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(Set(home.values).count, 1, "20 clients should spread over several upstreams")
-        let t = try totals(daemon, "h")
+        let t = try stopAndTotals(daemon, "h")
         XCTAssertEqual(field("sessions_created", t), 1000)
         XCTAssertEqual(field("sessions_closed", t), 1000)
     }
@@ -228,7 +216,7 @@ final class RelayEndToEndTests: XCTestCase {
         }
         XCTAssertEqual(upstream.waitForCount(expectedAtUpstream), expectedAtUpstream)
         for name in ["gso", "plain"] {
-            let t = try totals(daemon, name)
+            let t = try stopAndTotals(daemon, name)
             XCTAssertEqual(field("received", t), 240, t)
             XCTAssertEqual(field("sent", t), 240, t)
         }
@@ -261,7 +249,7 @@ final class RelayEndToEndTests: XCTestCase {
                                  "the refusal is noticed without another datagram: " + daemon.log.suffix(5).joined(separator: "\n"))
         XCTAssertTrue(down.contains("upstream=\(upstream.address)"), down)
         XCTAssertNotNil(daemon.waitForLine(containing: "session closed", after: mark, timeout: 5))
-        let t = try totals(daemon, "fwd")
+        let t = try stopAndTotals(daemon, "fwd")
         XCTAssertEqual(field("sessions_failed", t), 1, t)
     }
 
@@ -290,7 +278,7 @@ final class RelayEndToEndTests: XCTestCase {
         }
         XCTAssertEqual(echoing.waitForCount(count), count)
         XCTAssertNil(client.receive(timeout: 0.2), "mirror never answers the client")
-        let t = try totals(daemon, "m")
+        let t = try stopAndTotals(daemon, "m")
         XCTAssertEqual(field("received", t), count)
         XCTAssertGreaterThan(field("replies_ignored", t) ?? 0, count / 2)
         let closedLine = try XCTUnwrap(daemon.log.first { $0.contains("upstream totals") && $0.contains("upstream=\(closed)") })
@@ -310,7 +298,7 @@ final class RelayEndToEndTests: XCTestCase {
         let client = try UDPClient()
         for i in 0..<100 { client.send(payload(10, seed: UInt64(i)), to: try XCTUnwrap(bound["m"]?.first)) }
         XCTAssertEqual(receiver.waitForCount(10), 10)
-        let t = try totals(daemon, "m")
+        let t = try stopAndTotals(daemon, "m")
         XCTAssertEqual(receiver.datagrams.count, 10)
         XCTAssertEqual(field("sampled_out", t), 90)
     }
@@ -346,7 +334,7 @@ final class RelayEndToEndTests: XCTestCase {
             XCTAssertNotNil(client.receive())
         }
         XCTAssertEqual(upstream.sources.count, 2)
-        let t = try totals(daemon, "fwd")
+        let t = try stopAndTotals(daemon, "fwd")
         XCTAssertEqual(field("sessions_expired", t), 1)
         XCTAssertEqual(field("sessions_created", t), 2)
     }
@@ -374,7 +362,7 @@ final class RelayEndToEndTests: XCTestCase {
         b.send([2], to: address)  // b needs a new one (evicting c, the LRU now)
         XCTAssertNotNil(b.receive())
         XCTAssertEqual(upstream.sources.count, 4)
-        let t = try totals(daemon, "fwd")
+        let t = try stopAndTotals(daemon, "fwd")
         XCTAssertEqual(field("sessions_evicted", t), 2)
         XCTAssertEqual(field("sessions_created", t), 4)
     }
@@ -403,7 +391,7 @@ final class RelayEndToEndTests: XCTestCase {
                 XCTAssertTrue((0..<5).contains { r.bytes == payload(16, seed: UInt64($0 * 100 + c)) }, "client \(c) got a foreign reply")
             }
         }
-        let t = try totals(daemon, "fwd")
+        let t = try stopAndTotals(daemon, "fwd")
         let created = try XCTUnwrap(field("sessions_created", t)), evicted = try XCTUnwrap(field("sessions_evicted", t))
         XCTAssertEqual(created - evicted, 4, "the table stays full at max_sessions: \(t)")
         XCTAssertEqual(field("received", t), 200)
@@ -456,7 +444,7 @@ final class RelayEndToEndTests: XCTestCase {
             let r = try XCTUnwrap(client.receive(), "new session \(i) must go to the live upstream")
             XCTAssertEqual(String(decoding: r.bytes.prefix(3), as: UTF8.self), "ok:")
         }
-        let t = try totals(daemon, "lb")
+        let t = try stopAndTotals(daemon, "lb")
         XCTAssertEqual(field("fail_open", t), 0)
         let goneLine = try XCTUnwrap(daemon.log.first { $0.contains("upstream totals") && $0.contains("upstream=\(leaving.address)") })
         XCTAssertEqual(DaemonProcess.field("state", in: goneLine), "down")
@@ -533,7 +521,7 @@ final class RelayEndToEndTests: XCTestCase {
             clients.append(client)
             client.send([2], to: address)  // still sent somewhere: fail open
         }
-        let t = try totals(daemon, "lb")
+        let t = try stopAndTotals(daemon, "lb")
         XCTAssertGreaterThanOrEqual(field("fail_open", t) ?? 0, 5, t)
         XCTAssertEqual(field("session_errors", t), 0, t)
     }
@@ -614,30 +602,8 @@ final class RelayEndToEndTests: XCTestCase {
     }
 
     func testExampleConfigurationStartsAndRelays() throws {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        let text = try String(contentsOf: url.appendingPathComponent("config/udprelayd.ini"), encoding: .utf8)
+        let text = try String(contentsOf: repositoryRoot.appendingPathComponent("config/udprelayd.ini"), encoding: .utf8)
         let check = try DaemonProcess(config: text, arguments: ["--check-config"])
         XCTAssertEqual(check.waitForExit(), 0, check.log.joined(separator: "\n"))
     }
-}
-
-/// A thread-safe boolean.
-final class Flag: @unchecked Sendable {
-    // @unchecked: `v` is guarded by `lock`.
-    private let lock = NSLock()
-    private var v = false
-    var value: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return v }
-        set { lock.lock(); v = newValue; lock.unlock() }
-    }
-}
-
-/// A thread-safe list of failure messages.
-final class LockedList: @unchecked Sendable {
-    // @unchecked: `list` is guarded by `lock`.
-    private let lock = NSLock()
-    private var list: [String] = []
-    func append(_ s: String) { lock.lock(); list.append(s); lock.unlock() }
-    var items: [String] { lock.lock(); defer { lock.unlock() }; return list }
 }

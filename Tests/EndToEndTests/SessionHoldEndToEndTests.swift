@@ -10,17 +10,14 @@ final class SessionHoldEndToEndTests: XCTestCase {
         addTeardownBlock { upstream.stop() }
         // 48 descriptors in all leave room for the 10 live sessions and a few held ones, far
         // fewer than the 30 sessions the clients below close by eviction within the hold.
-        let d = try DaemonProcess(config: """
-        [status]
-        listen = off
+        let (d, bound) = try startDaemon("""
         [listener fwd]
         listen = 127.0.0.1:0
         mode = forward
         upstream = \(upstream.address)
         max_sessions = 10
         """, fileLimit: 48)
-        addTeardownBlock { d.stop() }
-        let relay = try XCTUnwrap(try d.waitUntilReady()["fwd"]?.first)
+        let relay = try XCTUnwrap(bound["fwd"]?.first)
         // Every client stays open to the end: a client closed earlier frees its port, and one
         // opened later on that port would find the earlier client's session (no eviction).
         var clients: [UDPClient] = []
@@ -38,11 +35,10 @@ final class SessionHoldEndToEndTests: XCTestCase {
             }
             XCTAssertEqual(reply, "client \(i)", "client \(i) is served, with its own reply")
         }
-        XCTAssertEqual(d.stop(), 0)
+        let totals = try stopAndTotals(d, "fwd")
         let log = d.log.joined(separator: "\n")
-        let totals = try XCTUnwrap(d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "fwd" })
         XCTAssertEqual(DaemonProcess.field("sessions_evicted", in: totals), "30")
-        let noSession = Int(DaemonProcess.field("drop.no_session", in: totals) ?? "") ?? 0
+        let noSession = DaemonProcess.number("drop.no_session", in: totals) ?? 0
         XCTAssertGreaterThan(noSession, 0, "held sockets were not closed early to make room: \(totals)")
         XCTAssertLessThanOrEqual(noSession, refused, totals)
         XCTAssertTrue(log.contains("cannot open session sockets"), log)

@@ -10,19 +10,11 @@ import UDPRelayConfig
 /// activation does, SIGHUP reloads, journald priority prefixes. (Under a real systemd:
 /// NspawnEndToEndTests.)
 final class SystemdEndToEndTests: XCTestCase {
-    func startDaemon(_ config: String, notify: NotifySocket? = nil, environment: [String: String] = [:],
+    func launch(_ config: String, notify: NotifySocket? = nil, environment: [String: String] = [:],
                      inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false) throws -> DaemonProcess {
         var env = environment
         if let notify { env["NOTIFY_SOCKET"] = notify.path }
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n" + config, environment: env,
-                                  inheritedSocket: inheritedSocket, journalStream: journalStream)
-        addTeardownBlock { d.stop() }
-        return d
-    }
-
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
+        return try launchDaemon(config, environment: env, inheritedSocket: inheritedSocket, journalStream: journalStream)
     }
 
     func rewrite(_ d: DaemonProcess, _ config: String) throws {
@@ -31,7 +23,7 @@ final class SystemdEndToEndTests: XCTestCase {
 
     func testNotifiesReadyStatusReloadingAndStopping() throws {
         let notify = try NotifySocket()
-        let d = try startDaemon("[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
+        let d = try launch("[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
         var seen: [String] = []
         let ready = try XCTUnwrap(notify.wait(seen: &seen) { $0.contains("READY=1") }, "no READY=1; log:\n\(d.log.joined(separator: "\n"))")
         XCTAssertEqual(ready, "READY=1\nSTATUS=1 listener (1 socket); config gen 1")
@@ -74,7 +66,7 @@ final class SystemdEndToEndTests: XCTestCase {
 
     func testWatchdogPingsStopWhileTheProcessIsFrozen() throws {
         let notify = try NotifySocket()
-        let d = try startDaemon("[listener a]\nlisten = 127.0.0.1:0\n", notify: notify, environment: ["WATCHDOG_USEC": "400000"])
+        let d = try launch("[listener a]\nlisten = 127.0.0.1:0\n", notify: notify, environment: ["WATCHDOG_USEC": "400000"])
         var seen: [String] = []
         XCTAssertNotNil(notify.wait(seen: &seen) { $0.contains("READY=1") })
         XCTAssertNotNil(notify.wait(timeout: 2, seen: &seen) { $0 == "WATCHDOG=1" })
@@ -90,7 +82,7 @@ final class SystemdEndToEndTests: XCTestCase {
         // Bound by "systemd" (this test) and passed in as fd 3 named "act".
         let passed = try UDPClient()
         let address = passed.localAddress
-        let d = try startDaemon("""
+        let d = try launch("""
         [listener act]
         listen = 127.0.0.1:9
         [listener plain]
@@ -113,7 +105,7 @@ final class SystemdEndToEndTests: XCTestCase {
 
     func testInheritedSocketWithAnUnknownNameIsAClearError() throws {
         let passed = try UDPClient()
-        let d = try startDaemon("[listener echo]\nlisten = 127.0.0.1:0\n", inheritedSocket: (passed.fd, "udprelayd.socket"))
+        let d = try launch("[listener echo]\nlisten = 127.0.0.1:0\n", inheritedSocket: (passed.fd, "udprelayd.socket"))
         XCTAssertEqual(d.waitForExit(), 1)
         let log = d.log.joined(separator: "\n")
         XCTAssertTrue(log.contains("socket 'udprelayd.socket' passed by systemd (fd 3) matches no [listener udprelayd.socket] in \(d.configPath) (listeners: echo)"), log)
@@ -121,7 +113,7 @@ final class SystemdEndToEndTests: XCTestCase {
 
     /// 20 reloads while a client sends numbered datagrams to an unchanged listener: none lost.
     func testTwentyReloadsUnderTrafficLoseNothing() throws {
-        let d = try startDaemon("[listener steady]\nlisten = 127.0.0.1:0\n")
+        let d = try launch("[listener steady]\nlisten = 127.0.0.1:0\n")
         let steady = try XCTUnwrap(try d.waitUntilReady()["steady"]?.first)
         let client = try UDPClient()
         var sent = 0
@@ -200,7 +192,7 @@ final class SystemdEndToEndTests: XCTestCase {
 
     func testReloadAppliesANewLogLevel() throws {
         let notify = try NotifySocket()
-        let d = try startDaemon("[daemon]\nlog_level = warning\n[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
+        let d = try launch("[daemon]\nlog_level = warning\n[listener a]\nlisten = 127.0.0.1:0\n", notify: notify)
         var seen: [String] = []
         XCTAssertNotNil(notify.wait(seen: &seen) { $0.contains("READY=1") })
         XCTAssertNil(d.log.first { $0.contains(" INFO ") }, "nothing below warning at log_level = warning")
@@ -216,7 +208,7 @@ final class SystemdEndToEndTests: XCTestCase {
         guard access("/run/systemd/journal/socket", F_OK) != 0 else {
             throw XCTSkip("a journald runs here; the journal path is covered by NspawnEndToEndTests")
         }
-        let d = try startDaemon("[listener a]\nlisten = 127.0.0.1:0\n", journalStream: true)
+        let d = try launch("[listener a]\nlisten = 127.0.0.1:0\n", journalStream: true)
         XCTAssertNotNil(d.waitForLine(containing: "<6>ready"), d.log.joined(separator: "\n"))
         XCTAssertNotNil(d.log.first { $0.hasPrefix("<6>starting ") })
         XCTAssertNotNil(d.log.first { $0.hasPrefix("<6>listening ") && $0.contains("listener.name=a") })

@@ -7,23 +7,13 @@ import UDPRelayConfig
 /// the example configuration. Needs systemd-analyze (package systemd; scripts/install-deps.sh
 /// test installs it): without it these tests fail, they do not skip.
 final class UnitFileTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root = repositoryRoot
     static let service = root.appendingPathComponent("systemd/udprelayd.service").path
     static let socket = root.appendingPathComponent("systemd/udprelayd.socket").path
 
     /// Runs a command; returns exit status and stdout+stderr.
     func run(_ arguments: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = arguments
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runCommand(arguments)
     }
 
     func requireSystemdAnalyze() throws {

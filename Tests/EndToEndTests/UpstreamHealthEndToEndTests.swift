@@ -8,26 +8,8 @@ import UDPRelayConfig
 
 /// How upstream health shows to an operator: `/status`, the `/` page and the log.
 final class UpstreamHealthEndToEndTests: XCTestCase {
-    /// Starts the daemon with the status endpoint on; returns it and the status address.
-    func start(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]], SocketAddress) {
-        let d = try DaemonProcess(config: "[status]\nlisten = 127.0.0.1:0\n" + config)
-        addTeardownBlock { d.stop() }
-        let bound = try d.waitUntilReady()
-        let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
-        return (d, bound, try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: line))))
-    }
-
-    func get(_ path: String, from status: SocketAddress) throws -> String {
-        let tcp = try TCPClient(to: status)
-        tcp.send("GET \(path) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        let response = try XCTUnwrap(tcp.readResponse(), "no answer from \(path)")
-        return String(try XCTUnwrap(response.range(of: "\r\n\r\n").map { response[$0.upperBound...] }))
-    }
-
     func upstreams(_ status: SocketAddress) throws -> [[String: Any]] {
-        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try get("/status", from: status).utf8)) as? [String: Any])
-        let listeners = try XCTUnwrap(json["listeners"] as? [[String: Any]])
-        return try XCTUnwrap(listeners.first { $0["name"] as? String == "lb" }?["upstreams"] as? [[String: Any]])
+        try XCTUnwrap(try listenerStatus(status, "lb")["upstreams"] as? [[String: Any]])
     }
 
     /// Issue 12 item 6: an upstream marked down by its probe showed `failures` 0 and "no
@@ -35,7 +17,7 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
     func testProbeDownUpstreamShowsItsFailuresAndWhy() throws {
         let silent = try UpstreamServer(reply: nil)
         addTeardownBlock { silent.stop() }
-        let (daemon, _, status) = try start("""
+        let (daemon, _, status) = try startDaemonWithStatus("""
         [listener lb]
         listen = 127.0.0.1:0
         mode = forward
@@ -52,13 +34,13 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counters["probes_sent"] ?? 0, 1)
         XCTAssertEqual(counters["probes_answered"], 0)
 
-        let page = try get("/", from: status)
+        let page = try httpBody("/", from: status)
         XCTAssertTrue(page.contains("last error: health probe not answered within 0.05 seconds"), page)
         XCTAssertTrue(page.contains(" failures</span>"), "the failures are on the page")
         XCTAssertFalse(page.contains("no failures"), "a down upstream does not say 'no failures'")
         XCTAssertTrue(page.range(of: #"probes 0 of [0-9,]+ answered"#, options: .regularExpression) != nil, page)
 
-        let metrics = try get("/metrics", from: status)
+        let metrics = try httpBody("/metrics", from: status)
         let line = try XCTUnwrap(metrics.split(separator: "\n").first { $0.hasPrefix("udprelayd_upstream_failures_total{") })
         XCTAssertNotEqual(line.split(separator: " ").last, "0", String(line))
     }

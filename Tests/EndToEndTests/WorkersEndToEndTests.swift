@@ -9,28 +9,6 @@ import UDPRelayConfig
 /// `workers = N` with the real binary: N sockets share each address (SO_REUSEPORT), every
 /// client is answered by the worker the kernel keeps it on, and `/status` shows each worker.
 final class WorkersEndToEndTests: XCTestCase {
-    /// Starts the daemon with a status endpoint on a free loopback port; returns it, the bound
-    /// addresses and the status address.
-    func start(_ config: String) throws -> (DaemonProcess, [String: [SocketAddress]], SocketAddress) {
-        let d = try DaemonProcess(config: "[status]\nlisten = 127.0.0.1:0\n" + config)
-        addTeardownBlock { d.stop() }
-        let bound = try d.waitUntilReady()
-        let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
-        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: line)))
-        return (d, bound, status)
-    }
-
-    /// `GET /status?listener=NAME`, the listener's object.
-    func listenerStatus(_ status: SocketAddress, _ name: String) throws -> [String: Any] {
-        let tcp = try TCPClient(to: status)
-        tcp.send("GET /status HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        let response = try XCTUnwrap(tcp.readResponse(), "no answer from /status")
-        let body = try XCTUnwrap(response.range(of: "\r\n\r\n").map { response[$0.upperBound...] })
-        let doc = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
-        let listeners = try XCTUnwrap(doc["listeners"] as? [[String: Any]])
-        return try XCTUnwrap(listeners.first { $0["name"] as? String == name }, "no listener \(name) in \(body)")
-    }
-
     /// The listener's object once its `received` and `sent` packets both reached `expected`
     /// (or after 10 s). A worker counts what it sends just after the send, so a client can hold
     /// its last reply a moment before `sent` moves (a worker preempted on a loaded machine).
@@ -85,7 +63,7 @@ final class WorkersEndToEndTests: XCTestCase {
     }
 
     func testFourEchoWorkersShareThePortAndEachClientGetsItsOwnReplies() throws {
-        let (daemon, bound, status) = try start("""
+        let (daemon, bound, status) = try startDaemonWithStatus("""
         [listener w]
         listen = 127.0.0.1:0
         workers = 4
@@ -118,7 +96,7 @@ final class WorkersEndToEndTests: XCTestCase {
     func testForwardWithTwoWorkersSendsEveryReplyBackToItsClient() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (_, bound, status) = try start("""
+        let (_, bound, status) = try startDaemonWithStatus("""
         [listener fwd]
         listen = 127.0.0.1:0
         mode = forward

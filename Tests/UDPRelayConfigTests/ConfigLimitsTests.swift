@@ -3,11 +3,12 @@ import XCTest
 #if canImport(Glibc)
 import Glibc
 #endif
+import TestSupport
 @testable import UDPRelayConfig
 
 /// What a configuration file may cost to load, whatever is at its path (issue 13 item 8):
 /// only regular files are read, and size, line length, errors and suggestions are bounded.
-final class ConfigLimitsTests: XCTestCase {
+final class ConfigLimitsTests: XCTestCase, ConfigFileTests {
     let listener = "[listener a]\nlisten = 127.0.0.1:9\n"
 
     func temporaryDirectory() throws -> String {
@@ -25,16 +26,6 @@ final class ConfigLimitsTests: XCTestCase {
         do {
             _ = try ConfigLoader.load(path: path)
             return nil
-        } catch {
-            return error
-        }
-    }
-
-    func errors(_ text: String) -> ConfigErrors {
-        do {
-            _ = try ConfigLoader.parse(text, file: "t.ini")
-            XCTFail("expected errors")
-            return ConfigErrors([])
         } catch {
             return error
         }
@@ -95,21 +86,21 @@ final class ConfigLimitsTests: XCTestCase {
 
     func testOverlongLineIsOneErrorNamingItsLength() {
         let long = "allow = " + String(repeating: "10.0.0.1, ", count: 7000) + "10.0.0.2"
-        let e = errors(listener + long + "\n")
+        let e = thrownErrors(listener + long + "\n")
         XCTAssertEqual(e.errors.map(\.line), [3])
         XCTAssertEqual(e.errors[0].message, "line is \(long.utf8.count) bytes long; the limit is 65536")
     }
 
     /// A file of garbage: 5.3 M log lines and 1.4 GB kept for /status before.
     func testOnlyTheFirstHundredErrorsAreKeptAndTheRestCounted() {
-        let e = errors(listener + String(repeating: "garbage\n", count: 5000))
+        let e = thrownErrors(listener + String(repeating: "garbage\n", count: 5000))
         XCTAssertEqual(e.total, 5000)
         XCTAssertEqual(e.errors.count, 101)
         XCTAssertEqual(e.errors.prefix(100).map(\.line), Array(3...102))
         XCTAssertEqual(e.errors[100].description, "t.ini:103: and 4900 more error(s) not shown; fix the ones above and check again")
         XCTAssertLessThan(e.description.utf8.count, 101 * 100)
         // Exactly at the limit nothing is summarised.
-        let hundred = errors(listener + String(repeating: "garbage\n", count: 100))
+        let hundred = thrownErrors(listener + String(repeating: "garbage\n", count: 100))
         XCTAssertEqual(hundred.total, 100)
         XCTAssertEqual(hundred.errors.count, 100)
         XCTAssertFalse(hundred.description.contains("more error"))
@@ -118,7 +109,7 @@ final class ConfigLimitsTests: XCTestCase {
     func testAMegabyteOfBadLinesIsParsedInBoundedTime() {
         let text = String(repeating: "x\n", count: ConfigLimits.maxFileSize / 2)
         let start = Date()
-        let e = errors(text)
+        let e = thrownErrors(text)
         let elapsed = Date().timeIntervalSince(start)
         XCTAssertEqual(e.total, ConfigLimits.maxFileSize / 2 + 1, "every line, and 'no listener'")
         XCTAssertEqual(e.errors.count, 101)
@@ -141,7 +132,7 @@ final class ConfigLimitsTests: XCTestCase {
     func testMessagesShowAnExcerptOfLongKeysAndValues() {
         let key = String(repeating: "k", count: 60_000)
         let value = String(repeating: "v", count: 60_000)
-        let e = errors(listener + "\(key) = 1\nmode = \(value)\n")
+        let e = thrownErrors(listener + "\(key) = 1\nmode = \(value)\n")
         XCTAssertEqual(e.errors.map(\.line), [3, 4])
         for error in e.errors {
             XCTAssertLessThan(error.description.utf8.count, 2048, String(error.description.prefix(200)))
@@ -160,20 +151,8 @@ final class ConfigLimitsTests: XCTestCase {
         let c = try ConfigLoader.parse(text, file: "t.ini")
         XCTAssertEqual(c.listeners.count, 4000)
         XCTAssertLessThan(Date().timeIntervalSince(start), 20)
-        let e = errors(text + "[listener w]\nlisten = 0.0.0.0:7007\n")
+        let e = thrownErrors(text + "[listener w]\nlisten = 0.0.0.0:7007\n")
         XCTAssertEqual(e.errors.count, 1)
         XCTAssertTrue(e.errors[0].message.contains("0.0.0.0:7007 overlaps 127.0.0.1:7007 of listener 'l0'"), e.errors[0].message)
-    }
-}
-
-/// A value handed from one thread to another.
-final class LockedBox<T>: @unchecked Sendable {
-    // @unchecked: every access holds `lock`.
-    private let lock = NSLock()
-    private var stored: T
-    init(_ value: T) { stored = value }
-    var value: T {
-        get { lock.lock(); defer { lock.unlock() }; return stored }
-        set { lock.lock(); stored = newValue; lock.unlock() }
     }
 }

@@ -1,27 +1,10 @@
 import XCTest
+import TestSupport
 @testable import UDPRelayConfig
 
-final class ConfigTests: XCTestCase {
+final class ConfigTests: XCTestCase, ConfigFileTests {
     /// Path of the annotated example shipped in the repo.
-    static let examplePath: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.appendingPathComponent("config/udprelayd.ini").path
-    }()
-
-    func parse(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse(text, file: "t.ini")
-    }
-
-    func errors(_ text: String) -> [ConfigError] {
-        do {
-            _ = try ConfigLoader.parse(text, file: "t.ini")
-            XCTFail("expected errors for:\n\(text)")
-            return []
-        } catch {
-            return error.errors
-        }
-    }
+    static let examplePath = repositoryRoot.appendingPathComponent("config/udprelayd.ini").path
 
     func testExampleFileParses() throws {
         let c = try ConfigLoader.load(path: Self.examplePath)

@@ -1,22 +1,9 @@
 import XCTest
+import TestSupport
 @testable import UDPRelayConfig
 
 /// Listener keys that tune the datapath: `busy_poll`, `workers`, `udp_gso`.
-final class DatapathKeysTests: XCTestCase {
-    func parse(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse(text, file: "t.ini")
-    }
-
-    func errors(_ text: String) -> [ConfigError] {
-        do {
-            _ = try ConfigLoader.parse(text, file: "t.ini")
-            XCTFail("expected errors for:\n\(text)")
-            return []
-        } catch {
-            return error.errors
-        }
-    }
-
+final class DatapathKeysTests: XCTestCase, ConfigFileTests {
     func testMicrosecondDurations() throws {
         XCTAssertEqual(try Values.duration("50us"), .microseconds(50))
         XCTAssertEqual(try Values.duration("0us", allowZero: true), .zero)

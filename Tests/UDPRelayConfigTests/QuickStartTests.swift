@@ -1,15 +1,12 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// The README's quick start works after `make run` alone (issue 12 item 15): every program its
 /// commands run is installed by `make run` (or is part of any Debian system), and the address
 /// they talk to is one the example configuration listens on.
 final class QuickStartTests: XCTestCase {
-    static let root: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url
-    }()
+    static let root = repositoryRoot
 
     /// Programs of Debian's essential set, and `make`, which the quick start presumes.
     static let alwaysThere: Set<String> = ["make", "echo", "printf", "cat", "sh", "bash", "kill", "sleep"]
@@ -31,19 +28,11 @@ final class QuickStartTests: XCTestCase {
         return commands
     }
 
+    /// stdout of a command run in the checkout, which must succeed.
     func run(_ arguments: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = arguments
-        p.currentDirectoryURL = Self.root
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, "\(arguments)")
-        return String(decoding: data, as: UTF8.self)
+        let (status, output) = try runCommand(arguments, in: Self.root, withStderr: false)
+        XCTAssertEqual(status, 0, "\(arguments)")
+        return output
     }
 
     func testEveryProgramTheQuickStartRunsIsInstalledByMakeRun() throws {

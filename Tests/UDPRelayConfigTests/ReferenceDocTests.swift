@@ -1,15 +1,12 @@
 import XCTest
+import TestSupport
 @testable import UDPRelayConfig
 
 /// config/README.md is the configuration reference, and udprelayd.ini(5) is generated from it
 /// (packaging/man/md2man.py; scripts/check-man.sh checks that step). This test closes the chain:
 /// the keys the parser accepts and the keys the reference documents are the same, section by section.
 final class ReferenceDocTests: XCTestCase {
-    static let referencePath: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.appendingPathComponent("config/README.md").path
-    }()
+    static let referencePath = repositoryRoot.appendingPathComponent("config/README.md").path
 
     /// Keys per section kind, from the reference's tables: a `## `[kind ...]`` heading, then
     /// rows whose first cell is a code span ("| `key` | ...").

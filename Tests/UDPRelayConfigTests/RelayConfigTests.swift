@@ -1,21 +1,8 @@
 import XCTest
+import TestSupport
 @testable import UDPRelayConfig
 
-final class RelayConfigTests: XCTestCase {
-    func parse(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse(text, file: "t.ini")
-    }
-
-    func errors(_ text: String) -> [ConfigError] {
-        do {
-            _ = try ConfigLoader.parse(text, file: "t.ini")
-            XCTFail("expected errors for:\n\(text)")
-            return []
-        } catch {
-            return error.errors
-        }
-    }
-
+final class RelayConfigTests: XCTestCase, ConfigFileTests {
     func testRelayKeysAndDefaults() throws {
         let c = try parse("""
         [listener f]

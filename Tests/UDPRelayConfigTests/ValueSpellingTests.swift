@@ -1,14 +1,11 @@
 import XCTest
+import TestSupport
 @testable import UDPRelayConfig
 
 /// One rule for how values are spelled (issue 12 item 8): keywords and units in any case,
 /// binary size units with or without `iB`, and every example a message gives is a value the
 /// key accepts.
-final class ValueSpellingTests: XCTestCase {
-    func parse(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse(text, file: "t.ini")
-    }
-
+final class ValueSpellingTests: XCTestCase, ConfigFileTests {
     func messages(_ text: String) -> [String] {
         do {
             _ = try ConfigLoader.parse(text, file: "t.ini")

@@ -15,8 +15,8 @@ final class AdmissionOrderTests: XCTestCase {
             if mode != "echo" { text += "mode = \(mode)\nupstream = \(upstream.localAddress)\n" }
         }
         let datapath = try Datapath(configuration: try ConfigLoader.parse(text, file: "t.ini"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         for mode in ["echo", "forward", "mirror"] {
             let listener = try XCTUnwrap(datapath.listener(named: mode))

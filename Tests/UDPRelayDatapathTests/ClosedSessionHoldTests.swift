@@ -10,24 +10,11 @@ import UDPRelayConfig
 
 /// A closed relay session keeps its socket for a while, so a reply still on its way cannot
 /// reach a newer session that the kernel gave the same ephemeral port (and so another client).
-final class ClosedSessionHoldTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
+final class ClosedSessionHoldTests: XCTestCase, ConfigFileTests {
     /// Whether a socket can bind 127.0.0.1:`port` right now (false while a session holds it).
     func portIsFree(_ port: UInt16) -> Bool {
         guard let fd = try? UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: port)) else { return false }
         close(fd)
-        return true
-    }
-
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
         return true
     }
 
@@ -38,13 +25,13 @@ final class ClosedSessionHoldTests: XCTestCase {
         if let hold { tuning.closedSessionHold = hold }
         let text = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nmax_sessions = 1\nupstream = \(upstream.localAddress)\n" + extra
         let datapath = try Datapath(configuration: try configuration(text), logger: Logger(label: "test"), tuning: tuning)
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: "fwd")), upstream)
     }
 
     func testLateReplyToAnEvictedSessionIsCountedAndReachesNobody() throws {
         let (datapath, fwd, upstream) = try startRelay()
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let address = fwd.boundAddresses[0]
         let (a, b) = (try UDPClient(), try UDPClient())
         a.send(Array("a".utf8), to: address)
@@ -63,14 +50,14 @@ final class ClosedSessionHoldTests: XCTestCase {
         XCTAssertNil(a.receive(timeout: 0.1), "a's session is gone: its late reply is dropped")
         XCTAssertEqual(fwd.counters()[.repliesIgnored], 1)
 
-        datapath.stop()
+        datapath.stopBlocking()
         XCTAssertTrue(portIsFree(fromA.port), "stopping closes held sockets too")
         XCTAssertTrue(portIsFree(fromB.port))
     }
 
     func testAnExpiredSessionHoldsItsPortToo() throws {
         let (datapath, fwd, upstream) = try startRelay(extra: "session_timeout = 100ms\n")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let a = try UDPClient()
         a.send([1], to: fwd.boundAddresses[0])
         let fromA = try XCTUnwrap(upstream.receive()).from
@@ -84,7 +71,7 @@ final class ClosedSessionHoldTests: XCTestCase {
     func testHeldSocketIsClosedOnceTheHoldIsOver() throws {
         // A short hold and a short session_timeout, so the expiry timer runs often.
         let (datapath, fwd, upstream) = try startRelay(hold: 50_000_000, extra: "session_timeout = 1s\n")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let address = fwd.boundAddresses[0]
         let (a, b) = (try UDPClient(), try UDPClient())
         a.send([1], to: address)
@@ -100,8 +87,8 @@ final class ClosedSessionHoldTests: XCTestCase {
         var upstream: UDPClient? = try UDPClient()
         let text = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(upstream!.localAddress)\n"
         let datapath = try Datapath(configuration: try configuration(text), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let fwd = try XCTUnwrap(datapath.listener(named: "fwd"))
         let a = try UDPClient()
         a.send([1], to: fwd.boundAddresses[0])

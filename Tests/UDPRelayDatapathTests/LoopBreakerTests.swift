@@ -45,8 +45,8 @@ final class LoopBreakerTests: XCTestCase {
         var configuration = try ConfigLoader.parse("[status]\nlisten = off\n[listener x]\nlisten = 127.0.0.1:0\n", file: "t.ini")
         configuration.listeners = listeners
         let datapath = try Datapath(configuration: configuration, logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         let client6 = try UDPClient(ipv6: true)
         client.send(Array("self".utf8), to: SocketAddress(ip: .v4(0x7F00_0001), port: p))

@@ -9,20 +9,11 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// What relay listeners count, as `/status`, `/metrics` and the page show it.
-final class RelayCountersTests: XCTestCase {
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
-
+final class RelayCountersTests: XCTestCase, ConfigFileTests {
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
-        let datapath = try Datapath(configuration: try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini"),
+        let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
 
@@ -36,7 +27,7 @@ final class RelayCountersTests: XCTestCase {
         workers = 2
         upstream = \(a.address), \(b.address)
         """, name: "m")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         for size in [10, 20, 30] { client.send(payload(size, seed: UInt64(size)), to: mirror.boundAddresses[0]) }
         XCTAssertEqual(a.waitForCount(3), 3)

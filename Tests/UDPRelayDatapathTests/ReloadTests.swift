@@ -1,7 +1,6 @@
 import Dispatch
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -11,11 +10,7 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// `Datapath.apply`: reload as a diff, in process.
-final class ReloadTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
+final class ReloadTests: XCTestCase, ConfigFileTests {
     /// A port that was free a moment ago (for tests that must name a fixed port).
     func freePort() throws -> UInt16 {
         let fd = try UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: 0))
@@ -23,27 +18,22 @@ final class ReloadTests: XCTestCase {
         return try UDPSocket.localAddress(fd).port
     }
 
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
-    }
-
     func testUnchangedListenerKeepsSocketAndCountersAndLosesNothingAcrossReloads() throws {
         let base = "[listener steady]\nlisten = 127.0.0.1:0\n"
         let datapath = try Datapath(configuration: try configuration(base), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let steady = try XCTUnwrap(datapath.listener(named: "steady"))
         let address = steady.boundAddresses[0]
         let client = try UDPClient()
 
-        let stopSending = Shared(false)
-        let sent = Shared(0)
-        let progress = Shared(0)
+        let stopSending = LockedBox(false)
+        let sent = LockedBox(0)
+        let progress = LockedBox(0)
         // Replies seen so far: the sender keeps at most `window` datagrams unanswered, so a
         // slow datapath (ThreadSanitizer, a loaded machine) is never flooded past its socket
         // buffers; whatever goes missing is lost by the reloads, not by the test's pace.
-        let answered = Shared(0)
+        let answered = LockedBox(0)
         let window = 400  // fits the client's receive buffer even at a default rmem_max (about 500 small datagrams)
         // The sender thread only sends and this thread only receives on the client's socket.
         nonisolated(unsafe) let sending = client
@@ -66,9 +56,9 @@ final class ReloadTests: XCTestCase {
         }
         // Replies are read as they come, so the client's receive buffer never overflows
         // however long the reloads take on a loaded machine.
-        let seenShared = Shared(Set<Int>())
+        let seenShared = LockedBox(Set<Int>())
         // Set once the sender has stopped: the number of datagrams it sent.
-        let expected = Shared<Int?>(nil)
+        let expected = LockedBox<Int?>(nil)
         let receiverDone = DispatchSemaphore(value: 0)
         nonisolated(unsafe) let receiving = client
         let receiver = Thread {
@@ -119,13 +109,13 @@ final class ReloadTests: XCTestCase {
     func testUnchangedRelayListenerKeepsItsSessions() throws {
         // An echo listener stands in for the upstream of a forward listener.
         let upstream = try Datapath(configuration: try configuration("[listener up]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        upstream.start()
-        defer { upstream.stop() }
+        upstream.startBlocking()
+        defer { upstream.stopBlocking() }
         let up = try XCTUnwrap(upstream.listener(named: "up")?.boundAddresses.first)
         let relay = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(up)\nmax_sessions = 100\n"
         let datapath = try Datapath(configuration: try configuration(relay), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let fwd = try XCTUnwrap(datapath.listener(named: "fwd"))
         let client = try UDPClient()
         XCTAssertEqual(echo(client, fwd.boundAddresses[0], "first"), "first")
@@ -140,8 +130,8 @@ final class ReloadTests: XCTestCase {
     func testChangedListenerOnTheSamePortIsRebuiltWithoutRebinding() throws {
         let port = try freePort()
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "before"), "before")
@@ -155,8 +145,8 @@ final class ReloadTests: XCTestCase {
 
     func testRemovedListenerClosesAndNewOneBinds() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        await datapath.start()
+        defer { datapath.stopBlocking() }
         let oldAddress = try XCTUnwrap(datapath.listener(named: "a")?.boundAddresses.first)
         let changes = try datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(changes, ListenerChanges(removed: ["a"], added: ["b"]))
@@ -178,7 +168,7 @@ final class ReloadTests: XCTestCase {
     /// stop the watchdog pings), not vanish from the set while the reload hangs on it.
     func testAQueueWedgedDuringAReloadStillFailsTheProbe() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener old]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
+        await datapath.start()
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "old")!.workers[0].queue.async { release.wait() }
         let next = try configuration("[listener new]\nlisten = 127.0.0.1:0\n")
@@ -193,13 +183,13 @@ final class ReloadTests: XCTestCase {
         release.signal()
         XCTAssertEqual(applied.wait(timeout: .now() + 5), .success)
         XCTAssertEqual(datapath.listeners.map(\.name), ["new"])
-        datapath.stop()
+        await datapath.stop()
     }
 
     func testFailedApplyChangesNothing() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let holder = try UDPClient()
         XCTAssertThrowsError(try datapath.apply(try configuration("""
@@ -225,25 +215,15 @@ final class ReloadTests: XCTestCase {
         let address = try UDPSocket.localAddress(passed)
         let config = try configuration("[listener act]\nlisten = 127.0.0.1:9\n[listener plain]\nlisten = 127.0.0.1:0\n")
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"), inherited: ["act": [passed]])
-        datapath.start()
+        datapath.startBlocking()
         XCTAssertEqual(datapath.listener(named: "act")?.boundAddresses, [address])
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "activated"), "activated")
         // A changed listener takes the inherited socket again.
         try datapath.apply(try configuration("[listener act]\nlisten = 127.0.0.1:9\nmax_datagram = 100\n[listener plain]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(echo(client, address, "again"), "again")
-        datapath.stop()
+        datapath.stopBlocking()
         // The datapath served duplicates: the passed-in descriptor is still open.
         XCTAssertNotEqual(fcntl(passed, F_GETFD), -1)
-    }
-}
-
-/// A value shared between the test and a sender thread.
-final class Shared<T: Sendable>: Sendable {
-    private let m: NIOLockedValueBox<T>
-    init(_ v: T) { m = NIOLockedValueBox(v) }
-    var value: T {
-        get { m.withLockedValue { $0 } }
-        set { m.withLockedValue { $0 = newValue } }
     }
 }

@@ -12,21 +12,12 @@ import UDPRelayConfig
 /// `proxy_requests`): a client that sends a second query before the first answer (dnsperf,
 /// glibc's A + AAAA from one socket) gets both answers (issue 12 item 1).
 final class SessionRepliesTests: XCTestCase {
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
-
     /// A relay listener over `upstreams` (test sockets answered by hand) with the extra keys.
     func startRelay(_ upstreams: [UDPClient], mode: String, extra: String) throws -> (Datapath, Listener) {
         let list = upstreams.map { "\($0.localAddress)" }.joined(separator: ", ")
         let text = "[status]\nlisten = off\n[listener r]\nlisten = 127.0.0.1:0\nmode = \(mode)\nupstream = \(list)\n" + extra
         let datapath = try Datapath(configuration: try ConfigLoader.parse(text, file: "t.ini"), logger: Logger(label: "test"))
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: "r")))
     }
 
@@ -49,7 +40,7 @@ final class SessionRepliesTests: XCTestCase {
     func testPipelinedQueriesEachGetTheirReplyThroughBalance() throws {
         let upstreams = [try UDPClient(), try UDPClient()]
         let (datapath, relay) = try startRelay(upstreams, mode: "balance", extra: "balance = hash\nsession_max_replies = 1\n")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         // A and AAAA back to back from one socket, before any answer.
         client.send(Array("query A".utf8), to: relay.boundAddresses[0])
@@ -66,7 +57,7 @@ final class SessionRepliesTests: XCTestCase {
     func testOneRequestSessionStillClosesAfterItsReply() throws {
         let upstream = try UDPClient()
         let (datapath, relay) = try startRelay([upstream], mode: "forward", extra: "session_max_replies = 1\n")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         client.send(Array("q1".utf8), to: relay.boundAddresses[0])
         let q1 = try XCTUnwrap(upstream.receive())
@@ -91,7 +82,7 @@ final class SessionRepliesTests: XCTestCase {
     func testRepliesBeyondTheLimitOfALiveSessionAreCountedOnTheUpstreamToo() throws {
         let upstream = try UDPClient()
         let (datapath, relay) = try startRelay([upstream], mode: "forward", extra: "session_max_replies = 2\n")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         client.send(Array("q".utf8), to: relay.boundAddresses[0])
         let q = try XCTUnwrap(upstream.receive())

@@ -11,17 +11,8 @@ import UDPRelayConfig
 /// Relay session sockets get the listener's `rcvbuf`/`sndbuf`, and datagrams the kernel drops
 /// for a full receive buffer are counted (`receive_buffer_full`) on listener and session
 /// sockets (issue 13 item 11).
-final class SocketBufferTests: XCTestCase {
+final class SocketBufferTests: XCTestCase, ConfigFileTests {
     static let largest = 65507
-
-    func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
 
     /// Runs `body` while the worker's queue is blocked, so the worker reads nothing meanwhile
     /// and a burst piles up in the kernel's receive buffer as it would behind a busy worker.
@@ -37,9 +28,9 @@ final class SocketBufferTests: XCTestCase {
     }
 
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
-        let datapath = try Datapath(configuration: try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini"),
+        let datapath = try Datapath(configuration: try configuration(text),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
 
@@ -64,7 +55,7 @@ final class SocketBufferTests: XCTestCase {
         // Without CAP_NET_ADMIN the kernel caps the 4 MiB at net.core.rmem_max (208 KiB by default).
         guard getuid() == 0 else { throw XCTSkip("needs root for SO_RCVBUFFORCE (CI runs as root)") }
         let (datapath, fwd, client, upstream, session) = try relay(extra: "")  // rcvbuf = 4MiB by default
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         whileStalled(fwd.workers[0]) {
             for i in 0..<50 { upstream.send(payload(Self.largest, seed: UInt64(i)), to: session) }
         }
@@ -77,7 +68,7 @@ final class SocketBufferTests: XCTestCase {
     func testRepliesTheKernelDropsOnASessionSocketAreCounted() throws {
         // The smallest buffer: one large reply fits, the rest of a burst is dropped.
         let (datapath, fwd, client, upstream, session) = try relay(extra: "rcvbuf = 4KiB")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         whileStalled(fwd.workers[0]) {
             for i in 0..<50 { upstream.send(payload(Self.largest, seed: UInt64(i)), to: session) }
         }
@@ -97,7 +88,7 @@ final class SocketBufferTests: XCTestCase {
         max_datagram = 65507
         rcvbuf = 4KiB
         """, name: "e")
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let client = try UDPClient()
         whileStalled(echo.workers[0]) {
             for i in 0..<50 { client.send(payload(Self.largest, seed: UInt64(i)), to: echo.boundAddresses[0]) }

@@ -10,16 +10,7 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// `workers = N`: N sockets per address with SO_REUSEPORT, each with its own worker.
-final class WorkersTests: XCTestCase {
-    func configuration(_ text: String) throws -> Configuration {
-        try ConfigLoader.parse("[status]\nlisten = off\n" + text, file: "t.ini")
-    }
-
-    func echo(_ client: UDPClient, _ address: SocketAddress, _ text: String) -> String? {
-        client.send(Array(text.utf8), to: address)
-        return client.receive(timeout: 3).map { String(decoding: $0.bytes, as: UTF8.self) }
-    }
-
+final class WorkersTests: XCTestCase, ConfigFileTests {
     func reusePort(_ fd: Int32) -> Int32 {
         (try? UDPSocket.getIntOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT)) ?? -1
     }
@@ -27,8 +18,8 @@ final class WorkersTests: XCTestCase {
     func testEachAddressGetsNSocketsOnThePortTheFirstLearned() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0, [::1]:0\nworkers = 3\n"),
                                     logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         XCTAssertEqual(a.workers.count, 6)
         XCTAssertEqual(a.groups.map(\.count), [3, 3])
@@ -52,7 +43,7 @@ final class WorkersTests: XCTestCase {
 
     func testOneWorkerDoesNotShareThePort() throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"))
-        defer { datapath.stop() }
+        defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         XCTAssertEqual(a.workers.count, 1)
         XCTAssertEqual(reusePort(a.workers[0].fd), 0, "another process must not be able to join the port")
@@ -86,8 +77,8 @@ final class WorkersTests: XCTestCase {
             try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\n\(workers)")
         }
         let datapath = try Datapath(configuration: try config(""), logger: Logger(label: "test"))
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "one"), "one")
@@ -117,8 +108,8 @@ final class WorkersTests: XCTestCase {
         let address = try UDPSocket.localAddress(passed)
         let datapath = try Datapath(configuration: try configuration("[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n"),
                                     logger: Logger(label: "test"), inherited: ["act": [passed]])
-        datapath.start()
-        defer { datapath.stop() }
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
         let act = try XCTUnwrap(datapath.listener(named: "act"))
         XCTAssertEqual(act.workers.count, 1)
         XCTAssertEqual(act.boundAddresses, [address])
@@ -128,7 +119,7 @@ final class WorkersTests: XCTestCase {
     func testAWedgedWorkerIsNamedByItsNumber() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
                                     logger: Logger(label: "test"))
-        datapath.start()
+        await datapath.start()
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let release = DispatchSemaphore(value: 0)
         a.workers[1].queue.async { release.wait() }  // wedge the second worker
@@ -136,7 +127,7 @@ final class WorkersTests: XCTestCase {
         // loaded machine (the wedged one never answers, whatever the timeout).
         let problems = await datapath.probe(timeout: .seconds(2))
         release.signal()
-        datapath.stop()
+        await datapath.stop()
         XCTAssertEqual(problems, ["listener 'a' queue for \(a.boundAddresses[0]) (worker 2 of 2) did not answer within 2.0 seconds"])
     }
 }

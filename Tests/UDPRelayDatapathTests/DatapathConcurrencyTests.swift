@@ -1,0 +1,46 @@
+import Foundation
+import Logging
+import XCTest
+import TestSupport
+import UDPRelayConfig
+@testable import UDPRelayDatapath
+
+/// `start`, `stop` and `probe` suspend instead of blocking a Swift-concurrency thread: the
+/// cooperative pool has as many threads as cores (two here), so a stop that waited on a
+/// DispatchGroup for a busy worker queue held one of them for as long.
+final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
+    func testStopsWaitingForBusyQueuesLeaveTheCooperativePoolFree() async throws {
+        // More stops than the pool has threads, each waiting for a worker queue that is busy
+        // until `release` is signalled 3 s from now (on a Dispatch queue, not the pool).
+        let count = ProcessInfo.processInfo.activeProcessorCount + 1
+        let release = DispatchSemaphore(value: 0)
+        var stops: [Task<Void, Never>] = []
+        for _ in 0..<count {
+            let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+                                        logger: Logger(label: "test"))
+            await datapath.start()
+            datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }
+            stops.append(Task { await datapath.stop() })
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 3) { for _ in 0..<count { release.signal() } }
+        // Work on the pool goes on meanwhile (a blocked pool would run it only after release).
+        let started = ContinuousClock.now
+        let answer = await Task.detached { 6 * 7 }.value
+        let waited = ContinuousClock.now - started
+        XCTAssertEqual(answer, 42)
+        XCTAssertLessThan(waited, .seconds(1), "a task waited \(waited) for a thread of the cooperative pool")
+        for stop in stops { await stop.value }
+    }
+
+    func testProbeReturnsAsSoonAsEveryQueueAnswered() async throws {
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
+                                    logger: Logger(label: "test"))
+        await datapath.start()
+        let started = ContinuousClock.now
+        let problems = await datapath.probe(timeout: .seconds(10))
+        let took = ContinuousClock.now - started
+        await datapath.stop()
+        XCTAssertEqual(problems, [])
+        XCTAssertLessThan(took, .seconds(5), "a probe of healthy queues ends when they answered, not at its timeout")
+    }
+}

@@ -1,0 +1,28 @@
+import Foundation
+import Logging
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+import TestSupport
+@testable import UDPRelaySystemd
+
+final class SocketActivationTests: XCTestCase {
+    func testSocketsAreGroupedByListenerName() throws {
+        let sockets = [SocketActivation.InheritedSocket(fd: 3, name: "echo"), .init(fd: 4, name: "echo"), .init(fd: 5, name: "small")]
+        let byName = try SocketActivation.assign(sockets, toListeners: ["echo", "small", "plain"], configFile: "/etc/u.ini")
+        XCTAssertEqual(byName, ["echo": [3, 4], "small": [5]])
+    }
+
+    func testAnUnknownNameIsAClearError() {
+        let sockets = [SocketActivation.InheritedSocket(fd: 3, name: "udprelayd.socket")]
+        XCTAssertThrowsError(try SocketActivation.assign(sockets, toListeners: ["echo", "small"], configFile: "/etc/u.ini")) { error in
+            XCTAssertEqual("\(error)", "socket 'udprelayd.socket' passed by systemd (fd 3) matches no [listener udprelayd.socket] in /etc/u.ini (listeners: echo, small); set FileDescriptorName= in the .socket unit to a listener name")
+        }
+    }
+
+    func testNoSocketsWithoutListenFds() throws {
+        unsetenv("LISTEN_FDS")
+        XCTAssertEqual(try SocketActivation.takeInheritedSockets(), [])
+    }
+}
