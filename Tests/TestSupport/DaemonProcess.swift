@@ -20,6 +20,14 @@ public final class DaemonProcess: @unchecked Sendable {
     private let readers = DispatchGroup()
 
     /// The built binary, next to the test bundle.
+    /// How much slower than a plain build the daemon runs: 1, or 10 under ThreadSanitizer or
+    /// AddressSanitizer (`make sanitize` sets TSAN_OPTIONS/ASAN_OPTIONS for the run). For the
+    /// few tests that assert how long a user-visible operation takes.
+    public static var slowdown: Double {
+        let env = ProcessInfo.processInfo.environment
+        return env["TSAN_OPTIONS"] != nil || env["ASAN_OPTIONS"] != nil ? 10 : 1
+    }
+
     public static var binary: URL {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("udprelayd")
     }
