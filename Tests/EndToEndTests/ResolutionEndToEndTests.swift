@@ -7,7 +7,7 @@ import TestSupport
 import UDPRelayConfig
 
 /// Hostnames that never resolve hold neither READY nor a reload longer than the documented
-/// bound (2 s; issue 13 item 9: getaddrinfo ran in line, one name after another). The daemon
+/// bound (2 s; before, getaddrinfo ran in line, one name after another). The daemon
 /// runs in network and mount namespaces the test makes, where /etc/resolv.conf names a DNS
 /// server on loopback that never answers: the machine's own resolver is never asked.
 final class ResolutionEndToEndTests: XCTestCase {
