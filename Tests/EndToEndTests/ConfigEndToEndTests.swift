@@ -80,12 +80,8 @@ final class ConfigEndToEndTests: XCTestCase {
     }
 
     func testAReloadOfAFileOfGarbageLogsAndKeepsABoundedNumberOfErrors() throws {
-        let config = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
-        let d = try DaemonProcess(config: config)
-        addTeardownBlock { d.stop() }
-        _ = try d.waitUntilReady()
-        let statusLine = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
-        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: statusLine)))
+        let (d, _, status) = try startDaemonWithStatus("[listener a]\nlisten = 127.0.0.1:0\n")
+        let config = try String(contentsOfFile: d.configPath, encoding: .utf8)
 
         try (config + String(repeating: "garbage\n", count: 20_000)).write(toFile: d.configPath, atomically: true, encoding: .utf8)
         let (ok, lines) = reload(d)
