@@ -19,6 +19,7 @@ extension Datapath {
     @discardableResult
     public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
         try reloading.withTypedLock { () throws(BindError) -> ListenerChanges in
+            stopped.withLockedValue { $0 }?.wait()
             let old = listeners
             let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
             let keep = Set(changes.unchanged)

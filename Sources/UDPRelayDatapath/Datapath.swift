@@ -37,6 +37,9 @@ public final class Datapath: Sendable {
     let running = NIOLockedValueBox(false)
     /// Serializes reloads.
     let reloading = NIOLock()
+    /// Left once the sockets `stop()` closes are closed; a reload that comes meanwhile waits
+    /// for it, as it waited for `reloading` when `stop` held that lock to the end.
+    let stopped = NIOLockedValueBox<DispatchGroup?>(nil)
     /// Sockets passed in by systemd, by listener name. Kept open for the life of the process;
     /// listeners serve duplicates, so a reload can hand the same socket to a new listener.
     let inherited: [String: [Int32]]
@@ -102,7 +105,9 @@ public final class Datapath: Sendable {
     func beginStop() -> DispatchGroup {
         reloading.withLock {
             running.withLockedValue { $0 = false }
-            return stop(listeners)
+            let done = stop(listeners)
+            stopped.withLockedValue { $0 = done }
+            return done
         }
     }
 
