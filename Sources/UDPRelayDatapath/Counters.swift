@@ -1,4 +1,4 @@
-import Atomics
+import Synchronization
 
 /// The counters every worker keeps. Names are the ones `/status` and `/metrics` show.
 public enum Counter: Int, CaseIterable, Sendable {
@@ -35,7 +35,7 @@ public enum Counter: Int, CaseIterable, Sendable {
     case receiveErrors
     /// Sources forgotten by the per-source rate limiter because its table was full.
     case rateLimitEvictions
-    /// Relay modes (issue 3); zero on echo listeners.
+    /// Relay modes; zero on echo listeners.
     /// Sessions open now (a gauge, not monotonic).
     case sessionsActive
     case sessionsCreated
@@ -83,35 +83,27 @@ public enum Counter: Int, CaseIterable, Sendable {
 /// One worker's counters. Each has a single writer (the worker's queue), which adds with a
 /// relaxed load and store (no locked instruction on the hot path); readers on other threads
 /// take relaxed loads and sum workers on demand. 64-bit and monotonic.
-public final class CounterSet: @unchecked Sendable {
-    // @unchecked: the storage is only accessed through atomic operations.
-    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+public final class CounterSet: Sendable {
+    private let words = AtomicWords(count: Counter.allCases.count)
 
-    public init() {
-        storage = .allocate(capacity: Counter.allCases.count)
-        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: Counter.allCases.count)
-    }
+    public init() {}
 
-    deinit {
-        storage.deinitialize(count: Counter.allCases.count)
-        storage.deallocate()
-    }
+    deinit { words.deallocate() }
 
     /// Adds `n` to a counter. Call only from the owning worker's queue (single writer).
     @inline(__always)
     public func add(_ counter: Counter, _ n: UInt64 = 1) {
-        let a = UnsafeAtomic<UInt64>(at: storage + counter.rawValue)
-        a.store(a.load(ordering: .relaxed) &+ n, ordering: .relaxed)
+        words.add(counter.rawValue, n)
     }
 
     /// Sets a gauge (`sessionsActive`). Call only from the owning worker's queue.
     @inline(__always)
     public func set(_ counter: Counter, _ v: UInt64) {
-        UnsafeAtomic<UInt64>(at: storage + counter.rawValue).store(v, ordering: .relaxed)
+        words[counter.rawValue] = v
     }
 
     public func value(_ counter: Counter) -> UInt64 {
-        UnsafeAtomic<UInt64>(at: storage + counter.rawValue).load(ordering: .relaxed)
+        words[counter.rawValue]
     }
 
     public func snapshot() -> CounterSnapshot {
@@ -189,29 +181,21 @@ public enum UpstreamCounter: Int, CaseIterable, Sendable {
 }
 
 /// One worker's counters for one upstream: single writer, lock-free readers.
-public final class UpstreamCounterSet: @unchecked Sendable {
-    // @unchecked: the storage is only accessed through atomic operations.
-    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+public final class UpstreamCounterSet: Sendable {
+    private let words = AtomicWords(count: UpstreamCounter.allCases.count)
 
-    public init() {
-        storage = .allocate(capacity: UpstreamCounter.allCases.count)
-        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: UpstreamCounter.allCases.count)
-    }
+    public init() {}
 
-    deinit {
-        storage.deinitialize(count: UpstreamCounter.allCases.count)
-        storage.deallocate()
-    }
+    deinit { words.deallocate() }
 
     /// Adds `n`. Call only from the owning queue (single writer).
     @inline(__always)
     public func add(_ counter: UpstreamCounter, _ n: UInt64 = 1) {
-        let a = UnsafeAtomic<UInt64>(at: storage + counter.rawValue)
-        a.store(a.load(ordering: .relaxed) &+ n, ordering: .relaxed)
+        words.add(counter.rawValue, n)
     }
 
     public func value(_ counter: UpstreamCounter) -> UInt64 {
-        UnsafeAtomic<UInt64>(at: storage + counter.rawValue).load(ordering: .relaxed)
+        words[counter.rawValue]
     }
 }
 
@@ -227,36 +211,67 @@ public struct UpstreamCounterSnapshot: Sendable, Equatable {
     }
 }
 
-/// A fixed number of 64-bit atomics (relaxed), for state that one queue writes and any thread
+/// A fixed number of 64-bit atomics (relaxed), for state that one owner writes and any thread
 /// reads without a lock (upstream health for balancing and snapshots).
-final class AtomicSlots: @unchecked Sendable {
-    // @unchecked: the storage is only accessed through atomic operations.
-    private let storage: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+final class AtomicSlots: Sendable {
+    private let words: AtomicWords
     let count: Int
 
     init(count: Int) {
         self.count = count
-        storage = .allocate(capacity: max(count, 1))
-        storage.initialize(repeating: UnsafeAtomic<UInt64>.Storage(0), count: max(count, 1))
+        words = AtomicWords(count: count)
     }
 
-    deinit {
-        storage.deinitialize(count: max(count, 1))
-        storage.deallocate()
-    }
+    deinit { words.deallocate() }
 
     @inline(__always)
     subscript(_ i: Int) -> UInt64 {
-        get { UnsafeAtomic<UInt64>(at: storage + i).load(ordering: .relaxed) }
-        set { UnsafeAtomic<UInt64>(at: storage + i).store(newValue, ordering: .relaxed) }
+        get { words[i] }
+        set { words[i] = newValue }
     }
 
     /// Stores `value` in slot `i` unless the slot holds a larger one already (any thread).
     func raise(_ i: Int, to value: UInt64) {
-        let a = UnsafeAtomic<UInt64>(at: storage + i)
-        var current = a.load(ordering: .relaxed)
+        words.raise(i, to: value)
+    }
+}
+
+/// `count` 64-bit atomics (`Synchronization.Atomic`) in one allocation: the storage of the
+/// counter sets and slots above. A pointer, not an owner: whoever makes one deallocates it.
+struct AtomicWords: @unchecked Sendable {
+    // @unchecked: the words are only accessed through atomic operations.
+    private let base: UnsafeMutablePointer<Atomic<UInt64>>
+    private let count: Int
+
+    init(count: Int) {
+        self.count = max(count, 1)
+        base = .allocate(capacity: self.count)
+        for i in 0..<self.count { (base + i).initialize(to: Atomic(0)) }
+    }
+
+    func deallocate() {
+        base.deinitialize(count: count)
+        base.deallocate()
+    }
+
+    /// Relaxed load and store.
+    @inline(__always)
+    subscript(_ i: Int) -> UInt64 {
+        get { base[i].load(ordering: .relaxed) }
+        nonmutating set { base[i].store(newValue, ordering: .relaxed) }
+    }
+
+    /// Adds `n` with a relaxed load and store (no locked instruction): single writer only.
+    @inline(__always)
+    func add(_ i: Int, _ n: UInt64) {
+        base[i].store(base[i].load(ordering: .relaxed) &+ n, ordering: .relaxed)
+    }
+
+    /// Stores `value` unless the word holds a larger one already (any number of writers).
+    func raise(_ i: Int, to value: UInt64) {
+        var current = base[i].load(ordering: .relaxed)
         while current < value {
-            let (exchanged, original) = a.weakCompareExchange(expected: current, desired: value, ordering: .relaxed)
+            let (exchanged, original) = base[i].weakCompareExchange(expected: current, desired: value, ordering: .relaxed)
             if exchanged { return }
             current = original
         }

@@ -19,6 +19,7 @@ extension Datapath {
     @discardableResult
     public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
         try reloading.withTypedLock { () throws(BindError) -> ListenerChanges in
+            stopped.withLockedValue { $0 }?.wait()
             let old = listeners
             let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
             let keep = Set(changes.unchanged)
@@ -76,7 +77,7 @@ extension Datapath {
     /// each), else a duplicate of a running socket on the same configured address, else a fresh
     /// bind per address; the configured `workers` then join each address with SO_REUSEPORT.
     static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
-                     reusable: [SocketAddress: Int32], logger: Logger = Logger(label: "udprelayd")) throws(BindError) -> Listener {
+                     reusable: [SocketAddress: Int32], logger: Logger) throws(BindError) -> Listener {
         var sources: [SocketSource] = []
         func abandon() { for s in sources { s.discard() } }
         if let fds = inherited[lc.name] {

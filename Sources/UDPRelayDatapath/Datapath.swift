@@ -1,25 +1,26 @@
-import Atomics
 import Dispatch
 import Logging
 import NIOConcurrencyHelpers
+import Synchronization
 import UDPRelayConfig
 #if canImport(Glibc)
 import Glibc
 #endif
 
-// Concurrency model. Each socket has one worker and each worker one serial Dispatch queue,
-// which owns everything of that socket: its read source, its batches and, for relay
-// listeners, its sessions and session sockets (the private epoll set of a relay worker is
-// read on that queue too). Nothing a worker owns is touched from another thread; other threads
-// reach a worker only by `queue.async` (ping, stop). Counters are the exception that is read
-// elsewhere: a worker writes its own counters (single-writer relaxed atomics) and any thread
-// (snapshots for /status, the totals at shutdown) may read them without a lock. Each relay
-// listener's `UpstreamTable` has two queues of its own: `controlQueue` for health probes and
-// `resolveQueue` for applying DNS answers (each lookup blocks a detached thread); its health
-// and addresses are written only under its lock, and the datapath reads the published flags
-// as atomics. The listener set (`current`, `running`) is behind NIO locks and `reloading`
-// serializes reloads. Swift concurrency meets all this at `start`, `stop` and `probe`, which
-// are async: they hand the work to the queues and suspend on a continuation that a
+// Concurrency model. Each socket has one worker and each worker one serial Dispatch queue, which
+// owns everything of that socket: its read source, its batches and, for relay listeners, its
+// sessions and session sockets (the private epoll set of a relay worker is read on that queue
+// too). Nothing a worker owns is touched from another thread; other threads reach a worker only
+// by `queue.async` (ping, stop). Counters are the exception that is read elsewhere: a worker
+// writes its own counters (single-writer relaxed atomics) and any thread (snapshots for /status,
+// the totals at shutdown) may read them without a lock. Each relay listener's `UpstreamTable`
+// has two queues of its own: `controlQueue` for health probes and `resolveQueue` for applying
+// DNS answers (each lookup blocks a detached thread); its health and addresses are written only
+// under its lock, and the datapath reads the published flags as atomics. The listener set
+// (`current`, `running`) is behind NIO locks and `reloading` serializes reloads. Atomics are the
+// standard library's (`Synchronization.Atomic`) everywhere; locks are NIO's, which
+// ThreadSanitizer understands. Swift concurrency meets all this at `start`, `stop` and `probe`,
+// which are async: they hand the work to the queues and suspend on a continuation that a
 // DispatchGroup's `notify` (or a ping's reply, or the probe's deadline) resumes, so no
 // cooperative thread blocks; `apply` (a reload) is synchronous and waits on its caller's thread.
 
@@ -36,6 +37,9 @@ public final class Datapath: Sendable {
     let running = NIOLockedValueBox(false)
     /// Serializes reloads.
     let reloading = NIOLock()
+    /// Left once the sockets `stop()` closes are closed; a reload that comes meanwhile waits
+    /// for it, as it waited for `reloading` when `stop` held that lock to the end.
+    let stopped = NIOLockedValueBox<DispatchGroup?>(nil)
     /// Sockets passed in by systemd, by listener name. Kept open for the life of the process;
     /// listeners serve duplicates, so a reload can hand the same socket to a new listener.
     let inherited: [String: [Int32]]
@@ -101,7 +105,9 @@ public final class Datapath: Sendable {
     func beginStop() -> DispatchGroup {
         reloading.withLock {
             running.withLockedValue { $0 = false }
-            return stop(listeners)
+            let done = stop(listeners)
+            stopped.withLockedValue { $0 = done }
+            return done
         }
     }
 
@@ -189,7 +195,7 @@ extension DispatchGroup {
 /// Resumes a continuation the first time it is called; later calls do nothing.
 final class ResumeOnce: Sendable {
     private let continuation: CheckedContinuation<Void, Never>
-    private let resumed = ManagedAtomic(false)
+    private let resumed = Synchronization.Atomic(false)
     init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
     func callAsFunction() {
         if !resumed.exchange(true, ordering: .acquiringAndReleasing) { continuation.resume() }
@@ -198,16 +204,16 @@ final class ResumeOnce: Sendable {
 
 /// Which probes were answered: one atomic flag per queue, so answering never waits on a lock.
 final class ProbeTally: Sendable {
-    private let seen: [ManagedAtomic<Bool>]
-    private let unanswered: ManagedAtomic<Int>
+    private let seen: AtomicSlots
+    private let unanswered: Synchronization.Atomic<Int>
     init(count: Int) {
-        seen = (0..<count).map { _ in ManagedAtomic(false) }
-        unanswered = ManagedAtomic(count)
+        seen = AtomicSlots(count: count)
+        unanswered = Synchronization.Atomic(count)
     }
     /// Marks probe `i` answered; true when it was the last one unanswered.
     func mark(_ i: Int) -> Bool {
-        seen[i].store(true, ordering: .releasing)
-        return unanswered.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0
+        seen[i] = 1
+        return unanswered.subtract(1, ordering: .acquiringAndReleasing).newValue == 0
     }
-    var missing: [Int] { seen.indices.filter { !seen[$0].load(ordering: .acquiring) } }
+    var missing: [Int] { (0..<seen.count).filter { seen[$0] == 0 } }
 }

@@ -2,6 +2,9 @@ import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A failure to open a listener's socket, naming the listener and the address.
 public struct BindError: Error, Sendable, CustomStringConvertible {
@@ -42,7 +45,7 @@ public final class Listener: Sendable {
     /// not fatal: the upstream takes no traffic until it resolves).
     public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
                 sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
-                logger: Logger = Logger(label: "udprelayd")) throws(BindError) {
+                logger: Logger) throws(BindError) {
         self.configuration = configuration
         let perSocket = max(1, workersPerSocket ?? configuration.workers.resolved())
         let sources = sockets ?? configuration.listen.map { .bind($0) }
@@ -134,9 +137,6 @@ public final class Listener: Sendable {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Where one socket of a listener comes from.
 public enum SocketSource: Sendable {

@@ -42,7 +42,7 @@ public typealias SourceRateLimiter = KeyedRateLimiter<IPAddress>
 /// `evictions`) and the newcomer's bucket starts **empty**, its first datagram taking a token
 /// from one `overflow` bucket (the same rate and burst) shared by every newcomer. Otherwise a
 /// sender rotating through more addresses than the table holds would get a full burst with each
-/// new address and never be limited (issue 13 item 4): now all its addresses together get one
+/// new address and never be limited: now all its addresses together get one
 /// source's rate. A table that is not full gives a new key a full bucket, as before.
 ///
 /// Not thread-safe: owned by one worker and used only on its queue.

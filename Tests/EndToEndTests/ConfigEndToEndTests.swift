@@ -18,7 +18,7 @@ final class ConfigEndToEndTests: XCTestCase {
         return (outcome?.contains(" reloaded ") ?? false, Array(d.log.dropFirst(before)))
     }
 
-    // MARK: a configuration without listeners (issue 13 item 10)
+    // MARK: a configuration without listeners
 
     func testEmptyOrListenerlessFileFailsCheckConfigAndStartWith78() throws {
         for text in ["", "[daemon]\nlog_level = info\n[status]\nlisten = off\n"] {
@@ -52,7 +52,7 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertEqual(d.log.filter { $0.contains(" INFO totals ") }.count, 2, "both listeners ran to the end")
     }
 
-    // MARK: paths and files that used to hang or flood (issue 13 item 8)
+    // MARK: paths and files that used to hang or flood
 
     func testAFIFOAsTheFileFailsCheckConfigAndAReloadWithoutBlockingSignals() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-fifo-\(UUID().uuidString)").path
@@ -80,12 +80,8 @@ final class ConfigEndToEndTests: XCTestCase {
     }
 
     func testAReloadOfAFileOfGarbageLogsAndKeepsABoundedNumberOfErrors() throws {
-        let config = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
-        let d = try DaemonProcess(config: config)
-        addTeardownBlock { d.stop() }
-        _ = try d.waitUntilReady()
-        let statusLine = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
-        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: statusLine)))
+        let (d, _, status) = try startDaemonWithStatus("[listener a]\nlisten = 127.0.0.1:0\n")
+        let config = try String(contentsOfFile: d.configPath, encoding: .utf8)
 
         try (config + String(repeating: "garbage\n", count: 20_000)).write(toFile: d.configPath, atomically: true, encoding: .utf8)
         let (ok, lines) = reload(d)
@@ -103,7 +99,7 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertEqual((last["errors"] as? [String])?.count, 101)
     }
 
-    // MARK: relays that loop (issue 13 item 3)
+    // MARK: relays that loop
 
     func testCheckConfigRefusesSelfRelaysAndRelayCycles() throws {
         let selfRelay = try DaemonProcess(config: "[listener r]\nlisten = 0.0.0.0:30001\nmode = forward\nupstream = localhost:30001\n",
@@ -118,7 +114,7 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertNotNil(pair.log.first { $0.contains("relay loop 'a' -> 'b' -> 'a'") }, pair.log.joined(separator: "\n"))
     }
 
-    // MARK: value spelling (issue 12 item 8)
+    // MARK: value spelling
 
     func testLogLevelOnTheCommandLineIsCaseInsensitiveLikeTheFile() throws {
         let d = try DaemonProcess(config: "[daemon]\nlog_level = Info\n[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 63kib\n",
@@ -127,7 +123,7 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertTrue(d.standardOutput.contains("configuration OK: 1 listener"), d.standardOutput)
     }
 
-    // MARK: [status] compared with what runs (issue 12 item 12)
+    // MARK: [status] compared with what runs
 
     func testStatusChangedAndChangedBackIsNoLongerReportedAsPending() throws {
         let running = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"

@@ -9,7 +9,7 @@ import UDPRelayConfig
 /// Ingress checks of the real binary: IPv4-mapped sources, rotating sources against the
 /// per-source limit, source ports per mode and how refusals are logged.
 final class IngressEndToEndTests: XCTestCase {
-    /// Issue 13 item 5: a dual-stack `[::]` socket (as systemd passes with BindIPv6Only=both)
+    /// A dual-stack `[::]` socket (as systemd passes with BindIPv6Only=both)
     /// reports IPv4 clients as `::ffff:a.b.c.d`; `deny = 127.0.0.0/8` must still stop them.
     func testIPv4RulesApplyToIPv4MappedSourcesOnADualStackSocket() throws {
         let upstream = try UpstreamServer()
@@ -46,7 +46,7 @@ final class IngressEndToEndTests: XCTestCase {
         XCTAssertEqual(upstream.datagrams.map(\.bytes), [Array("v6".utf8)], "only the IPv6 client reached the upstream")
     }
 
-    /// Issue 13 item 4: with `rate_limit_sources = 16`, 17 sources sending in turn each evicted
+    /// With `rate_limit_sources = 16`, 17 sources sending in turn each evicted
     /// another and started with a full bucket: every datagram was answered.
     func testRotatingSourcesBeyondTheTableAreHeldToTheRate() throws {
         let (d, bound) = try startDaemon("""
@@ -104,7 +104,7 @@ final class IngressEndToEndTests: XCTestCase {
         return c.readResponse()
     }
 
-    /// Issue 12 item 2: an NTP client with source port 123 passes a forward listener; echo still
+    /// An NTP client with source port 123 passes a forward listener; echo still
     /// refuses it, and says so once in the log.
     func testSourcePort123PassesARelayAndIsRefusedByEchoWithOneLogLine() throws {
         if getuid() != 0 { throw XCTSkip("needs root to bind source port 123 (CI runs as root)") }

@@ -6,7 +6,7 @@ import Glibc
 import TestSupport
 import UDPRelayConfig
 
-/// Issue 13 item 14: the log lines a remote peer can cause are bounded at every log level.
+/// The log lines a remote peer can cause are bounded at every log level.
 /// Debug logging under a flood wrote about 19,000 lines/s and a polite client lost 112 of 350.
 final class LogFloodEndToEndTests: XCTestCase {
     func testAFloodAtDebugLevelWritesABoundedNumberOfLines() throws {

@@ -6,7 +6,7 @@ import Glibc
 import TestSupport
 import UDPRelayConfig
 
-/// Issue 13 item 3: one spoofed datagram must not start an endless loop between echo servers
+/// One spoofed datagram must not start an endless loop between echo servers
 /// on this host, whatever their addresses and ports.
 final class LoopEndToEndTests: XCTestCase {
     func requireRoot() throws {

@@ -55,7 +55,7 @@ final class DelayedEchoServer: @unchecked Sendable {
 
 /// A reply reaches only the client whose datagram caused it, even when a relay runs short of
 /// local ports or of room for held sockets while replies to closed sessions are on their way
-/// (issue 13 item 2: before, held sockets were closed early and their ports given to new
+/// (before, held sockets were closed early and their ports given to new
 /// sessions, which then received the earlier clients' replies). Each test runs in a network
 /// namespace of its own with a narrow ephemeral port range, so ports are reused at once.
 final class MisdeliveryEndToEndTests: XCTestCase {

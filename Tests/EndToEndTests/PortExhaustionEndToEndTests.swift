@@ -10,26 +10,6 @@ import UDPRelayConfig
 /// sessions, and does not blame the upstream. Runs in a network namespace of its own whose
 /// ephemeral port range is 8 ports, so the host's range is never touched.
 final class PortExhaustionEndToEndTests: XCTestCase {
-    /// Sets IFF_UP on `lo` of the calling thread's network namespace.
-    static func bringLoopbackUp() -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var request = ifreq()
-        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { $0.copyBytes(from: Array("lo".utf8) + [0]) }
-        guard ioctl(fd, UInt(SIOCGIFFLAGS), &request) == 0 else { return false }
-        request.ifr_ifru.ifru_flags |= Int16(IFF_UP)
-        return ioctl(fd, UInt(SIOCSIFFLAGS), &request) == 0
-    }
-
-    /// unshare(2) (Glibc's module hides it behind _GNU_SOURCE).
-    static func unshareNetwork() -> Bool {
-        typealias Unshare = @convention(c) (Int32) -> Int32
-        guard let symbol = dlsym(nil, "unshare") else { return false }
-        let CLONE_NEWNET: Int32 = 0x4000_0000
-        return unsafeBitCast(symbol, to: Unshare.self)(CLONE_NEWNET) == 0
-    }
-
     /// Runs `body` on a thread of its own in a new network namespace (loopback up, ephemeral
     /// port range `portRange`): the daemon it starts and the sockets it opens live there, and
     /// the host's port range is never touched. Skips where namespaces cannot be made (not root).
@@ -45,8 +25,8 @@ final class PortExhaustionEndToEndTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             defer { done.signal() }
-            guard unshareNetwork() else { outcome.skipReason = "cannot create a network namespace: errno \(errno)"; return }
-            guard bringLoopbackUp() else { outcome.skipReason = "cannot bring lo up: errno \(errno)"; return }
+            guard Namespaces.unshare(Namespaces.newNetwork) else { outcome.skipReason = "cannot create a network namespace: errno \(errno)"; return }
+            guard Namespaces.bringLoopbackUp() else { outcome.skipReason = "cannot bring lo up: errno \(errno)"; return }
             do {
                 try portRange.write(toFile: "/proc/sys/net/ipv4/ip_local_port_range", atomically: false, encoding: .utf8)
             } catch {

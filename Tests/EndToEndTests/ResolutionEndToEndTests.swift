@@ -7,16 +7,10 @@ import TestSupport
 import UDPRelayConfig
 
 /// Hostnames that never resolve hold neither READY nor a reload longer than the documented
-/// bound (2 s; issue 13 item 9: getaddrinfo ran in line, one name after another). The daemon
+/// bound (2 s; before, getaddrinfo ran in line, one name after another). The daemon
 /// runs in network and mount namespaces the test makes, where /etc/resolv.conf names a DNS
 /// server on loopback that never answers: the machine's own resolver is never asked.
 final class ResolutionEndToEndTests: XCTestCase {
-    static func unshare(_ flags: Int32) -> Bool {
-        typealias Unshare = @convention(c) (Int32) -> Int32
-        guard let symbol = dlsym(nil, "unshare") else { return false }
-        return unsafeBitCast(symbol, to: Unshare.self)(flags) == 0
-    }
-
     func testUnansweredNamesHoldReadyAndReloadAtMostTheBound() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root for network and mount namespaces (CI runs as root)") }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-resolv-\(UUID().uuidString)")
@@ -37,9 +31,8 @@ final class ResolutionEndToEndTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             defer { done.signal() }
-            let CLONE_NEWNS: Int32 = 0x0002_0000, CLONE_NEWNET: Int32 = 0x4000_0000
-            guard Self.unshare(CLONE_NEWNET | CLONE_NEWNS) else { outcome.skipReason = "unshare: errno \(errno)"; return }
-            guard PortExhaustionEndToEndTests.bringLoopbackUp() else { outcome.skipReason = "lo up: errno \(errno)"; return }
+            guard Namespaces.unshare(Namespaces.newNetwork | Namespaces.newMount) else { outcome.skipReason = "unshare: errno \(errno)"; return }
+            guard Namespaces.bringLoopbackUp() else { outcome.skipReason = "lo up: errno \(errno)"; return }
             // Private mounts, so the bind mount below stays in this namespace.
             let MS_BIND: UInt = 4096, MS_REC: UInt = 16384, MS_PRIVATE: UInt = 1 << 18
             guard mount(nil, "/", nil, MS_REC | MS_PRIVATE, nil) == 0,

@@ -47,7 +47,7 @@ final class SessionHoldEndToEndTests: XCTestCase {
 }
 
 extension SessionHoldEndToEndTests {
-    /// Issue 12 item 11: a relay listener whose max_sessions does not fit the open-file limit
+    /// A relay listener whose max_sessions does not fit the open-file limit
     /// warned at every start and every rebuild. Once, with what to do.
     func testOpenFileLimitWarningIsLoggedOnceWithWhatToDo() throws {
         let upstream = try UpstreamServer()

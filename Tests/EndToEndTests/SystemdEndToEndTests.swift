@@ -154,12 +154,8 @@ final class SystemdEndToEndTests: XCTestCase {
 
     /// The outcome of reloads is visible in /status too (the status endpoint reads DaemonState).
     func testReloadOutcomeShowsInStatusJSON() throws {
-        let config = "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n"
-        let d = try DaemonProcess(config: config)
-        addTeardownBlock { d.stop() }
-        _ = try d.waitUntilReady()
-        let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") }, d.log.joined(separator: "\n"))
-        let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: line)))
+        let (d, _, status) = try startDaemonWithStatus("[listener a]\nlisten = 127.0.0.1:0\n")
+        let config = try String(contentsOfFile: d.configPath, encoding: .utf8)
         func configObject() throws -> [String: Any] {
             let c = try TCPClient(to: status)
             XCTAssertTrue(c.send("GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))

@@ -12,7 +12,7 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
         try XCTUnwrap(try listenerStatus(status, "lb")["upstreams"] as? [[String: Any]])
     }
 
-    /// Issue 12 item 6: an upstream marked down by its probe showed `failures` 0 and "no
+    /// An upstream marked down by its probe showed `failures` 0 and "no
     /// failures" next to its DOWN badge.
     func testProbeDownUpstreamShowsItsFailuresAndWhy() throws {
         let silent = try UpstreamServer(reply: nil)
@@ -47,7 +47,7 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
 }
 
 extension UpstreamHealthEndToEndTests {
-    /// Issue 12 item 7: coming back from a passive mark-down was never logged.
+    /// Coming back from a passive mark-down was never logged.
     func testPassiveMarkDownAndItsEndAreLoggedOnceEach() throws {
         let refusing = try closedLoopbackPort()
         let d = try DaemonProcess(config: """

@@ -6,7 +6,7 @@ import Glibc
 import TestSupport
 @testable import UDPRelayConfig
 
-/// What a configuration file may cost to load, whatever is at its path (issue 13 item 8):
+/// What a configuration file may cost to load, whatever is at its path:
 /// only regular files are read, and size, line length, errors and suggestions are bounded.
 final class ConfigLimitsTests: XCTestCase, ConfigFileTests {
     let listener = "[listener a]\nlisten = 127.0.0.1:9\n"

@@ -17,8 +17,8 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(c.status.listen?.description, "127.0.0.1:9180")
     }
 
-    /// The example is installed as /etc/udprelayd/udprelayd.ini and started by `apt install`
-    /// (issue 13 item 15): on a host with a public address it must not be an open reflector.
+    /// The example is installed as /etc/udprelayd/udprelayd.ini and started by `apt install`:
+    /// on a host with a public address it must not be an open reflector.
     /// Every listener binds loopback addresses only, or limits both who and how fast.
     func testExampleFileServesOnlyThisHostOrIsLimited() throws {
         let c = try ConfigLoader.load(path: Self.examplePath)
@@ -212,7 +212,7 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(e.map(\.line), [2, 3, 4, 5])
     }
 
-    // MARK: bytes of the file (issue 13 item 12)
+    // MARK: bytes of the file
 
     func testCRLFLineEndingsReadAsLines() throws {
         let c = try parse("[daemon]\r\nlog_level = debug\r\n\r\n[listener a]\r\nlisten = 127.0.0.1:9 ; comment\r\nmode = echo\r\nhealth_probe_ignored = 1\r\n"
@@ -285,7 +285,7 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertNoThrow(try parse("[listener a]\nlisten = [::1]:7, [2001:db8::ffff:1]:7\n"))
     }
 
-    // MARK: after a bad section header (issue 12 item 10)
+    // MARK: after a bad section header
 
     func testKeysAfterABadHeaderAreNotTakenForThePreviousSection() {
         let e = errors("""
@@ -310,7 +310,7 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(errors("[listener f g]\nlisten = 127.0.0.1:10\n").map(\.line), [1])
     }
 
-    // MARK: a forgotten comma (issue 12 item 9)
+    // MARK: a forgotten comma
 
     func testAMissingCommaIsReportedAsOne() {
         let e = errors("""

@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 import TestSupport
 
-/// The README's quick start works after `make run` alone (issue 12 item 15): every program its
+/// The README's quick start works after `make run` alone: every program its
 /// commands run is installed by `make run` (or is part of any Debian system), and the address
 /// they talk to is one the example configuration listens on.
 final class QuickStartTests: XCTestCase {

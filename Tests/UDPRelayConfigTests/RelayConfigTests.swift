@@ -167,7 +167,7 @@ final class RelayConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertTrue(e[0].message.contains("only valid together with health_probe"), e[0].message)
     }
 
-    // MARK: relays that loop (issue 13 item 3, the configuration's part)
+    // MARK: relays that loop (the configuration's part)
 
     func relay(_ name: String, listen: String, upstream: String, mode: String = "forward") -> String {
         "[listener \(name)]\nlisten = \(listen)\nmode = \(mode)\nupstream = \(upstream)\n"

@@ -2,7 +2,7 @@ import XCTest
 import TestSupport
 @testable import UDPRelayConfig
 
-/// One rule for how values are spelled (issue 12 item 8): keywords and units in any case,
+/// One rule for how values are spelled: keywords and units in any case,
 /// binary size units with or without `iB`, and every example a message gives is a value the
 /// key accepts.
 final class ValueSpellingTests: XCTestCase, ConfigFileTests {

@@ -43,4 +43,31 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(problems, [])
         XCTAssertLessThan(took, .seconds(5), "a probe of healthy queues ends when they answered, not at its timeout")
     }
+
+    /// `stop` no longer holds the reload lock while it waits, so a reload that comes during a
+    /// stop waits for the stop's sockets to close instead of closing them a second time.
+    func testAReloadDuringAStopWaitsUntilTheStopHasClosedItsSockets() async throws {
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+                                    logger: Logger(label: "test"))
+        await datapath.start()
+        let release = DispatchSemaphore(value: 0)
+        datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }
+        let stop = Task { await datapath.stop() }
+        XCTAssertTrue(waitUntil(5) { !datapath.running.withLockedValue { $0 } }, "the stop began")
+        let released = Flag(), reloadedBeforeRelease = LockedBox<Bool?>(nil)
+        let reloaded = DispatchSemaphore(value: 0)
+        let next = try configuration("[listener b]\nlisten = 127.0.0.1:0\n")
+        DispatchQueue.global().async {
+            _ = try? datapath.apply(next)
+            reloadedBeforeRelease.value = !released.value
+            reloaded.signal()
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.5) {
+            released.value = true
+            release.signal()
+        }
+        await stop.value
+        XCTAssertEqual(reloaded.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(reloadedBeforeRelease.value, false, "the reload ran while the stop was still closing sockets")
+    }
 }

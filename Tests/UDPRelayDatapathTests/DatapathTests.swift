@@ -32,7 +32,7 @@ final class DatapathTests: XCTestCase {
         defer { close(first) }
         let taken = try UDPSocket.localAddress(first)
         XCTAssertNotEqual(taken.port, 0)
-        XCTAssertThrowsError(try Listener(ListenerConfiguration(name: "x", listen: [taken]))) { error in
+        XCTAssertThrowsError(try Listener(ListenerConfiguration(name: "x", listen: [taken]), logger: Logger(label: "test"))) { error in
             let e = error as! BindError
             XCTAssertEqual(e.listener, "x")
             XCTAssertEqual(e.underlying.errno, EADDRINUSE)

@@ -5,7 +5,7 @@ import Glibc
 #endif
 @testable import UDPRelayDatapath
 
-/// The open-file limit relay sessions need (issue 12 item 11).
+/// The open-file limit relay sessions need.
 final class FileLimitTests: XCTestCase {
     func limits() -> rlimit {
         var rl = rlimit()

@@ -8,7 +8,7 @@ import TestSupport
 import UDPRelayConfig
 @testable import UDPRelayDatapath
 
-/// Issue 13 item 3, relay part: a relay whose upstream is itself (in any spelling) or another
+/// A relay whose upstream is itself (in any spelling) or another
 /// relay listener of the daemon must not loop until descriptors run out. The configurations are
 /// built in code, past any check `--check-config` makes, so the runtime breaker is what is tested.
 final class LoopBreakerTests: XCTestCase {

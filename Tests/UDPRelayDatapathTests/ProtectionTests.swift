@@ -131,7 +131,7 @@ final class ProtectionTests: XCTestCase {
         }
     }
 
-    /// Issue 13 item 4: a sender rotating through one address more than the table holds got
+    /// A sender rotating through one address more than the table holds got
     /// every datagram answered, because each new address evicted another and started full.
     func testRotatingSourcesBeyondTheTableGetNoMoreThanTheLimitAllows() {
         let rate = 10.0, burst = 10, capacity = 16
@@ -155,7 +155,7 @@ final class ProtectionTests: XCTestCase {
         XCTAssertEqual((0..<20).filter { _ in roomy.admit(sources[0], now: 0) }.count, burst)
     }
 
-    /// Issue 13 item 3: wildcard listeners own their port on every local address: all of
+    /// Wildcard listeners own their port on every local address: all of
     /// 127.0.0.0/8, every interface address, and the IPv4-mapped forms.
     func testLoopGuardCoversTheWholeLoopbackRangeInterfacesAndMappedForms() {
         let loop = LoopContext(listeners: [(SocketAddress(ip: ip("0.0.0.0"), port: 30001), false),
@@ -210,7 +210,7 @@ final class ProtectionTests: XCTestCase {
         XCTAssertNil(IngressFilter(ProtectionConfiguration(), mode: .forward, now: 0).check(peer, now: 0), "relays: no cap")
     }
 
-    /// Issue 13 item 5: IPv4 rules and rate-limit keys apply to IPv4-mapped sources.
+    /// IPv4 rules and rate-limit keys apply to IPv4-mapped sources.
     func testIPv4MappedSourcesMeetIPv4Rules() {
         let f = IngressFilter(ProtectionConfiguration(deny: cidrs(["127.0.0.0/8", "::ffff:10.0.0.0/104"]),
                                                       rateLimit: Rate(perSecond: 1), rateBurst: 1), mode: .forward, now: 0)
@@ -227,7 +227,7 @@ final class ProtectionTests: XCTestCase {
         XCTAssertTrue(AccessList(allow: [], deny: cidrs(["2001:db8::/32"])).permits(ip("192.0.2.1")))
     }
 
-    /// Issue 12 item 2: `deny_source_ports` defaults by mode; a list that is set applies as set.
+    /// `deny_source_ports` defaults by mode; a list that is set applies as set.
     func testDenySourcePortsDefaultByMode() throws {
         for port: UInt16 in [0, 7, 13, 17, 19, 37] {
             XCTAssertTrue(Defaults.denySourcePorts(for: .forward).contains(port), "\(port)")

@@ -17,7 +17,7 @@ final class RelayCountersTests: XCTestCase, ConfigFileTests {
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
 
-    /// Issue 12 item 5: a mirror listener's `sent` bytes were 0 while its upstreams showed them.
+    /// A mirror listener's `sent` bytes were 0 while its upstreams showed them.
     func testMirrorCountsTheBytesItSends() throws {
         let a = try UpstreamServer(reply: nil), b = try UpstreamServer(reply: nil)
         let (datapath, mirror) = try start("""

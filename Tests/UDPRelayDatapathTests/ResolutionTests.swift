@@ -8,7 +8,7 @@ import UDPRelayConfig
 @testable import UDPRelayDatapath
 
 /// Upstream hostnames are looked up all at once and a start waits for them at most
-/// `UpstreamTable.resolveWait` (issue 13 item 9: getaddrinfo ran in line, one name after
+/// `UpstreamTable.resolveWait` (before, getaddrinfo ran in line, one name after
 /// another, 10 s per unresolvable name). The resolver is injected: names that hang are
 /// simulated, the machine's resolver is never used.
 final class ResolutionTests: XCTestCase {

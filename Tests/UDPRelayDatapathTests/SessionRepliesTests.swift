@@ -10,7 +10,7 @@ import UDPRelayConfig
 
 /// `session_max_replies` counts replies per request (nginx `proxy_responses` per
 /// `proxy_requests`): a client that sends a second query before the first answer (dnsperf,
-/// glibc's A + AAAA from one socket) gets both answers (issue 12 item 1).
+/// glibc's A + AAAA from one socket) gets both answers.
 final class SessionRepliesTests: XCTestCase {
     /// A relay listener over `upstreams` (test sockets answered by hand) with the extra keys.
     func startRelay(_ upstreams: [UDPClient], mode: String, extra: String) throws -> (Datapath, Listener) {

@@ -10,7 +10,7 @@ import UDPRelayConfig
 
 /// Relay session sockets get the listener's `rcvbuf`/`sndbuf`, and datagrams the kernel drops
 /// for a full receive buffer are counted (`receive_buffer_full`) on listener and session
-/// sockets (issue 13 item 11).
+/// sockets.
 final class SocketBufferTests: XCTestCase, ConfigFileTests {
     static let largest = 65507
 

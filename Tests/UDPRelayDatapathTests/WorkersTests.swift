@@ -62,7 +62,7 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
         let address = try UDPSocket.localAddress(taken)
         var lc = ListenerConfiguration(name: "x", listen: [address])
         lc.workers = .count(2)
-        XCTAssertThrowsError(try Listener(lc)) { error in
+        XCTAssertThrowsError(try Listener(lc, logger: Logger(label: "test"))) { error in
             XCTAssertTrue("\(error)".contains("listener 'x': cannot bind \(address)"), "\(error)")
         }
     }

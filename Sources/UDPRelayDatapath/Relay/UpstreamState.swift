@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Atomics
 import UDPRelayConfig
 
 /// What the datapath reads about each upstream without a lock, one named atomic per fact and
