@@ -53,6 +53,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
     private var index: [Key: Int32]
     private var keys: [Key]
     private var buckets: [TokenBucket]
+    /// Per key: the fingerprint of its last datagram (`admit(_:fingerprint:always:now:)`), 0 for none.
+    private var fingerprints: [UInt64]
     private var newer: [Int32]
     private var older: [Int32]
     private var newest: Int32 = -1
@@ -74,6 +76,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
         keys.reserveCapacity(capacity)
         buckets = []
         buckets.reserveCapacity(capacity)
+        fingerprints = []
+        fingerprints.reserveCapacity(capacity)
         newer = []
         newer.reserveCapacity(capacity)
         older = []
@@ -84,19 +88,39 @@ public final class KeyedRateLimiter<Key: Hashable> {
 
     /// Whether a datagram from `key` at time `now` is within its rate.
     public func admit(_ key: Key, now: UInt64) -> Bool {
+        let (slot, fresh) = find(key, now: now)
+        return take(slot, fresh: fresh, now: now)
+    }
+
+    /// The loop breaker's admission: records `fingerprint` (of the datagram's payload, never 0)
+    /// as `key`'s last one, and charges the datagram to `key`'s bucket only if `always` or if
+    /// `key`'s previous datagram had the same fingerprint (a repeat). Uncharged datagrams are
+    /// admitted. Returns whether the datagram is admitted and whether it was a repeat.
+    public func admit(_ key: Key, fingerprint: UInt64, always: Bool, now: UInt64) -> (admitted: Bool, repeated: Bool) {
+        let (slot, fresh) = find(key, now: now)
+        let repeated = fingerprints[Int(slot)] == fingerprint
+        fingerprints[Int(slot)] = fingerprint
+        guard always || repeated else { return (true, false) }
+        return (take(slot, fresh: fresh, now: now), repeated)
+    }
+
+    /// `key`'s slot, made (or taken from the least recently seen key when the table is full)
+    /// if there is none; `fresh` when it was taken while the table was full.
+    private func find(_ key: Key, now: UInt64) -> (slot: Int32, fresh: Bool) {
         if let slot = index[key] {
             touch(slot)
-            return buckets[Int(slot)].take(now: now)
+            return (slot, false)
         }
         if keys.count < capacity {
             let slot = Int32(keys.count)
             keys.append(key)
             buckets.append(TokenBucket(rate: rate, burst: burst, now: now))
+            fingerprints.append(0)
             newer.append(-1)
             older.append(-1)
             index[key] = slot
             pushNewest(slot)
-            return buckets[Int(slot)].take(now: now)
+            return (slot, false)
         }
         // Full: forget the least recently seen key; the newcomer starts empty and is served
         // from the shared overflow bucket.
@@ -106,9 +130,17 @@ public final class KeyedRateLimiter<Key: Hashable> {
         index.removeValue(forKey: keys[Int(slot)])
         keys[Int(slot)] = key
         buckets[Int(slot)] = TokenBucket(rate: rate, burst: burst, now: now, tokens: 0)
+        fingerprints[Int(slot)] = 0
         index[key] = slot
         pushNewest(slot)
-        return overflow.take(now: now)
+        return (slot, true)
+    }
+
+    /// Takes a token for a datagram in `slot`: from the shared overflow bucket when the slot
+    /// was just taken from another key while the table was full.
+    @inline(__always)
+    private func take(_ slot: Int32, fresh: Bool, now: UInt64) -> Bool {
+        fresh ? overflow.take(now: now) : buckets[Int(slot)].take(now: now)
     }
 
     private func touch(_ slot: Int32) {
