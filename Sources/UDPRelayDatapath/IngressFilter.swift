@@ -116,11 +116,13 @@ final class IngressFilter {
 /// - the source is a local server port (a local address, a port outside the kernel's ephemeral
 ///   range): every datagram of such a flow is capped;
 /// - the flow repeats itself: echo returns the payload unchanged, so in a ping-pong between two
-///   echo servers every datagram a flow brings is the one it brought before. A datagram from a
-///   local address (any port) whose payload has the fingerprint of the flow's previous one is
-///   capped; others are not, so a local client whose payloads change is never capped, at any
-///   rate (a benchmark's load client numbers its datagrams), while one that sends the same
-///   bytes over and over from one socket faster than `rate` is treated like an echo server.
+///   echo servers every datagram a flow brings is the one it brought before (or, with several
+///   datagrams looping at once, one it brought a few datagrams before). A datagram from a
+///   local address (any port) whose payload has the fingerprint of the flow's previous one, or
+///   of its anchor (`RecentFingerprints`: one datagram in 64), is capped; others are not, so a
+///   local client whose payloads change is never capped, at any rate (a benchmark's load
+///   client numbers its datagrams), while one that sends the same bytes over and over from one
+///   socket faster than `rate` is treated like an echo server.
 ///
 /// The cap is `rate` per flow (source address and port) after `burst`, in a table of `flows`
 /// per worker. A loop faster than `rate` drains the burst within about `burst` round trips and
@@ -129,9 +131,8 @@ final class IngressFilter {
 /// after it repeated would end it (a loop slower than any cap stays under it, and a flow
 /// repeating slowly is also a client's keep-alive or retry), while a lower cap would throttle
 /// such clients sooner; a loop held under `rate` per flow costs a small, bounded share of a core.
-/// Not told apart: several datagrams spoofed into one flow with different payloads cycle, and
-/// no datagram repeats its immediate predecessor; each such loop is still capped if its flow
-/// is a server port.
+/// Not told apart: more than 64 datagrams with different payloads spoofed into one pair of
+/// client ports (their cycle is longer than the anchor's interval).
 enum LoopBreaker {
     static let rate = Rate(perSecond: 100)
     static let burst = 32

@@ -53,8 +53,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
     private var index: [Key: Int32]
     private var keys: [Key]
     private var buckets: [TokenBucket]
-    /// Per key: the fingerprint of its last datagram (`admit(_:fingerprint:always:now:)`), 0 for none.
-    private var fingerprints: [UInt64]
+    /// Per key: the fingerprints its datagrams are compared with (`admit(_:fingerprint:always:now:)`).
+    private var recent: [RecentFingerprints]
     private var newer: [Int32]
     private var older: [Int32]
     private var newest: Int32 = -1
@@ -76,8 +76,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
         keys.reserveCapacity(capacity)
         buckets = []
         buckets.reserveCapacity(capacity)
-        fingerprints = []
-        fingerprints.reserveCapacity(capacity)
+        recent = []
+        recent.reserveCapacity(capacity)
         newer = []
         newer.reserveCapacity(capacity)
         older = []
@@ -92,14 +92,13 @@ public final class KeyedRateLimiter<Key: Hashable> {
         return take(slot, fresh: fresh, now: now)
     }
 
-    /// The loop breaker's admission: records `fingerprint` (of the datagram's payload, never 0)
-    /// as `key`'s last one, and charges the datagram to `key`'s bucket only if `always` or if
-    /// `key`'s previous datagram had the same fingerprint (a repeat). Uncharged datagrams are
-    /// admitted. Returns whether the datagram is admitted and whether it was a repeat.
+    /// The loop breaker's admission: charges the datagram to `key`'s bucket only if `always` or
+    /// if its `fingerprint` (of the payload, never 0) repeats one of `key`'s recent datagrams
+    /// (`RecentFingerprints`), then records it. Uncharged datagrams are admitted. Returns whether
+    /// the datagram is admitted and whether it was a repeat.
     public func admit(_ key: Key, fingerprint: UInt64, always: Bool, now: UInt64) -> (admitted: Bool, repeated: Bool) {
         let (slot, fresh) = find(key, now: now)
-        let repeated = fingerprints[Int(slot)] == fingerprint
-        fingerprints[Int(slot)] = fingerprint
+        let repeated = recent[Int(slot)].record(fingerprint)
         guard always || repeated else { return (true, false) }
         return (take(slot, fresh: fresh, now: now), repeated)
     }
@@ -115,7 +114,7 @@ public final class KeyedRateLimiter<Key: Hashable> {
             let slot = Int32(keys.count)
             keys.append(key)
             buckets.append(TokenBucket(rate: rate, burst: burst, now: now))
-            fingerprints.append(0)
+            recent.append(RecentFingerprints())
             newer.append(-1)
             older.append(-1)
             index[key] = slot
@@ -130,7 +129,7 @@ public final class KeyedRateLimiter<Key: Hashable> {
         index.removeValue(forKey: keys[Int(slot)])
         keys[Int(slot)] = key
         buckets[Int(slot)] = TokenBucket(rate: rate, burst: burst, now: now, tokens: 0)
-        fingerprints[Int(slot)] = 0
+        recent[Int(slot)] = RecentFingerprints()
         index[key] = slot
         pushNewest(slot)
         return (slot, true)
@@ -165,5 +164,31 @@ public final class KeyedRateLimiter<Key: Hashable> {
         if newest >= 0 { newer[Int(newest)] = slot }
         newest = slot
         if oldest < 0 { oldest = slot }
+    }
+}
+
+/// What a loop breaker flow remembers of its payloads: the last fingerprint, and an anchor (the
+/// fingerprint of one datagram, taken afresh every `anchorInterval` datagrams). A datagram
+/// repeats if it matches either: a ping-pong of one datagram matches the last; several
+/// datagrams looping at once through the same flow (with different payloads, each returned
+/// unchanged) cycle with a period of their number, and while that is at most `anchorInterval`
+/// the anchor comes round again before it is replaced.
+struct RecentFingerprints {
+    static let anchorInterval: UInt16 = 64
+    private var last: UInt64 = 0
+    private var anchor: UInt64 = 0
+    private var untilAnchor: UInt16 = 0
+
+    /// Whether `fingerprint` (never 0) repeats the last one or the anchor; then records it.
+    @inline(__always)
+    mutating func record(_ fingerprint: UInt64) -> Bool {
+        let repeated = fingerprint == last || fingerprint == anchor
+        last = fingerprint
+        if untilAnchor == 0 {
+            anchor = fingerprint
+            untilAnchor = Self.anchorInterval
+        }
+        untilAnchor -= 1
+        return repeated
     }
 }

@@ -146,4 +146,34 @@ final class LoopEndToEndTests: XCTestCase {
         XCTAssertLessThanOrEqual(received, allowed, "and was held to the breaker's cap over \(loopSeconds) s: \(lx ?? "") \(ly ?? "")")
         XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), 1)
     }
+
+    /// Several spoofed datagrams with different payloads into the same pair of client ports
+    /// loop at once and cycle, so none repeats its immediate predecessor: the breaker's anchor
+    /// (one fingerprint in 64) sees the cycle, and each loop ends with one drop.
+    func testSeveralLoopsThroughTheSameEphemeralPortsAllEnd() throws {
+        try requireRoot()
+        let (x, bx, sx) = try startDaemonWithStatus("[listener e]\nlisten = 127.0.0.2:0\nloop_guard = no\n")
+        let (y, by, sy) = try startDaemonWithStatus("[listener e]\nlisten = 127.0.0.3:0\n")
+        let px = try XCTUnwrap(bx["e"]?.first?.port), py = try XCTUnwrap(by["e"]?.first?.port)
+        XCTAssertTrue(try Self.ephemeralPorts().contains(px))
+        let loops = 4
+        for i in 0..<loops {
+            try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+                                   to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop \(i)".utf8))
+        }
+        func loopDrops() throws -> Int {
+            try [sx, sy].map { try XCTUnwrap((try listenerStatus($0, "e")["drops"] as? [String: Any])?["loop"] as? Int) }.reduce(0, +)
+        }
+        let deadline = Date().addingTimeInterval(5)
+        var drops = try loopDrops()
+        while drops < loops && Date() < deadline {
+            usleep(20_000)
+            drops = try loopDrops()
+        }
+        XCTAssertEqual(drops, loops, "each of the \(loops) loops ends with one drop within 5 s")
+        XCTAssertEqual(x.stop(), 0)
+        XCTAssertEqual(y.stop(), 0)
+        let lx = x.totals("e"), ly = y.totals("e")
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), loops, "\(lx ?? "") \(ly ?? "")")
+    }
 }

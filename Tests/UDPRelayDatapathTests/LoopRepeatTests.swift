@@ -89,4 +89,34 @@ final class LoopRepeatTests: XCTestCase {
         b[199] = 2
         XCTAssertNotEqual(fp(a), fp(b), "last 8 bytes")
     }
+
+    /// Datagrams looping between this echo filter and another echo server on this host: each
+    /// one served comes back with the same payload, each one refused is gone. Returns how many
+    /// were served before every loop ended, or nil if some still ran after `limit` datagrams
+    /// (one every 4 µs of the fake clock: a fast loop).
+    func runLoops(_ f: IngressFilter, payloads: [[UInt8]], limit: Int = 200_000) -> Int? {
+        let peer = SocketAddress(ip: ip("127.0.0.1"), port: 37012)
+        var inFlight = payloads[...]
+        var served = 0
+        for step in 0..<limit {
+            guard let payload = inFlight.popFirst() else { return served }
+            if payload.withUnsafeBytes({ f.check(peer, payload: $0, now: 1_000_000_000 + UInt64(step) * 4000) }) == nil {
+                served += 1
+                inFlight.append(payload)
+            }
+        }
+        return inFlight.isEmpty ? served : nil
+    }
+
+    /// One spoofed datagram, or several with different payloads into the same pair of ports
+    /// (which cycle, so no datagram repeats its immediate predecessor): every loop ends, within
+    /// the burst and the anchor's period.
+    func testEveryLoopThroughOneFlowEndsUpToTheAnchorInterval() throws {
+        for k in [1, 2, 5, 64] {
+            let served = runLoops(echoFilter(), payloads: (0..<k).map { bytes($0) })
+            let bound = (LoopBreaker.burst + 2) * Int(RecentFingerprints.anchorInterval) + 2 * k * Int(RecentFingerprints.anchorInterval)
+            XCTAssertNotNil(served, "\(k) loops through one flow end")
+            XCTAssertLessThanOrEqual(try XCTUnwrap(served), bound, "\(k) loops")
+        }
+    }
 }
