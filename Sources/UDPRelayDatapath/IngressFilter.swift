@@ -22,9 +22,9 @@ final class IngressFilter {
     private let echo: Bool
     private var loop = LoopContext()
     /// Echo only, the loop breaker (`LoopBreaker`): per local flow (source address and port),
-    /// the fingerprint of its last payload and a token bucket. Datagrams from a local server
-    /// port (outside the ephemeral range), and repeats (the same payload as the flow's previous
-    /// datagram) from any local port, are capped per flow; another echo server on this host
+    /// fingerprints of recent payloads and a token bucket. Datagrams from a local server port
+    /// (outside the ephemeral range), and repeats (a payload the flow brought just before, see
+    /// `RecentFingerprints`) from any local port, are capped per flow; another echo server on this host
     /// answering us (a loop one spoofed datagram starts) exceeds the cap within
     /// `LoopBreaker.burst` round trips, and the first drop ends the loop.
     private let loopFlows: KeyedRateLimiter<SocketAddress>?
@@ -76,7 +76,7 @@ final class IngressFilter {
     }
 
     /// The same, with the datagram's payload: an echo listener's loop breaker also caps a local
-    /// flow that repeats its previous payload, whatever its port (see `LoopBreaker`).
+    /// flow that repeats a recent payload, whatever its port (see `LoopBreaker`).
     @inline(__always)
     func check(_ raw: SocketAddress, payload: UnsafeRawBufferPointer?, now: UInt64) -> Counter? {
         let source = raw.unmapped
