@@ -21,10 +21,12 @@ final class IngressFilter {
     /// where they send (`isOwnRelayListener`).
     private let echo: Bool
     private var loop = LoopContext()
-    /// Echo only: datagrams from a local address and a port outside the ephemeral range (a
-    /// server's port, not a client's) are capped per source address and port. Another echo
-    /// server on this host answering us (a loop one spoofed datagram starts) exceeds the cap
-    /// within `LoopBreaker.burst` round trips, and the first drop ends the loop.
+    /// Echo only, the loop breaker (`LoopBreaker`): per local flow (source address and port),
+    /// fingerprints of recent payloads and a token bucket. Datagrams from a local server port
+    /// (outside the ephemeral range), and repeats (a payload the flow brought just before, see
+    /// `RecentFingerprints`) from any local port, are capped per flow; another echo server on this host
+    /// answering us (a loop one spoofed datagram starts) exceeds the cap within
+    /// `LoopBreaker.burst` round trips, and the first drop ends the loop.
     private let loopFlows: KeyedRateLimiter<SocketAddress>?
     private let perSource: SourceRateLimiter?
     private var total: TokenBucket?
@@ -66,20 +68,37 @@ final class IngressFilter {
     }
 
     /// The drop counter for a datagram from `raw`, or nil to serve it. `now` is the monotonic
-    /// time when `needsClock` (else anything: the loop breaker reads the clock itself, rarely).
+    /// time when `needsClock` (else anything: the loop breaker reads the clock itself, for local
+    /// sources only). Without the payload, the loop breaker caps local server ports only.
     @inline(__always)
     func check(_ raw: SocketAddress, now: UInt64) -> Counter? {
+        check(raw, payload: nil, now: now)
+    }
+
+    /// The same, with the datagram's payload: an echo listener's loop breaker also caps a local
+    /// flow that repeats a recent payload, whatever its port (see `LoopBreaker`).
+    @inline(__always)
+    func check(_ raw: SocketAddress, payload: UnsafeRawBufferPointer?, now: UInt64) -> Counter? {
         let source = raw.unmapped
         if denyPorts.contains(source.port) { return .dropSourcePort }
         if loopGuard, echo ? loop.isOwnPortOnThisHost(source) : loop.isOwnListener(source) { return .dropLoop }
-        if let loopFlows, !loop.ephemeral.contains(source.port), loop.isLocal(source.ip),
-           !loopFlows.admit(source, now: needsClock ? now : IngressFilter.monotonicNow()) {
+        if let loopFlows, loop.isLocal(source.ip), !breakerAdmits(loopFlows, source, payload: payload, now: now) {
             return .dropLoop
         }
         if !access.isOpen, !access.permits(source.ip) { return .dropDenied }
         if let perSource, !perSource.admit(source.ip, now: now) { return .dropRateLimited }
         if total != nil, !total!.take(now: now) { return .dropRateLimitedTotal }
         return nil
+    }
+
+    /// The loop breaker's verdict on a datagram from `source`, a local address (unmapped).
+    @inline(__always)
+    private func breakerAdmits(_ flows: KeyedRateLimiter<SocketAddress>, _ source: SocketAddress,
+                               payload: UnsafeRawBufferPointer?, now: UInt64) -> Bool {
+        let server = !loop.ephemeral.contains(source.port)
+        let clock = needsClock ? now : IngressFilter.monotonicNow()
+        guard let payload else { return !server || flows.admit(source, now: clock) }
+        return flows.admit(source, fingerprint: LoopBreaker.fingerprint(payload), always: server, now: clock).admitted
     }
 
     /// Monotonic time in nanoseconds (coarse clock: a few ms resolution is plenty for rates).
@@ -91,13 +110,73 @@ final class IngressFilter {
     }
 }
 
-/// The echo loop breaker's cap per local server-port flow. It holds whatever the configuration
-/// says (it is not switched off by `loop_guard = no`).
+/// The echo loop breaker. It holds whatever the configuration says (it is not switched off by
+/// `loop_guard = no`), and tells a loop between two echo servers on this host by two signs:
+///
+/// - the source is a local server port (a local address, a port outside the kernel's ephemeral
+///   range): every datagram of such a flow is capped;
+/// - the flow repeats itself: echo returns the payload unchanged, so in a ping-pong between two
+///   echo servers every datagram a flow brings is the one it brought before (or, with several
+///   datagrams looping at once, one it brought a few datagrams before). A datagram from a
+///   local address (any port) whose payload has the fingerprint of the flow's previous one, or
+///   of its anchor (`RecentFingerprints`: one datagram in 64), is capped; others are not, so a
+///   local client whose payloads change is never capped, at any rate (a benchmark's load
+///   client numbers its datagrams), while one that sends the same bytes over and over from one
+///   socket faster than `rate` is treated like an echo server.
+///
+/// The cap is `rate` per flow (source address and port) after `burst`, in a table of `flows`
+/// per worker. A loop faster than `rate` drains the burst within about `burst` round trips and
+/// the first drop ends it (a single spoofed datagram is the whole loop). A loop slower than
+/// `rate` is only held to it, never ended: neither a lower cap nor dropping a flow for a while
+/// after it repeated would end it (a loop slower than any cap stays under it, and a flow
+/// repeating slowly is also a client's keep-alive or retry), while a lower cap would throttle
+/// such clients sooner; a loop held under `rate` per flow costs a small, bounded share of a core.
+/// Not told apart: more than 64 datagrams with different payloads spoofed into one pair of
+/// client ports (their cycle is longer than the anchor's interval).
 enum LoopBreaker {
     static let rate = Rate(perSecond: 100)
     static let burst = 32
     /// Flows tracked per worker (a full table shares one bucket, see `KeyedRateLimiter`).
     static let flows = 256
+    /// Bytes of the payload's head that go into its fingerprint (and its last 8 bytes, and its
+    /// length): enough for any header, sequence number or nonce a client varies.
+    static let fingerprintHead = 64
+
+    /// A cheap, allocation-free fingerprint of `payload` (never 0): its length, its first
+    /// `fingerprintHead` bytes and its last 8, 8 bytes at a time through a multiply-xorshift mix.
+    @inline(__always)
+    static func fingerprint(_ payload: UnsafeRawBufferPointer) -> UInt64 {
+        let count = payload.count
+        var h = 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: count)
+        guard let base = payload.baseAddress, count > 0 else { return mix(h) | 1 }
+        let head = min(count, fingerprintHead)
+        var i = 0
+        while i + 8 <= head {
+            h = mix(h ^ base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            i += 8
+        }
+        if i < head {
+            var tail: UInt64 = 0
+            for j in i..<head {
+                tail |= UInt64(base.load(fromByteOffset: j, as: UInt8.self)) << UInt64(8 * (j - i))
+            }
+            h = mix(h ^ tail)
+        }
+        if count > fingerprintHead {
+            h = mix(h ^ base.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self))
+        }
+        let f = mix(h)
+        return f == 0 ? 1 : f
+    }
+
+    /// splitmix64's finaliser.
+    @inline(__always)
+    private static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &* 0xBF58_476D_1CE4_E5B9
+        z ^= z >> 31
+        z = z &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 29)
+    }
 }
 
 /// What the loop guard knows about this daemon's listeners and this host: one value for every

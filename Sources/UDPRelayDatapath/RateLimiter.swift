@@ -53,6 +53,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
     private var index: [Key: Int32]
     private var keys: [Key]
     private var buckets: [TokenBucket]
+    /// Per key: the fingerprints its datagrams are compared with (`admit(_:fingerprint:always:now:)`).
+    private var recent: [RecentFingerprints]
     private var newer: [Int32]
     private var older: [Int32]
     private var newest: Int32 = -1
@@ -74,6 +76,8 @@ public final class KeyedRateLimiter<Key: Hashable> {
         keys.reserveCapacity(capacity)
         buckets = []
         buckets.reserveCapacity(capacity)
+        recent = []
+        recent.reserveCapacity(capacity)
         newer = []
         newer.reserveCapacity(capacity)
         older = []
@@ -84,19 +88,38 @@ public final class KeyedRateLimiter<Key: Hashable> {
 
     /// Whether a datagram from `key` at time `now` is within its rate.
     public func admit(_ key: Key, now: UInt64) -> Bool {
+        let (slot, fresh) = find(key, now: now)
+        return take(slot, fresh: fresh, now: now)
+    }
+
+    /// The loop breaker's admission: charges the datagram to `key`'s bucket only if `always` or
+    /// if its `fingerprint` (of the payload, never 0) repeats one of `key`'s recent datagrams
+    /// (`RecentFingerprints`), then records it. Uncharged datagrams are admitted. Returns whether
+    /// the datagram is admitted and whether it was a repeat.
+    public func admit(_ key: Key, fingerprint: UInt64, always: Bool, now: UInt64) -> (admitted: Bool, repeated: Bool) {
+        let (slot, fresh) = find(key, now: now)
+        let repeated = recent[Int(slot)].record(fingerprint)
+        guard always || repeated else { return (true, false) }
+        return (take(slot, fresh: fresh, now: now), repeated)
+    }
+
+    /// `key`'s slot, made (or taken from the least recently seen key when the table is full)
+    /// if there is none; `fresh` when it was taken while the table was full.
+    private func find(_ key: Key, now: UInt64) -> (slot: Int32, fresh: Bool) {
         if let slot = index[key] {
             touch(slot)
-            return buckets[Int(slot)].take(now: now)
+            return (slot, false)
         }
         if keys.count < capacity {
             let slot = Int32(keys.count)
             keys.append(key)
             buckets.append(TokenBucket(rate: rate, burst: burst, now: now))
+            recent.append(RecentFingerprints())
             newer.append(-1)
             older.append(-1)
             index[key] = slot
             pushNewest(slot)
-            return buckets[Int(slot)].take(now: now)
+            return (slot, false)
         }
         // Full: forget the least recently seen key; the newcomer starts empty and is served
         // from the shared overflow bucket.
@@ -106,9 +129,17 @@ public final class KeyedRateLimiter<Key: Hashable> {
         index.removeValue(forKey: keys[Int(slot)])
         keys[Int(slot)] = key
         buckets[Int(slot)] = TokenBucket(rate: rate, burst: burst, now: now, tokens: 0)
+        recent[Int(slot)] = RecentFingerprints()
         index[key] = slot
         pushNewest(slot)
-        return overflow.take(now: now)
+        return (slot, true)
+    }
+
+    /// Takes a token for a datagram in `slot`: from the shared overflow bucket when the slot
+    /// was just taken from another key while the table was full.
+    @inline(__always)
+    private func take(_ slot: Int32, fresh: Bool, now: UInt64) -> Bool {
+        fresh ? overflow.take(now: now) : buckets[Int(slot)].take(now: now)
     }
 
     private func touch(_ slot: Int32) {
@@ -133,5 +164,31 @@ public final class KeyedRateLimiter<Key: Hashable> {
         if newest >= 0 { newer[Int(newest)] = slot }
         newest = slot
         if oldest < 0 { oldest = slot }
+    }
+}
+
+/// What a loop breaker flow remembers of its payloads: the last fingerprint, and an anchor (the
+/// fingerprint of one datagram, taken afresh every `anchorInterval` datagrams). A datagram
+/// repeats if it matches either: a ping-pong of one datagram matches the last; several
+/// datagrams looping at once through the same flow (with different payloads, each returned
+/// unchanged) cycle with a period of their number, and while that is at most `anchorInterval`
+/// the anchor comes round again before it is replaced.
+struct RecentFingerprints {
+    static let anchorInterval: UInt16 = 64
+    private var last: UInt64 = 0
+    private var anchor: UInt64 = 0
+    private var untilAnchor: UInt16 = 0
+
+    /// Whether `fingerprint` (never 0) repeats the last one or the anchor; then records it.
+    @inline(__always)
+    mutating func record(_ fingerprint: UInt64) -> Bool {
+        let repeated = fingerprint == last || fingerprint == anchor
+        last = fingerprint
+        if untilAnchor == 0 {
+            anchor = fingerprint
+            untilAnchor = Self.anchorInterval
+        }
+        untilAnchor -= 1
+        return repeated
     }
 }

@@ -120,7 +120,7 @@ public class SocketWorker: @unchecked Sendable {
     @inline(__always)
     final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
         let source = SocketAddress(sockaddr: batch.names + i)
-        if let source, let reason = filter.check(source, now: now) {
+        if let source, let reason = filter.check(source, payload: batch.payload(i), now: now) {
             counters.add(reason)
             noteDrop(reason, from: source)
             return false

@@ -94,4 +94,86 @@ final class LoopEndToEndTests: XCTestCase {
         XCTAssertLessThanOrEqual(received, allowed, "and was held to the breaker's cap over \(loopSeconds) s: \(lx ?? "") \(ly ?? "")")
         XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), 1)
     }
+
+    /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+    static func ephemeralPorts() throws -> ClosedRange<UInt16> {
+        let text = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        let parts = text.split(whereSeparator: \.isWhitespace).compactMap { UInt16($0) }
+        guard parts.count == 2, parts[0] <= parts[1] else { throw XCTSkip("cannot read ip_local_port_range: \(text)") }
+        return parts[0]...parts[1]
+    }
+
+    /// Two echo daemons on ports inside the ephemeral range look like clients to each other
+    /// (and neither's loop guard knows the other's port); one spoofed datagram made them answer
+    /// each other forever (about 250/s here). The loop breaker sees the ping-pong's signature,
+    /// each datagram repeating the flow's previous payload, and caps it like a server port's.
+    func testTwoEchoDaemonsOnEphemeralPortsStopWithinTheBreakersBurst() throws {
+        try requireRoot()
+        let ephemeral = try Self.ephemeralPorts()
+        // Port 0: the kernel picks a free port in the ephemeral range, as a client's.
+        let (x, bx) = try startDaemon("[listener e]\nlisten = 127.0.0.2:0\nloop_guard = no\n")
+        let (y, by) = try startDaemon("[listener e]\nlisten = 127.0.0.3:0\n")
+        let px = try XCTUnwrap(bx["e"]?.first?.port), py = try XCTUnwrap(by["e"]?.first?.port)
+        XCTAssertTrue(ephemeral.contains(px) && ephemeral.contains(py), "\(px), \(py) in \(ephemeral)")
+        let started = Date()
+        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
+        var ended = false
+        let deadline = Date().addingTimeInterval(5)
+        while !ended && Date() < deadline {
+            ended = waitForLoopDrop(x, timeout: 0.2) != nil || waitForLoopDrop(y, timeout: 0.2) != nil
+        }
+        let loopSeconds = Date().timeIntervalSince(started)
+        XCTAssertTrue(ended, "one of the two refuses the ping-pong as a loop within 5 s")
+        // A client of x on the same host, sending changing payloads fast, is not capped.
+        let client = try UDPClient()
+        let xAddress = SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px)
+        var answered = 0
+        for i in 0..<500 {
+            let payload = Array("ping \(i)".utf8)
+            client.send(payload, to: xAddress)
+            if client.receive()?.bytes == payload { answered += 1 }
+        }
+        XCTAssertEqual(answered, 500, "a local client with changing payloads is served in full")
+        XCTAssertEqual(x.stop(), 0)
+        XCTAssertEqual(y.stop(), 0)
+        let lx = x.totals("e"), ly = y.totals("e")
+        let received = DaemonProcess.count("received", in: lx) + DaemonProcess.count("received", in: ly) - 500
+        XCTAssertGreaterThan(received, 1, "the loop did start: \(lx ?? "") \(ly ?? "")")
+        // The cap (config/README.md, loop_guard): each daemon's flow passes its first datagram
+        // (not yet a repeat), then 32, then 100/s while the loop ran.
+        let allowed = 2 * (1 + 32 + Int((100 * loopSeconds).rounded(.up)) + 2)
+        XCTAssertLessThanOrEqual(received, allowed, "and was held to the breaker's cap over \(loopSeconds) s: \(lx ?? "") \(ly ?? "")")
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), 1)
+    }
+
+    /// Several spoofed datagrams with different payloads into the same pair of client ports
+    /// loop at once and cycle, so none repeats its immediate predecessor: the breaker's anchor
+    /// (one fingerprint in 64) sees the cycle, and each loop ends with one drop.
+    func testSeveralLoopsThroughTheSameEphemeralPortsAllEnd() throws {
+        try requireRoot()
+        let (x, bx, sx) = try startDaemonWithStatus("[listener e]\nlisten = 127.0.0.2:0\nloop_guard = no\n")
+        let (y, by, sy) = try startDaemonWithStatus("[listener e]\nlisten = 127.0.0.3:0\n")
+        let px = try XCTUnwrap(bx["e"]?.first?.port), py = try XCTUnwrap(by["e"]?.first?.port)
+        XCTAssertTrue(try Self.ephemeralPorts().contains(px))
+        let loops = 4
+        for i in 0..<loops {
+            try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+                                   to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop \(i)".utf8))
+        }
+        func loopDrops() throws -> Int {
+            try [sx, sy].map { try XCTUnwrap((try listenerStatus($0, "e")["drops"] as? [String: Any])?["loop"] as? Int) }.reduce(0, +)
+        }
+        let deadline = Date().addingTimeInterval(5)
+        var drops = try loopDrops()
+        while drops < loops && Date() < deadline {
+            usleep(20_000)
+            drops = try loopDrops()
+        }
+        XCTAssertEqual(drops, loops, "each of the \(loops) loops ends with one drop within 5 s")
+        XCTAssertEqual(x.stop(), 0)
+        XCTAssertEqual(y.stop(), 0)
+        let lx = x.totals("e"), ly = y.totals("e")
+        XCTAssertEqual(DaemonProcess.count("drop.loop", in: lx) + DaemonProcess.count("drop.loop", in: ly), loops, "\(lx ?? "") \(ly ?? "")")
+    }
 }
