@@ -169,8 +169,9 @@ public class SocketWorker: @unchecked Sendable {
 
     /// One `recvmmsg` on the listener socket into `batch`, after resetting the `lastCount`
     /// slots the previous call filled: the datagrams received, 0 when the socket is empty, nil
-    /// after an error (counted as `receive_errors`; the read source fires again only if the
-    /// socket is still readable, so a persistent error cannot spin).
+    /// after an error (counted as `receive_errors`; the wait set and the read source report the
+    /// socket again only while it is still readable, and a failed call consumes a pending
+    /// socket error, so an error cannot spin).
     @inline(__always)
     final func receive(into batch: MessageBatch, resetting lastCount: Int) -> Int? {
         do {
