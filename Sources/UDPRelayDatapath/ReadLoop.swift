@@ -7,25 +7,25 @@ import Dispatch
 /// The worker runtime: how a worker's thread waits for datagrams. One loop, used by every mode
 /// (echo, forward/balance, mirror).
 ///
-/// A worker's sockets are woken through Dispatch read sources on its serial queue (the
-/// listener socket's source is every datagram's entry point; relay and mirror workers also
-/// have one on their `WaitSet`, the epoll set of their session or upstream sockets). A Dispatch
+/// Every worker has one Dispatch read source on its serial queue, the entry point of its
+/// sockets: for echo on the listener socket; for relay and mirror on their `WaitSet`, the epoll
+/// set that holds the listener and the session (relay) or upstream (mirror) sockets. A Dispatch
 /// wakeup is expensive next to a datagram: libdispatch's event thread disarms the source, wakes
 /// a worker thread (futex), that thread runs the handler, and the source is re-armed after it
-/// (two `epoll_ctl`, an eventfd write and read, a FIONREAD). Paying it per datagram cost 2-5x
-/// the CPU of a plain epoll server at 1,000-10,000 datagrams/s.
+/// (two `epoll_ctl`, an eventfd write and read, a FIONREAD). Paying it per datagram cost 1.5-2x
+/// the CPU of a plain epoll server at 1,000-50,000 datagrams/s.
 ///
-/// So once a source fires, the handler serves on that thread and waits in the kernel itself:
-/// the listener joins the worker's `WaitSet` for the turn, and the loop alternates
-/// `epoll_wait` (with a timeout) and serving what it reports: listener batches with
-/// `recvmmsg` (`receiveBatch`), member sockets by tag (`memberReady`). While traffic keeps
-/// coming a datagram costs what it costs a C epoll server: one `epoll_wait`, one `recvmmsg`,
-/// one send. The turn ends, and the thread goes back to Dispatch (whose source then sleeps in
-/// libdispatch's epoll at no cost), when nothing arrived for `DatapathTuning.idleHold`, or
-/// after `DatapathTuning.turnLimit` in all, so that other work queued on the worker's serial
-/// queue (stop, reload, liveness probes, the session expiry timer) waits at most that long.
-/// An idle worker therefore makes no wakeups at all, and a steady stream costs one Dispatch
-/// wakeup per `turnLimit` (about 50 a second) instead of one per datagram.
+/// So once the source fires, the handler serves on that thread and waits in the kernel itself:
+/// the loop alternates `epoll_wait` on the wait set (with a timeout; an echo listener joins
+/// the set for the turn) and serving what it reports: listener batches with `recvmmsg`
+/// (`receiveBatch`), member sockets by tag (`memberReady`). While traffic keeps coming a
+/// datagram costs what it costs a C epoll server: one `epoll_wait`, one `recvmmsg`, one send.
+/// The source stays disarmed meanwhile, so libdispatch's event thread sleeps. The turn ends,
+/// and the thread goes back to Dispatch, when nothing arrived for `DatapathTuning.idleHold`,
+/// or after `DatapathTuning.turnLimit` in all, so that other work queued on the worker's
+/// serial queue (stop, reload, liveness probes, the session expiry timer) waits at most that
+/// long. An idle worker therefore makes no wakeups at all, and a steady stream costs one
+/// Dispatch wakeup per `turnLimit` (about 50 a second) instead of one per datagram.
 ///
 /// `busy_poll` (off by default) adds a spin before the wait: for up to that long after the
 /// last datagram the loop polls without blocking (yielding the CPU in between), which shaves
@@ -78,8 +78,8 @@ extension SocketWorker {
     final func serveTurn(holding: Bool) {
         dispatchPrecondition(condition: .onQueue(queue))
         turnStarted()
-        let joined = (try? waitSet.add(fd, tag: WaitSet.listenerTag)) != nil
-        defer { if joined { waitSet.remove(fd) } }
+        let joined = listenerAlwaysInSet || (try? waitSet.add(fd, tag: WaitSet.listenerTag)) != nil
+        defer { if joined && !listenerAlwaysInSet { waitSet.remove(fd) } }
         if !joined {
             // Cannot wait in the kernel (no memory for the epoll entry): serve what is there.
             drainListener()
