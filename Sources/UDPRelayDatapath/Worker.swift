@@ -27,7 +27,7 @@ public struct DatapathTuning: Sendable {
 }
 
 /// A worker serves one socket on its own serial queue: a Dispatch read source on the socket
-/// wakes it, and it then serves on that thread in turns of the read loop (`serveTurn`, see
+/// (echo) or on the wait set that holds it (relay, mirror) wakes it, and it then serves on that thread in turns of the read loop (`serveTurn`, see
 /// `WaitSet`). Subclasses process batches (`receiveBatch`) and, for relay and mirror, their
 /// own sockets in the wait set (`memberReady`); this base owns the descriptor, the queue, the
 /// wait set, the sources and the counters, and closes the descriptors only in the sources'
@@ -48,13 +48,14 @@ public class SocketWorker: @unchecked Sendable {
     /// Per drop reason (indexed by `Counter.rawValue`): the first refusal is logged at once,
     /// then at most one line a minute with the number refused in between.
     private var dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .seconds(60)), count: Counter.allCases.count)
+    /// The read source: on the listener (echo) or on the wait set (relay, mirror; see `start`).
     private var source: DispatchSourceRead?
-    /// The wait set's own read source (relay and mirror: when one of their sockets is readable
-    /// outside a turn). Nil for echo, whose wait set holds only the listener during turns.
+    /// Only when the listener could not join the wait set of a relay or mirror worker: a second
+    /// source, on the wait set, while `source` stays on the listener.
     private var membersSource: DispatchSourceRead?
     private let closed = DispatchGroup()
-    /// The epoll set the read loop waits in: the listener during a turn, and the subclass's
-    /// sockets (`hasMembers`), tagged by the subclass.
+    /// The epoll set the read loop waits in: the listener (echo: during a turn), and the
+    /// subclass's sockets (`hasMembers`), tagged by the subclass.
     let waitSet: WaitSet
     let tuning: DatapathTuning
     /// `busy_poll` in nanoseconds: spin this long after the last datagram before sleeping in

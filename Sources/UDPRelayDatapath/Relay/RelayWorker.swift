@@ -46,11 +46,10 @@ struct Session {
 /// session sockets, the expiry timer) runs on the one serial queue of this worker.
 ///
 /// Session sockets sit in the worker's wait set (see `WaitSet`), tagged with their slot and
-/// generation, whose descriptor has the worker's second Dispatch read source (instead of a
-/// source per session): a session costs a slot in a flat array instead of a source, two
-/// closures and three objects. A wakeup from either source runs a turn of the read loop, which
-/// serves requests and replies as a plain epoll loop would (the listener joins the set for
-/// the turn), so a reply never waits for the other source's turn on the queue.
+/// generation, beside the listener socket; the set's descriptor has the worker's one Dispatch
+/// read source (instead of a source per session): a session costs a slot in a flat array
+/// instead of a source, two closures and three objects. A wakeup runs a turn of the read loop,
+/// which serves requests and replies as a plain epoll loop would.
 ///
 /// A session that is evicted, expires or reaches `session_max_replies` keeps its socket, out of
 /// the table, for `closedSessionHold` (2 s), and no held socket is closed before that. A closed
@@ -157,7 +156,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     override var hasMembers: Bool { true }
 
-    /// Starts the listener's source, the wait set's source and the expiry timer.
+    /// Starts the read source (on the wait set) and the expiry timer.
     override func start(registered: DispatchGroup) {
         // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
         // listener was made, however many names hang).
