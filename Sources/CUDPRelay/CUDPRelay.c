@@ -162,10 +162,20 @@ int cur_epoll_add(int epfd, int fd, uint64_t tag) {
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+int cur_epoll_remove(int epfd, int fd) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev);
+}
+
 int cur_epoll_poll(int epfd, struct cur_ready *ready, int max) {
+    return cur_epoll_wait(epfd, ready, max, 0);
+}
+
+int cur_epoll_wait(int epfd, struct cur_ready *ready, int max, int timeout) {
     struct epoll_event events[64];
     if (max > 64) max = 64;
-    int n = epoll_wait(epfd, events, max, 0);
+    int n = epoll_wait(epfd, events, max, timeout);
     for (int i = 0; i < n; i++) {
         ready[i].tag = events[i].data.u64;
         ready[i].events = events[i].events;

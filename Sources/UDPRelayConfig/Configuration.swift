@@ -87,8 +87,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var health: HealthSettings
     /// Access control, loop guard and rate limits.
     public var protection: ProtectionConfiguration
-    /// How long a worker keeps polling its socket after it ran dry before it goes back to
-    /// sleep (`busy_poll`); zero sleeps at once.
+    /// How long a worker keeps polling its sockets without sleeping after the last datagram
+    /// (`busy_poll`); zero (the default) sleeps in `epoll_wait` at once.
     public var busyPoll: Duration
     /// Sockets per `listen` address, each with its own worker (`workers`); more than one share
     /// the address with SO_REUSEPORT and the kernel spreads clients over them.
@@ -159,9 +159,10 @@ public enum Defaults {
     public static let resolveInterval = Duration.seconds(30)
     public static let sessionTimeout = Duration.seconds(60)
     public static let maxSessions = 65536
-    /// Polling a drained socket this long catches the next datagram of a request/response
-    /// exchange without a Dispatch wakeup (see BENCHMARKS.md: round trips from 43 to 24 µs).
-    public static let busyPoll = Duration.microseconds(50)
+    /// Off: a worker sleeps in `epoll_wait` as soon as its sockets run dry, which costs what a
+    /// C epoll server costs at every rate; spinning costs a CPU at everyday rates for a few µs
+    /// of round trip (see BENCHMARKS.md).
+    public static let busyPoll = Duration.zero
     /// One socket and worker per address: nothing shares a port unless asked to.
     public static let workers = WorkerCount.count(1)
     /// UDP GSO halves the relay's CPU per datagram in bursts (see BENCHMARKS.md); the kernel

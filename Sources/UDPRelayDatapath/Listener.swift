@@ -105,13 +105,13 @@ public final class Listener: Sendable {
         let label = "udprelayd.listener.\(configuration.name).\(index)"
         switch configuration.mode {
         case .echo:
-            return EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
+            return try EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
                               busyPoll: configuration.busyPoll, segmentation: configuration.segmentation, tuning: tuning)
         case .forward, .balance:
             return try RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
                                upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)
         case .mirror:
-            return MirrorWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+            return try MirrorWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
                                 upstreams: upstreams!, workerIndex: index, tuning: tuning)
         }
     }

@@ -13,7 +13,7 @@ final class DatapathKeysTests: XCTestCase, ConfigFileTests {
 
     func testBusyPollDefaultAndValues() throws {
         XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9\n").listeners[0].busyPoll, Defaults.busyPoll)
-        XCTAssertEqual(Defaults.busyPoll, .microseconds(50))
+        XCTAssertEqual(Defaults.busyPoll, .zero)
         let c = try parse("""
         [listener a]
         listen = 127.0.0.1:9

@@ -55,6 +55,13 @@ int cur_epoll_create(void);
 /// reported). Returns epoll_ctl's result.
 int cur_epoll_add(int epfd, int fd, uint64_t tag);
 
+/// Removes `fd` from `epfd`. Returns epoll_ctl's result.
+int cur_epoll_remove(int epfd, int fd);
+
+/// epoll_wait for up to `timeout` milliseconds (0: do not block, -1: no limit): writes up to
+/// `max` (at most 64) ready descriptors to `ready` and returns how many, or -1 with errno.
+int cur_epoll_wait(int epfd, struct cur_ready *ready, int max, int timeout);
+
 /// epoll_wait without blocking: writes up to `max` (at most 64) ready descriptors to `ready`
 /// and returns how many, or -1 with errno.
 int cur_epoll_poll(int epfd, struct cur_ready *ready, int max);

@@ -10,7 +10,9 @@ import UDPRelayConfig
 /// connected non-blocking socket of its own, with one `DatagramSender` call per upstream per
 /// batch (equal-sized runs segmented, the rest with `sendmmsg`). A full
 /// buffer or an error on one upstream drops only that upstream's copies (counted), never the
-/// others'. Replies are read, counted as `repliesIgnored` and dropped.
+/// others'. Replies are read, counted as `repliesIgnored` and dropped: the upstream sockets
+/// sit in the worker's wait set, tagged with their index, and are served by the read loop
+/// (see `WaitSet`) like relay sessions.
 final class MirrorWorker: SocketWorker, @unchecked Sendable {
     // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
     private let batch: MessageBatch
@@ -19,23 +21,20 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private let scratch: UnsafeMutablePointer<cur_mmsghdr>
     /// Sends each upstream's copies (segmented where it applies).
     private var sender: DatagramSender
-    private let tuning: DatapathTuning
     private let sampleEvery: Int
     private var sampleCounter = 0
     let upstreams: UpstreamTable
     private let upCounters: [UpstreamCounterSet]
     private var upstreamFDs: [Int32]
-    private var upstreamSources: [DispatchSourceRead?]
     private var connectedGeneration: UInt64 = .max
-    private let upstreamsClosed = DispatchGroup()
     /// The listener's `rcvbuf`/`sndbuf`, applied to the upstream sockets too.
     private let receiveBuffer: Int
     private let sendBuffer: Int
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
-         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) {
-        self.tuning = tuning
+         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) throws(SyscallError) {
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: false)
+        self.lastCount = tuning.batchSize
         self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 1, withControl: false)
         self.scratch = .allocate(capacity: tuning.batchSize)
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
@@ -46,8 +45,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.upstreamFDs = Array(repeating: -1, count: upstreams.count)
-        self.upstreamSources = Array(repeating: nil, count: upstreams.count)
-        super.init(fd: fd, localAddress: localAddress, label: label)
+        try super.init(fd: fd, localAddress: localAddress, label: label, tuning: tuning, busyPoll: .zero)
     }
 
     deinit {
@@ -61,18 +59,13 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         super.start(registered: registered)
     }
 
-    /// Stops the listener socket first (its last read pass may still copy datagrams), then
-    /// closes the upstream sockets; `done` is left once all are closed.
-    override func stop(done: DispatchGroup) {
-        super.stop(done: done)
-        done.enter()
-        queue.async { [self] in
-            for (i, s) in upstreamSources.enumerated() {
-                if let s { s.cancel() } else if upstreamFDs[i] >= 0 { close(upstreamFDs[i]) }
-                upstreamFDs[i] = -1
-            }
-            upstreamSources = []
-            upstreamsClosed.notify(queue: .global()) { done.leave() }
+    override var hasMembers: Bool { true }
+
+    /// After the listener's last pass (which may still copy datagrams): closes the upstream sockets.
+    override func stopMembers() {
+        for i in upstreamFDs.indices where upstreamFDs[i] >= 0 {
+            close(upstreamFDs[i])
+            upstreamFDs[i] = -1
         }
     }
 
@@ -86,9 +79,8 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             // unconnected (its copies count as send drops).
             guard let address = upstreams.address(i), !filter.isOwnRelayListener(address) else { continue }
             if upstreamFDs[i] >= 0, (try? UDPSocket.connect(upstreamFDs[i], to: address)) != nil { continue }
-            if let s = upstreamSources[i] {
-                s.cancel()
-                upstreamSources[i] = nil
+            if upstreamFDs[i] >= 0 {
+                close(upstreamFDs[i])  // which takes it out of the wait set
                 upstreamFDs[i] = -1
             }
             guard let ufd = try? UDPSocket.open(family: address.family) else { continue }
@@ -97,30 +89,37 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 continue
             }
             UDPSocket.setBuffers(ufd, receive: receiveBuffer, send: sendBuffer)
-            let source = DispatchSource.makeReadSource(fileDescriptor: ufd, queue: queue)
-            source.setEventHandler { [unowned self] in drainReplies(i, fd: ufd) }
-            let closed = upstreamsClosed
-            closed.enter()
-            source.setCancelHandler {
-                close(ufd)
-                closed.leave()
+            do {
+                try waitSet.add(ufd, tag: UInt64(i))
+            } catch {
+                // Copies are still sent; replies are not read (they count as kernel drops).
+                counters.add(.receiveErrors)
             }
             upstreamFDs[i] = ufd
-            upstreamSources[i] = source
-            source.activate()
         }
     }
 
-    override func readable() {
-        dispatchPrecondition(condition: .onQueue(queue))
+    override func turnStarted() {
         if connectedGeneration != upstreams.generation[0] { connectUpstreams() }
-        var lastCount = batch.capacity
-        for _ in 0..<tuning.maxBatchesPerWakeup {
-            guard let received = receive(into: batch, resetting: lastCount), received > 0 else { return }
-            lastCount = received
-            mirror(received)
-            if received < batch.capacity { return }
-        }
+    }
+
+    /// Slots of `batch` the last `recvmmsg` filled, to be reset before the next.
+    private var lastCount: Int
+
+    /// One `recvmmsg` on the listener, copied: the datagrams read, 0 when none, nil on error.
+    override func receiveBatch() -> Int? {
+        guard let received = receive(into: batch, resetting: lastCount) else { return nil }
+        guard received > 0 else { return 0 }
+        lastCount = received
+        mirror(received)
+        return received
+    }
+
+    /// An upstream socket in the wait set is readable: its replies (or an error) are drained.
+    override func memberReady(_ tag: UInt64) {
+        let u = Int(tag)
+        guard u < upstreamFDs.count, upstreamFDs[u] >= 0 else { return }
+        drainReplies(u, fd: upstreamFDs[u])
     }
 
     @inline(__always)

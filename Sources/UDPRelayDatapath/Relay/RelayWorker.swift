@@ -45,13 +45,11 @@ struct Session {
 /// replies go back to the client from the listener's socket. Everything (listener socket,
 /// session sockets, the expiry timer) runs on the one serial queue of this worker.
 ///
-/// Session sockets sit in one epoll set per worker, whose descriptor has the worker's second
-/// Dispatch read source (instead of a source per session): a session costs a slot in a flat
-/// array instead of a source, two closures and three objects (RSS per session 1,170 → 216-237
-/// bytes). A wakeup from either source serves requests and replies in turn until both are
-/// empty, as a plain epoll loop would, so a reply never waits for the other source's turn on
-/// the queue (measured, forward W=64: p99 1.55× → 1.04× the C reference). The listener keeps
-/// its own source: nested in the epoll set it cost 5% more CPU per datagram.
+/// Session sockets sit in the worker's wait set (see `WaitSet`), tagged with their slot and
+/// generation, beside the listener socket; the set's descriptor has the worker's one Dispatch
+/// read source (instead of a source per session): a session costs a slot in a flat array
+/// instead of a source, two closures and three objects. A wakeup runs a turn of the read loop,
+/// which serves requests and replies as a plain epoll loop would.
 ///
 /// A session that is evicted, expires or reaches `session_max_replies` keeps its socket, out of
 /// the table, for `closedSessionHold` (2 s), and no held socket is closed before that. A closed
@@ -79,7 +77,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Replies: the client address and packet-info control data of the session being served.
     private let replyName: UnsafeMutablePointer<sockaddr_in6>
     private let replyControl: UnsafeMutableRawPointer
-    private let tuning: DatapathTuning
     private let usesPacketInfo: Bool
     private let controlCapacity: Int
     private let settings: SessionSettings
@@ -94,13 +91,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var idle = IdleList()
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
-    /// The epoll set of all session sockets, and its read source on `queue`.
-    private let epollFD: Int32
-    private var epollSource: DispatchSourceRead?
-    private let epollClosed = DispatchGroup()
-    /// What one `epoll_wait` reports: up to `readyCapacity` ready sessions.
-    private let ready: UnsafeMutablePointer<cur_ready>
-    private static let readyCapacity = 64
     /// Closed sessions whose sockets are held, oldest first, with the time each was closed.
     private var heldSlots = Deque<(slot: Int32, since: UInt64)>()
     /// Most session sockets per worker, live and held: `max_sessions` + `heldCapacity`.
@@ -123,22 +113,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let receiveBuffer: Int
     private let sendBuffer: Int
     private var forceBuffers = true
-    /// `busy_poll` in nanoseconds, 0 when off.
-    private let busyPoll: UInt64
-    /// busy_poll is off for the rest of a wakeup that received a batch of more than
-    /// `pollMaxBatch` datagrams: a stream batches better through Dispatch.
-    private var notPolling = false
-    private static let pollMaxBatch = 4
-    /// busy_poll: the `pollfd`s of the listener and the epoll set, allocated once.
-    private let pollSet: UnsafeMutablePointer<pollfd>
-
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
          upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) throws(SyscallError) {
         // On failure `fd` stays the caller's to close.
-        self.epollFD = try syscallNoWait("epoll_create1") { cur_epoll_create() }
-        self.pollSet = .allocate(capacity: 2)
-        self.pollSet.initialize(repeating: pollfd(), count: 2)
-        self.tuning = tuning
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.controlCapacity = (cur_pktinfo_space() + 7) & ~7
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: localAddress.ip.isWildcard)
@@ -153,13 +130,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.replyName.initialize(to: sockaddr_in6())
         self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
         self.sender = DatagramSender(segmentation: configuration.segmentation)
-        self.ready = .allocate(capacity: RelayWorker.readyCapacity)
-        self.ready.initialize(repeating: cur_ready(), count: RelayWorker.readyCapacity)
         self.settings = configuration.sessions
         self.timeoutNanos = configuration.sessions.timeout.nanoseconds
         self.holdNanos = tuning.closedSessionHold
         self.sessionBudget = configuration.sessions.maxSessions + RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
-        self.busyPoll = configuration.busyPoll.nanoseconds
         self.receiveBuffer = configuration.receiveBuffer
         self.sendBuffer = configuration.sendBuffer
         self.upstreams = upstreams
@@ -169,7 +143,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var log = logger
         log[metadataKey: "listener.name"] = "\(configuration.name)"
         self.logger = log
-        super.init(fd: fd, localAddress: localAddress, label: label)
+        try super.init(fd: fd, localAddress: localAddress, label: label, tuning: tuning, busyPoll: configuration.busyPoll)
     }
 
     deinit {
@@ -177,38 +151,17 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         sessionOf.deallocate()
         replyName.deallocate()
         replyControl.deallocate()
-        ready.deallocate()
-        pollSet.deallocate()
         sender.deallocate()
-        // Never started (a later socket of the listener failed): no cancel handler closes it.
-        if !started { close(epollFD) }
     }
 
-    /// `start` ran: from then on the epoll source's cancel handler closes `epollFD`.
-    private var started = false
+    override var hasMembers: Bool { true }
 
-    /// Starts the listener's source, the epoll set's source and the expiry timer.
+    /// Starts the read source (on the wait set) and the expiry timer.
     override func start(registered: DispatchGroup) {
         // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
         // listener was made, however many names hang).
         upstreams.awaitInitialResolution()
         super.start(registered: registered)
-        started = true
-        let source = DispatchSource.makeReadSource(fileDescriptor: epollFD, queue: queue)
-        registered.enter()
-        source.setRegistrationHandler { registered.leave() }
-        source.setEventHandler { [unowned self] in
-            dispatchPrecondition(condition: .onQueue(queue))
-            serveBoth()
-        }
-        let (epollFD, closed) = (self.epollFD, epollClosed)
-        closed.enter()
-        source.setCancelHandler {
-            close(epollFD)
-            closed.leave()
-        }
-        epollSource = source
-        source.activate()
         queue.async { [self] in
             let t = DispatchSource.makeTimerSource(queue: queue)
             // Check often enough that a session lives at most ~1/4 longer than its timeout.
@@ -220,110 +173,32 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
     }
 
-    /// Stops the listener socket first (its last read pass may still forward datagrams), then
-    /// closes every session and the epoll set; `done` is left once all are closed.
-    override func stop(done: DispatchGroup) {
-        super.stop(done: done)
-        done.enter()
-        queue.async { [self] in
-            timer?.cancel()
-            timer = nil
-            for slot in sessions.indices where sessions[slot].fd >= 0 { closeSession(Int32(slot), reason: nil) }
-            while releaseOldestHeld() {}
-            epollSource?.cancel()
-            epollSource = nil
-            epollClosed.notify(queue: .global()) { done.leave() }
-        }
+    /// After the listener's last pass (which may still forward datagrams): closes every session.
+    override func stopMembers() {
+        timer?.cancel()
+        timer = nil
+        for slot in sessions.indices where sessions[slot].fd >= 0 { closeSession(Int32(slot), reason: nil) }
+        while releaseOldestHeld() {}
     }
 
     // MARK: client -> upstream
 
-    override func readable() {
-        dispatchPrecondition(condition: .onQueue(queue))
-        serveBoth()
+    /// A session socket in the wait set is readable (replies or an error), or a held one (a late
+    /// reply). A session closed earlier in this round (its slot free or reused) is skipped.
+    override func memberReady(_ tag: UInt64) {
+        let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
+        guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
+              sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { return }
+        if sessions[Int(slot)].held { drainHeld(slot) } else { upstreamReadable(slot) }
     }
 
-    /// One wakeup, from either source: serves the listener and the sessions in turn until both
-    /// are empty (bounded), then busy-polls if that is on.
-    private func serveBoth() {
-        notPolling = false
-        for _ in 0..<tuning.maxBatchesPerWakeup {
-            let requests = serveClients()
-            let replies = serveReady()
-            if requests == 0 && replies == 0 { break }
-        }
-        if busyPoll > 0 && !notPolling { pollAfterDrain() }
-    }
-
-    /// busy_poll: after both ran dry, keeps polling the listener and the epoll set for up to
-    /// `busyPoll` nanoseconds after the last datagram, serving what becomes readable on this
-    /// thread without a Dispatch wakeup. Yields the CPU after every poll so an upstream or
-    /// client on the same CPU can answer. Gives up when the listener delivers fuller batches
-    /// (`notPolling`), after `maxBatchesPerWakeup * batchSize` rounds, or after 1 ms in all.
-    private func pollAfterDrain() {
-        let start = monotonicNanos()
-        var dryAt = start
-        var rounds = 0
-        while rounds < tuning.maxBatchesPerWakeup * tuning.batchSize && !notPolling {
-            pollSet[0] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            pollSet[1] = pollfd(fd: epollFD, events: Int16(POLLIN), revents: 0)
-            guard case .done(let n)? = try? syscall("poll", { poll(pollSet, 2, 0) }) else { return }
-            let now = monotonicNanos()
-            if n > 0 {
-                if pollSet[1].revents != 0 { serveReady() }
-                if pollSet[0].revents != 0 { serveClients() }
-                dryAt = now
-                rounds += 1
-            } else if now &- dryAt >= busyPoll {
-                return
-            }
-            if now &- start >= 1_000_000 { return }
-            sched_yield()
-        }
-    }
-
-    /// Asks the epoll set which sessions are ready (replies or errors), up to
-    /// `maxBatchesPerWakeup` rounds of `readyCapacity`, and serves each. Level-triggered: a session left with
-    /// data is reported again. Returns the number of ready sessions served.
-    @discardableResult
-    private func serveReady() -> Int {
-        var total = 0
-        for _ in 0..<tuning.maxBatchesPerWakeup {
-            let n: Int
-            switch try? syscall("epoll_wait", { cur_epoll_poll(epollFD, ready, Int32(RelayWorker.readyCapacity)) }) {
-            case .done(let count)?: n = Int(count)
-            default: return total
-            }
-            total += n
-            for i in 0..<n {
-                let tag = ready[i].tag
-                let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
-                // A session closed earlier in this round (its slot free or reused) is skipped.
-                guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
-                      sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { continue }
-                if sessions[Int(slot)].held { drainHeld(slot) } else { upstreamReadable(slot) }
-            }
-            if n < RelayWorker.readyCapacity { return total }
-        }
-        return total
-    }
-
-    /// Reads the listener socket until it is empty (at most `maxBatchesPerWakeup` batches) and
-    /// forwards what it read. Returns the datagrams read.
-    @discardableResult
-    private func serveClients() -> Int {
-        var total = 0
-        for _ in 0..<tuning.maxBatchesPerWakeup {
-            guard let received = receive(into: batch, resetting: listenerFilled), received > 0 else { return total }
-            listenerFilled = received
-            total += received
-            // busy_poll serves request/response traffic; a fuller batch means a stream that
-            // batches better through Dispatch (measured: W=64 p99 1.1 ms polling off, 2.1 ms on).
-            if received > RelayWorker.pollMaxBatch { notPolling = true }
-            forward(received, now: monotonicNanos())
-            if received < batch.capacity { return total }
-        }
-        return total
+    /// One `recvmmsg` on the listener, forwarded: the datagrams read, 0 when none, nil on error.
+    override func receiveBatch() -> Int? {
+        guard let received = receive(into: batch, resetting: listenerFilled) else { return nil }
+        guard received > 0 else { return 0 }
+        listenerFilled = received
+        forward(received, now: monotonicNanos())
+        return received
     }
 
     @inline(__always)
@@ -505,7 +380,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
         }
         do {
-            try syscallNoWait("epoll_ctl") { cur_epoll_add(epollFD, fd, s.tag(slot: slot)) }
+            try syscallNoWait("epoll_ctl") { cur_epoll_add(waitSet.fd, fd, s.tag(slot: slot)) }
         } catch {
             close(fd)
             freeSlots.append(slot)
