@@ -39,6 +39,21 @@ public struct LogLimiter: Sendable {
         defer { suppressed = 0 }
         return suppressed
     }
+
+    /// When the current window ends (monotonic nanoseconds).
+    public var windowEnd: UInt64 { windowStart &+ interval }
+
+    /// Once the window is over: the events left out that no line has reported yet, to be said
+    /// in a line of their own (which counts as the first of a new window), or nil when there
+    /// are none or the window is not over. For owners that report a count even when no further
+    /// event comes to carry it.
+    public mutating func flush(now: UInt64) -> UInt64? {
+        guard suppressed > 0, now &- windowStart >= interval else { return nil }
+        windowStart = now
+        used = 1
+        defer { suppressed = 0 }
+        return suppressed
+    }
 }
 
 

@@ -22,6 +22,9 @@ public struct DatapathTuning: Sendable {
     /// its way is dropped and counted instead of reaching a newer session that the kernel gave
     /// the same ephemeral port. See `RelayWorker`.
     public var closedSessionHold: UInt64 = 2_000_000_000
+    /// Refused datagrams are logged once per reason and worker, then at most once per this long
+    /// (nanoseconds) with the number refused in between. See `SocketWorker.noteDrop`.
+    public var refusalLogInterval: UInt64 = 60_000_000_000
 
     public init() {}
 }
@@ -46,8 +49,9 @@ public class SocketWorker: @unchecked Sendable {
     /// Where refused datagrams are reported (`noteDrop`); installed with `filter`.
     var dropLogger: Logger?
     /// Per drop reason (indexed by `Counter.rawValue`): the first refusal is logged at once,
-    /// then at most one line a minute with the number refused in between.
-    private var dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .seconds(60)), count: Counter.allCases.count)
+    /// then at most one line a minute (`tuning.refusalLogInterval`) with the number refused in
+    /// between.
+    private var dropLogs: [LogLimiter]
     /// The read source: on the listener (echo) or on the wait set (relay, mirror; see `start`).
     private var source: DispatchSourceRead?
     /// Only when the listener could not join the wait set of a relay or mirror worker: a second
@@ -72,6 +76,8 @@ public class SocketWorker: @unchecked Sendable {
         self.fd = fd
         self.localAddress = localAddress
         self.tuning = tuning
+        self.dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .nanoseconds(Int64(tuning.refusalLogInterval))),
+                                     count: Counter.allCases.count)
         self.busyPoll = busyPoll.nanoseconds
         self.queue = DispatchQueue(label: label, qos: .userInteractive)
     }
@@ -222,14 +228,41 @@ public class SocketWorker: @unchecked Sendable {
 
     /// Logs a refused datagram: the first of each reason at once, then at most once a minute
     /// with the number refused since the last line (so nothing is refused silently, and no
-    /// flood becomes a flood of log lines). Runs on `queue`.
+    /// flood becomes a flood of log lines). A count that no later refusal carries is written
+    /// when its minute ends (`flushDropLog`), so a burst that stops is reported too. Runs on
+    /// `queue`.
     @inline(__always)
     final func noteDrop(_ reason: Counter, from source: SocketAddress) {
-        guard let dropLogger, let skipped = dropLogs[reason.rawValue].admit(now: IngressFilter.monotonicNow()) else { return }
+        guard let dropLogger else { return }
+        let now = IngressFilter.monotonicNow()
+        guard let skipped = dropLogs[reason.rawValue].admit(now: now) else {
+            // The first refusal left out in this window: have its count written when the window
+            // ends (one timer per reason and window, not per datagram).
+            if dropLogs[reason.rawValue].suppressed == 1 {
+                let end = dropLogs[reason.rawValue].windowEnd
+                // The coarse clock ticks every few ms: a margin so the window is surely over.
+                let wait = (end > now ? end - now : 0) + 20_000_000
+                queue.asyncAfter(deadline: .now() + .nanoseconds(Int(min(wait, UInt64(Int.max))))) { [weak self] in
+                    self?.flushDropLog(reason)
+                }
+            }
+            return
+        }
         dropLogger.notice("datagram refused", metadata: [
             "drop.reason": "\(reason.dropReason ?? "\(reason)")", "peer.address": "\(source.unmapped)",
             "listener.address": "\(localAddress)", "refused.since_last": "\(skipped)",
             "hint": "\(Self.dropHint(reason))",
+        ])
+    }
+
+    /// The end of a refusal-log window: the refusals of `reason` left out since the last line,
+    /// if no line has carried them yet, in one line of their own. Runs on `queue`.
+    private func flushDropLog(_ reason: Counter) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: IngressFilter.monotonicNow()) else { return }
+        dropLogger.notice("datagrams refused since the last line", metadata: [
+            "drop.reason": "\(reason.dropReason ?? "\(reason)")", "listener.address": "\(localAddress)",
+            "refused.since_last": "\(count)", "hint": "\(Self.dropHint(reason))",
         ])
     }
 
