@@ -45,28 +45,17 @@ final class StatusEndToEndTests: XCTestCase {
             "\(name)=" + (bound[name] ?? []).map { "\($0)" }.joined(separator: ",")
         }
         let screenshot = Self.repository.appendingPathComponent(".build/status-page.png").path
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        python.arguments = [
+        // Bounded: the script (only it, by PID) is killed if it hangs.
+        let (pythonStatus, text) = try runCommand([
+            "/usr/bin/python3",  // Debian's, with the modules install-deps.sh adds (not a PATH one)
             Self.repository.appendingPathComponent("Tests/EndToEndTests/status_e2e.py").path,
             "--base", "http://\(status)",
             "--schema", Self.repository.appendingPathComponent("docs/status.schema.json").path,
             "--screenshot", screenshot,
             "--echo", spec("dns"), "--echo", spec("games"), "--relay", spec("relay"),
-        ]
-        let output = Pipe()
-        python.standardOutput = output
-        python.standardError = output
-        python.standardInput = FileHandle.nullDevice
-        try python.run()
-        // Bounded: kill the script (only it, by PID) if it hangs.
-        let watchdog = DispatchWorkItem { [pid = python.processIdentifier] in kill(pid, SIGKILL) }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 240, execute: watchdog)
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        python.waitUntilExit()
-        watchdog.cancel()
+        ])
         print(text, terminator: "")
-        XCTAssertEqual(python.terminationStatus, 0,
+        XCTAssertEqual(pythonStatus, 0,
                        "status_e2e.py failed:\n\(text)\ndaemon log (tail):\n\(daemon.log.suffix(60).joined(separator: "\n"))")
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot))
     }
@@ -296,19 +285,6 @@ final class StatusEndToEndTests: XCTestCase {
 
     /// Runs a tool (bounded: killed after 30 s) and returns its exit status and output.
     static func run(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = arguments
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let watchdog = DispatchWorkItem { [pid = p.processIdentifier] in kill(pid, SIGKILL) }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        watchdog.cancel()
-        return (p.terminationStatus, text)
+        try runCommand([tool] + arguments, timeout: 30)
     }
 }

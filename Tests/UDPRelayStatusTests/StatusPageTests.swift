@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import TestSupport
 import XCTest
 import UDPRelayConfig
 @testable import UDPRelayStatus
@@ -46,21 +47,9 @@ final class StatusPageTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let page = dir.appendingPathComponent("worst-case.html")
         try Self.worstCasePage().write(to: page, atomically: true, encoding: .utf8)
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        python.arguments = [Self.repository.appendingPathComponent("Tests/EndToEndTests/status_e2e.py").path,
-                            "--fit-page", page.path, "--screenshot-dir", dir.path]
-        let output = Pipe()
-        python.standardOutput = output
-        python.standardError = output
-        python.standardInput = FileHandle.nullDevice
-        try python.run()
-        let watchdog = DispatchWorkItem { [pid = python.processIdentifier] in kill(pid, SIGKILL) }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 240, execute: watchdog)
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        python.waitUntilExit()
-        watchdog.cancel()
-        XCTAssertEqual(python.terminationStatus, 0, text)
+        let (status, text) = try runCommand(["/usr/bin/python3", Self.repository.appendingPathComponent("Tests/EndToEndTests/status_e2e.py").path,
+                                             "--fit-page", page.path, "--screenshot-dir", dir.path])
+        XCTAssertEqual(status, 0, text)
         for width in [1920, 1400, 1024, 400] {
             XCTAssertTrue(text.contains("\(width) px: page "), text)
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("page-\(width).png").path))
