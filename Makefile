@@ -56,7 +56,7 @@ BENCH_BIN := .build/bench
 BENCH_CFLAGS := -O2 -g -Wall -Wextra -Werror
 bench-tools: $(BENCH_BIN)/loadgen $(BENCH_BIN)/openloop $(BENCH_BIN)/refserver $(BENCH_BIN)/mallocount.so
 
-$(BENCH_BIN)/loadgen $(BENCH_BIN)/openloop $(BENCH_BIN)/refserver: $(BENCH_BIN)/%: Benchmarks/%.c
+$(BENCH_BIN)/loadgen $(BENCH_BIN)/openloop $(BENCH_BIN)/refserver: $(BENCH_BIN)/%: Benchmarks/%.c Benchmarks/addr.h
 	@mkdir -p $(BENCH_BIN)
 	gcc $(BENCH_CFLAGS) -o $@ $<
 

@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr.h"
+
 #define MAGIC 0x55445042u /* "UDPB" */
 #define HEADER 16
 #define BATCH 64
@@ -174,18 +176,6 @@ static void queue_send(int k, uint64_t now) {
         memcpy(CMSG_DATA(cm), &pi, sizeof pi);
     }
     sent++;
-}
-
-static int parse_addr(const char *s, struct sockaddr_in *out) {
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host) return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = 0;
-    memset(out, 0, sizeof *out);
-    out->sin_family = AF_INET;
-    out->sin_port = htons((uint16_t)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? 0 : -1;
 }
 
 static void usage(void) {

@@ -27,6 +27,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "addr.h"
+
 #define BATCH 64
 #define BUFSZ 2048
 #define MAX_BATCHES 16
@@ -38,18 +40,6 @@ static struct mmsghdr msgs[BATCH], tx[BATCH];
 static struct iovec iovs[BATCH];
 static struct sockaddr_in names[BATCH];
 static unsigned char bufs[BATCH][BUFSZ];
-
-static int parse_addr(const char *s, struct sockaddr_in *out) {
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host) return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = 0;
-    memset(out, 0, sizeof *out);
-    out->sin_family = AF_INET;
-    out->sin_port = htons((uint16_t)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? 0 : -1;
-}
 
 static int udp_socket(void) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
