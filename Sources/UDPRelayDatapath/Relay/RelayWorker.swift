@@ -218,12 +218,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             // The new socket first: a client refused for want of a port or a descriptor must
             // not cost another client its session.
-            guard let socket = openSessionSocket(clientHash: key.stableHash, now: now) else {
-                counters.add(.dropNoSession)
-                continue
+            let socket: (fd: Int32, upstream: Int)
+            switch openSessionSocket(clientHash: key.stableHash, now: now) {
+            case .opened(let fd, let upstream): socket = (fd, upstream)
+            case .failed: counters.add(.dropNoSession); continue
+            case .loop: continue  // counted as `loop` where it was found
             }
-            // The upstream is this daemon: dropped, counted as `loop`.
-            if socket.fd < 0 { continue }
             if table.count >= settings.maxSessions {
                 // Send what is queued first: it may belong to the session about to be evicted.
                 sendGroups(from: pending, to: i)
@@ -284,39 +284,49 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     // MARK: sessions
 
+    /// What `openSessionSocket` got for a new client.
+    private enum SessionSocket {
+        /// A connected socket on upstream `upstream`.
+        case opened(fd: Int32, upstream: Int)
+        /// None (counted as `session_errors`): no address, connect failed, out of room.
+        case failed
+        /// The upstream is a relay listener of this daemon (counted as `loop`).
+        case loop
+    }
+
     /// Opens and connects a socket for a new session on the upstream the balancer picks, or
     /// nil (counted as `session_errors`) when it cannot: no address, the upstream's connect
     /// failed, or this worker is out of sockets (`sessionBudget`), descriptors or ports. Held
     /// sockets are never closed before their hold is over to make room: their port could be
     /// handed to this session, and a late reply meant for the held session's client would then
     /// reach this one's. An upstream that is a relay listener of this daemon is a loop: the
-    /// datagram is dropped and counted as `loop`, and the result's `fd` is -1.
-    private func openSessionSocket(clientHash: UInt64, now: UInt64) -> (fd: Int32, upstream: Int)? {
+    /// datagram is dropped and counted as `loop`.
+    private func openSessionSocket(clientHash: UInt64, now: UInt64) -> SessionSocket {
         if table.count + heldSlots.count >= sessionBudget {
             releaseExpiredHolds(now: monotonicNanos())
             guard table.count + heldSlots.count < sessionBudget else {
                 sessionSocketsFail(nil)
-                return nil
+                return .failed
             }
         }
         let pick = balancer.pick(clientHash: clientHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
-            return nil
+            return .failed
         }
         // An upstream that is a relay listener of this daemon is a loop (counted as one; fd -1).
         if filter.isOwnRelayListener(address) {
             counters.add(.dropLoop)
             noteDrop(.dropLoop, from: address)
-            return (-1, pick.index)
+            return .loop
         }
         let fd: Int32
         do {
             fd = try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
         } catch {
             sessionSocketsFail(error)
-            return nil
+            return .failed
         }
         // The listener's buffer sizes (a burst of large replies must not overflow the kernel
         // default of 208 KiB), and the kernel's drop count on every reply.
@@ -333,9 +343,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 upCounters[pick.index].add(.failures)
                 upstreams.recordFailure(pick.index, now: now, errno: error.errno)
             }
-            return nil
+            return .failed
         }
-        return (fd, pick.index)
+        return .opened(fd: fd, upstream: pick.index)
     }
 
     /// Makes a session of a socket from `openSessionSocket` for the client of message `m`:
