@@ -54,7 +54,12 @@ public final class SystemdNotifier: Sendable {
     @discardableResult
     public func send(_ assignments: [String]) -> Bool {
         let message = assignments.joined(separator: "\n")
-        let rc = sd_notify(0, message)
+        return reportResult(sd_notify(0, message), message: message)
+    }
+
+    /// What a notification's return code says: true when systemd received it. A failure is
+    /// logged once until a send succeeds again.
+    func reportResult(_ rc: Int32, message: String) -> Bool {
         if rc > 0 {
             if failing.exchange(false, ordering: .relaxed) {
                 logger.notice("sd_notify works again")

@@ -53,7 +53,14 @@ public enum SocketActivation {
         return sockets
     }
 
-    /// Groups inherited sockets by the listener they serve: a socket's `FileDescriptorName=`
+    /// The listener sockets an earlier process of this service put in the file descriptor store
+    /// (see `FileDescriptorStore`): they come back with the socket-activation sockets and are
+    /// matched to listeners by the address they are bound to, not by name.
+    public static func storedListenerSockets(_ sockets: [InheritedSocket]) -> [InheritedSocket] {
+        sockets.filter { FileDescriptorStore.isListenerName($0.name) }
+    }
+
+    /// Groups inherited sockets by the listener they serve (stored listener sockets aside): a socket's `FileDescriptorName=`
     /// must equal a `[listener NAME]` of the configuration. Several sockets may share a name
     /// (several `ListenDatagram=` lines in one unit). A name that matches no listener is an
     /// error naming the socket and the listeners there are.
@@ -61,7 +68,7 @@ public enum SocketActivation {
                               configFile: String) throws(ActivationError) -> [String: [Int32]] {
         var byName: [String: [Int32]] = [:]
         let known = Set(listenerNames)
-        for s in sockets {
+        for s in sockets where !FileDescriptorStore.isListenerName(s.name) {
             guard known.contains(s.name) else {
                 let list = listenerNames.isEmpty ? "none" : listenerNames.joined(separator: ", ")
                 throw ActivationError(description: "socket '\(s.name)' passed by systemd (fd \(s.fd)) matches no [listener \(s.name)] in \(configFile) (listeners: \(list)); set FileDescriptorName= in the .socket unit to a listener name")

@@ -57,4 +57,45 @@ public final class NotifySocket {
             if match(m) { return m }
         }
     }
+
+    /// Waits up to `timeout` seconds for one message and the descriptors sent with it
+    /// (SCM_RIGHTS, as `sd_pid_notify_with_fds` sends them); nil on timeout. The caller owns
+    /// (and closes) the descriptors.
+    public func receiveWithDescriptors(timeout: Double = 5) -> (message: String, fds: [Int32])? {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, Int32(timeout * 1000)) > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let controlSize = 1024
+        let control = UnsafeMutableRawPointer.allocate(byteCount: controlSize, alignment: 8)
+        defer { control.deallocate() }
+        return buffer.withUnsafeMutableBytes { bytes -> (message: String, fds: [Int32])? in
+            var iov = iovec(iov_base: bytes.baseAddress, iov_len: bytes.count)
+            return withUnsafeMutablePointer(to: &iov) { iovp -> (message: String, fds: [Int32])? in
+                var msg = msghdr()
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = control
+                msg.msg_controllen = controlSize
+                let n = recvmsg(fd, &msg, Int32(MSG_CMSG_CLOEXEC))
+                guard n >= 0 else { return nil }
+                var fds: [Int32] = []
+                // Walk the control messages by hand (CMSG_* are macros Swift does not import).
+                var offset = 0
+                let headerSize = MemoryLayout<cmsghdr>.size
+                while offset + headerSize <= Int(msg.msg_controllen) {
+                    let header = control.load(fromByteOffset: offset, as: cmsghdr.self)
+                    let length = Int(header.cmsg_len)
+                    guard length >= headerSize else { break }
+                    if header.cmsg_level == SOL_SOCKET, header.cmsg_type == Int32(SCM_RIGHTS) {
+                        let count = (length - headerSize) / MemoryLayout<Int32>.size
+                        for k in 0..<count {
+                            fds.append(control.load(fromByteOffset: offset + headerSize + k * 4, as: Int32.self))
+                        }
+                    }
+                    offset += (length + 7) & ~7
+                }
+                return (String(decoding: bytes[0..<n], as: UTF8.self), fds)
+            }
+        }
+    }
 }

@@ -21,6 +21,14 @@ final class SocketActivationTests: XCTestCase {
         }
     }
 
+    func testStoredListenerSocketsAreSetAsideNotMatchedByName() throws {
+        let sockets = [SocketActivation.InheritedSocket(fd: 3, name: "echo"), .init(fd: 4, name: "listen/127.0.0.1.5353"),
+                       .init(fd: 5, name: "listen/[..1].5353")]
+        XCTAssertEqual(try SocketActivation.assign(sockets, toListeners: ["echo"], configFile: "/etc/u.ini"), ["echo": [3]],
+                       "sockets from the file descriptor store are no error although no listener has their name")
+        XCTAssertEqual(SocketActivation.storedListenerSockets(sockets).map(\.fd), [4, 5])
+    }
+
     func testNoSocketsWithoutListenFds() throws {
         unsetenv("LISTEN_FDS")
         XCTAssertEqual(try SocketActivation.takeInheritedSockets(), [])
