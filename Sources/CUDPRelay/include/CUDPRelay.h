@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <netinet/in.h>
+#include "CUDPRelaySealed.h"
 
 /// Same layout as glibc's `struct mmsghdr` (checked with static_assert in the .c file);
 /// Swift's Glibc module is built without _GNU_SOURCE and cannot see the real one.
