@@ -95,12 +95,12 @@ final class SessionRepliesTests: XCTestCase {
     }
 
     func testRepliesAllowedPerRequest() {
-        XCTAssertEqual(RelayWorker.repliesAllowed(5, maxReplies: nil, requests: 1, replies: 100), 5, "no limit")
-        XCTAssertEqual(RelayWorker.repliesAllowed(1, maxReplies: 1, requests: 1, replies: 0), 1)
-        XCTAssertEqual(RelayWorker.repliesAllowed(1, maxReplies: 1, requests: 1, replies: 1), 0)
-        XCTAssertEqual(RelayWorker.repliesAllowed(3, maxReplies: 1, requests: 2, replies: 0), 2, "one per request")
-        XCTAssertEqual(RelayWorker.repliesAllowed(3, maxReplies: 2, requests: 2, replies: 1), 3)
-        XCTAssertEqual(RelayWorker.repliesAllowed(9, maxReplies: Int(Int32.max), requests: .max, replies: .max), 9, "no overflow")
-        XCTAssertEqual(RelayWorker.saturatingAdd(.max - 1, 5), .max)
+        XCTAssertEqual(SessionTable.repliesAllowed(5, maxReplies: nil, requests: 1, replies: 100), 5, "no limit")
+        XCTAssertEqual(SessionTable.repliesAllowed(1, maxReplies: 1, requests: 1, replies: 0), 1)
+        XCTAssertEqual(SessionTable.repliesAllowed(1, maxReplies: 1, requests: 1, replies: 1), 0)
+        XCTAssertEqual(SessionTable.repliesAllowed(3, maxReplies: 1, requests: 2, replies: 0), 2, "one per request")
+        XCTAssertEqual(SessionTable.repliesAllowed(3, maxReplies: 2, requests: 2, replies: 1), 3)
+        XCTAssertEqual(SessionTable.repliesAllowed(9, maxReplies: Int(Int32.max), requests: .max, replies: .max), 9, "no overflow")
+        XCTAssertEqual(SessionTable.saturatingAdd(.max - 1, 5), .max)
     }
 }

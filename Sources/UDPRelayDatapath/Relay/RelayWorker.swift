@@ -2,68 +2,36 @@
 import Glibc
 #endif
 import CUDPRelay
-import DequeModule
 import Dispatch
 import Logging
 import UDPRelayConfig
-
-/// One client session of a forward/balance listener: a connected, non-blocking upstream socket
-/// on an ephemeral port and where its replies go. Stored inline in the worker's session array
-/// (about 120 bytes; no object, no Dispatch source per session); the socket is watched by the
-/// worker's one epoll set.
-struct Session {
-    /// -1 while the slot is free.
-    var fd: Int32 = -1
-    /// Bumped each time the slot is reused, so an epoll event of a closed session is ignored.
-    var generation: UInt32 = 0
-    /// Interface of `local` (packet info on wildcard listeners).
-    var ifindex: UInt32 = 0
-    /// Datagrams sent to the upstream and replies forwarded to the client (saturating): with
-    /// `session_max_replies` = R the session closes once replies reach R × requests.
-    var requests: UInt32 = 0
-    var replies: UInt32 = 0
-    /// The kernel's drop count of the socket last seen (SO_RXQ_OVFL).
-    var kernelDrops: UInt32 = 0
-    var key = ClientKey(high: 0, low: 0, rest: 0)
-    /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
-    var client = sockaddr_in6()
-    var clientLength: socklen_t = 0
-    /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
-    /// when not needed.
-    var local = sockaddr_in6()
-    /// Index of its upstream (at most 64). Here and `held` last, where they fit in the
-    /// padding (stride stays 112 bytes).
-    var upstream: UInt16 = 0
-    /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
-    var held = false
-
-    /// The epoll tag of this session in `slot`.
-    func tag(slot: Int32) -> UInt64 { UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
-}
 
 /// `forward` and `balance`: datagrams from each client go to that client's session socket;
 /// replies go back to the client from the listener's socket. Everything (listener socket,
 /// session sockets, the expiry timer) runs on the one serial queue of this worker.
 ///
-/// Session sockets sit in the worker's wait set (see `WaitSet`), tagged with their slot and
-/// generation, beside the listener socket; the set's descriptor has the worker's one Dispatch
-/// read source (instead of a source per session): a session costs a slot in a flat array
-/// instead of a source, two closures and three objects. A wakeup runs a turn of the read loop,
-/// which serves requests and replies as a plain epoll loop would.
+/// Sessions live in a `SessionTable` (slots, LRU order, held sockets); this worker opens their
+/// sockets, registers them for epoll, counts and logs. Session sockets sit in the worker's wait
+/// set (see `WaitSet`), tagged with their slot and generation, beside the listener socket; the
+/// set's descriptor has the worker's one Dispatch read source (instead of a source per
+/// session): a session costs a slot in a flat array instead of a source, two closures and
+/// three objects. A wakeup runs a turn of the read loop, which serves requests and replies as
+/// a plain epoll loop would.
 ///
 /// A session that is evicted, expires or reaches `session_max_replies` keeps its socket, out of
 /// the table, for `closedSessionHold` (2 s), and no held socket is closed before that. A closed
 /// UDP port is free for the next `connect`, so without the hold a reply still on its way to an
 /// evicted session could reach whichever new session the kernel gave that port, and so the
 /// wrong client. Held, such a reply is read and counted as `replies_ignored`. Live and held
-/// sockets together stay within `sessionBudget`; when it, the descriptors or the ports run out,
-/// new clients are refused (`no_session`, `session_errors`) rather than served on a port that
-/// may still receive another client's replies.
+/// sockets together stay within the table's `budget`; when it, the descriptors or the ports run
+/// out, new clients are refused (`no_session`, `session_errors`) rather than served on a port
+/// that may still receive another client's replies.
 ///
 /// Hot path: one `recvmmsg` fills the listener batch; datagrams are grouped by session and
 /// each group goes out through `DatagramSender` (one segmented send per equal-sized run, the
-/// rest with `sendmmsg`); replies are read with `recvmmsg` and sent back the same way. Session lookup hashes a fixed-size key. Nothing allocates per datagram;
-/// opening a session may (the session array and tables grow).
+/// rest with `sendmmsg`); replies are read with `recvmmsg` and sent back the same way. Session
+/// lookup hashes a fixed-size key. Nothing allocates per datagram; opening a session may (the
+/// session array and tables grow).
 final class RelayWorker: SocketWorker, @unchecked Sendable {
     // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
     private let batch: MessageBatch
@@ -79,25 +47,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let replyControl: UnsafeMutableRawPointer
     private let usesPacketInfo: Bool
     private let controlCapacity: Int
-    private let settings: SessionSettings
-    private let timeoutNanos: UInt64
     let upstreams: UpstreamTable
     private let upCounters: [UpstreamCounterSet]
     private let logger: Logger
 
-    private var table: [ClientKey: Int32] = [:]
-    private var sessions: ContiguousArray<Session> = []
-    private var freeSlots: [Int32] = []
-    private var idle = IdleList()
+    private var sessions: SessionTable
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
-    /// Closed sessions whose sockets are held, oldest first, with the time each was closed.
-    private var heldSlots = Deque<(slot: Int32, since: UInt64)>()
-    /// Most session sockets per worker, live and held: `max_sessions` + `heldCapacity`.
-    private let sessionBudget: Int
-    private let holdNanos: UInt64
-    /// Room for held sockets per worker beyond `max_sessions`: `max_sessions`, within 256...4096.
-    static func heldCapacity(maxSessions: Int) -> Int { min(4096, max(256, maxSessions)) }
     /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
     /// (not the whole batch per wakeup: at one datagram in flight that is 64 slots per datagram).
     private var listenerFilled: Int
@@ -130,10 +86,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.replyName.initialize(to: sockaddr_in6())
         self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
         self.sender = DatagramSender(segmentation: configuration.segmentation)
-        self.settings = configuration.sessions
-        self.timeoutNanos = configuration.sessions.timeout.nanoseconds
-        self.holdNanos = tuning.closedSessionHold
-        self.sessionBudget = configuration.sessions.maxSessions + RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
+        self.sessions = SessionTable(settings: configuration.sessions, holdNanos: tuning.closedSessionHold)
         self.receiveBuffer = configuration.receiveBuffer
         self.sendBuffer = configuration.sendBuffer
         self.upstreams = upstreams
@@ -156,6 +109,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     override var hasMembers: Bool { true }
 
+    /// Room for held sockets per worker beyond `max_sessions` (see `SessionTable`), for the
+    /// listener's file limit.
+    static func heldCapacity(maxSessions: Int) -> Int { SessionTable.heldCapacity(maxSessions: maxSessions) }
+
     /// Starts the read source (on the wait set) and the expiry timer.
     override func start(registered: DispatchGroup) {
         // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
@@ -165,7 +122,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         queue.async { [self] in
             let t = DispatchSource.makeTimerSource(queue: queue)
             // Check often enough that a session lives at most ~1/4 longer than its timeout.
-            let every = min(max(timeoutNanos / 4, 5_000_000), 1_000_000_000)
+            let every = min(max(sessions.timeoutNanos / 4, 5_000_000), 1_000_000_000)
             t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
             t.setEventHandler { [unowned self] in expireIdle(now: monotonicNanos()) }
             timer = t
@@ -177,8 +134,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     override func stopMembers() {
         timer?.cancel()
         timer = nil
-        for slot in sessions.indices where sessions[slot].fd >= 0 { closeSession(Int32(slot), reason: nil) }
-        while releaseOldestHeld() {}
+        for slot in sessions.liveSlots { closeSession(slot, .shutdown, now: monotonicNanos()) }
+        sessions.releaseAllHeld()
     }
 
     // MARK: client -> upstream
@@ -186,10 +143,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// A session socket in the wait set is readable (replies or an error), or a held one (a late
     /// reply). A session closed earlier in this round (its slot free or reused) is skipped.
     override func memberReady(_ tag: UInt64) {
-        let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
-        guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
-              sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { return }
-        if sessions[Int(slot)].held { drainHeld(slot) } else { upstreamReadable(slot) }
+        guard let slot = sessions.slot(forTag: tag) else { return }
+        if sessions.isHeld(slot) { drainHeld(slot) } else { upstreamReadable(slot) }
     }
 
     /// One `recvmmsg` on the listener, forwarded: the datagrams read, 0 when none, nil on error.
@@ -211,8 +166,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             sessionOf[i] = -1
             guard admits(batch, i, now: now), let key = ClientKey(sockaddr: batch.names + i) else { continue }
             m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
-            if let slot = table[key] {
-                idle.touch(slot, now: now)
+            if let slot = sessions.lookup(key, now: now) {
                 sessionOf[i] = slot
                 continue
             }
@@ -224,12 +178,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             case .failed: counters.add(.dropNoSession); continue
             case .loop: continue  // counted as `loop` where it was found
             }
-            if table.count >= settings.maxSessions {
+            if sessions.isFull {
                 // Send what is queued first: it may belong to the session about to be evicted.
                 sendGroups(from: pending, to: i)
                 pending = i
-                let oldest = idle.tail
-                if oldest >= 0 { closeSession(oldest, reason: .sessionsEvicted) }
+                if let evicted = sessions.evictLeastRecentlyUsed(now: monotonicNanos()) { sessionClosed(evicted, .evicted) }
             }
             if let slot = addSession(socket, key: key, message: m, now: now) {
                 sessionOf[i] = slot
@@ -247,7 +200,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         var i = start
         while i < end {
             let slot = sessionOf[i]
-            guard slot >= 0, sessions[Int(slot)].fd >= 0, !sessions[Int(slot)].held else {
+            guard slot >= 0, sessions.isLive(slot) else {
                 i += 1
                 continue
             }
@@ -268,9 +221,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     @inline(__always)
     private func sendToUpstream(_ slot: Int32, count: Int) {
-        let up = upCounters[Int(sessions[Int(slot)].upstream)]
+        let session = sessions[slot]
+        let up = upCounters[Int(session.upstream)]
         var failure: Int32 = 0
-        let outcome = sender.send(fd: sessions[Int(slot)].fd, scratch, count: count, oneDestination: true) { err, n in
+        let outcome = sender.send(fd: session.fd, scratch, count: count, oneDestination: true) { err, n in
             // Counted once, on the upstream: the listener's drop reasons are for datagrams
             // dropped before an upstream was chosen or on the way back to clients.
             up.add(.sendDrops, UInt64(n))
@@ -278,7 +232,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
-        sessions[Int(slot)].requests = Self.saturatingAdd(sessions[Int(slot)].requests, outcome.sent)
+        sessions.recordRequests(slot, outcome.sent)
         if failure != 0 { upstreamFailed(slot, errno: failure, now: monotonicNanos()) }
     }
 
@@ -295,19 +249,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// Opens and connects a socket for a new session on the upstream the balancer picks, or
-    /// nil (counted as `session_errors`) when it cannot: no address, the upstream's connect
-    /// failed, or this worker is out of sockets (`sessionBudget`), descriptors or ports. Held
-    /// sockets are never closed before their hold is over to make room: their port could be
-    /// handed to this session, and a late reply meant for the held session's client would then
-    /// reach this one's. An upstream that is a relay listener of this daemon is a loop: the
-    /// datagram is dropped and counted as `loop`.
+    /// fails (counted as `session_errors`) when it cannot: no address, the upstream's connect
+    /// failed, or this worker is out of sockets (the table's budget), descriptors or ports.
+    /// Held sockets are never closed before their hold is over to make room: their port could
+    /// be handed to this session, and a late reply meant for the held session's client would
+    /// then reach this one's. An upstream that is a relay listener of this daemon is a loop:
+    /// the datagram is dropped and counted as `loop`.
     private func openSessionSocket(clientHash: UInt64, now: UInt64) -> SessionSocket {
-        if table.count + heldSlots.count >= sessionBudget {
-            releaseExpiredHolds(now: monotonicNanos())
-            guard table.count + heldSlots.count < sessionBudget else {
-                sessionSocketsFail(nil)
-                return .failed
-            }
+        guard sessions.makeRoom(now: monotonicNanos()) else {
+            sessionSocketsFail(nil)
+            return .failed
         }
         let pick = balancer.pick(clientHash: clientHash, isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
@@ -315,7 +266,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             counters.add(.sessionErrors)
             return .failed
         }
-        // An upstream that is a relay listener of this daemon is a loop (counted as one; fd -1).
+        // An upstream that is a relay listener of this daemon is a loop (counted as one).
         if filter.isOwnRelayListener(address) {
             counters.add(.dropLoop)
             noteDrop(.dropLoop, from: address)
@@ -323,7 +274,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         let fd: Int32
         do {
-            fd = try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
+            fd = try sessions.opening(now: monotonicNanos()) { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
         } catch {
             sessionSocketsFail(error)
             return .failed
@@ -333,10 +284,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         UDPSocket.setBuffers(fd, receive: receiveBuffer, send: sendBuffer, force: &forceBuffers)
         UDPSocket.enableDropCount(fd)
         do {
-            try retryingAfterExpiredHolds { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
+            try sessions.opening(now: monotonicNanos()) { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
             close(fd)
-            if RelayWorker.isLocalShortage(error.errno) {
+            if SessionTable.isLocalShortage(error.errno) {
                 sessionSocketsFail(error)
             } else {
                 counters.add(.sessionErrors)
@@ -352,60 +303,27 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// a slot, the client's addresses, the epoll set. Returns the slot, or nil (counted).
     private func addSession(_ socket: (fd: Int32, upstream: Int), key: ClientKey,
                             message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
-        let (fd, upstream) = socket
         if sessionSocketFailing {
             sessionSocketFailing = false
             if let skipped = sessionLogs.episodes.admit(now: now) {
-                logger.notice("session sockets open again", metadata: ["sessions.active": "\(table.count)", "log.suppressed": "\(skipped)"])
+                logger.notice("session sockets open again", metadata: ["sessions.active": "\(sessions.liveCount)", "log.suppressed": "\(skipped)"])
             }
         }
+        var session = Session(fd: socket.fd, key: key, upstream: socket.upstream)
+        session.setAddresses(from: m.pointee.msg_hdr, packetInfo: usesPacketInfo)
         let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-        } else {
-            slot = Int32(sessions.count)
-            sessions.append(Session())
-        }
-        var s = sessions[Int(slot)]
-        s.fd = fd
-        s.generation &+= 1
-        s.upstream = UInt16(upstream)
-        s.kernelDrops = 0
-        s.requests = 0
-        s.replies = 0
-        s.key = key
-        s.client = sockaddr_in6()
-        s.clientLength = min(m.pointee.msg_hdr.msg_namelen, socklen_t(MemoryLayout<sockaddr_in6>.size))
-        withUnsafeMutableBytes(of: &s.client) { $0.copyMemory(from: UnsafeRawBufferPointer(start: m.pointee.msg_hdr.msg_name, count: Int(s.clientLength))) }
-        s.local = sockaddr_in6()
-        s.ifindex = 0
-        if usesPacketInfo {
-            var local = sockaddr_storage()
-            var ifindex: UInt32 = 0
-            if cur_received_destination(&m.pointee.msg_hdr, &local, &ifindex) == 1 {
-                withUnsafeMutableBytes(of: &s.local) { dst in
-                    withUnsafeBytes(of: &local) { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<dst.count])) }
-                }
-                s.ifindex = ifindex
-            }
-        }
         do {
-            try syscallNoWait("epoll_ctl") { cur_epoll_add(waitSet.fd, fd, s.tag(slot: slot)) }
+            slot = try sessions.open(session, now: now) { (tag) throws(SyscallError) in try waitSet.add(socket.fd, tag: tag) }
         } catch {
-            close(fd)
-            freeSlots.append(slot)
             counters.add(.sessionErrors)
             return nil
         }
-        sessions[Int(slot)] = s
-        table[key] = slot
-        idle.insert(slot, now: now)
         counters.add(.sessionsCreated)
-        counters.set(.sessionsActive, UInt64(table.count))
-        upCounters[upstream].add(.sessions)
+        counters.set(.sessionsActive, UInt64(sessions.liveCount))
+        upCounters[socket.upstream].add(.sessions)
         if logger.logLevel <= .debug, let skipped = sessionLogs.opened.admit(now: now) {
             logger.debug("session opened", metadata: [
-                "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[upstream])",
+                "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[socket.upstream])",
                 "log.suppressed": "\(skipped)",
             ])
         }
@@ -413,31 +331,32 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     private func clientDescription(_ slot: Int32) -> String {
-        var client = sessions[Int(slot)].client
-        return withUnsafeBytes(of: &client) { SocketAddress(sockaddr: $0.baseAddress!).map { "\($0)" } ?? "?" }
+        sessions[slot].clientAddress.map { "\($0)" } ?? "?"
     }
 
-    /// Removes a session from the table. Its socket is closed (which also takes it out of the
-    /// epoll set) when the worker stops or `hold` is false; otherwise it is held for
-    /// `holdNanos` so that a late reply cannot reach a newer session on the same port.
-    private func closeSession(_ slot: Int32, reason: Counter?, hold: Bool = true) {
+    /// Takes a session out of the table (see `SessionTable.close`): its socket is held so that
+    /// a late reply cannot reach a newer session on the same port, or closed (which also takes
+    /// it out of the epoll set) for `refused` and `shutdown`.
+    private func closeSession(_ slot: Int32, _ reason: SessionTable.CloseReason, now: UInt64) {
+        if sessions.close(slot, reason: reason, now: now) { sessionClosed(slot, reason) }
+    }
+
+    /// Counts and logs a session the table has closed.
+    private func sessionClosed(_ slot: Int32, _ reason: SessionTable.CloseReason) {
         dispatchPrecondition(condition: .onQueue(queue))
-        let fd = sessions[Int(slot)].fd
-        guard fd >= 0, !sessions[Int(slot)].held else { return }
-        table.removeValue(forKey: sessions[Int(slot)].key)
-        idle.remove(slot)
-        if reason == nil || !hold || holdNanos == 0 {
-            releaseSlot(slot)
-        } else {
-            sessions[Int(slot)].held = true
-            heldSlots.append((slot, monotonicNanos()))
+        let counter: Counter? = switch reason {
+        case .evicted: .sessionsEvicted
+        case .expired: .sessionsExpired
+        case .answered: .sessionsClosed
+        case .failed, .refused: .sessionsFailed
+        case .shutdown: nil
         }
-        if let reason { counters.add(reason) }
-        counters.set(.sessionsActive, UInt64(table.count))
+        if let counter { counters.add(counter) }
+        counters.set(.sessionsActive, UInt64(sessions.liveCount))
         if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: monotonicNanos()) {
             logger.debug("session closed", metadata: [
                 "peer.address": "\(clientDescription(slot))",
-                "reason": "\(reason.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[Int(slot)].replies)",
+                "reason": "\(counter.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[slot].replies)",
                 "log.suppressed": "\(skipped)",
             ])
         }
@@ -449,50 +368,25 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// once; after other errors (unreachable, a firewall's EPERM) replies to earlier datagrams
     /// may still come, so it is held like any other closed session's.
     private func upstreamFailed(_ slot: Int32, errno err: Int32, now: UInt64) {
-        let upstream = Int(sessions[Int(slot)].upstream)
+        let upstream = Int(sessions[slot].upstream)
         upCounters[upstream].add(.failures)
         upstreams.recordFailure(upstream, now: now, errno: err)
-        closeSession(slot, reason: .sessionsFailed, hold: err != ECONNREFUSED)
+        closeSession(slot, err == ECONNREFUSED ? .refused : .failed, now: now)
     }
 
     func expireIdle(now: UInt64) {
         dispatchPrecondition(condition: .onQueue(queue))
-        while let slot = idle.expired(now: now, timeout: timeoutNanos) {
-            closeSession(slot, reason: .sessionsExpired)
-        }
-        releaseExpiredHolds(now: now)
-    }
-
-    /// Closes the held sockets whose hold is over at `now`, oldest first. Sessions closed after
-    /// `now` was read are stamped later: they stay, as does all after them.
-    private func releaseExpiredHolds(now: UInt64) {
-        while let oldest = heldSlots.first, oldest.since <= now, now - oldest.since >= holdNanos { releaseOldestHeld() }
-    }
-
-    // MARK: held sockets of closed sessions
-
-    /// Closes a session's socket and frees its slot.
-    private func releaseSlot(_ slot: Int32) {
-        close(sessions[Int(slot)].fd)
-        sessions[Int(slot)].fd = -1
-        sessions[Int(slot)].held = false
-        freeSlots.append(slot)
-    }
-
-    /// Closes the socket held longest. False when none is held.
-    @discardableResult
-    private func releaseOldestHeld() -> Bool {
-        guard let oldest = heldSlots.popFirst() else { return false }
-        releaseSlot(oldest.slot)
-        return true
+        while let slot = sessions.expire(now: now) { sessionClosed(slot, .expired) }
+        sessions.releaseHeld(now: now)
     }
 
     /// A late reply (or an ICMP error) on a held socket: read and counted, never forwarded.
     /// Like every datagram from an upstream it counts in the upstream's `received_*`.
     private func drainHeld(_ slot: Int32) {
-        let up = upCounters[Int(sessions[Int(slot)].upstream)]
+        let session = sessions[slot]
+        let up = upCounters[Int(session.upstream)]
         for _ in 0..<tuning.maxBatchesPerWakeup {
-            guard let received = try? replyBatch.receive(from: sessions[Int(slot)].fd, resetting: replyBatch.capacity),
+            guard let received = try? replyBatch.receive(from: session.fd, resetting: replyBatch.capacity),
                   received > 0 else { return }
             repliesFilled = received
             countKernelDrops(slot, received)
@@ -506,60 +400,39 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     }
 
     /// A session socket could not be opened or bound for want of descriptors or ports (`error`),
-    /// or live and held sockets fill `sessionBudget` (nil): counted, and logged once per episode
-    /// with what to change.
+    /// or live and held sockets fill the table's budget (nil): counted, and logged once per
+    /// episode with what to change.
     private func sessionSocketsFail(_ error: SyscallError?) {
         counters.add(.sessionErrors)
         guard !sessionSocketFailing else { return }
         sessionSocketFailing = true
         let hint = switch error?.errno {
-        case nil: "too many sessions closed in the last \(holdNanos / 1_000_000) ms: each keeps its socket that long (see max_sessions)"
+        case nil: "too many sessions closed in the last \(sessions.holdNanos / 1_000_000) ms: each keeps its socket that long (see max_sessions)"
         case EAGAIN: "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
         default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
         }
         // Clients can make this flap at the limit: at most 4 lines (with the other) per 10 s.
         guard let skipped = sessionLogs.episodes.admit(now: monotonicNanos()) else { return }
         logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)", metadata: [
-            "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessionBudget))")",
-            "hint": "\(hint)", "sessions.active": "\(table.count)", "sessions.held": "\(heldSlots.count)",
+            "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessions.budget))")",
+            "hint": "\(hint)", "sessions.active": "\(sessions.liveCount)", "sessions.held": "\(sessions.heldCount)",
             "log.suppressed": "\(skipped)",
         ])
-    }
-
-    /// Out of descriptors (EMFILE, ENFILE, ENOBUFS) or of ephemeral ports (EAGAIN from the
-    /// automatic bind of `connect`): this host's shortage, not the upstream's fault.
-    /// (EADDRNOTAVAIL from `connect` means no source address for the upstream's family: that
-    /// upstream cannot be reached, and counts against it.)
-    static func isLocalShortage(_ err: Int32) -> Bool {
-        err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN
-    }
-
-    /// Runs `call` (opening or connecting a session socket); when descriptors or ports run out,
-    /// closes the held sockets whose hold is over (the expiry timer may not have run yet) and
-    /// tries once more. Never closes a held socket early.
-    private func retryingAfterExpiredHolds<T>(_ call: () throws(SyscallError) -> T) throws(SyscallError) -> T {
-        do {
-            return try call()
-        } catch {
-            let before = heldSlots.count
-            guard RelayWorker.isLocalShortage(error.errno) else { throw error }
-            releaseExpiredHolds(now: monotonicNanos())
-            guard heldSlots.count < before else { throw error }
-            return try call()
-        }
     }
 
     // MARK: upstream -> client
 
     /// Reads a session's replies (or its pending socket error) and sends them to its client.
     private func upstreamReadable(_ slot: Int32) {
-        let sessionFD = sessions[Int(slot)].fd
-        let up = upCounters[Int(sessions[Int(slot)].upstream)]
+        // Its socket, upstream and addresses: they stay while it is open, and it is served no
+        // further once it closes.
+        let session = sessions[slot]
+        let up = upCounters[Int(session.upstream)]
         var prepared = false
         for _ in 0..<tuning.maxBatchesPerWakeup {
             let received: Int
             do {
-                received = try replyBatch.receive(from: sessionFD, resetting: repliesFilled)
+                received = try replyBatch.receive(from: session.fd, resetting: repliesFilled)
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
@@ -573,11 +446,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             guard received > 0 else { return }
             countKernelDrops(slot, received)
             if !prepared {
-                prepareReply(slot)
+                prepareReply(session)
                 prepared = true
             }
-            let allowed = Self.repliesAllowed(received, maxReplies: settings.maxReplies,
-                                              requests: sessions[Int(slot)].requests, replies: sessions[Int(slot)].replies)
+            let allowed = sessions.repliesAllowed(slot, received)
             // Every datagram from the upstream counts in its `received_*`, ignored ones too.
             var bytes: UInt64 = 0
             for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
@@ -585,7 +457,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 scratch[k] = replyBatch.messages[k]
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
-                scratch[k].msg_hdr.msg_namelen = sessions[Int(slot)].clientLength
+                scratch[k].msg_hdr.msg_namelen = session.clientLength
                 scratch[k].msg_hdr.msg_control = replyControlLength > 0 ? replyControl : nil
                 scratch[k].msg_hdr.msg_controllen = replyControlLength
             }
@@ -593,11 +465,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            sessions[Int(slot)].replies = Self.saturatingAdd(sessions[Int(slot)].replies, allowed)
-            idle.touch(slot, now: monotonicNanos())
-            if Self.repliesAllowed(1, maxReplies: settings.maxReplies, requests: sessions[Int(slot)].requests,
-                                   replies: sessions[Int(slot)].replies) == 0 {
-                closeSession(slot, reason: .sessionsClosed)
+            if sessions.recordReplies(slot, allowed, now: monotonicNanos()) {
+                sessionClosed(slot, .answered)
                 return
             }
             if received < replyBatch.capacity { return }
@@ -608,25 +477,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// last of the `received` replies in `replyBatch` reports them: `receive_buffer_full`.
     @inline(__always)
     private func countKernelDrops(_ slot: Int32, _ received: Int) {
-        guard let drops = replyBatch.kernelDrops(received), drops != sessions[Int(slot)].kernelDrops else { return }
-        counters.add(.dropReceiveBufferFull, UInt64(drops &- sessions[Int(slot)].kernelDrops))
-        sessions[Int(slot)].kernelDrops = drops
-    }
-
-    /// Of `received` replies, how many may still go to the client: with `session_max_replies`
-    /// = R, a session expects R replies per request it forwarded (nginx `proxy_responses` per
-    /// `proxy_requests`), so pipelined requests (DNS A and AAAA from one socket) each get theirs.
-    /// Pure, for tests.
-    static func repliesAllowed(_ received: Int, maxReplies: Int?, requests: UInt32, replies: UInt32) -> Int {
-        guard let maxReplies else { return received }
-        let expected = UInt64(maxReplies) * UInt64(requests)
-        return expected > UInt64(replies) ? Int(min(UInt64(received), expected - UInt64(replies))) : 0
-    }
-
-    @inline(__always)
-    static func saturatingAdd(_ a: UInt32, _ n: Int) -> UInt32 {
-        let (sum, overflow) = a.addingReportingOverflow(UInt32(clamping: n))
-        return overflow ? .max : sum
+        guard let total = replyBatch.kernelDrops(received) else { return }
+        let dropped = sessions.recordKernelDrops(slot, total: total)
+        if dropped != 0 { counters.add(.dropReceiveBufferFull, UInt64(dropped)) }
     }
 
     /// Length of the control data in `replyControl` for the session being served.
@@ -635,15 +488,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Copies the session's client address to `replyName` and writes its packet-info control
     /// data (wildcard listeners) to `replyControl`.
     @inline(__always)
-    private func prepareReply(_ slot: Int32) {
-        replyName.pointee = sessions[Int(slot)].client
+    private func prepareReply(_ session: Session) {
+        replyName.pointee = session.client
         replyControlLength = 0
-        if sessions[Int(slot)].local.sin6_family != 0 {
-            var local = sessions[Int(slot)].local
-            let ifindex = sessions[Int(slot)].ifindex
+        if session.local.sin6_family != 0 {
+            var local = session.local
             replyControlLength = withUnsafePointer(to: &local) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    cur_write_source_control(replyControl, controlCapacity, $0, ifindex)
+                    cur_write_source_control(replyControl, controlCapacity, $0, session.ifindex)
                 }
             }
         }
