@@ -11,9 +11,9 @@ final class SessionArchiveTests: XCTestCase {
     private var sample: SessionArchive {
         SessionArchive(entries: [
             .init(listener: "dns", socket: 0, client: address("127.0.0.1:40000"), local: nil, interface: 0,
-                  upstream: address("127.0.0.2:53"), idleMillisecondsLeft: 29_500, requests: 3, replies: 2),
+                  upstream: address("127.0.0.2:53"), idleMilliseconds: 29_500, requests: 3, replies: 2),
             .init(listener: "game-6", socket: 1, client: address("[2001:db8::7]:5000"), local: address("[2001:db8::1]:27015"),
-                  interface: 4, upstream: address("[::1]:27016"), idleMillisecondsLeft: 1, requests: .max, replies: 0),
+                  interface: 4, upstream: address("[::1]:27016"), idleMilliseconds: 1, requests: .max, replies: 0),
         ])
     }
 

@@ -26,20 +26,21 @@ public struct SessionArchive: Equatable, Sendable {
         public var interface: UInt32
         /// The upstream the session socket is connected to.
         public var upstream: SocketAddress
-        /// Milliseconds left before the session would have expired idle.
-        public var idleMillisecondsLeft: UInt32
+        /// Milliseconds since the session last carried a datagram either way (the next process
+        /// applies its own `session_timeout` to it).
+        public var idleMilliseconds: UInt32
         public var requests: UInt32
         public var replies: UInt32
 
         public init(listener: String, socket: UInt16, client: SocketAddress, local: SocketAddress?, interface: UInt32,
-                    upstream: SocketAddress, idleMillisecondsLeft: UInt32, requests: UInt32, replies: UInt32) {
+                    upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32) {
             self.listener = listener
             self.socket = socket
             self.client = client
             self.local = local
             self.interface = interface
             self.upstream = upstream
-            self.idleMillisecondsLeft = idleMillisecondsLeft
+            self.idleMilliseconds = idleMilliseconds
             self.requests = requests
             self.replies = replies
         }
@@ -105,7 +106,7 @@ public struct SessionArchive: Equatable, Sendable {
             }
             w.u32(e.interface)
             w.address(e.upstream)
-            w.u32(e.idleMillisecondsLeft)
+            w.u32(e.idleMilliseconds)
             w.u32(e.requests)
             w.u32(e.replies)
         }
@@ -138,7 +139,7 @@ public struct SessionArchive: Equatable, Sendable {
                   let replies = r.u32(), r.offset <= body else { throw .damaged("session \(i) is cut short or malformed") }
             guard let listener = String(validating: name, as: UTF8.self) else { throw .damaged("session \(i): listener name is not UTF-8") }
             entries.append(Entry(listener: listener, socket: socket, client: client, local: local, interface: interface,
-                                 upstream: upstream, idleMillisecondsLeft: idle, requests: requests, replies: replies))
+                                 upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies))
         }
         guard r.offset == body else { throw .damaged("\(body - r.offset) bytes after the last session") }
         self.entries = entries
