@@ -154,6 +154,11 @@ public struct UpstreamStatus: Sendable, Equatable {
     /// A counter of `counters` by name, 0 when absent.
     public func counter(_ name: String) -> UInt64 { counters.first { $0.name == name }?.value ?? 0 }
 
+    /// The names of the probe counters the page reads from `counters` (the daemon names them
+    /// after `UpstreamCounter.probesSent` and `.probesAnswered`).
+    static let probesSentName = "probes_sent"
+    static let probesAnsweredName = "probes_answered"
+
     public var isUp: Bool { state == "up" }
 }
 
@@ -214,6 +219,10 @@ public struct ListenerStatus: Sendable, Equatable {
 
     /// Sum of all drop counters.
     public var dropped: UInt64 { drops.reduce(0) { $0 &+ $1.count } }
+
+    /// The name of `receiveErrors` in `/status`, `/metrics` and on the page (the daemon's
+    /// `Counter.receiveErrors`).
+    static let receiveErrorsName = "receive_errors"
 }
 
 extension ListenerStatus {
