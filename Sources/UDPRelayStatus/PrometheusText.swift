@@ -74,8 +74,8 @@ public enum PrometheusText {
         for (name, help, value) in perWorker {
             out.family(name, .counter, help)
             for l in ls {
-                for (w, number, _) in l.numberedWorkers {
-                    out.sample(name, [("listener", l.name), ("address", w.address), ("worker", String(number))], value(w))
+                for w in l.workers {
+                    out.sample(name, [("listener", l.name), ("address", w.address), ("worker", String(w.number))], value(w))
                 }
             }
         }

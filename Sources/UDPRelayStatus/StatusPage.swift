@@ -85,7 +85,7 @@ public enum StatusPage {
             }
             h += "</tr>\n"
             if l.hasSeveralWorkersPerAddress {
-                for (w, number, of) in l.numberedWorkers { h += workerRow(w, number: number, of: of, listener: l) }
+                for w in l.workers { h += workerRow(w, listener: l) }
             }
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
@@ -127,8 +127,8 @@ public enum StatusPage {
 
     /// One socket's worker of a listener with `workers` above 1: its totals and its share of the
     /// listener's received datagrams, which shows how the kernel spreads clients (SO_REUSEPORT).
-    static func workerRow(_ w: WorkerStatus, number: Int, of: Int, listener l: ListenerStatus) -> String {
-        var h = "<tr class=\"worker\"><td class=\"l\" colspan=\"2\">\u{21B3} worker \(number) of \(of)</td>"
+    static func workerRow(_ w: WorkerStatus, listener l: ListenerStatus) -> String {
+        var h = "<tr class=\"worker\"><td class=\"l\" colspan=\"2\">\u{21B3} worker \(w.number) of \(w.of)</td>"
         h += "<td class=\"l addr\"><code>\(Format.html(w.address))</code></td>"
         if l.received.packets == 0 {
             h += "<td colspan=\"4\" class=\"muted\">no datagrams yet</td>"

@@ -46,7 +46,7 @@ struct DaemonStatusSource: StatusSource {
             },
             counters: (mode.map(Counter.events(for:)) ?? []).map { NamedCounter($0.name, c[$0]) },
             workers: l.workers.map { w in
-                WorkerStatus(address: "\(w.address)",
+                WorkerStatus(address: "\(w.address)", number: w.place.number, of: w.place.of,
                              received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
                              sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
             }
