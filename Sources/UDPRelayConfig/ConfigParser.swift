@@ -39,8 +39,6 @@ struct ListenerDraft {
     var name: String
     var line: Int
     var listen: [SocketAddress]?
-    /// Line of the `listen` key, nil when absent (set even when its value was invalid).
-    var listenLine: Int?
     var mode: ListenerMode?
     var maxDatagram: Int?
     var receiveBuffer: Int?
@@ -239,7 +237,6 @@ struct ConfigParser {
                 listenerLines[name] = section.line
                 var draft = ListenerDraft(name: name, line: section.line)
                 let seen = apply(section, to: &draft, table: Schema.listener)
-                draft.listenLine = seen["listen"]
                 draft.keyLines = seen
                 listeners.append(draft)
             default:
@@ -284,13 +281,13 @@ struct ConfigParser {
         for d in drafts {
             guard let listen = d.listen else {
                 // An invalid value was already reported; only a missing key is new.
-                if d.listenLine != nil { continue }
+                if d.keyLines["listen"] != nil { continue }
                 error(d.line, "listener \(d.name)", "listen", "missing required key (e.g. listen = 0.0.0.0:7007, [::]:7007)")
                 continue
             }
             for address in listen where address.port != 0 {
                 if let owner = owners.conflict(with: address) {
-                    error(d.listenLine ?? d.line, "listener \(d.name)", "listen", "\(address) overlaps \(owner); each address and port may belong to one listener")
+                    error(d.keyLines["listen"] ?? d.line, "listener \(d.name)", "listen", "\(address) overlaps \(owner); each address and port may belong to one listener")
                 } else {
                     owners.add(address, owner: "listener '\(d.name)'")
                 }

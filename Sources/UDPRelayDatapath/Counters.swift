@@ -1,6 +1,8 @@
 import Synchronization
+import UDPRelayConfig
 
-/// The counters every worker keeps. Names are the ones `/status` and `/metrics` show.
+/// The counters every worker keeps. Each has one public name, a kind and the modes it is
+/// reported for (`row`), from which the log, `/status`, `/metrics` and the page take their lists.
 public enum Counter: Int, CaseIterable, Sendable {
     case receivedPackets
     case receivedBytes
@@ -33,8 +35,6 @@ public enum Counter: Int, CaseIterable, Sendable {
     case dropReceiveBufferFull
     /// Receive calls that failed with an error other than "would block".
     case receiveErrors
-    /// Sources forgotten by the per-source rate limiter because its table was full.
-    case rateLimitEvictions
     /// Relay modes; zero on echo listeners.
     /// Sessions open now (a gauge, not monotonic).
     case sessionsActive
@@ -58,26 +58,96 @@ public enum Counter: Int, CaseIterable, Sendable {
     /// Replies from upstreams dropped on purpose: every reply in mirror mode, replies beyond
     /// `session_max_replies` in forward/balance.
     case repliesIgnored
+    /// Every mode: sources forgotten by the per-source rate limiter because its table was full.
+    case rateLimitEvictions
+}
 
-    /// The drop reason label for `drop…` counters, nil for the others.
-    public var dropReason: String? {
+/// What a counter measures, which decides where it is shown.
+public enum CounterKind: Sendable {
+    /// Datagrams and bytes in and out (`received`, `sent` in `/status`).
+    case traffic
+    /// Calls that failed (`receive_errors`; an upstream's `failures`).
+    case error
+    /// Datagrams dropped, one counter per reason; the name is the reason (`drops` in `/status`,
+    /// `udprelayd_drops_total{reason=...}`, `drop.REASON` in the totals log line).
+    case drop
+    /// The session table: `sessions` in `/status`, `udprelayd_sessions_*` in `/metrics`.
+    case session
+    /// Anything else that happened, by name: `counters` in `/status`,
+    /// `udprelayd_events_total{event=...}` (`udprelayd_upstream_events_total` for upstreams).
+    case event
+}
+
+extension Counter {
+    /// Every listener, or only relay listeners (on echo the counter stays zero and is not shown).
+    private enum Scope { case every, relay }
+
+    /// The one table of counter facts: public name, kind and the listeners it is reported for.
+    private var row: (name: String, kind: CounterKind, scope: Scope) {
         switch self {
-        case .dropTooLarge: "too_large"
-        case .dropSendBufferFull: "send_buffer_full"
-        case .dropRefused: "refused"
-        case .dropSendError: "send_error"
-        case .dropSourcePort: "source_port"
-        case .dropLoop: "loop"
-        case .dropDenied: "denied"
-        case .dropRateLimited: "rate_limited"
-        case .dropRateLimitedTotal: "rate_limited_total"
-        case .dropNoSession: "no_session"
-        case .dropReceiveBufferFull: "receive_buffer_full"
-        default: nil
+        case .receivedPackets: ("received_packets", .traffic, .every)
+        case .receivedBytes: ("received_bytes", .traffic, .every)
+        case .sentPackets: ("sent_packets", .traffic, .every)
+        case .sentBytes: ("sent_bytes", .traffic, .every)
+        case .dropTooLarge: ("too_large", .drop, .every)
+        case .dropSendBufferFull: ("send_buffer_full", .drop, .every)
+        case .dropRefused: ("refused", .drop, .every)
+        case .dropSendError: ("send_error", .drop, .every)
+        case .dropSourcePort: ("source_port", .drop, .every)
+        case .dropLoop: ("loop", .drop, .every)
+        case .dropDenied: ("denied", .drop, .every)
+        case .dropRateLimited: ("rate_limited", .drop, .every)
+        case .dropRateLimitedTotal: ("rate_limited_total", .drop, .every)
+        case .dropNoSession: ("no_session", .drop, .every)
+        case .dropReceiveBufferFull: ("receive_buffer_full", .drop, .every)
+        case .receiveErrors: ("receive_errors", .error, .every)
+        case .sessionsActive: ("sessions_active", .session, .relay)
+        case .sessionsCreated: ("sessions_created", .session, .relay)
+        case .sessionsExpired: ("sessions_expired", .session, .relay)
+        case .sessionsEvicted: ("sessions_evicted", .session, .relay)
+        case .sessionsClosed: ("sessions_closed", .event, .relay)
+        case .sessionsFailed: ("sessions_failed", .event, .relay)
+        case .sessionErrors: ("session_errors", .event, .relay)
+        case .failOpen: ("fail_open", .event, .relay)
+        case .sampledOut: ("sampled_out", .event, .relay)
+        case .repliesIgnored: ("replies_ignored", .event, .relay)
+        case .rateLimitEvictions: ("rate_limit_evictions", .event, .every)
         }
     }
 
-    public static let dropCounters: [Counter] = allCases.filter { $0.dropReason != nil }
+    /// The name the log, `/status`, `/metrics` and the page use (a drop's is its reason).
+    public var name: String { row.name }
+
+    public var kind: CounterKind { row.kind }
+
+    /// The listener modes that report it.
+    public var modes: [ListenerMode] {
+        switch row.scope {
+        case .every: ListenerMode.allCases
+        case .relay: ListenerMode.allCases.filter(\.isRelay)
+        }
+    }
+
+    /// The drop reason (`too_large`) of a drop counter, nil for the others.
+    public var dropReason: String? { kind == .drop ? name : nil }
+
+    /// Every drop reason, in a fixed order: `/status` and `/metrics` show all of them.
+    public static let dropCounters: [Counter] = allCases.filter { $0.kind == .drop }
+
+    /// The session and event counters of relay listeners only (zero on echo), with their names,
+    /// for the totals log line.
+    public static let relayCounters: [(name: String, counter: Counter)] = allCases
+        .filter { ($0.kind == .session || $0.kind == .event) && !$0.modes.contains(.echo) }
+        .map { ($0.name, $0) }
+
+    /// The event counters a listener of `mode` reports, in a fixed order (`counters` in `/status`).
+    public static func events(for mode: ListenerMode) -> [Counter] {
+        eventsByMode[mode] ?? []
+    }
+
+    private static let eventsByMode: [ListenerMode: [Counter]] = Dictionary(uniqueKeysWithValues: ListenerMode.allCases.map { m in
+        (m, allCases.filter { $0.kind == .event && $0.modes.contains(m) })
+    })
 }
 
 /// One worker's counters. Each has a single writer (the worker's queue), which adds with a
@@ -134,18 +204,6 @@ public struct CounterSnapshot: Sendable, Equatable {
     public var dropped: UInt64 { Counter.dropCounters.reduce(0) { $0 + self[$1] } }
 }
 
-extension Counter {
-    /// The relay counters with their names as logs, `/status` and `/metrics` should show them
-    /// (zero on echo listeners).
-    public static let relayCounters: [(name: String, counter: Counter)] = [
-        ("sessions_active", .sessionsActive), ("sessions_created", .sessionsCreated),
-        ("sessions_expired", .sessionsExpired), ("sessions_evicted", .sessionsEvicted),
-        ("sessions_closed", .sessionsClosed), ("sessions_failed", .sessionsFailed),
-        ("session_errors", .sessionErrors), ("fail_open", .failOpen),
-        ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
-    ]
-}
-
 /// Per-upstream counters of one worker (single writer, like `CounterSet`).
 public enum UpstreamCounter: Int, CaseIterable, Sendable {
     /// Datagrams and bytes sent to the upstream.
@@ -164,20 +222,28 @@ public enum UpstreamCounter: Int, CaseIterable, Sendable {
     case probesSent
     case probesAnswered
 
-    /// The name logs, `/status` and `/metrics` should use.
-    public var name: String {
+    /// The one table of upstream counter facts: public name and kind.
+    private var row: (name: String, kind: CounterKind) {
         switch self {
-        case .sentPackets: "sent_packets"
-        case .sentBytes: "sent_bytes"
-        case .receivedPackets: "received_packets"
-        case .receivedBytes: "received_bytes"
-        case .sendDrops: "send_drops"
-        case .failures: "failures"
-        case .sessions: "sessions"
-        case .probesSent: "probes_sent"
-        case .probesAnswered: "probes_answered"
+        case .sentPackets: ("sent_packets", .traffic)
+        case .sentBytes: ("sent_bytes", .traffic)
+        case .receivedPackets: ("received_packets", .traffic)
+        case .receivedBytes: ("received_bytes", .traffic)
+        case .sendDrops: ("send_drops", .event)
+        case .failures: ("failures", .error)
+        case .sessions: ("sessions", .event)
+        case .probesSent: ("probes_sent", .event)
+        case .probesAnswered: ("probes_answered", .event)
         }
     }
+
+    /// The name the log (`upstream totals`), `/status`, `/metrics` and the page use.
+    public var name: String { row.name }
+
+    public var kind: CounterKind { row.kind }
+
+    /// The upstream's event counters, in a fixed order (`counters` of an upstream in `/status`).
+    public static let events: [UpstreamCounter] = allCases.filter { $0.kind == .event }
 }
 
 /// One worker's counters for one upstream: single writer, lock-free readers.

@@ -145,6 +145,8 @@ public struct ListenerSnapshot: Sendable {
 public struct WorkerSnapshot: Sendable {
     /// The address the socket is bound to (shared by the sockets of one `listen` address).
     public let address: SocketAddress
+    /// Its number among the sockets of that address.
+    public let place: WorkerPlace
     public let counters: CounterSnapshot
 }
 
@@ -152,7 +154,9 @@ extension Datapath {
     /// Sums every worker's counters now; takes no lock the datapath holds.
     public func snapshot() -> [ListenerSnapshot] {
         listeners.map { l in
-            let workers = l.workers.map { WorkerSnapshot(address: $0.localAddress, counters: $0.counters.snapshot()) }
+            let workers = zip(l.workers, l.workerPlaces).map { w, place in
+                WorkerSnapshot(address: w.localAddress, place: place, counters: w.counters.snapshot())
+            }
             return ListenerSnapshot(name: l.name, mode: l.configuration.mode.rawValue,
                                     addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
                                     upstreams: l.upstreamSnapshots(), workers: workers)
@@ -165,9 +169,7 @@ extension Datapath {
     /// side thread.
     public func probe(timeout: Duration = .seconds(1)) async -> [String] {
         // (listener, worker, " (worker k of n)" when several sockets share the address)
-        let workers = listeners.flatMap { l in
-            l.groups.flatMap { g in g.enumerated().map { (l.name, $1, g.count > 1 ? " (worker \($0 + 1) of \(g.count))" : "") } }
-        }
+        let workers = listeners.flatMap { l in zip(l.workers, l.workerPlaces).map { (l.name, $0, $1.suffix) } }
         guard !workers.isEmpty else { return [] }
         let answered = ProbeTally(count: workers.count)
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in

@@ -34,7 +34,7 @@ public enum PrometheusText {
             ("udprelayd_bytes_received_total", "Payload bytes received.", { $0.received.bytes }),
             ("udprelayd_packets_sent_total", "Datagrams sent.", { $0.sent.packets }),
             ("udprelayd_bytes_sent_total", "Payload bytes sent.", { $0.sent.bytes }),
-            ("udprelayd_receive_errors_total", "Receive calls that failed with an error other than would-block.", { $0.receiveErrors }),
+            ("udprelayd_\(ListenerStatus.receiveErrorsName)_total", "Receive calls that failed with an error other than would-block.", { $0.receiveErrors }),
         ]
         for (name, help, value) in perListener {
             out.family(name, .counter, help)
@@ -74,8 +74,8 @@ public enum PrometheusText {
         for (name, help, value) in perWorker {
             out.family(name, .counter, help)
             for l in ls {
-                for (w, number, _) in l.numberedWorkers {
-                    out.sample(name, [("listener", l.name), ("address", w.address), ("worker", String(number))], value(w))
+                for w in l.workers {
+                    out.sample(name, [("listener", l.name), ("address", w.address), ("worker", String(w.number))], value(w))
                 }
             }
         }

@@ -126,7 +126,7 @@ public enum StatusJSON {
             ("addresses", .array(l.addresses.map { .string($0) })),
             ("received", traffic(l.received)),
             ("sent", traffic(l.sent)),
-            ("receive_errors", .uint(l.receiveErrors)),
+            (ListenerStatus.receiveErrorsName, .uint(l.receiveErrors)),
             ("drops", .object(l.drops.map { ($0.reason, .uint($0.count)) })),
             ("sessions", l.sessions.map { s in
                 .object([

@@ -85,7 +85,7 @@ public enum StatusPage {
             }
             h += "</tr>\n"
             if l.hasSeveralWorkersPerAddress {
-                for (w, number, of) in l.numberedWorkers { h += workerRow(w, number: number, of: of, listener: l) }
+                for w in l.workers { h += workerRow(w, listener: l) }
             }
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
@@ -97,8 +97,10 @@ public enum StatusPage {
                 h += "<td class=\"l wrap\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")"
                 // Why it is down: the last error, and how its health probes fare.
                 if !u.isUp, let e = u.lastError { h += "<br><span class=\"sub\">last error: \(Format.html(e))</span>" }
-                if u.counter("probes_sent") > 0 {
-                    h += "<br><span class=\"sub\">probes \(Format.grouped(u.counter("probes_answered"))) of \(Format.grouped(u.counter("probes_sent"))) answered</span>"
+                let probesSent = u.counter(UpstreamStatus.probesSentName)
+                if probesSent > 0 {
+                    let answered = u.counter(UpstreamStatus.probesAnsweredName)
+                    h += "<br><span class=\"sub\">probes \(Format.grouped(answered)) of \(Format.grouped(probesSent)) answered</span>"
                 }
                 h += "</td>"
                 h += "<td></td></tr>\n"
@@ -125,8 +127,8 @@ public enum StatusPage {
 
     /// One socket's worker of a listener with `workers` above 1: its totals and its share of the
     /// listener's received datagrams, which shows how the kernel spreads clients (SO_REUSEPORT).
-    static func workerRow(_ w: WorkerStatus, number: Int, of: Int, listener l: ListenerStatus) -> String {
-        var h = "<tr class=\"worker\"><td class=\"l\" colspan=\"2\">\u{21B3} worker \(number) of \(of)</td>"
+    static func workerRow(_ w: WorkerStatus, listener l: ListenerStatus) -> String {
+        var h = "<tr class=\"worker\"><td class=\"l\" colspan=\"2\">\u{21B3} worker \(w.number) of \(w.of)</td>"
         h += "<td class=\"l addr\"><code>\(Format.html(w.address))</code></td>"
         if l.received.packets == 0 {
             h += "<td colspan=\"4\" class=\"muted\">no datagrams yet</td>"
@@ -187,7 +189,7 @@ public enum StatusPage {
         var parts = l.drops.filter { $0.count > 0 }.map {
             "<span class=\"drop\">\(Format.html($0.reason)) \(Format.grouped($0.count))</span>"
         }
-        if l.receiveErrors > 0 { parts.append("<span class=\"drop\">receive_errors \(Format.grouped(l.receiveErrors))</span>") }
+        if l.receiveErrors > 0 { parts.append("<span class=\"drop\">\(ListenerStatus.receiveErrorsName) \(Format.grouped(l.receiveErrors))</span>") }
         guard !parts.isEmpty else { return "<span class=\"muted\">none</span>" }
         var cell = parts.joined(separator: " ")
         if let rate, rate > 0 { cell += "<br><span class=\"sub badtext\">\(Format.si(rate))/s now</span>" }

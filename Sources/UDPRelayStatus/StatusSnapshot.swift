@@ -154,6 +154,11 @@ public struct UpstreamStatus: Sendable, Equatable {
     /// A counter of `counters` by name, 0 when absent.
     public func counter(_ name: String) -> UInt64 { counters.first { $0.name == name }?.value ?? 0 }
 
+    /// The names of the probe counters the page reads from `counters` (the daemon names them
+    /// after `UpstreamCounter.probesSent` and `.probesAnswered`).
+    static let probesSentName = "probes_sent"
+    static let probesAnsweredName = "probes_answered"
+
     public var isUp: Bool { state == "up" }
 }
 
@@ -161,11 +166,17 @@ public struct UpstreamStatus: Sendable, Equatable {
 public struct WorkerStatus: Sendable, Equatable {
     /// The address the socket is bound to.
     public var address: String
+    /// Its 1-based number among the sockets sharing its address, and their count, as the
+    /// datapath numbers them (the liveness probe's "worker 2 of 2"); `/metrics` and `/` show it.
+    public var number: Int
+    public var of: Int
     public var received: Traffic
     public var sent: Traffic
 
-    public init(address: String, received: Traffic = Traffic(), sent: Traffic = Traffic()) {
+    public init(address: String, number: Int = 1, of: Int = 1, received: Traffic = Traffic(), sent: Traffic = Traffic()) {
         self.address = address
+        self.number = number
+        self.of = of
         self.received = received
         self.sent = sent
     }
@@ -214,24 +225,16 @@ public struct ListenerStatus: Sendable, Equatable {
 
     /// Sum of all drop counters.
     public var dropped: UInt64 { drops.reduce(0) { $0 &+ $1.count } }
+
+    /// The name of `receiveErrors` in `/status`, `/metrics` and on the page (the daemon's
+    /// `Counter.receiveErrors`).
+    static let receiveErrorsName = "receive_errors"
 }
 
 extension ListenerStatus {
-    /// Each worker with its 1-based number among the sockets sharing its address and their count,
-    /// as the liveness probe names it ("worker 2 of 2"); `/metrics` and `/` number them the same.
-    var numberedWorkers: [(worker: WorkerStatus, number: Int, of: Int)] {
-        var total: [String: Int] = [:]
-        for w in workers { total[w.address, default: 0] += 1 }
-        var seen: [String: Int] = [:]
-        return workers.map { w in
-            seen[w.address, default: 0] += 1
-            return (w, seen[w.address]!, total[w.address]!)
-        }
-    }
-
     /// True when some address is served by more than one socket (`workers` above 1).
     var hasSeveralWorkersPerAddress: Bool {
-        Set(workers.map(\.address)).count < workers.count
+        workers.contains { $0.of > 1 }
     }
 }
 

@@ -24,13 +24,14 @@ struct DaemonStatusSource: StatusSource {
     /// One datapath listener as the status module sees it.
     static func listenerStatus(_ l: ListenerSnapshot) -> ListenerStatus {
         let c = l.counters
-        let hasSessions = ListenerMode(rawValue: l.mode)?.hasSessions ?? false
+        let mode = ListenerMode(rawValue: l.mode)
+        let hasSessions = mode?.hasSessions ?? false
         return ListenerStatus(
             name: l.name, mode: l.mode, addresses: l.addresses.map { "\($0)" },
             received: Traffic(packets: c[.receivedPackets], bytes: c[.receivedBytes]),
             sent: Traffic(packets: c[.sentPackets], bytes: c[.sentBytes]),
             receiveErrors: c[.receiveErrors],
-            drops: Counter.dropCounters.map { DropCount(reason: $0.dropReason!, count: c[$0]) },
+            drops: Counter.dropCounters.map { DropCount(reason: $0.name, count: c[$0]) },
             sessions: hasSessions
                 ? SessionCounters(active: c[.sessionsActive], created: c[.sessionsCreated],
                                   expired: c[.sessionsExpired], evicted: c[.sessionsEvicted])
@@ -40,28 +41,17 @@ struct DaemonStatusSource: StatusSource {
                                sent: Traffic(packets: u.counters[.sentPackets], bytes: u.counters[.sentBytes]),
                                received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
                                failures: u.counters[.failures],
-                               counters: [UpstreamCounter.sendDrops, .sessions, .probesSent, .probesAnswered].map {
-                                   NamedCounter($0.name, u.counters[$0])
-                               }, lastError: u.lastError)
+                               counters: UpstreamCounter.events.map { NamedCounter($0.name, u.counters[$0]) },
+                               lastError: u.lastError)
             },
-            counters: (l.mode == ListenerMode.echo.rawValue ? Self.echoEvents : Self.relayEvents).map { NamedCounter($0.0, c[$0.1]) },
+            counters: (mode.map(Counter.events(for:)) ?? []).map { NamedCounter($0.name, c[$0]) },
             workers: l.workers.map { w in
-                WorkerStatus(address: "\(w.address)",
+                WorkerStatus(address: "\(w.address)", number: w.place.number, of: w.place.of,
                              received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
                              sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
             }
         )
     }
-
-    /// Echo counters shown by name: the per-source limiter's evictions (a sign of a rotating-source flood).
-    static let echoEvents: [(String, Counter)] = [("rate_limit_evictions", .rateLimitEvictions)]
-
-    /// Relay counters shown by name (config/README.md, "Counters").
-    static let relayEvents: [(String, Counter)] = [
-        ("sessions_closed", .sessionsClosed), ("sessions_failed", .sessionsFailed), ("session_errors", .sessionErrors),
-        ("fail_open", .failOpen), ("sampled_out", .sampledOut), ("replies_ignored", .repliesIgnored),
-        ("rate_limit_evictions", .rateLimitEvictions),
-    ]
 
     func problems() async -> [String] {
         var problems: [String] = []

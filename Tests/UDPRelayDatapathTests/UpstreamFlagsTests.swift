@@ -59,4 +59,31 @@ final class UpstreamFlagsTests: XCTestCase {
         let health = table.lock.withLockedValue { $0.health[0].downUntil }
         XCTAssertEqual(table.flags.downUntil[0], health)
     }
+
+    /// Two workers' failures reach the health state in the reverse order of their clocks (each
+    /// read its clock before it took the table's lock): with max_fails = 2 they still mark the
+    /// upstream down. (Before, the older failure looked like one a whole window after the newer,
+    /// restarted the count, and the upstream kept taking sessions.)
+    func testFailuresRecordedOutOfClockOrderStillMarkTheUpstreamDown() throws {
+        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
+                                       upstreams: [try UpstreamEndpoint(parsing: "127.0.0.1:9")],
+                                       health: HealthSettings(maxFails: 2, failTimeout: .seconds(10)))
+        let table = UpstreamTable(configuration: lc, workers: 2, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        defer {
+            let done = DispatchGroup()
+            table.stop(done: done)
+            done.wait()
+        }
+        let t = monotonicNanos()
+        table.recordFailure(0, now: t + 20_000, errno: ECONNREFUSED)  // the later clock took the lock first
+        XCTAssertFalse(table.isDown(0, now: t + 30_000), "one failure of two")
+        table.recordFailure(0, now: t, errno: ECONNREFUSED)
+        XCTAssertTrue(table.isDown(0, now: t + 30_000), "two failures within fail_timeout mark it down")
+        XCTAssertFalse(table.isUp(0, now: t + 30_000))
+
+        var health = HealthState(maxFails: 2, failTimeout: 1_000)
+        XCTAssertFalse(health.recordFailure(now: 5_000))
+        XCTAssertTrue(health.recordFailure(now: 4_990), "an older failure counts inside the window")
+        XCTAssertEqual(health.downUntil, 5_990)
+    }
 }

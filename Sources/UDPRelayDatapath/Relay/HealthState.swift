@@ -26,9 +26,14 @@ struct HealthState: Sendable, Equatable {
     func isDown(now: UInt64) -> Bool { probeDown || now < downUntil }
 
     /// Records one failure; returns true when this failure marked the upstream down.
+    ///
+    /// Workers read their clocks before they take the lock this state sits behind, so failures
+    /// can come slightly out of clock order: one older than the window's start counts inside the
+    /// window, and the window's start only moves forward (a late, older failure never restarts
+    /// the count the newer ones began).
     mutating func recordFailure(now: UInt64) -> Bool {
         guard maxFails > 0, now >= downUntil else { return false }
-        if failures == 0 || now &- windowStart >= failTimeout {
+        if failures == 0 || (now > windowStart && now - windowStart >= failTimeout) {
             failures = 0
             windowStart = now
         }

@@ -25,11 +25,12 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private var sampleCounter = 0
     let upstreams: UpstreamTable
     private let upCounters: [UpstreamCounterSet]
-    private var upstreamFDs: [Int32]
+    /// One connected socket per upstream, in the worker's wait set tagged with its index; the
+    /// listener's `rcvbuf`/`sndbuf` apply to them too.
+    private var sockets: [ConnectedSocket]
     private var connectedGeneration: UInt64 = .max
-    /// The listener's `rcvbuf`/`sndbuf`, applied to the upstream sockets too.
-    private let receiveBuffer: Int
-    private let sendBuffer: Int
+    /// Bounds the log lines of upstream socket errors: one a minute per worker.
+    private var socketErrorLog = LogLimiter(lines: 1, per: .seconds(60))
 
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
          upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) throws(SyscallError) {
@@ -40,12 +41,12 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
         self.sender = DatagramSender(segmentation: configuration.segmentation)
         self.sampleEvery = configuration.sampleEvery
-        self.receiveBuffer = configuration.receiveBuffer
-        self.sendBuffer = configuration.sendBuffer
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
-        self.upstreamFDs = Array(repeating: -1, count: upstreams.count)
+        self.sockets = []
         try super.init(fd: fd, localAddress: localAddress, label: label, tuning: tuning, busyPoll: .zero)
+        let buffers = (receive: configuration.receiveBuffer, send: configuration.sendBuffer)
+        sockets = (0..<upstreams.count).map { ConnectedSocket(watch: .waitSet(waitSet, tag: UInt64($0)), buffers: buffers) }
     }
 
     deinit {
@@ -63,10 +64,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
 
     /// After the listener's last pass (which may still copy datagrams): closes the upstream sockets.
     override func stopMembers() {
-        for i in upstreamFDs.indices where upstreamFDs[i] >= 0 {
-            close(upstreamFDs[i])
-            upstreamFDs[i] = -1
-        }
+        for i in sockets.indices { sockets[i].close() }
     }
 
     /// (Re)connects each upstream socket to its current address; called at start and when a
@@ -78,24 +76,13 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             // An upstream that is a relay listener of this daemon would copy forever: left
             // unconnected (its copies count as send drops).
             guard let address = upstreams.address(i), !filter.isOwnRelayListener(address) else { continue }
-            if upstreamFDs[i] >= 0, (try? UDPSocket.connect(upstreamFDs[i], to: address)) != nil { continue }
-            if upstreamFDs[i] >= 0 {
-                close(upstreamFDs[i])  // which takes it out of the wait set
-                upstreamFDs[i] = -1
+            sockets[i].connect(to: address) { problem in
+                // Unwatched: copies are still sent; replies are not read (they count as kernel drops).
+                if case .unwatched = problem { counters.add(.receiveErrors) }
+                // No socket: its copies count as send drops until the next address change.
+                ConnectedSocket.log(problem, what: "mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
+                                    limiter: &socketErrorLog, now: monotonicNanos())
             }
-            guard let ufd = try? UDPSocket.open(family: address.family) else { continue }
-            guard (try? UDPSocket.connect(ufd, to: address)) != nil else {
-                close(ufd)
-                continue
-            }
-            UDPSocket.setBuffers(ufd, receive: receiveBuffer, send: sendBuffer)
-            do {
-                try waitSet.add(ufd, tag: UInt64(i))
-            } catch {
-                // Copies are still sent; replies are not read (they count as kernel drops).
-                counters.add(.receiveErrors)
-            }
-            upstreamFDs[i] = ufd
         }
     }
 
@@ -118,8 +105,8 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     /// An upstream socket in the wait set is readable: its replies (or an error) are drained.
     override func memberReady(_ tag: UInt64) {
         let u = Int(tag)
-        guard u < upstreamFDs.count, upstreamFDs[u] >= 0 else { return }
-        drainReplies(u, fd: upstreamFDs[u])
+        guard u < sockets.count, sockets[u].fd >= 0 else { return }
+        drainReplies(u, fd: sockets[u].fd)
     }
 
     @inline(__always)
@@ -153,7 +140,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         // upstreams' `sent`.
         var copies = 0
         var copiedBytes: UInt64 = 0
-        for u in 0..<upstreamFDs.count {
+        for u in 0..<sockets.count {
             let outcome = send(n, toUpstream: u)
             copies += outcome.sent
             copiedBytes &+= outcome.bytes
@@ -167,7 +154,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     @inline(__always)
     private func send(_ count: Int, toUpstream u: Int) -> (sent: Int, bytes: UInt64) {
         let up = upCounters[u]
-        let ufd = upstreamFDs[u]
+        let ufd = sockets[u].fd
         guard ufd >= 0 else {
             up.add(.sendDrops, UInt64(count))
             return (0, 0)

@@ -10,8 +10,12 @@ import UDPRelayConfig
 extension UpstreamTable {
     func startProbes() {
         dispatchPrecondition(condition: .onQueue(controlQueue))
-        probeFDs = Array(repeating: -1, count: count)
-        probeSources = Array(repeating: nil, count: count)
+        probeBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+        probeSockets = (0..<count).map { i in
+            ConnectedSocket(watch: .source(controlQueue, closed: probeClosed, onReadable: { [unowned self] fd in
+                probeReadable(i, fd: fd)
+            }))
+        }
         let interval = DispatchTimeInterval.nanoseconds(Int(clamping: settings.interval.nanoseconds))
         let t = DispatchSource.makeTimerSource(queue: controlQueue)
         t.schedule(deadline: .now(), repeating: interval, leeway: .milliseconds(5))
@@ -28,69 +32,38 @@ extension UpstreamTable {
         let row = counters[counters.count - 1]
         for i in 0..<count {
             if awaiting[i] { recordProbe(i, answered: false, now: now) }
-            if probeFDs[i] < 0 || gen != probeGeneration { openProbeSocket(i) }
-            guard probeFDs[i] >= 0 else {
+            if probeSockets[i].fd < 0 || gen != probeGeneration { connectProbeSocket(i) }
+            let fd = probeSockets[i].fd
+            guard fd >= 0 else {
                 recordProbe(i, answered: false, now: now)
                 continue
             }
             awaiting[i] = true
             row[i].add(.probesSent)
             do {
-                _ = try syscall("send") { payload.withUnsafeBytes { Glibc.send(probeFDs[i], $0.baseAddress, $0.count, 0) } }
+                _ = try syscall("send") { payload.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
             } catch {
                 // ECONNREFUSED: an earlier probe was refused; this one goes unanswered and counts.
-                logProbeError(i, "health probe not sent", error, level: .info, now: now)
+                ConnectedSocket.log(.info, "health probe not sent", error: error, upstream: endpoints[i], logger: logger,
+                                    limiter: &probeErrorLog, now: now)
             }
         }
         probeGeneration = gen
     }
 
-    private func openProbeSocket(_ i: Int) {
+    /// Points probe socket `i` at the upstream's address (a new socket when the family changed).
+    /// With no socket this tick, the probe counts as unanswered and the next tick tries again.
+    private func connectProbeSocket(_ i: Int) {
         guard let address = address(i) else { return }
-        if probeFDs[i] >= 0, let s = probeSources[i] {
-            // Same family: just point the socket at the new address.
-            do {
-                try UDPSocket.connect(probeFDs[i], to: address)
-                return
-            } catch {
-                // Another family (EAFNOSUPPORT): a new socket follows.
-                logProbeError(i, "health probe socket reopened", error, level: .debug, now: monotonicNanos())
-            }
-            s.cancel()
-            probeSources[i] = nil
-            probeFDs[i] = -1
+        probeSockets[i].connect(to: address) { problem in
+            ConnectedSocket.log(problem, what: "health probe", upstream: endpoints[i], logger: logger,
+                                limiter: &probeErrorLog, now: monotonicNanos())
         }
-        let fd: Int32
-        do {
-            fd = try UDPSocket.open(family: address.family)
-            do {
-                try UDPSocket.connect(fd, to: address)
-            } catch {
-                close(fd)
-                throw error
-            }
-        } catch {
-            // No socket this tick: the probe counts as unanswered and the next tick tries again.
-            logProbeError(i, "cannot open health probe socket", error, level: .warning, now: monotonicNanos())
-            return
-        }
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: controlQueue)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
-        source.setEventHandler { [unowned self] in probeReadable(i, fd: fd, buffer: buffer) }
-        probeClosed.enter()
-        let closed = probeClosed
-        source.setCancelHandler {
-            close(fd)
-            buffer.deallocate()
-            closed.leave()
-        }
-        probeFDs[i] = fd
-        probeSources[i] = source
-        source.activate()
     }
 
-    private func probeReadable(_ i: Int, fd: Int32, buffer: UnsafeMutableRawBufferPointer) {
+    private func probeReadable(_ i: Int, fd: Int32) {
         dispatchPrecondition(condition: .onQueue(controlQueue))
+        guard let buffer = probeBuffer else { return }
         let expect = settings.expect
         for _ in 0..<64 {
             let r: IOResult<Int>
@@ -98,6 +71,10 @@ extension UpstreamTable {
                 r = try syscall("recv") { recv(fd, buffer.baseAddress, buffer.count, 0) }
             } catch {
                 // ECONNREFUSED: nobody listens; the unanswered probe marks it down at the next tick.
+                if error.errno != ECONNREFUSED {
+                    ConnectedSocket.log(.info, "health probe reply not read", error: error, upstream: endpoints[i], logger: logger,
+                                        limiter: &probeErrorLog, now: monotonicNanos())
+                }
                 continue
             }
             guard case .done(let n) = r else { return }
@@ -127,15 +104,5 @@ extension UpstreamTable {
                 logger.notice("upstream up", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe answered"])
             }
         }
-    }
-
-    /// Logs a probe socket's error: at most one line a minute per table (on `controlQueue`),
-    /// with the number left out since the last.
-    private func logProbeError(_ i: Int, _ message: Logger.Message, _ error: any Error, level: Logger.Level, now: UInt64) {
-        dispatchPrecondition(condition: .onQueue(controlQueue))
-        guard logger.logLevel <= level, let skipped = probeErrorLog.admit(now: now) else { return }
-        logger.log(level: level, message, metadata: [
-            "upstream": "\(endpoints[i])", "error": "\(error)", "log.suppressed": "\(skipped)",
-        ])
     }
 }

@@ -35,8 +35,10 @@ final class UpstreamTable: @unchecked Sendable {
     let resolveQueue: DispatchQueue
     var resolveTimer: DispatchSourceTimer?
     var probeTimer: DispatchSourceTimer?
-    var probeSources: [DispatchSourceRead?] = []
-    var probeFDs: [Int32] = []
+    /// One connected socket per upstream, each with a read source on `controlQueue`.
+    var probeSockets: [ConnectedSocket] = []
+    /// Where probe replies are read (on `controlQueue`); allocated when probes start.
+    var probeBuffer: UnsafeMutableRawBufferPointer?
     var probeGeneration: UInt64 = .max
     var awaiting: [Bool] = []
     var resolveFailing: [Bool] = []
@@ -53,7 +55,7 @@ final class UpstreamTable: @unchecked Sendable {
     let probeClosed = DispatchGroup()
     /// `stop` ran (on `controlQueue`): no more state changes are logged.
     var stopped = false
-    /// Bounds the log lines of probe socket errors (on `controlQueue`).
+    /// Bounds the log lines of probe socket errors: one a minute per table (on `controlQueue`).
     var probeErrorLog = LogLimiter(lines: 1, per: .seconds(60))
 
     /// Resolves one hostname (getaddrinfo by default; tests inject a fake).
@@ -90,6 +92,8 @@ final class UpstreamTable: @unchecked Sendable {
         let started = resolveNames()
         started.notify(queue: resolveQueue) { [initialResolution] in initialResolution.leave() }
     }
+
+    deinit { probeBuffer?.deallocate() }
 
     var count: Int { endpoints.count }
 
@@ -178,10 +182,8 @@ final class UpstreamTable: @unchecked Sendable {
             stopped = true
             probeTimer?.cancel()
             probeTimer = nil
-            for (i, s) in probeSources.enumerated() {
-                if let s { s.cancel() } else if probeFDs[i] >= 0 { close(probeFDs[i]) }
-            }
-            probeSources = []
+            for i in probeSockets.indices { probeSockets[i].close() }
+            probeSockets = []
             probeClosed.notify(queue: .global()) { done.leave() }
         }
     }
