@@ -13,9 +13,9 @@ import UDPRelayConfig
 /// the client. Two datapaths stand for the old and the new listener.
 final class SessionHandoverTests: XCTestCase, ConfigFileTests {
     /// A running forward listener `fwd` over `upstreams`, and its one worker.
-    func startRelay(_ upstreams: [SocketAddress], extra: String = "") throws -> (Datapath, Listener, RelayWorker) {
+    func startRelay(_ upstreams: [SocketAddress], listen: String = "127.0.0.1:0", extra: String = "") throws -> (Datapath, Listener, RelayWorker) {
         let list = upstreams.map { "\($0)" }.joined(separator: ", ")
-        let text = "[listener fwd]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(list)\n" + extra
+        let text = "[listener fwd]\nlisten = \(listen)\nmode = forward\nupstream = \(list)\n" + extra
         let datapath = try Datapath(configuration: try configuration(text), logger: Logger(label: "test"))
         datapath.startBlocking()
         let listener = try XCTUnwrap(datapath.listener(named: "fwd"))
@@ -206,5 +206,44 @@ final class SessionHandoverTests: XCTestCase, ConfigFileTests {
             XCTAssertNotNil(clients[i].receive())
             XCTAssertEqual(upstream.datagrams.last?.from.port, ports[i], "client \(i) keeps its session")
         }
+    }
+
+    func testOnAWildcardListenerRepliesStillLeaveFromTheAddressTheClientSentTo() throws {
+        let upstream = try UpstreamServer()
+        let (old, oldListener, oldWorker) = try startRelay([upstream.address], listen: "0.0.0.0:0")
+        let client = try UDPClient()
+        // 127.0.0.2, not the address a reply to 127.0.0.1 would leave from by itself.
+        let second = SocketAddress(ip: .v4(0x7F00_0002), port: oldListener.boundAddresses[0].port)
+        client.send([1], to: second)
+        XCTAssertEqual(client.receive()?.from, second)
+        let handed = stopHandingOver(old, oldWorker)
+        XCTAssertEqual(handed.first?.entry.local?.ip, second.ip, "the address the client sent to")
+        XCTAssertNotEqual(handed.first?.entry.interface, 0)
+
+        // The new listener on the same port, as a reload keeps it (the old socket is closed).
+        let (new, newListener, newWorker) = try startRelay([upstream.address], listen: "0.0.0.0:\(second.port)")
+        defer { new.stopBlocking() }
+        XCTAssertEqual(newWorker.takeOver(handed).adopted, 1)
+        let port = try XCTUnwrap(upstream.datagrams.first).from.port
+        client.send([2], to: second)
+        XCTAssertEqual(client.receive()?.from, second, "the reply leaves from the address the client sent to")
+        XCTAssertEqual(upstream.datagrams.last?.from.port, port, "through the adopted session")
+        XCTAssertEqual(newListener.counters()[.sessionsCreated], 0)
+    }
+
+    func testAnIPv6SessionIsFoundByItsClientsNextDatagram() throws {
+        let upstream = try UpstreamServer(ipv6: true)
+        let (old, oldListener, oldWorker) = try startRelay([upstream.address], listen: "[::1]:0")
+        let client = try UDPClient(ipv6: true)
+        client.send([1], to: oldListener.boundAddresses[0])
+        XCTAssertNotNil(client.receive())
+        let handed = stopHandingOver(old, oldWorker)
+        let (new, newListener, newWorker) = try startRelay([upstream.address], listen: "[::1]:0")
+        defer { new.stopBlocking() }
+        XCTAssertEqual(newWorker.takeOver(handed).adopted, 1)
+        client.send([2], to: newListener.boundAddresses[0])
+        XCTAssertEqual(client.receive()?.bytes, [2])
+        XCTAssertEqual(Set(upstream.datagrams.map(\.from)).count, 1, "one session, one source port")
+        XCTAssertEqual(newListener.counters()[.sessionsCreated], 0)
     }
 }
