@@ -246,4 +246,30 @@ final class SessionHandoverTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(Set(upstream.datagrams.map(\.from)).count, 1, "one session, one source port")
         XCTAssertEqual(newListener.counters()[.sessionsCreated], 0)
     }
+
+    func testSessionsCarriedThroughTheArchiveAreTakenOverToo() throws {
+        // A restart: the entries go through the sealed memfd, the sockets beside it.
+        let upstream = try UpstreamServer()
+        let (old, oldListener, oldWorker) = try startRelay([upstream.address])
+        let clients = try (0..<2).map { _ in try UDPClient() }
+        for c in clients {
+            c.send([1], to: oldListener.boundAddresses[0])
+            XCTAssertNotNil(c.receive())
+        }
+        let handed = stopHandingOver(old, oldWorker)
+        let memfd = try SessionArchive(entries: handed.map(\.entry)).sealedMemoryFile()
+        defer { close(memfd) }
+        let archive = try SessionArchive(sealedMemoryFile: memfd)
+        let restored = zip(archive.entries, handed).map { HandedOverSession(entry: $0, fd: $1.fd) }
+
+        let (new, newListener, newWorker) = try startRelay([upstream.address])
+        defer { new.stopBlocking() }
+        XCTAssertEqual(newWorker.takeOver(restored).adopted, 2)
+        let ports = upstream.datagrams.map(\.from.port)
+        for (i, c) in clients.enumerated() {
+            c.send([2], to: newListener.boundAddresses[0])
+            XCTAssertEqual(c.receive()?.bytes, [2], "client \(i) gets its reply")
+            XCTAssertEqual(upstream.datagrams.last?.from.port, ports[i], "client \(i) keeps its upstream source port")
+        }
+    }
 }
