@@ -290,4 +290,121 @@ final class SessionTableTests: XCTestCase {
         XCTAssertEqual(t.recordKernelDrops(s, total: 3), 0)
         XCTAssertEqual(t.recordKernelDrops(s, total: 5), 2)
     }
+
+    // MARK: handing over
+
+    /// A session of client `i` on a made-up socket, as another worker hands it over.
+    func handed(_ i: Int, requests: UInt32 = 0, replies: UInt32 = 0) throws -> Session {
+        var s = Session(fd: try fds.opener(), key: key(i), upstream: 0)
+        s.requests = requests
+        s.replies = replies
+        return s
+    }
+
+    func testTakingLiveSessionsKeepsTheirSocketsOpenAndLeavesHeldOnes() throws {
+        var t = table(maxSessions: 8)
+        let a = try mustAdmit(0, to: &t, now: 0)
+        let tagA = try XCTUnwrap(tags.last)
+        let b = try mustAdmit(1, to: &t, now: 10 * Self.ms)
+        let c = try mustAdmit(2, to: &t, now: 20 * Self.ms)
+        let (fdA, fdB, fdC) = (t[a].fd, t[b].fd, t[c].fd)
+        t.recordRequests(a, 4)
+        XCTAssertNotNil(t.lookup(key(0), now: 30 * Self.ms), "a is used again")
+        t.close(b, reason: .failed, now: 25 * Self.ms)  // held
+
+        let taken = t.takeLive()
+        XCTAssertEqual(taken.map(\.session.fd), [fdC, fdA], "live sessions, least recently used first")
+        XCTAssertEqual(taken.map(\.lastUsed), [20 * Self.ms, 30 * Self.ms])
+        XCTAssertEqual(taken.map(\.session.key), [key(2), key(0)])
+        XCTAssertEqual(taken[1].session.requests, 4, "with their counts")
+        XCTAssertEqual(fds.closed, [], "no socket is closed: they live on elsewhere")
+        XCTAssertEqual(t.liveCount, 0)
+        XCTAssertNil(t.lookup(key(0), now: 40 * Self.ms), "the table no longer serves them")
+        XCTAssertNil(t.slot(forTag: tagA), "their epoll events no longer resolve")
+        XCTAssertNil(t.expire(now: 10 * Self.hold), "nor do they expire here")
+        XCTAssertTrue(t.isHeld(b), "the held session stays for its hold")
+
+        let d = try mustAdmit(3, to: &t, now: 50 * Self.ms)
+        XCTAssertTrue([a, c].contains(d), "their slots are free again")
+        let fdD = t[d].fd
+        t.close(d, reason: .shutdown, now: 60 * Self.ms)
+        t.releaseAllHeld()
+        XCTAssertEqual(Set(fds.closed), [fdB, fdD], "stopping closes the held and new sockets, not the taken ones")
+        XCTAssertFalse(fds.closed.contains(fdA) || fds.closed.contains(fdC))
+    }
+
+    func testAnAdoptedSessionExpiresAfterTheRestOfItsTimeoutAndKeepsItsCounts() throws {
+        var t = table(maxSessions: 8, timeout: .milliseconds(100), maxReplies: 1)
+        let now: UInt64 = 1_000 * Self.ms
+        // Oldest first, as `takeLive` hands them out: idle 80 ms and 30 ms.
+        let old = try t.adopt(try handed(0, requests: 2, replies: 1), lastUsed: now - 80 * Self.ms, now: now) { tags.append($0) }
+        let young = try t.adopt(try handed(1), lastUsed: now - 30 * Self.ms, now: now) { tags.append($0) }
+        XCTAssertEqual(t.liveCount, 2)
+        XCTAssertEqual(t.slot(of: key(0)), old, "its client's datagrams find it")
+        XCTAssertEqual(t.slot(forTag: tags[0]), old, "its replies are read")
+        XCTAssertEqual(t.repliesAllowed(old, 5), 1, "one reply per request, one of two already sent")
+        XCTAssertEqual(t.repliesAllowed(young, 5), 0)
+
+        XCTAssertNil(t.expire(now: now + 20 * Self.ms - 1), "not a nanosecond before its 100 ms are up")
+        XCTAssertEqual(t.expire(now: now + 20 * Self.ms), old)
+        XCTAssertNil(t.expire(now: now + 70 * Self.ms - 1))
+        XCTAssertEqual(t.expire(now: now + 70 * Self.ms), young)
+        XCTAssertTrue(t.isHeld(old), "an adopted session's socket is held on expiry like any other")
+        XCTAssertEqual(fds.closed, [])
+    }
+
+    func testAdoptedSessionsAreEvictedInTheirTurn() throws {
+        var t = table(maxSessions: 2)
+        let now: UInt64 = 1_000 * Self.ms
+        let fd0 = try handed(0)
+        try t.adopt(fd0, lastUsed: now - 50 * Self.ms, now: now) { tags.append($0) }
+        try t.adopt(try handed(1), lastUsed: now - 10 * Self.ms, now: now) { tags.append($0) }
+        try mustAdmit(2, to: &t, now: now + Self.ms)
+        XCTAssertFalse(isLive(0, in: t), "the least recently used (adopted) session is evicted first")
+        XCTAssertTrue(isLive(1, in: t) && isLive(2, in: t))
+    }
+
+    func testAdoptionIsRefusedWhenFullOrTheClientHasASessionAndTheSocketIsClosed() throws {
+        var t = table(maxSessions: 2)
+        try mustAdmit(0, to: &t, now: 0)
+        let duplicate = try handed(0)
+        XCTAssertThrowsError(try t.adopt(duplicate, lastUsed: 0, now: Self.ms) { tags.append($0) }) {
+            XCTAssertEqual($0 as? SessionTable.AdoptionRefusal, .clientHasSession)
+        }
+        XCTAssertEqual(fds.closed, [duplicate.fd], "refused: its socket is closed")
+        XCTAssertEqual(t.liveCount, 1, "the session already here stays")
+
+        try t.adopt(try handed(1), lastUsed: 0, now: Self.ms) { tags.append($0) }
+        let beyond = try handed(2)
+        XCTAssertThrowsError(try t.adopt(beyond, lastUsed: 0, now: Self.ms) { tags.append($0) }) {
+            XCTAssertEqual($0 as? SessionTable.AdoptionRefusal, .full)
+        }
+        XCTAssertEqual(fds.closed, [duplicate.fd, beyond.fd])
+        XCTAssertTrue(isLive(0, in: t) && isLive(1, in: t), "an adopted session never evicts one here")
+
+        var u = table(maxSessions: 8)
+        let unregistered = try handed(3)
+        XCTAssertThrowsError(try u.adopt(unregistered, lastUsed: 0, now: 0) { (_) throws(SyscallError) in
+            throw SyscallError(call: "epoll_ctl", errno: ENOMEM)
+        }) {
+            XCTAssertEqual($0 as? SessionTable.AdoptionRefusal, .register(SyscallError(call: "epoll_ctl", errno: ENOMEM)))
+        }
+        XCTAssertEqual(fds.closed.last, unregistered.fd)
+        XCTAssertEqual(u.liveCount, 0)
+    }
+
+    func testASessionAdoptedIntoABusyTableNeverExpiresBeforeTheSessionsAlreadyThere() throws {
+        var t = table(maxSessions: 8, timeout: .milliseconds(100))
+        try mustAdmit(0, to: &t, now: 500 * Self.ms)
+        // Idle since 100 ms, adopted at 600 ms: taken as used at 500 ms, the most recent here,
+        // so the idle order (and expiry from the oldest) holds.
+        let late = try t.adopt(try handed(1), lastUsed: 100 * Self.ms, now: 600 * Self.ms) { tags.append($0) }
+        XCTAssertNil(t.expire(now: 600 * Self.ms - 1))
+        XCTAssertNotNil(t.expire(now: 600 * Self.ms))
+        XCTAssertEqual(t.expire(now: 600 * Self.ms), late)
+        // A last use after `now` (another clock) counts as now.
+        let future = try t.adopt(try handed(2), lastUsed: 5_000 * Self.ms, now: 700 * Self.ms) { tags.append($0) }
+        XCTAssertNil(t.expire(now: 800 * Self.ms - 1))
+        XCTAssertEqual(t.expire(now: 800 * Self.ms), future)
+    }
 }

@@ -68,8 +68,58 @@ struct Session {
         }
     }
 
+    /// Sets the client's address and, on wildcard listeners, the address and interface replies
+    /// leave from (`local` nil: the listener's own address): the addresses of a session handed
+    /// over from another worker or process, as `setAddresses(from:packetInfo:)` takes them from
+    /// a received message.
+    mutating func setAddresses(client address: SocketAddress, local localAddress: SocketAddress?, interface: UInt32) {
+        (client, clientLength) = Self.stored(address)
+        local = sockaddr_in6()
+        ifindex = 0
+        if let localAddress {
+            local = Self.stored(localAddress).address
+            ifindex = interface
+        }
+    }
+
+    /// `address` in the form the session stores (an IPv4 `sockaddr_in` in the first bytes).
+    static func stored(_ address: SocketAddress) -> (address: sockaddr_in6, length: socklen_t) {
+        var (storage, length) = address.storage()
+        var out = sockaddr_in6()
+        withUnsafeMutableBytes(of: &out) { dst in
+            withUnsafeBytes(of: &storage) { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<dst.count])) }
+        }
+        return (out, length)
+    }
+
     /// The client's address, for logs.
     var clientAddress: SocketAddress? {
         withUnsafeBytes(of: client) { SocketAddress(sockaddr: $0.baseAddress!) }
+    }
+
+    /// The address replies leave from, when it is not the listener's own (wildcard listeners).
+    var localAddress: SocketAddress? {
+        guard local.sin6_family != 0 else { return nil }
+        return withUnsafeBytes(of: local) { SocketAddress(sockaddr: $0.baseAddress!) }
+    }
+}
+
+/// A relay session on its way from one worker to another (a reload that rebuilds its
+/// listener) or to the next process (a restart, through systemd's descriptor store): what it
+/// is, as the session archive carries it, and its connected upstream socket, which stays open
+/// the whole way so the upstream keeps seeing the same source port. Whoever holds one owns
+/// `fd` and must pass it on or close it.
+public struct HandedOverSession: Sendable {
+    public var entry: SessionArchive.Entry
+    public var fd: Int32
+    /// The kernel's drop count of the socket (SO_RXQ_OVFL) last seen, so that drops already
+    /// counted are not counted again; 0 when not known (from an archive), and the socket's
+    /// earlier drops then count once more on its first reply.
+    public var kernelDrops: UInt32
+
+    public init(entry: SessionArchive.Entry, fd: Int32, kernelDrops: UInt32 = 0) {
+        self.entry = entry
+        self.fd = fd
+        self.kernelDrops = kernelDrops
     }
 }

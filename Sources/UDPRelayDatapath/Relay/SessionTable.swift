@@ -237,6 +237,79 @@ struct SessionTable {
         freeSlots.append(slot)
     }
 
+    // MARK: handing over
+
+    /// Takes every live session out of the table without closing its socket, least recently
+    /// used first, each with the time it was last used: sessions for another worker or the
+    /// next process (see `RelayWorker.takeSessions`). Their slots are freed; held sessions
+    /// stay, and close after their hold as usual. The caller owns the descriptors returned
+    /// (and takes them out of its epoll set).
+    mutating func takeLive() -> [(session: Session, lastUsed: UInt64)] {
+        var out: [(session: Session, lastUsed: UInt64)] = []
+        out.reserveCapacity(table.count)
+        while idle.tail >= 0 {
+            let slot = idle.tail
+            out.append((sessions[Int(slot)], idle.lastUsed(slot)))
+            table.removeValue(forKey: sessions[Int(slot)].key)
+            idle.remove(slot)
+            sessions[Int(slot)].fd = -1
+            freeSlots.append(slot)
+        }
+        return out
+    }
+
+    /// Why `adopt` refused a session (its socket is then closed).
+    enum AdoptionRefusal: Error, Equatable {
+        /// At `max_sessions`, or live and held sockets fill the `budget`.
+        case full
+        /// Its client already has a live session here.
+        case clientHasSession
+        /// It could not join the epoll set.
+        case register(SyscallError)
+    }
+
+    /// Makes `session`, handed over from another worker or process (its socket open and
+    /// connected; key, addresses, upstream, requests and replies set), a live session here,
+    /// last used at `lastUsed`, in a free slot or a new one, with a new generation. `register`
+    /// gets its epoll tag. From then on it is like any session opened here: it expires
+    /// `session_timeout` after `lastUsed`, is evicted in its turn, counts its replies against
+    /// `session_max_replies` with the requests and replies it brought.
+    ///
+    /// Idle order is kept by clamping: `lastUsed` is taken at most `now` and at least the time
+    /// of the most recently used session already here, so adopt the oldest first (as
+    /// `takeLive` returns them) into a table that serves no one yet to keep every idle time
+    /// exact; adopted later, a session may live a little longer, never shorter.
+    ///
+    /// Refused (and its socket closed through the closer) when the table is full (an adopted
+    /// session never evicts one here: held sockets whose hold is over are released to make
+    /// room, as for a new client), when its client already has a live session, or when
+    /// `register` throws.
+    @discardableResult
+    mutating func adopt(_ session: Session, lastUsed: UInt64, now: UInt64,
+                        register: (UInt64) throws(SyscallError) -> Void) throws(AdoptionRefusal) -> Int32 {
+        guard table[session.key] == nil else {
+            closer(session.fd)
+            throw .clientHasSession
+        }
+        guard !isFull, makeRoom(now: now) else {
+            closer(session.fd)
+            throw .full
+        }
+        var stamp = min(lastUsed, now)
+        if idle.head >= 0 { stamp = max(stamp, idle.lastUsed(idle.head)) }
+        let requests = session.requests, replies = session.replies, kernelDrops = session.kernelDrops
+        let slot: Int32
+        do {
+            slot = try open(session, now: stamp, register: register)
+        } catch {
+            throw .register(error)
+        }
+        sessions[Int(slot)].requests = requests
+        sessions[Int(slot)].replies = replies
+        sessions[Int(slot)].kernelDrops = kernelDrops
+        return slot
+    }
+
     // MARK: requests and replies
 
     /// `sent` datagrams went to the session's upstream.
