@@ -83,8 +83,8 @@ public final class Listener: Sendable {
             } catch {
                 // This socket's descriptors, then the workers of the sockets before it (a worker
                 // that failed to build leaves its descriptor to the caller).
-                for fd in fds { close(fd) }
-                for w in workers where !fds.contains(w.fd) { close(w.fd) }
+                for fd in fds { Syscall.close(fd) }
+                for w in workers where !fds.contains(w.fd) { Syscall.close(w.fd) }
                 for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
@@ -156,11 +156,11 @@ public enum SocketSource: Sendable {
 
     /// Takes over a duplicate of `fd` (close-on-exec), which stays open for the caller.
     public static func adopting(duplicateOf fd: Int32) throws(SyscallError) -> SocketSource {
-        let copy = try syscallNoWait("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        let copy = try Syscall.duplicate(fd)
         do {
             return .adopt(fd: copy, address: try UDPSocket.localAddress(copy))
         } catch {
-            close(copy)
+            Syscall.close(copy)
             throw error
         }
     }
@@ -175,16 +175,15 @@ public enum SocketSource: Sendable {
             return try UDPSocket.bound(to: address, reusePort: reusePort)
         case .adopt(let fd, let address):
             do {
-                let flags = try syscallNoWait("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
-                try syscallNoWait("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+                try Syscall.setNonBlocking(fd)
                 if reusePort {
-                    try UDPSocket.setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1, call: "setsockopt(SO_REUSEPORT)")
+                    try Syscall.setIntOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1, call: "setsockopt(SO_REUSEPORT)")
                 }
                 if address.ip.isWildcard {
-                    try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
+                    try Syscall.enablePacketInfo(fd, family: address.family)
                 }
             } catch {
-                close(fd)
+                Syscall.close(fd)
                 throw error
             }
             return fd
@@ -193,7 +192,7 @@ public enum SocketSource: Sendable {
 
     /// Closes an adopted descriptor that will not be used after all.
     func discard() {
-        if case .adopt(let fd, _) = self { close(fd) }
+        if case .adopt(let fd, _) = self { Syscall.close(fd) }
     }
 }
 

@@ -42,7 +42,7 @@ final class WaitSet {
     static let listenerTag = UInt64.max
 
     init() throws(SyscallError) {
-        fd = try syscallNoWait("epoll_create1") { cur_epoll_create() }
+        fd = try Syscall.epollCreate()
         ready = .allocate(capacity: WaitSet.capacity)
         ready.initialize(repeating: cur_ready(), count: WaitSet.capacity)
     }
@@ -51,19 +51,19 @@ final class WaitSet {
 
     /// Adds `member` for EPOLLIN (level-triggered), reported with `tag`.
     func add(_ member: Int32, tag: UInt64) throws(SyscallError) {
-        try syscallNoWait("epoll_ctl(ADD)") { cur_epoll_add(fd, member, tag) }
+        try Syscall.epollAdd(fd, member, tag: tag)
     }
 
     /// Removes `member` (closing a descriptor removes it too).
     func remove(_ member: Int32) {
-        _ = cur_epoll_remove(fd, member)
+        Syscall.epollRemove(fd, member)
     }
 
     /// Waits up to `timeout` ms (0: not at all) and returns how many members are ready in
     /// `ready`, 0 on timeout or error.
     @inline(__always)
     func wait(timeout: Int32) -> Int {
-        guard case .done(let n)? = try? syscall("epoll_wait", { cur_epoll_wait(fd, ready, Int32(WaitSet.capacity), timeout) }) else {
+        guard case .done(let n)? = try? Syscall.epollWait(fd, ready, capacity: Int32(WaitSet.capacity), timeout: timeout) else {
             return 0
         }
         return Int(n)

@@ -30,6 +30,14 @@ extension SocketAddress {
         }
     }
 
+    /// Runs `body` with the address as a `sockaddr` pointer and its length (bind, connect).
+    func withSockaddr<T, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> T) throws(E) -> T {
+        var (storage, length) = storage()
+        return try withUnsafePointer(to: &storage) { (p) throws(E) -> T in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) -> T in try body(sa, length) }
+        }
+    }
+
     /// Reads an AF_INET or AF_INET6 socket address; nil for other families.
     public init?(sockaddr raw: UnsafeRawPointer) {
         let family = raw.assumingMemoryBound(to: sockaddr.self).pointee.sa_family

@@ -83,7 +83,7 @@ public class SocketWorker: @unchecked Sendable {
     }
 
     deinit {
-        if !waitSetHandedOver { close(waitSet.fd) }
+        if !waitSetHandedOver { Syscall.close(waitSet.fd) }
     }
 
     /// Whether the subclass keeps sockets of its own in the wait set (then the set gets a read
@@ -112,8 +112,8 @@ public class SocketWorker: @unchecked Sendable {
         source.setEventHandler { [unowned self] in serveTurn(holding: true) }
         let closesWaitSet = permanent || !hasMembers
         source.setCancelHandler {
-            close(fd)
-            if closesWaitSet { close(waitFD) }
+            Syscall.close(fd)
+            if closesWaitSet { Syscall.close(waitFD) }
             closed.leave()
         }
         self.source = source
@@ -125,7 +125,7 @@ public class SocketWorker: @unchecked Sendable {
             members.setRegistrationHandler { registered.leave() }
             members.setEventHandler { [unowned self] in serveTurn(holding: true) }
             members.setCancelHandler {
-                close(waitFD)
+                Syscall.close(waitFD)
                 closed.leave()
             }
             membersSource = members
@@ -150,11 +150,11 @@ public class SocketWorker: @unchecked Sendable {
                 membersSource = nil
                 closed.notify(queue: .global()) { done.leave() }
             } else {
-                close(fd)
+                Syscall.close(fd)
                 stopMembers()
                 if !waitSetHandedOver {
                     waitSetHandedOver = true
-                    close(waitSet.fd)
+                    Syscall.close(waitSet.fd)
                 }
                 done.leave()
             }
