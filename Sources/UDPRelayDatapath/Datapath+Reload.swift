@@ -47,7 +47,7 @@ extension Datapath {
                     opened.append(l)
                     next.append(l)
                 } catch {
-                    for l in opened { for w in l.workers { Syscall.close(w.fd) } }
+                    for l in opened { l.discard() }
                     throw error
                 }
             }
@@ -62,7 +62,7 @@ extension Datapath {
                 // and closed: a queue wedged now must still stop the watchdog pings.
                 stop(retired).wait()
             } else {
-                for l in retired { for w in l.workers { Syscall.close(w.fd) } }
+                for l in retired { l.discard() }
             }
             current.withLockedValue { $0 = next }
             for name in changes.removed where inherited[name] != nil {

@@ -58,7 +58,7 @@ public final class Datapath: Sendable {
             do throws(BindError) {
                 listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:], logger: logger))
             } catch {
-                for l in listeners { for w in l.workers { Syscall.close(w.fd) } }
+                for l in listeners { l.discard() }
                 throw error
             }
         }

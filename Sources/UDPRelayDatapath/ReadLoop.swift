@@ -33,8 +33,10 @@ import Dispatch
 ///
 /// Allocates nothing: the event array is allocated once with the wait set.
 final class WaitSet {
-    /// The epoll descriptor. Closed by its owner (`SocketWorker`), after its members.
+    /// The epoll descriptor. Owned by the wait set until `handOver()` (to the read source that
+    /// closes it, after its members); closed by `close()` or when the set is freed otherwise.
     let fd: Int32
+    private var owned: SocketDescriptor?
     /// What one `epoll_wait` reports.
     let ready: UnsafeMutablePointer<cur_ready>
     static let capacity = 64
@@ -43,11 +45,23 @@ final class WaitSet {
 
     init() throws(SyscallError) {
         fd = try Syscall.epollCreate()
+        owned = SocketDescriptor(fd)
         ready = .allocate(capacity: WaitSet.capacity)
         ready.initialize(repeating: cur_ready(), count: WaitSet.capacity)
     }
 
     deinit { ready.deallocate() }
+
+    /// Hands the epoll descriptor to a new owner (a read source's cancel handler), which
+    /// closes it; the set no longer does.
+    func handOver() -> Int32? {
+        owned.take()?.take()
+    }
+
+    /// Closes the epoll descriptor now, unless it was handed over or closed already.
+    func close() {
+        owned.take()?.close()
+    }
 
     /// Adds `member` for EPOLLIN (level-triggered), reported with `tag`.
     func add(_ member: Int32, tag: UInt64) throws(SyscallError) {

@@ -23,24 +23,26 @@ public enum UDPSocket {
     /// Opens and binds a socket for `address`: IPv6 sockets are IPv6-only so `0.0.0.0:P` and
     /// `[::]:P` can both be bound; wildcard sockets ask for packet info so replies can leave
     /// from the address each datagram was sent to.
+    /// The caller owns the descriptor returned; on failure nothing stays open.
     public static func bound(to address: SocketAddress, reusePort: Bool = false) throws(SyscallError) -> Int32 {
-        let fd = try open(family: address.family)
-        do {
-            if address.ip.isIPv6 {
-                try setOption(fd, Int32(IPPROTO_IPV6), CUR_IPV6_V6ONLY, 1)
-            }
-            if reusePort {
-                try setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1)
-            }
-            if address.ip.isWildcard {
-                try Syscall.enablePacketInfo(fd, family: address.family)
-            }
-            try Syscall.bind(fd, to: address)
-        } catch {
-            Syscall.close(fd)
-            throw error
+        try boundSocket(to: address, reusePort: reusePort).take()
+    }
+
+    /// `bound(to:reusePort:)` as an owned descriptor.
+    public static func boundSocket(to address: SocketAddress, reusePort: Bool = false) throws(SyscallError) -> SocketDescriptor {
+        let socket = SocketDescriptor(try open(family: address.family))
+        let fd = socket.rawValue
+        if address.ip.isIPv6 {
+            try setOption(fd, Int32(IPPROTO_IPV6), CUR_IPV6_V6ONLY, 1)
         }
-        return fd
+        if reusePort {
+            try setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1)
+        }
+        if address.ip.isWildcard {
+            try Syscall.enablePacketInfo(fd, family: address.family)
+        }
+        try Syscall.bind(fd, to: address)
+        return socket
     }
 
     /// Sets SO_RCVBUF/SO_SNDBUF, using the FORCE variants (which ignore net.core.[rw]mem_max)

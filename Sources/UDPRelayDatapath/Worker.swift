@@ -65,25 +65,23 @@ public class SocketWorker: @unchecked Sendable {
     /// `busy_poll` in nanoseconds: spin this long after the last datagram before sleeping in
     /// the wait set. 0 (the default) sleeps at once.
     let busyPoll: UInt64
-    /// From `start` on, a source's cancel handler closes `waitSet.fd`; before, `deinit` does.
-    private var waitSetHandedOver = false
+    /// The listener socket until `start` hands it to the read source's cancel handler, or
+    /// `stop`/`discard` close it (a worker that never served); freed with the worker otherwise.
+    private var socket: SocketDescriptor?
     /// The kernel's drop count of `fd` last seen (SO_RXQ_OVFL).
     private var kernelDrops: UInt32 = 0
 
-    /// On failure (no epoll set) `fd` stays the caller's to close.
+    /// Takes ownership of `fd` on success; on failure (no epoll set) `fd` stays the caller's.
     init(fd: Int32, localAddress: SocketAddress, label: String, tuning: DatapathTuning, busyPoll: Duration) throws(SyscallError) {
         self.waitSet = try WaitSet()
         self.fd = fd
+        self.socket = SocketDescriptor(fd)
         self.localAddress = localAddress
         self.tuning = tuning
         self.dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .nanoseconds(Int64(tuning.refusalLogInterval))),
                                      count: Counter.allCases.count)
         self.busyPoll = busyPoll.nanoseconds
         self.queue = DispatchQueue(label: label, qos: .userInteractive)
-    }
-
-    deinit {
-        if !waitSetHandedOver { Syscall.close(waitSet.fd) }
     }
 
     /// Whether the subclass keeps sockets of its own in the wait set (then the set gets a read
@@ -103,8 +101,12 @@ public class SocketWorker: @unchecked Sendable {
     /// 1.4 context switches per datagram more at 1,000 forwarded datagrams/s.) Should the
     /// listener fail to join (no memory for the epoll entry), it keeps a source of its own.
     func start(registered: DispatchGroup) {
+        guard let fd = socket.take()?.take(), let waitFD = waitSet.handOver() else {
+            preconditionFailure("worker for \(localAddress) started twice or after stop")
+        }
+        // From here the cancel handlers own both descriptors.
         listenerAlwaysInSet = hasMembers && (try? waitSet.add(fd, tag: WaitSet.listenerTag)) != nil
-        let (fd, waitFD, closed, permanent) = (self.fd, waitSet.fd, self.closed, listenerAlwaysInSet)
+        let (closed, permanent) = (self.closed, listenerAlwaysInSet)
         let source = DispatchSource.makeReadSource(fileDescriptor: permanent ? waitFD : fd, queue: queue)
         registered.enter()
         closed.enter()
@@ -117,7 +119,6 @@ public class SocketWorker: @unchecked Sendable {
             closed.leave()
         }
         self.source = source
-        waitSetHandedOver = true
         if hasMembers && !permanent {
             let members = DispatchSource.makeReadSource(fileDescriptor: waitFD, queue: queue)
             registered.enter()
@@ -150,15 +151,20 @@ public class SocketWorker: @unchecked Sendable {
                 membersSource = nil
                 closed.notify(queue: .global()) { done.leave() }
             } else {
-                Syscall.close(fd)
+                socket.take()?.close()
                 stopMembers()
-                if !waitSetHandedOver {
-                    waitSetHandedOver = true
-                    Syscall.close(waitSet.fd)
-                }
+                waitSet.close()
                 done.leave()
             }
         }
+    }
+
+    /// Closes the sockets of a worker that never started (its listener was abandoned before
+    /// serving); does nothing for one that started (the read source closes them) or was
+    /// stopped. Runs on the caller's thread: nothing else touches a worker that never started.
+    func discard() {
+        socket.take()?.close()
+        waitSet.close()
     }
 
     /// Runs on `queue` in `stop`, after the listener's last pass: closes the subclass's own
