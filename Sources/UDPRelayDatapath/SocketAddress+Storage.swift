@@ -3,31 +3,62 @@ import Glibc
 #endif
 import UDPRelayConfig
 
+/// The one place that reads and writes kernel socket addresses (`sockaddr_in`,
+/// `sockaddr_in6`): field by field at their Linux offsets, with unaligned loads and stores on
+/// raw bytes, so no memory is bound to a C type and a name the kernel wrote (every received
+/// datagram's) is read without copying the whole structure. Allocates nothing.
 extension SocketAddress {
+    /// Byte offsets in `sockaddr_in`/`sockaddr_in6` (Linux; checked against `MemoryLayout` by
+    /// `SocketAddressStorageTests`). The family and the port have the same offsets in both.
+    enum Offset {
+        static var family: Int { 0 }
+        static var port: Int { 2 }
+        static var ipv4Address: Int { 4 }
+        static var ipv6Address: Int { 8 }
+    }
+
+    /// Reads an AF_INET or AF_INET6 socket address; nil for other families. `raw` needs no
+    /// particular alignment.
+    @inline(__always)
+    public init?(sockaddr raw: UnsafeRawPointer) {
+        let port = UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: Offset.port, as: UInt16.self))
+        switch Int32(raw.loadUnaligned(fromByteOffset: Offset.family, as: sa_family_t.self)) {
+        case AF_INET:
+            let a = raw.loadUnaligned(fromByteOffset: Offset.ipv4Address, as: UInt32.self)
+            self.init(ip: .v4(UInt32(bigEndian: a)), port: port)
+        case AF_INET6:
+            let high = raw.loadUnaligned(fromByteOffset: Offset.ipv6Address, as: UInt64.self)
+            let low = raw.loadUnaligned(fromByteOffset: Offset.ipv6Address + 8, as: UInt64.self)
+            self.init(ip: .v6(high: UInt64(bigEndian: high), low: UInt64(bigEndian: low)), port: port)
+        default:
+            return nil
+        }
+    }
+
+    public init?(storage: sockaddr_storage) {
+        var copy = storage
+        guard let v = withUnsafeBytes(of: &copy, { SocketAddress(sockaddr: $0.baseAddress!) }) else { return nil }
+        self = v
+    }
+
     /// The address as a `sockaddr_storage` and its length, for bind/sendmsg/connect.
     public func storage() -> (sockaddr_storage, socklen_t) {
         var storage = sockaddr_storage()
-        switch ip {
-        case .v4(let a):
-            withUnsafeMutableBytes(of: &storage) { raw in
-                let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
-                sin.pointee.sin_family = sa_family_t(AF_INET)
-                sin.pointee.sin_port = port.bigEndian
-                sin.pointee.sin_addr.s_addr = a.bigEndian
+        let length = withUnsafeMutableBytes(of: &storage) { raw -> Int in
+            raw.storeBytes(of: port.bigEndian, toByteOffset: Offset.port, as: UInt16.self)
+            switch ip {
+            case .v4(let a):
+                raw.storeBytes(of: sa_family_t(AF_INET), toByteOffset: Offset.family, as: sa_family_t.self)
+                raw.storeBytes(of: a.bigEndian, toByteOffset: Offset.ipv4Address, as: UInt32.self)
+                return MemoryLayout<sockaddr_in>.size
+            case .v6(let high, let low):
+                raw.storeBytes(of: sa_family_t(AF_INET6), toByteOffset: Offset.family, as: sa_family_t.self)
+                raw.storeBytes(of: high.bigEndian, toByteOffset: Offset.ipv6Address, as: UInt64.self)
+                raw.storeBytes(of: low.bigEndian, toByteOffset: Offset.ipv6Address + 8, as: UInt64.self)
+                return MemoryLayout<sockaddr_in6>.size
             }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
-        case .v6:
-            let bytes = ip.bytes
-            withUnsafeMutableBytes(of: &storage) { raw in
-                let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
-                sin6.pointee.sin6_family = sa_family_t(AF_INET6)
-                sin6.pointee.sin6_port = port.bigEndian
-                withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { dst in
-                    for i in 0..<16 { dst[i] = bytes[i] }
-                }
-            }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
         }
+        return (storage, socklen_t(length))
     }
 
     /// Runs `body` with the address as a `sockaddr` pointer and its length (bind, connect).
@@ -38,31 +69,16 @@ extension SocketAddress {
         }
     }
 
-    /// Reads an AF_INET or AF_INET6 socket address; nil for other families.
-    public init?(sockaddr raw: UnsafeRawPointer) {
-        let family = raw.assumingMemoryBound(to: sockaddr.self).pointee.sa_family
-        switch Int32(family) {
-        case AF_INET:
-            let sin = raw.assumingMemoryBound(to: sockaddr_in.self).pointee
-            self.init(ip: .v4(UInt32(bigEndian: sin.sin_addr.s_addr)), port: UInt16(bigEndian: sin.sin_port))
-        case AF_INET6:
-            let sin6 = raw.assumingMemoryBound(to: sockaddr_in6.self).pointee
-            let (high, low) = withUnsafeBytes(of: sin6.sin6_addr) { b -> (UInt64, UInt64) in
-                var h: UInt64 = 0, l: UInt64 = 0
-                for i in 0..<8 { h = (h << 8) | UInt64(b[i]) }
-                for i in 8..<16 { l = (l << 8) | UInt64(b[i]) }
-                return (h, l)
-            }
-            self.init(ip: .v6(high: high, low: low), port: UInt16(bigEndian: sin6.sin6_port))
-        default:
-            return nil
+    /// Runs `body` with room for a socket address the kernel fills (getsockname), then reads it.
+    static func filledIn<E: Error>(
+        by body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) throws(E) -> Void
+    ) throws(E) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) { (p) throws(E) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) in try body(sa, &length) }
         }
-    }
-
-    public init?(storage: sockaddr_storage) {
-        var copy = storage
-        guard let v = withUnsafeBytes(of: &copy, { SocketAddress(sockaddr: $0.baseAddress!) }) else { return nil }
-        self = v
+        return SocketAddress(storage: storage)
     }
 
     var family: Int32 { ip.isIPv6 ? AF_INET6 : AF_INET }

@@ -88,14 +88,10 @@ enum Syscall {
     /// getsockname(2): the address `fd` is bound to; EAFNOSUPPORT for a family other than
     /// AF_INET/AF_INET6.
     static func localAddress(_ fd: Int32) throws(SyscallError) -> SocketAddress {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        try withUnsafeMutablePointer(to: &storage) { (p) throws(SyscallError) in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
-                _ = try syscallNoWait("getsockname") { getsockname(fd, sa, &length) }
-            }
+        let filled = try SocketAddress.filledIn { (sa, length) throws(SyscallError) in
+            _ = try syscallNoWait("getsockname") { getsockname(fd, sa, length) }
         }
-        guard let address = SocketAddress(storage: storage) else {
+        guard let address = filled else {
             throw SyscallError(call: "getsockname", errno: EAFNOSUPPORT)
         }
         return address
