@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CUDPRelay
 import Dispatch
+import UDPRelayConfig
 
 /// The worker runtime: how a worker's thread waits for datagrams. One loop, used by every mode
 /// (echo, forward/balance, mirror).
@@ -99,7 +100,7 @@ extension SocketWorker {
             drainListener()
             return
         }
-        let start = monotonicNanos()
+        let start = SystemClock.monotonicNanos()
         var last = start
         var timeout: Int32 = 0
         while true {
@@ -108,7 +109,7 @@ extension SocketWorker {
                 let tag = waitSet.ready[i].tag
                 if tag == WaitSet.listenerTag { drainListener() } else { memberReady(tag) }
             }
-            let now = monotonicNanos()
+            let now = SystemClock.monotonicNanos()
             if n > 0 { last = now }
             if !holding {
                 // The last pass: never waits, bounded like a turn.

@@ -240,7 +240,7 @@ public class SocketWorker: @unchecked Sendable {
     @inline(__always)
     final func noteDrop(_ reason: Counter, from source: SocketAddress) {
         guard let dropLogger else { return }
-        let now = IngressFilter.monotonicNow()
+        let now = SystemClock.coarseMonotonicNanos()
         guard let skipped = dropLogs[reason.rawValue].admit(now: now) else {
             // The first refusal left out in this window: have its count written when the window
             // ends (one timer per reason and window, not per datagram).
@@ -265,7 +265,7 @@ public class SocketWorker: @unchecked Sendable {
     /// if no line has carried them yet, in one line of their own. Runs on `queue`.
     private func flushDropLog(_ reason: Counter) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: IngressFilter.monotonicNow()) else { return }
+        guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: SystemClock.coarseMonotonicNanos()) else { return }
         dropLogger.notice("datagrams refused since the last line", metadata: [
             "drop.reason": "\(reason.dropReason ?? "\(reason)")", "listener.address": "\(localAddress)",
             "refused.since_last": "\(count)", "hint": "\(Self.dropHint(reason))",
@@ -329,7 +329,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     private func echo(_ count: Int) {
         var bytes: UInt64 = 0
         var runStart = 0
-        let now = filter.needsClock ? IngressFilter.monotonicNow() : 0
+        let now = filter.needsClock ? SystemClock.coarseMonotonicNanos() : 0
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)

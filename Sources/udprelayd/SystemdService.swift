@@ -120,10 +120,8 @@ struct SystemdService: Service {
     func sample() -> StatusLine.Sample {
         var total = CounterSnapshot()
         for l in datapath.snapshot() { total = total + l.counters }
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
         return StatusLine.Sample(received: total[.receivedPackets], sent: total[.sentPackets], dropped: total.dropped,
-                                 at: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+                                 at: SystemClock.monotonicSeconds())
     }
 
     /// The `STATUS=` text: listeners, rates, generation and the last reload's outcome.
