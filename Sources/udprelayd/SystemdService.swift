@@ -46,11 +46,11 @@ struct SystemdService: Service {
 
     func reloadLoop() async {
         for await _ in hangups.cancelOnGracefulShutdown() {
-            reload()
+            await reload()
         }
     }
 
-    func reload() {
+    func reload() async {
         notifier.reloading()
         logger.notice("reloading", metadata: ["config": "\(configPath)"])
         let configuration: Configuration
@@ -64,7 +64,7 @@ struct SystemdService: Service {
         }
         let changes: ListenerChanges
         do {
-            changes = try datapath.apply(configuration)
+            changes = try await datapath.apply(configuration)
         } catch {
             logger.error("reload: \(error)")
             rejected([error.description])

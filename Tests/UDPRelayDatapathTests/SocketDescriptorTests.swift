@@ -101,7 +101,7 @@ final class SocketDescriptorTests: XCTestCase, ConfigFileTests {
         }
         XCTAssertTrue(old.isSubset(of: mine))
         // The reload replaces listener "a", which has been closed already by `stop`.
-        try datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
+        try datapath.applyBlocking(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
         defer { datapath.listeners.forEach { $0.discard() } }
         for fd in mine {
             XCTAssertTrue(isOpen(fd), "descriptor \(fd), no longer the datapath's, was closed by the reload")
