@@ -163,6 +163,16 @@ enum Syscall {
 
     // MARK: Datagrams
 
+    /// send(2) of `bytes` on a connected socket.
+    static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SyscallError) -> IOResult<Int> {
+        try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, 0) }
+    }
+
+    /// recv(2) into `buffer`: the datagram's length (cut to the buffer).
+    static func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SyscallError) -> IOResult<Int> {
+        try syscall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }
+    }
+
     /// recvmmsg(2) of up to `count` messages into `vec`.
     @inline(__always)
     static func recvmmsg(_ fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, count: Int,
