@@ -31,7 +31,8 @@ let package = Package(
             name: "CUDPRelay",
             cSettings: [.define("_GNU_SOURCE")]
         ),
-        // INI file -> typed configuration. Pure: no I/O beyond reading the file.
+        // INI file -> typed configuration. Pure: no I/O beyond reading the file. Also SystemClock,
+        // the one clock every module reads.
         .target(
             name: "UDPRelayConfig"
         ),
