@@ -3,32 +3,62 @@ import Glibc
 #endif
 import UDPRelayConfig
 
-/// The one place that reads and writes kernel socket addresses (`sockaddr_in`,
-/// `sockaddr_in6`): field by field at their Linux offsets, with unaligned loads and stores on
-/// raw bytes, so no memory is bound to a C type and a name the kernel wrote (every received
-/// datagram's) is read without copying the whole structure. Allocates nothing.
-extension SocketAddress {
-    /// Byte offsets in `sockaddr_in`/`sockaddr_in6` (Linux; checked against `MemoryLayout` by
-    /// `SocketAddressStorageTests`). The family and the port have the same offsets in both.
-    enum Offset {
-        static var family: Int { 0 }
-        static var port: Int { 2 }
-        static var ipv4Address: Int { 4 }
-        static var ipv6Address: Int { 8 }
+/// The one reader of kernel socket addresses (`sockaddr_in`, `sockaddr_in6`): each field at its
+/// Linux offset, loaded unaligned from raw bytes and returned as stored (network byte order), so
+/// no memory is bound to a C type and a name the kernel wrote (every received datagram's) is
+/// read without copying the whole structure. `SocketAddress(sockaddr:)` builds on it, and so
+/// can any other view of a peer (a session key). Allocates nothing.
+enum RawSockaddr {
+    /// Byte offsets (checked against `MemoryLayout` by `SocketAddressStorageTests`). The family
+    /// and the port have the same offsets in both structures.
+    static var familyOffset: Int { 0 }
+    static var portOffset: Int { 2 }
+    static var ipv4Offset: Int { 4 }
+    static var ipv6Offset: Int { 8 }
+    static var scopeOffset: Int { 24 }
+
+    @inline(__always)
+    static func family(_ raw: UnsafeRawPointer) -> Int32 {
+        Int32(raw.loadUnaligned(fromByteOffset: familyOffset, as: sa_family_t.self))
     }
 
+    /// The port in network byte order.
+    @inline(__always)
+    static func port(_ raw: UnsafeRawPointer) -> UInt16 {
+        raw.loadUnaligned(fromByteOffset: portOffset, as: UInt16.self)
+    }
+
+    /// AF_INET: the address in network byte order.
+    @inline(__always)
+    static func ipv4(_ raw: UnsafeRawPointer) -> UInt32 {
+        raw.loadUnaligned(fromByteOffset: ipv4Offset, as: UInt32.self)
+    }
+
+    /// AF_INET6: the sixteen address bytes as two native loads (network byte order in memory).
+    @inline(__always)
+    static func ipv6(_ raw: UnsafeRawPointer) -> (high: UInt64, low: UInt64) {
+        (raw.loadUnaligned(fromByteOffset: ipv6Offset, as: UInt64.self),
+         raw.loadUnaligned(fromByteOffset: ipv6Offset + 8, as: UInt64.self))
+    }
+
+    /// AF_INET6: the scope id (interface index of a link-local address).
+    @inline(__always)
+    static func scope(_ raw: UnsafeRawPointer) -> UInt32 {
+        raw.loadUnaligned(fromByteOffset: scopeOffset, as: UInt32.self)
+    }
+}
+
+extension SocketAddress {
     /// Reads an AF_INET or AF_INET6 socket address; nil for other families. `raw` needs no
     /// particular alignment.
     @inline(__always)
     public init?(sockaddr raw: UnsafeRawPointer) {
-        let port = UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: Offset.port, as: UInt16.self))
-        switch Int32(raw.loadUnaligned(fromByteOffset: Offset.family, as: sa_family_t.self)) {
+        let port = UInt16(bigEndian: RawSockaddr.port(raw))
+        switch RawSockaddr.family(raw) {
         case AF_INET:
-            let a = raw.loadUnaligned(fromByteOffset: Offset.ipv4Address, as: UInt32.self)
-            self.init(ip: .v4(UInt32(bigEndian: a)), port: port)
+            self.init(ip: .v4(UInt32(bigEndian: RawSockaddr.ipv4(raw))), port: port)
         case AF_INET6:
-            let high = raw.loadUnaligned(fromByteOffset: Offset.ipv6Address, as: UInt64.self)
-            let low = raw.loadUnaligned(fromByteOffset: Offset.ipv6Address + 8, as: UInt64.self)
+            let (high, low) = RawSockaddr.ipv6(raw)
             self.init(ip: .v6(high: UInt64(bigEndian: high), low: UInt64(bigEndian: low)), port: port)
         default:
             return nil
@@ -45,16 +75,16 @@ extension SocketAddress {
     public func storage() -> (sockaddr_storage, socklen_t) {
         var storage = sockaddr_storage()
         let length = withUnsafeMutableBytes(of: &storage) { raw -> Int in
-            raw.storeBytes(of: port.bigEndian, toByteOffset: Offset.port, as: UInt16.self)
+            raw.storeBytes(of: port.bigEndian, toByteOffset: RawSockaddr.portOffset, as: UInt16.self)
             switch ip {
             case .v4(let a):
-                raw.storeBytes(of: sa_family_t(AF_INET), toByteOffset: Offset.family, as: sa_family_t.self)
-                raw.storeBytes(of: a.bigEndian, toByteOffset: Offset.ipv4Address, as: UInt32.self)
+                raw.storeBytes(of: sa_family_t(AF_INET), toByteOffset: RawSockaddr.familyOffset, as: sa_family_t.self)
+                raw.storeBytes(of: a.bigEndian, toByteOffset: RawSockaddr.ipv4Offset, as: UInt32.self)
                 return MemoryLayout<sockaddr_in>.size
             case .v6(let high, let low):
-                raw.storeBytes(of: sa_family_t(AF_INET6), toByteOffset: Offset.family, as: sa_family_t.self)
-                raw.storeBytes(of: high.bigEndian, toByteOffset: Offset.ipv6Address, as: UInt64.self)
-                raw.storeBytes(of: low.bigEndian, toByteOffset: Offset.ipv6Address + 8, as: UInt64.self)
+                raw.storeBytes(of: sa_family_t(AF_INET6), toByteOffset: RawSockaddr.familyOffset, as: sa_family_t.self)
+                raw.storeBytes(of: high.bigEndian, toByteOffset: RawSockaddr.ipv6Offset, as: UInt64.self)
+                raw.storeBytes(of: low.bigEndian, toByteOffset: RawSockaddr.ipv6Offset + 8, as: UInt64.self)
                 return MemoryLayout<sockaddr_in6>.size
             }
         }

@@ -8,12 +8,13 @@ import UDPRelayConfig
 /// The one reader and writer of kernel socket addresses (`SocketAddress+Storage.swift`).
 final class SocketAddressStorageTests: XCTestCase {
     func testOffsetsAreLinuxs() {
-        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_family), SocketAddress.Offset.family)
-        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_port), SocketAddress.Offset.port)
-        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_addr), SocketAddress.Offset.ipv4Address)
-        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_family), SocketAddress.Offset.family)
-        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port), SocketAddress.Offset.port)
-        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr), SocketAddress.Offset.ipv6Address)
+        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_family), RawSockaddr.familyOffset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_port), RawSockaddr.portOffset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in>.offset(of: \.sin_addr), RawSockaddr.ipv4Offset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_family), RawSockaddr.familyOffset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port), RawSockaddr.portOffset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr), RawSockaddr.ipv6Offset)
+        XCTAssertEqual(MemoryLayout<sockaddr_in6>.offset(of: \.sin6_scope_id), RawSockaddr.scopeOffset)
     }
 
     /// What the C library writes for `text`, read by the datapath's reader.
@@ -50,13 +51,43 @@ final class SocketAddressStorageTests: XCTestCase {
             var buffer = [CChar](repeating: 0, count: 64)
             let family = Int32(storage.ss_family)
             let printed = withUnsafeBytes(of: &storage) { raw -> String? in
-                let address = raw.baseAddress! + (ip.isIPv6 ? SocketAddress.Offset.ipv6Address : SocketAddress.Offset.ipv4Address)
+                let address = raw.baseAddress! + (ip.isIPv6 ? RawSockaddr.ipv6Offset : RawSockaddr.ipv4Offset)
                 return inet_ntop(family, address, &buffer, socklen_t(buffer.count)).map { String(cString: $0) }
             }
             XCTAssertEqual(printed, text)
             XCTAssertEqual(family, ip.isIPv6 ? AF_INET6 : AF_INET)
             XCTAssertEqual(Int(length), ip.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
             XCTAssertEqual(UInt16(bigEndian: withUnsafeBytes(of: &storage) { $0.loadUnaligned(fromByteOffset: 2, as: UInt16.self) }), 65000)
+        }
+    }
+
+    func testRawFieldsAreTheStructFieldsAsStored() {
+        var sin6 = sockaddr_in6()
+        sin6.sin6_family = sa_family_t(AF_INET6)
+        sin6.sin6_port = UInt16(5353).bigEndian
+        sin6.sin6_scope_id = 7
+        _ = inet_pton(AF_INET6, "fe80::1:2:3:4", &sin6.sin6_addr)
+        let in6 = sin6
+        withUnsafeBytes(of: in6) { raw in
+            let p = raw.baseAddress!
+            XCTAssertEqual(RawSockaddr.family(p), AF_INET6)
+            XCTAssertEqual(RawSockaddr.port(p), in6.sin6_port)
+            XCTAssertEqual(RawSockaddr.scope(p), 7)
+            let (high, low) = RawSockaddr.ipv6(p)
+            withUnsafeBytes(of: in6.sin6_addr) { a in
+                XCTAssertEqual(high, a.loadUnaligned(as: UInt64.self))
+                XCTAssertEqual(low, a.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            }
+        }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = UInt16(53).bigEndian
+        _ = inet_pton(AF_INET, "198.18.0.9", &sin.sin_addr)
+        let in4 = sin
+        withUnsafeBytes(of: in4) { raw in
+            XCTAssertEqual(RawSockaddr.family(raw.baseAddress!), AF_INET)
+            XCTAssertEqual(RawSockaddr.port(raw.baseAddress!), in4.sin_port)
+            XCTAssertEqual(RawSockaddr.ipv4(raw.baseAddress!), in4.sin_addr.s_addr)
         }
     }
 
