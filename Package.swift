@@ -3,6 +3,8 @@ import PackageDescription
 
 // Dependencies point one way:
 //   UDPRelayConfig (pure) -> UDPRelayDatapath (sockets) -> status / systemd glue -> udprelayd (thin executable)
+// UDPRelayConfig also holds the process's one clock (`SystemClock`), so every module reads time
+// the same way; that is why the systemd glue depends on it.
 let package = Package(
     name: "udprelayd",
     platforms: [.macOS(.v14)],
@@ -29,7 +31,8 @@ let package = Package(
             name: "CUDPRelay",
             cSettings: [.define("_GNU_SOURCE")]
         ),
-        // INI file -> typed configuration. Pure: no I/O beyond reading the file.
+        // INI file -> typed configuration. Pure: no I/O beyond reading the file. Also SystemClock,
+        // the one clock every module reads.
         .target(
             name: "UDPRelayConfig"
         ),
@@ -50,6 +53,7 @@ let package = Package(
             name: "UDPRelaySystemd",
             dependencies: [
                 "CSystemd",
+                "UDPRelayConfig",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -127,9 +127,7 @@ struct DatagramSender {
         let segment = iov[0].iov_len
         let h = vec[start].msg_hdr
         do {
-            switch try syscall("sendmsg(UDP_SEGMENT)", {
-                cur_send_segmented(fd, h.msg_name, h.msg_namelen, iov, Int32(n), UInt16(segment), h.msg_control, h.msg_controllen)
-            }) {
+            switch try Syscall.sendSegmented(fd, header: h, iov, count: n, segment: segment) {
             case .done:
                 outcome.sent += n
                 outcome.segmented += n
@@ -163,7 +161,7 @@ struct DatagramSender {
         var i = start
         while i < end {
             do {
-                switch try syscall("sendmmsg", { cur_sendmmsg(fd, vec + i, UInt32(end - i), 0) }) {
+                switch try Syscall.sendmmsg(fd, vec + i, count: end - i) {
                 case .done(let n):
                     for k in i..<(i + Int(n)) { outcome.bytes &+= UInt64(vec[k].msg_len) }
                     outcome.sent += Int(n)

@@ -15,62 +15,62 @@ extension Datapath {
     /// (same configured address with a port not 0, or the address a socket is bound to) takes
     /// over a duplicate of that socket instead of binding again, so rebinding neither fails with
     /// EADDRINUSE nor loses queued datagrams.
-    /// If any socket cannot be opened, nothing changes and the error is thrown.
+    /// If any socket cannot be opened, nothing changes and the error is thrown. Returns once the
+    /// new listeners serve and the replaced ones are closed; reloads run one at a time.
     @discardableResult
-    public func apply(_ configuration: Configuration) throws(BindError) -> ListenerChanges {
-        try reloading.withTypedLock { () throws(BindError) -> ListenerChanges in
-            stopped.withLockedValue { $0 }?.wait()
-            let old = listeners
-            let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
-            let keep = Set(changes.unchanged)
-            let byName = Dictionary(uniqueKeysWithValues: old.map { ($0.name, $0) })
+    public func apply(_ configuration: Configuration) async throws(BindError) -> ListenerChanges {
+        await reloading.enter()
+        defer { reloading.leave() }
+        if let stopping = stopped.withLockedValue({ $0 }) { await stopping.completion() }
+        let old = listeners
+        let changes = ListenerChanges(from: old.map(\.configuration), to: configuration.listeners)
+        let keep = Set(changes.unchanged)
+        let byName = Dictionary(uniqueKeysWithValues: old.map { ($0.name, $0) })
 
-            // Sockets of the listeners that go away, by configured address (port not 0) and by
-            // the address they are bound to (a port 0 the file now names explicitly).
-            var reusable: [SocketAddress: Int32] = [:]
-            for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
-                for (address, group) in zip(l.configuration.listen, l.groups) {
-                    reusable[group[0].localAddress] = group[0].fd
-                    if address.port != 0 { reusable[address] = group[0].fd }
-                }
+        // Sockets of the listeners that go away, by configured address (port not 0) and by
+        // the address they are bound to (a port 0 the file now names explicitly).
+        var reusable: [SocketAddress: Int32] = [:]
+        for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
+            for (address, group) in zip(l.configuration.listen, l.groups) {
+                reusable[group[0].localAddress] = group[0].fd
+                if address.port != 0 { reusable[address] = group[0].fd }
             }
-
-            var opened: [Listener] = []
-            var next: [Listener] = []
-            for lc in configuration.listeners {
-                if keep.contains(lc.name), let l = byName[lc.name] {
-                    next.append(l)
-                    continue
-                }
-                do throws(BindError) {
-                    let l = try Self.open(lc, tuning: tuning, inherited: inherited, reusable: reusable, logger: logger)
-                    opened.append(l)
-                    next.append(l)
-                } catch {
-                    for l in opened { for w in l.workers { close(w.fd) } }
-                    throw error
-                }
-            }
-
-            let isRunning = running.withLockedValue { $0 }
-            let retired = old.filter { !keep.contains($0.name) }
-            if isRunning {
-                // Synchronous: `reloading` is held until the new sockets serve and the old ones
-                // are closed, so the caller's thread waits here.
-                start(opened, all: next).wait()
-                // The old listeners stay in the set (and in `probe()`) until they have drained
-                // and closed: a queue wedged now must still stop the watchdog pings.
-                stop(retired).wait()
-            } else {
-                for l in retired { for w in l.workers { close(w.fd) } }
-            }
-            current.withLockedValue { $0 = next }
-            for name in changes.removed where inherited[name] != nil {
-                logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
-                               metadata: ["listener.name": "\(name)"])
-            }
-            return changes
         }
+
+        var opened: [Listener] = []
+        var next: [Listener] = []
+        for lc in configuration.listeners {
+            if keep.contains(lc.name), let l = byName[lc.name] {
+                next.append(l)
+                continue
+            }
+            do throws(BindError) {
+                let l = try Self.open(lc, tuning: tuning, inherited: inherited, reusable: reusable, logger: logger)
+                opened.append(l)
+                next.append(l)
+            } catch {
+                for l in opened { l.discard() }
+                throw error
+            }
+        }
+
+        let isRunning = running.withLockedValue { $0 }
+        let retired = old.filter { !keep.contains($0.name) }
+        if isRunning {
+            // `reloading` is held until the new sockets serve and the old ones are closed.
+            await start(opened, all: next).completion()
+            // The old listeners stay in the set (and in `probe()`) until they have drained
+            // and closed: a queue wedged now must still stop the watchdog pings.
+            await stop(retired).completion()
+        } else {
+            for l in retired { l.discard() }
+        }
+        current.withLockedValue { $0 = next }
+        for name in changes.removed where inherited[name] != nil {
+            logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
+                           metadata: ["listener.name": "\(name)"])
+        }
+        return changes
     }
 
     /// Opens one listener: systemd's sockets for it if there are any (exactly those, one worker
@@ -110,14 +110,5 @@ extension Datapath {
         }
         return try Listener(lc, tuning: tuning, sockets: sources, workersPerSocket: inherited[lc.name] != nil ? 1 : nil,
                             logger: logger)
-    }
-}
-
-extension NIOLock {
-    /// `withLock` that keeps the body's typed error (NIO's `withLock` rethrows `any Error`).
-    func withTypedLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        lock()
-        defer { unlock() }
-        return try body()
     }
 }

@@ -1,3 +1,4 @@
+import DequeModule
 import Dispatch
 import Logging
 import NIOConcurrencyHelpers
@@ -17,12 +18,13 @@ import Glibc
 // has two queues of its own: `controlQueue` for health probes and `resolveQueue` for applying
 // DNS answers (each lookup blocks a detached thread); its health and addresses are written only
 // under its lock, and the datapath reads the published flags as atomics. The listener set
-// (`current`, `running`) is behind NIO locks and `reloading` serializes reloads. Atomics are the
-// standard library's (`Synchronization.Atomic`) everywhere; locks are NIO's, which
-// ThreadSanitizer understands. Swift concurrency meets all this at `start`, `stop` and `probe`,
-// which are async: they hand the work to the queues and suspend on a continuation that a
-// DispatchGroup's `notify` (or a ping's reply, or the probe's deadline) resumes, so no
-// cooperative thread blocks; `apply` (a reload) is synchronous and waits on its caller's thread.
+// (`current`, `running`) is behind NIO locks, and `reloading` (a gate that suspends its waiters,
+// never blocks them) serializes reloads and the start of a stop. Atomics are the standard
+// library's (`Synchronization.Atomic`) everywhere; locks are NIO's, which ThreadSanitizer
+// understands. Swift concurrency meets all this at `start`, `stop`, `apply` (a reload) and
+// `probe`, which are async: they hand the work to the queues and suspend on a continuation that
+// a DispatchGroup's `notify` (or a ping's reply, or the probe's deadline) resumes, so no
+// cooperative thread blocks.
 
 /// All listeners of a running daemon. Binding happens in `init` so a start that cannot bind
 /// fails before anything is announced; `start()` arms the read sources; `stop()` cancels them
@@ -35,10 +37,10 @@ public final class Datapath: Sendable {
     let current: NIOLockedValueBox<[Listener]>
     /// True between `start()` and `stop()`: listeners added by a reload start at once.
     let running = NIOLockedValueBox(false)
-    /// Serializes reloads.
-    let reloading = NIOLock()
+    /// Serializes reloads, and a stop with them: a stop waits for a reload in progress.
+    let reloading = AsyncGate()
     /// Left once the sockets `stop()` closes are closed; a reload that comes meanwhile waits
-    /// for it, as it waited for `reloading` when `stop` held that lock to the end.
+    /// for it (`stop` leaves `reloading` as soon as the sockets are being closed).
     let stopped = NIOLockedValueBox<DispatchGroup?>(nil)
     /// Sockets passed in by systemd, by listener name. Kept open for the life of the process;
     /// listeners serve duplicates, so a reload can hand the same socket to a new listener.
@@ -58,7 +60,7 @@ public final class Datapath: Sendable {
             do throws(BindError) {
                 listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:], logger: logger))
             } catch {
-                for l in listeners { for w in l.workers { close(w.fd) } }
+                for l in listeners { l.discard() }
                 throw error
             }
         }
@@ -96,19 +98,22 @@ public final class Datapath: Sendable {
         return registered
     }
 
-    /// Stops reading, closes every socket and returns when all are closed.
+    /// Stops reading, closes every socket and returns when all are closed. Waits for a reload
+    /// in progress first.
     public func stop() async {
-        await beginStop().completion()
+        await reloading.enter()
+        let done = beginStop()
+        reloading.leave()
+        await done.completion()
     }
 
-    /// Stops reading and closes every socket; the group is left once all are closed.
+    /// Stops reading and closes every socket; the group is left once all are closed. Callers
+    /// hold `reloading` (tests that run no reload may call it alone).
     func beginStop() -> DispatchGroup {
-        reloading.withLock {
-            running.withLockedValue { $0 = false }
-            let done = stop(listeners)
-            stopped.withLockedValue { $0 = done }
-            return done
-        }
+        running.withLockedValue { $0 = false }
+        let done = stop(listeners)
+        stopped.withLockedValue { $0 = done }
+        return done
     }
 
     /// Stops `listeners`; the group is left once all their sockets are closed.
@@ -191,6 +196,41 @@ extension DispatchGroup {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             notify(queue: .global()) { c.resume() }
         }
+    }
+}
+
+/// Mutual exclusion for async code that suspends instead of blocking a thread: one holder at
+/// a time, the others wait in arrival order.
+final class AsyncGate: Sendable {
+    private struct State {
+        var held = false
+        var waiting = Deque<CheckedContinuation<Void, Never>>()
+    }
+    private let state = NIOLockedValueBox(State())
+
+    /// Returns once the caller holds the gate.
+    func enter() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let admitted = state.withLockedValue { s -> Bool in
+                if s.held {
+                    s.waiting.append(c)
+                    return false
+                }
+                s.held = true
+                return true
+            }
+            if admitted { c.resume() }
+        }
+    }
+
+    /// Hands the gate to the next waiter, or opens it.
+    func leave() {
+        let next = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+            if let next = s.waiting.popFirst() { return next }
+            s.held = false
+            return nil
+        }
+        next?.resume()
     }
 }
 

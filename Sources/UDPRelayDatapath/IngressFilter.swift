@@ -33,7 +33,7 @@ final class IngressFilter {
     /// Whether `check` needs the time.
     let needsClock: Bool
 
-    init(_ p: ProtectionConfiguration, mode: ListenerMode = .echo, now: UInt64 = IngressFilter.monotonicNow()) {
+    init(_ p: ProtectionConfiguration, mode: ListenerMode = .echo, now: UInt64 = SystemClock.coarseMonotonicNanos()) {
         denyPorts = p.denySourcePorts(for: mode)
         access = AccessList(allow: p.allow, deny: p.deny)
         loopGuard = p.loopGuard
@@ -96,18 +96,15 @@ final class IngressFilter {
     private func breakerAdmits(_ flows: KeyedRateLimiter<SocketAddress>, _ source: SocketAddress,
                                payload: UnsafeRawBufferPointer?, now: UInt64) -> Bool {
         let server = !loop.ephemeral.contains(source.port)
-        let clock = needsClock ? now : IngressFilter.monotonicNow()
+        let clock = needsClock ? now : SystemClock.coarseMonotonicNanos()
         guard let payload else { return !server || flows.admit(source, now: clock) }
         return flows.admit(source, fingerprint: LoopBreaker.fingerprint(payload), always: server, now: clock).admitted
     }
 
-    /// Monotonic time in nanoseconds (coarse clock: a few ms resolution is plenty for rates).
+    /// Kept only for `Relay/MirrorWorker.swift` until it calls `SystemClock.coarseMonotonicNanos()`
+    /// itself; to be removed then.
     @inline(__always)
-    static func monotonicNow() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
+    static func monotonicNow() -> UInt64 { SystemClock.coarseMonotonicNanos() }
 }
 
 /// The echo loop breaker. It holds whatever the configuration says (it is not switched off by

@@ -60,31 +60,33 @@ public final class Listener: Sendable {
         }
         var workers: [SocketWorker] = []
         var groups: [[SocketWorker]] = []
+        /// A worker for `socket`, which it owns from then on; on failure `socket` closes itself.
+        func serve(_ socket: consuming SocketDescriptor, at address: SocketAddress) throws(SyscallError) -> SocketWorker {
+            UDPSocket.setBuffers(socket.rawValue, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
+            UDPSocket.enableDropCount(socket.rawValue)
+            let worker = try Self.makeWorker(configuration, fd: socket.rawValue, localAddress: address, index: workers.count,
+                                             upstreams: upstreams, tuning: tuning, logger: logger)
+            _ = socket.take()
+            return worker
+        }
         for (index, source) in sources.enumerated() {
             var address = source.address
-            var fds: [Int32] = []
+            var group: [SocketWorker] = []
             do throws(SyscallError) {
-                fds.append(try source.open(reusePort: perSocket > 1))
-                let first = try UDPSocket.localAddress(fds[0])
+                let socket = try source.open(reusePort: perSocket > 1)
+                let first = try UDPSocket.localAddress(socket.rawValue)
                 address = first
-                while fds.count < perSocket {
-                    fds.append(try UDPSocket.bound(to: first, reusePort: true))
-                }
-                var group: [SocketWorker] = []
-                for fd in fds {
-                    UDPSocket.setBuffers(fd, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
-                    UDPSocket.enableDropCount(fd)
-                    let worker = try Self.makeWorker(configuration, fd: fd, localAddress: first, index: workers.count,
-                                                 upstreams: upstreams, tuning: tuning, logger: logger)
-                    workers.append(worker)
+                group.append(try serve(socket, at: first))
+                workers.append(group[0])
+                while group.count < perSocket {
+                    let worker = try serve(try UDPSocket.boundSocket(to: first, reusePort: true), at: first)
                     group.append(worker)
+                    workers.append(worker)
                 }
                 groups.append(group)
             } catch {
-                // This socket's descriptors, then the workers of the sockets before it (a worker
-                // that failed to build leaves its descriptor to the caller).
-                for fd in fds { close(fd) }
-                for w in workers where !fds.contains(w.fd) { close(w.fd) }
+                // The socket being set up closed itself; the workers built own theirs.
+                for w in workers { w.discard() }
                 for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
             }
@@ -126,6 +128,11 @@ public final class Listener: Sendable {
         upstreams?.snapshot() ?? []
     }
 
+    /// Closes the sockets of a listener that never started (see `SocketWorker.discard`).
+    func discard() {
+        for w in workers { w.discard() }
+    }
+
     func start(registered: DispatchGroup) {
         for w in workers { w.start(registered: registered) }
         upstreams?.start()
@@ -156,44 +163,35 @@ public enum SocketSource: Sendable {
 
     /// Takes over a duplicate of `fd` (close-on-exec), which stays open for the caller.
     public static func adopting(duplicateOf fd: Int32) throws(SyscallError) -> SocketSource {
-        let copy = try syscallNoWait("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
-        do {
-            return .adopt(fd: copy, address: try UDPSocket.localAddress(copy))
-        } catch {
-            close(copy)
-            throw error
-        }
+        let copy = SocketDescriptor(try Syscall.duplicate(fd))
+        let address = try UDPSocket.localAddress(copy.rawValue)
+        return .adopt(fd: copy.take(), address: address)
     }
 
     /// Binds or prepares the socket: non-blocking, packet info on wildcard addresses, and
     /// SO_REUSEPORT when `reusePort` (so more sockets can join the address; on an adopted socket
     /// that is already bound, Linux applies it to the binds that follow). On failure an adopted
     /// descriptor is closed.
-    func open(reusePort: Bool = false) throws(SyscallError) -> Int32 {
+    func open(reusePort: Bool = false) throws(SyscallError) -> SocketDescriptor {
         switch self {
         case .bind(let address):
-            return try UDPSocket.bound(to: address, reusePort: reusePort)
+            return try UDPSocket.boundSocket(to: address, reusePort: reusePort)
         case .adopt(let fd, let address):
-            do {
-                let flags = try syscallNoWait("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
-                try syscallNoWait("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
-                if reusePort {
-                    try UDPSocket.setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1, call: "setsockopt(SO_REUSEPORT)")
-                }
-                if address.ip.isWildcard {
-                    try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
-                }
-            } catch {
-                close(fd)
-                throw error
+            let socket = SocketDescriptor(fd)
+            try Syscall.setNonBlocking(fd)
+            if reusePort {
+                try Syscall.setIntOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1, call: "setsockopt(SO_REUSEPORT)")
             }
-            return fd
+            if address.ip.isWildcard {
+                try Syscall.enablePacketInfo(fd, family: address.family)
+            }
+            return socket
         }
     }
 
     /// Closes an adopted descriptor that will not be used after all.
     func discard() {
-        if case .adopt(let fd, _) = self { close(fd) }
+        if case .adopt(let fd, _) = self { Syscall.close(fd) }
     }
 }
 

@@ -92,7 +92,4 @@ public final class LogFloodGate: Sendable {
             return s.limiters[kind]!.admit(now: now)
         }
     }
-
-    /// Monotonic nanoseconds (coarse).
-    public static func now() -> UInt64 { IngressFilter.monotonicNow() }
 }

@@ -70,7 +70,7 @@ final class MessageBatch {
     @inline(__always)
     func receive(from fd: Int32, resetting lastCount: Int, flags: Int32 = 0) throws(SyscallError) -> Int {
         prepareForReceive(count: lastCount)
-        switch try syscall("recvmmsg", { cur_recvmmsg(fd, messages, UInt32(capacity), flags) }) {
+        switch try Syscall.recvmmsg(fd, messages, count: capacity, flags: flags) {
         case .wouldBlock: return 0
         case .done(let n): return Int(n)
         }

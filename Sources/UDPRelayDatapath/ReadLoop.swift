@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CUDPRelay
 import Dispatch
+import UDPRelayConfig
 
 /// The worker runtime: how a worker's thread waits for datagrams. One loop, used by every mode
 /// (echo, forward/balance, mirror).
@@ -33,8 +34,10 @@ import Dispatch
 ///
 /// Allocates nothing: the event array is allocated once with the wait set.
 final class WaitSet {
-    /// The epoll descriptor. Closed by its owner (`SocketWorker`), after its members.
+    /// The epoll descriptor. Owned by the wait set until `handOver()` (to the read source that
+    /// closes it, after its members); closed by `close()` or when the set is freed otherwise.
     let fd: Int32
+    private var owned: SocketDescriptor?
     /// What one `epoll_wait` reports.
     let ready: UnsafeMutablePointer<cur_ready>
     static let capacity = 64
@@ -42,28 +45,40 @@ final class WaitSet {
     static let listenerTag = UInt64.max
 
     init() throws(SyscallError) {
-        fd = try syscallNoWait("epoll_create1") { cur_epoll_create() }
+        fd = try Syscall.epollCreate()
+        owned = SocketDescriptor(fd)
         ready = .allocate(capacity: WaitSet.capacity)
         ready.initialize(repeating: cur_ready(), count: WaitSet.capacity)
     }
 
     deinit { ready.deallocate() }
 
+    /// Hands the epoll descriptor to a new owner (a read source's cancel handler), which
+    /// closes it; the set no longer does.
+    func handOver() -> Int32? {
+        owned.take()?.take()
+    }
+
+    /// Closes the epoll descriptor now, unless it was handed over or closed already.
+    func close() {
+        owned.take()?.close()
+    }
+
     /// Adds `member` for EPOLLIN (level-triggered), reported with `tag`.
     func add(_ member: Int32, tag: UInt64) throws(SyscallError) {
-        try syscallNoWait("epoll_ctl(ADD)") { cur_epoll_add(fd, member, tag) }
+        try Syscall.epollAdd(fd, member, tag: tag)
     }
 
     /// Removes `member` (closing a descriptor removes it too).
     func remove(_ member: Int32) {
-        _ = cur_epoll_remove(fd, member)
+        Syscall.epollRemove(fd, member)
     }
 
     /// Waits up to `timeout` ms (0: not at all) and returns how many members are ready in
     /// `ready`, 0 on timeout or error.
     @inline(__always)
     func wait(timeout: Int32) -> Int {
-        guard case .done(let n)? = try? syscall("epoll_wait", { cur_epoll_wait(fd, ready, Int32(WaitSet.capacity), timeout) }) else {
+        guard case .done(let n)? = try? Syscall.epollWait(fd, ready, capacity: Int32(WaitSet.capacity), timeout: timeout) else {
             return 0
         }
         return Int(n)
@@ -85,7 +100,7 @@ extension SocketWorker {
             drainListener()
             return
         }
-        let start = monotonicNanos()
+        let start = SystemClock.monotonicNanos()
         var last = start
         var timeout: Int32 = 0
         while true {
@@ -94,7 +109,7 @@ extension SocketWorker {
                 let tag = waitSet.ready[i].tag
                 if tag == WaitSet.listenerTag { drainListener() } else { memberReady(tag) }
             }
-            let now = monotonicNanos()
+            let now = SystemClock.monotonicNanos()
             if n > 0 { last = now }
             if !holding {
                 // The last pass: never waits, bounded like a turn.

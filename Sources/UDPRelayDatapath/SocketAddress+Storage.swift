@@ -3,49 +3,63 @@ import Glibc
 #endif
 import UDPRelayConfig
 
-extension SocketAddress {
-    /// The address as a `sockaddr_storage` and its length, for bind/sendmsg/connect.
-    public func storage() -> (sockaddr_storage, socklen_t) {
-        var storage = sockaddr_storage()
-        switch ip {
-        case .v4(let a):
-            withUnsafeMutableBytes(of: &storage) { raw in
-                let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
-                sin.pointee.sin_family = sa_family_t(AF_INET)
-                sin.pointee.sin_port = port.bigEndian
-                sin.pointee.sin_addr.s_addr = a.bigEndian
-            }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
-        case .v6:
-            let bytes = ip.bytes
-            withUnsafeMutableBytes(of: &storage) { raw in
-                let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
-                sin6.pointee.sin6_family = sa_family_t(AF_INET6)
-                sin6.pointee.sin6_port = port.bigEndian
-                withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { dst in
-                    for i in 0..<16 { dst[i] = bytes[i] }
-                }
-            }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
-        }
+/// The one reader of kernel socket addresses (`sockaddr_in`, `sockaddr_in6`): each field at its
+/// Linux offset, loaded unaligned from raw bytes and returned as stored (network byte order), so
+/// no memory is bound to a C type and a name the kernel wrote (every received datagram's) is
+/// read without copying the whole structure. `SocketAddress(sockaddr:)` builds on it, and so
+/// can any other view of a peer (a session key). Allocates nothing.
+enum RawSockaddr {
+    /// Byte offsets (checked against `MemoryLayout` by `SocketAddressStorageTests`). The family
+    /// and the port have the same offsets in both structures.
+    static var familyOffset: Int { 0 }
+    static var portOffset: Int { 2 }
+    static var ipv4Offset: Int { 4 }
+    static var ipv6Offset: Int { 8 }
+    static var scopeOffset: Int { 24 }
+
+    @inline(__always)
+    static func family(_ raw: UnsafeRawPointer) -> Int32 {
+        Int32(raw.loadUnaligned(fromByteOffset: familyOffset, as: sa_family_t.self))
     }
 
-    /// Reads an AF_INET or AF_INET6 socket address; nil for other families.
+    /// The port in network byte order.
+    @inline(__always)
+    static func port(_ raw: UnsafeRawPointer) -> UInt16 {
+        raw.loadUnaligned(fromByteOffset: portOffset, as: UInt16.self)
+    }
+
+    /// AF_INET: the address in network byte order.
+    @inline(__always)
+    static func ipv4(_ raw: UnsafeRawPointer) -> UInt32 {
+        raw.loadUnaligned(fromByteOffset: ipv4Offset, as: UInt32.self)
+    }
+
+    /// AF_INET6: the sixteen address bytes as two native loads (network byte order in memory).
+    @inline(__always)
+    static func ipv6(_ raw: UnsafeRawPointer) -> (high: UInt64, low: UInt64) {
+        (raw.loadUnaligned(fromByteOffset: ipv6Offset, as: UInt64.self),
+         raw.loadUnaligned(fromByteOffset: ipv6Offset + 8, as: UInt64.self))
+    }
+
+    /// AF_INET6: the scope id (interface index of a link-local address).
+    @inline(__always)
+    static func scope(_ raw: UnsafeRawPointer) -> UInt32 {
+        raw.loadUnaligned(fromByteOffset: scopeOffset, as: UInt32.self)
+    }
+}
+
+extension SocketAddress {
+    /// Reads an AF_INET or AF_INET6 socket address; nil for other families. `raw` needs no
+    /// particular alignment.
+    @inline(__always)
     public init?(sockaddr raw: UnsafeRawPointer) {
-        let family = raw.assumingMemoryBound(to: sockaddr.self).pointee.sa_family
-        switch Int32(family) {
+        let port = UInt16(bigEndian: RawSockaddr.port(raw))
+        switch RawSockaddr.family(raw) {
         case AF_INET:
-            let sin = raw.assumingMemoryBound(to: sockaddr_in.self).pointee
-            self.init(ip: .v4(UInt32(bigEndian: sin.sin_addr.s_addr)), port: UInt16(bigEndian: sin.sin_port))
+            self.init(ip: .v4(UInt32(bigEndian: RawSockaddr.ipv4(raw))), port: port)
         case AF_INET6:
-            let sin6 = raw.assumingMemoryBound(to: sockaddr_in6.self).pointee
-            let (high, low) = withUnsafeBytes(of: sin6.sin6_addr) { b -> (UInt64, UInt64) in
-                var h: UInt64 = 0, l: UInt64 = 0
-                for i in 0..<8 { h = (h << 8) | UInt64(b[i]) }
-                for i in 8..<16 { l = (l << 8) | UInt64(b[i]) }
-                return (h, l)
-            }
-            self.init(ip: .v6(high: high, low: low), port: UInt16(bigEndian: sin6.sin6_port))
+            let (high, low) = RawSockaddr.ipv6(raw)
+            self.init(ip: .v6(high: UInt64(bigEndian: high), low: UInt64(bigEndian: low)), port: port)
         default:
             return nil
         }
@@ -55,6 +69,46 @@ extension SocketAddress {
         var copy = storage
         guard let v = withUnsafeBytes(of: &copy, { SocketAddress(sockaddr: $0.baseAddress!) }) else { return nil }
         self = v
+    }
+
+    /// The address as a `sockaddr_storage` and its length, for bind/sendmsg/connect.
+    public func storage() -> (sockaddr_storage, socklen_t) {
+        var storage = sockaddr_storage()
+        let length = withUnsafeMutableBytes(of: &storage) { raw -> Int in
+            raw.storeBytes(of: port.bigEndian, toByteOffset: RawSockaddr.portOffset, as: UInt16.self)
+            switch ip {
+            case .v4(let a):
+                raw.storeBytes(of: sa_family_t(AF_INET), toByteOffset: RawSockaddr.familyOffset, as: sa_family_t.self)
+                raw.storeBytes(of: a.bigEndian, toByteOffset: RawSockaddr.ipv4Offset, as: UInt32.self)
+                return MemoryLayout<sockaddr_in>.size
+            case .v6(let high, let low):
+                raw.storeBytes(of: sa_family_t(AF_INET6), toByteOffset: RawSockaddr.familyOffset, as: sa_family_t.self)
+                raw.storeBytes(of: high.bigEndian, toByteOffset: RawSockaddr.ipv6Offset, as: UInt64.self)
+                raw.storeBytes(of: low.bigEndian, toByteOffset: RawSockaddr.ipv6Offset + 8, as: UInt64.self)
+                return MemoryLayout<sockaddr_in6>.size
+            }
+        }
+        return (storage, socklen_t(length))
+    }
+
+    /// Runs `body` with the address as a `sockaddr` pointer and its length (bind, connect).
+    func withSockaddr<T, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> T) throws(E) -> T {
+        var (storage, length) = storage()
+        return try withUnsafePointer(to: &storage) { (p) throws(E) -> T in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) -> T in try body(sa, length) }
+        }
+    }
+
+    /// Runs `body` with room for a socket address the kernel fills (getsockname), then reads it.
+    static func filledIn<E: Error>(
+        by body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) throws(E) -> Void
+    ) throws(E) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) { (p) throws(E) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) in try body(sa, &length) }
+        }
+        return SocketAddress(storage: storage)
     }
 
     var family: Int32 { ip.isIPv6 ? AF_INET6 : AF_INET }

@@ -9,47 +9,40 @@ import UDPRelayConfig
 public enum UDPSocket {
     /// Opens a non-blocking, close-on-exec datagram socket of the address's family.
     public static func open(family: Int32) throws(SyscallError) -> Int32 {
-        try syscallNoWait("socket") { socket(family, Int32(SOCK_DGRAM.rawValue) | CUR_SOCK_NONBLOCK | CUR_SOCK_CLOEXEC, 0) }
+        try Syscall.datagramSocket(family: family)
     }
 
     public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, call: StaticString = "setsockopt") throws(SyscallError) {
-        var v = value
-        try syscallNoWait(call) { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
+        try Syscall.setIntOption(fd, level, name, value, call: call)
     }
 
     public static func getIntOption(_ fd: Int32, _ level: Int32, _ name: Int32) throws(SyscallError) -> Int32 {
-        var v: Int32 = 0
-        var len = socklen_t(MemoryLayout<Int32>.size)
-        try syscallNoWait("getsockopt") { getsockopt(fd, level, name, &v, &len) }
-        return v
+        try Syscall.intOption(fd, level, name)
     }
 
     /// Opens and binds a socket for `address`: IPv6 sockets are IPv6-only so `0.0.0.0:P` and
     /// `[::]:P` can both be bound; wildcard sockets ask for packet info so replies can leave
     /// from the address each datagram was sent to.
+    /// The caller owns the descriptor returned; on failure nothing stays open.
     public static func bound(to address: SocketAddress, reusePort: Bool = false) throws(SyscallError) -> Int32 {
-        let fd = try open(family: address.family)
-        do {
-            if address.ip.isIPv6 {
-                try setOption(fd, Int32(IPPROTO_IPV6), CUR_IPV6_V6ONLY, 1)
-            }
-            if reusePort {
-                try setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1)
-            }
-            if address.ip.isWildcard {
-                try syscallNoWait("setsockopt(PKTINFO)") { cur_enable_pktinfo(fd, address.family) }
-            }
-            var (storage, length) = address.storage()
-            try withUnsafePointer(to: &storage) { (p) throws(SyscallError) in
-                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
-                    _ = try syscallNoWait("bind") { bind(fd, sa, length) }
-                }
-            }
-        } catch {
-            close(fd)
-            throw error
+        try boundSocket(to: address, reusePort: reusePort).take()
+    }
+
+    /// `bound(to:reusePort:)` as an owned descriptor.
+    public static func boundSocket(to address: SocketAddress, reusePort: Bool = false) throws(SyscallError) -> SocketDescriptor {
+        let socket = SocketDescriptor(try open(family: address.family))
+        let fd = socket.rawValue
+        if address.ip.isIPv6 {
+            try setOption(fd, Int32(IPPROTO_IPV6), CUR_IPV6_V6ONLY, 1)
         }
-        return fd
+        if reusePort {
+            try setOption(fd, SOL_SOCKET, CUR_SO_REUSEPORT, 1)
+        }
+        if address.ip.isWildcard {
+            try Syscall.enablePacketInfo(fd, family: address.family)
+        }
+        try Syscall.bind(fd, to: address)
+        return socket
     }
 
     /// Sets SO_RCVBUF/SO_SNDBUF, using the FORCE variants (which ignore net.core.[rw]mem_max)
@@ -93,29 +86,12 @@ public enum UDPSocket {
 
     /// The address the kernel actually bound (learns the port after binding port 0).
     public static func localAddress(_ fd: Int32) throws(SyscallError) -> SocketAddress {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        try withUnsafeMutablePointer(to: &storage) { (p) throws(SyscallError) in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
-                _ = try syscallNoWait("getsockname") { getsockname(fd, sa, &length) }
-            }
-        }
-        guard let address = SocketAddress(storage: storage) else {
-            throw SyscallError(call: "getsockname", errno: EAFNOSUPPORT)
-        }
-        return address
+        try Syscall.localAddress(fd)
     }
-}
 
-extension UDPSocket {
     /// Connects a datagram socket to `address` (sets its peer; no packets are sent).
     public static func connect(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
-        var (storage, length) = address.storage()
-        try withUnsafePointer(to: &storage) { (p) throws(SyscallError) in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SyscallError) in
-                _ = try syscallNoWait("connect") { Glibc.connect(fd, sa, length) }
-            }
-        }
+        try Syscall.connect(fd, to: address)
     }
 }
 

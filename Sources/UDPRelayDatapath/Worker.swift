@@ -65,25 +65,23 @@ public class SocketWorker: @unchecked Sendable {
     /// `busy_poll` in nanoseconds: spin this long after the last datagram before sleeping in
     /// the wait set. 0 (the default) sleeps at once.
     let busyPoll: UInt64
-    /// From `start` on, a source's cancel handler closes `waitSet.fd`; before, `deinit` does.
-    private var waitSetHandedOver = false
+    /// The listener socket until `start` hands it to the read source's cancel handler, or
+    /// `stop`/`discard` close it (a worker that never served); freed with the worker otherwise.
+    private var socket: SocketDescriptor?
     /// The kernel's drop count of `fd` last seen (SO_RXQ_OVFL).
     private var kernelDrops: UInt32 = 0
 
-    /// On failure (no epoll set) `fd` stays the caller's to close.
+    /// Takes ownership of `fd` on success; on failure (no epoll set) `fd` stays the caller's.
     init(fd: Int32, localAddress: SocketAddress, label: String, tuning: DatapathTuning, busyPoll: Duration) throws(SyscallError) {
         self.waitSet = try WaitSet()
         self.fd = fd
+        self.socket = SocketDescriptor(fd)
         self.localAddress = localAddress
         self.tuning = tuning
         self.dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .nanoseconds(Int64(tuning.refusalLogInterval))),
                                      count: Counter.allCases.count)
         self.busyPoll = busyPoll.nanoseconds
         self.queue = DispatchQueue(label: label, qos: .userInteractive)
-    }
-
-    deinit {
-        if !waitSetHandedOver { close(waitSet.fd) }
     }
 
     /// Whether the subclass keeps sockets of its own in the wait set (then the set gets a read
@@ -103,8 +101,12 @@ public class SocketWorker: @unchecked Sendable {
     /// 1.4 context switches per datagram more at 1,000 forwarded datagrams/s.) Should the
     /// listener fail to join (no memory for the epoll entry), it keeps a source of its own.
     func start(registered: DispatchGroup) {
+        guard let fd = socket.take()?.take(), let waitFD = waitSet.handOver() else {
+            preconditionFailure("worker for \(localAddress) started twice or after stop")
+        }
+        // From here the cancel handlers own both descriptors.
         listenerAlwaysInSet = hasMembers && (try? waitSet.add(fd, tag: WaitSet.listenerTag)) != nil
-        let (fd, waitFD, closed, permanent) = (self.fd, waitSet.fd, self.closed, listenerAlwaysInSet)
+        let (closed, permanent) = (self.closed, listenerAlwaysInSet)
         let source = DispatchSource.makeReadSource(fileDescriptor: permanent ? waitFD : fd, queue: queue)
         registered.enter()
         closed.enter()
@@ -112,12 +114,11 @@ public class SocketWorker: @unchecked Sendable {
         source.setEventHandler { [unowned self] in serveTurn(holding: true) }
         let closesWaitSet = permanent || !hasMembers
         source.setCancelHandler {
-            close(fd)
-            if closesWaitSet { close(waitFD) }
+            Syscall.close(fd)
+            if closesWaitSet { Syscall.close(waitFD) }
             closed.leave()
         }
         self.source = source
-        waitSetHandedOver = true
         if hasMembers && !permanent {
             let members = DispatchSource.makeReadSource(fileDescriptor: waitFD, queue: queue)
             registered.enter()
@@ -125,7 +126,7 @@ public class SocketWorker: @unchecked Sendable {
             members.setRegistrationHandler { registered.leave() }
             members.setEventHandler { [unowned self] in serveTurn(holding: true) }
             members.setCancelHandler {
-                close(waitFD)
+                Syscall.close(waitFD)
                 closed.leave()
             }
             membersSource = members
@@ -150,15 +151,20 @@ public class SocketWorker: @unchecked Sendable {
                 membersSource = nil
                 closed.notify(queue: .global()) { done.leave() }
             } else {
-                close(fd)
+                socket.take()?.close()
                 stopMembers()
-                if !waitSetHandedOver {
-                    waitSetHandedOver = true
-                    close(waitSet.fd)
-                }
+                waitSet.close()
                 done.leave()
             }
         }
+    }
+
+    /// Closes the sockets of a worker that never started (its listener was abandoned before
+    /// serving); does nothing for one that started (the read source closes them) or was
+    /// stopped. Runs on the caller's thread: nothing else touches a worker that never started.
+    func discard() {
+        socket.take()?.close()
+        waitSet.close()
     }
 
     /// Runs on `queue` in `stop`, after the listener's last pass: closes the subclass's own
@@ -234,7 +240,7 @@ public class SocketWorker: @unchecked Sendable {
     @inline(__always)
     final func noteDrop(_ reason: Counter, from source: SocketAddress) {
         guard let dropLogger else { return }
-        let now = IngressFilter.monotonicNow()
+        let now = SystemClock.coarseMonotonicNanos()
         guard let skipped = dropLogs[reason.rawValue].admit(now: now) else {
             // The first refusal left out in this window: have its count written when the window
             // ends (one timer per reason and window, not per datagram).
@@ -259,7 +265,7 @@ public class SocketWorker: @unchecked Sendable {
     /// if no line has carried them yet, in one line of their own. Runs on `queue`.
     private func flushDropLog(_ reason: Counter) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: IngressFilter.monotonicNow()) else { return }
+        guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: SystemClock.coarseMonotonicNanos()) else { return }
         dropLogger.notice("datagrams refused since the last line", metadata: [
             "drop.reason": "\(reason.dropReason ?? "\(reason)")", "listener.address": "\(localAddress)",
             "refused.since_last": "\(count)", "hint": "\(Self.dropHint(reason))",
@@ -323,7 +329,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     private func echo(_ count: Int) {
         var bytes: UInt64 = 0
         var runStart = 0
-        let now = filter.needsClock ? IngressFilter.monotonicNow() : 0
+        let now = filter.needsClock ? SystemClock.coarseMonotonicNanos() : 0
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)

@@ -1,4 +1,5 @@
 import NIOCore
+import UDPRelayConfig
 
 /// The limits of the status endpoint; the defaults are the documented ones.
 public struct StatusLimits: Sendable {
@@ -485,7 +486,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
     /// A complete HTTP/1.1 error response with `Connection: close`, written below the encoder.
     static func canned(_ allocator: ByteBufferAllocator, status: String, body: String) -> ByteBuffer {
         let text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
-            + "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nDate: \(Format.httpDate(StatusHTTPHandler.wallClock()))\r\n"
+            + "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nDate: \(Format.httpDate(SystemClock.wallSeconds()))\r\n"
             + "Connection: close\r\n\r\n\(body)"
         return allocator.buffer(string: text)
     }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import NIOCore
 import NIOHTTP1
+import UDPRelayConfig
 
 /// Answers decoded requests on one connection. Sits after NIO's HTTP decoder and pipelining
 /// handler, which deliver one request at a time and hold the next until this one's `.end` is
@@ -99,7 +100,7 @@ final class StatusHTTPHandler: ChannelInboundHandler {
         headers.add(name: "Content-Length", value: String(body.count))
         headers.add(name: "Cache-Control", value: "no-store")
         headers.add(name: "X-Content-Type-Options", value: "nosniff")
-        headers.add(name: "Date", value: Format.httpDate(Self.wallClock()))
+        headers.add(name: "Date", value: Format.httpDate(SystemClock.wallSeconds()))
         for (name, value) in response.headers { headers.add(name: name, value: value) }
         if close {
             headers.add(name: "Connection", value: "close")
@@ -134,11 +135,5 @@ final class StatusHTTPHandler: ChannelInboundHandler {
         } else {
             write(context, head: fake, .text(.badRequest, "malformed request: \(parseError)\n", close: true))
         }
-    }
-
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }

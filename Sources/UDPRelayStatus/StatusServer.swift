@@ -56,7 +56,7 @@ public final class StatusServer: Sendable {
         let state = ServerState(limits: limits, allow: AllowList(allow))
         let history = RateHistory()
         let routes = StatusRoutes(source: source, history: history, counters: { state.counters },
-                                  monotonicNow: { Self.monotonicNow() })
+                                  monotonicNow: { SystemClock.monotonicSeconds() })
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: limits.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -89,7 +89,7 @@ public final class StatusServer: Sendable {
             a.ipAddress.flatMap { IPAddress(literal: $0) }.map { UDPRelayConfig.SocketAddress(ip: $0, port: UInt16(a.port ?? 0)) }
         } ?? listen
         let sampler = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(1)) { _ in
-            history.record(source.snapshot().listeners, at: Self.monotonicNow())
+            history.record(source.snapshot().listeners, at: SystemClock.monotonicSeconds())
         }
         logger.info("status listening", metadata: ["address": "\(bound)"])
         return StatusServer(localAddress: bound, history: history, group: group, channel: channel, state: state,
@@ -134,10 +134,6 @@ public final class StatusServer: Sendable {
 
     /// How long a request in progress may take to be answered once `stop()` is called.
     static let stopGrace = TimeAmount.milliseconds(500)
-
-    static func monotonicNow() -> Double {
-        Double(NIODeadline.now().uptimeNanoseconds) / 1e9
-    }
 }
 
 /// The status endpoint could not bind its address.

@@ -4,6 +4,7 @@ import Glibc
 import CSystemd
 import Logging
 import Synchronization
+import UDPRelayConfig
 
 /// Tells the service manager about state changes with `sd_notify(3)`: READY, STATUS, RELOADING,
 /// STOPPING, WATCHDOG. Without `NOTIFY_SOCKET` (not started by systemd, or Type= is not notify)
@@ -31,9 +32,7 @@ public final class SystemdNotifier: Sendable {
     /// 252 accepts it too). Follow with `ready(status:)` when the reload is done.
     @discardableResult
     public func reloading() -> Bool {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let usec = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+        let usec = SystemClock.monotonicNanos() / 1000
         return send(["RELOADING=1", "MONOTONIC_USEC=\(usec)"])
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NIOConcurrencyHelpers
+import UDPRelayConfig
 
 /// What the daemon knows about itself and its configuration: shared by reload (writes it),
 /// the status endpoint and the systemd STATUS= line (read it).
@@ -30,18 +31,18 @@ final class DaemonState: Sendable {
 
     let pid: Int32 = getpid()
     /// Process start, seconds since the epoch.
-    let startTime: Double = DaemonState.now()
+    let startTime: Double = SystemClock.wallSeconds()
     private let state: NIOLockedValueBox<Snapshot>
 
     init(configPath: String) {
-        state = NIOLockedValueBox(Snapshot(configPath: configPath, generation: 1, loadedAt: DaemonState.now(), lastReload: nil))
+        state = NIOLockedValueBox(Snapshot(configPath: configPath, generation: 1, loadedAt: SystemClock.wallSeconds(), lastReload: nil))
     }
 
     var snapshot: Snapshot { state.withLockedValue { $0 } }
 
     /// Records a successful reload: the generation increments.
     func reloadSucceeded() {
-        let now = DaemonState.now()
+        let now = SystemClock.wallSeconds()
         state.withLockedValue {
             $0.generation += 1
             $0.loadedAt = now
@@ -51,13 +52,11 @@ final class DaemonState: Sendable {
 
     /// Records a failed reload: the running configuration (and generation) stay as they were.
     func reloadFailed(_ errors: [String], total: Int) {
-        let now = DaemonState.now()
+        let now = SystemClock.wallSeconds()
         state.withLockedValue { $0.lastReload = LoadResult(ok: false, at: now, errors: errors, errorCount: total) }
     }
 
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    /// Kept only for `StatusService.swift` until it calls `SystemClock.wallSeconds()` itself;
+    /// to be removed then.
+    static func now() -> Double { SystemClock.wallSeconds() }
 }

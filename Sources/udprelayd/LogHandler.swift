@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import UDPRelayConfig
 import UDPRelayDatapath
 import UDPRelaySystemd
 import Synchronization
@@ -30,14 +31,13 @@ struct StderrLogHandler: LogHandler {
     }
 
     static func timestamp() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
+        let now = SystemClock.wallTime()
         var tm = tm()
-        var t = ts.tv_sec
+        var t = time_t(now.seconds)
         gmtime_r(&t, &tm)
         var buf = [CChar](repeating: 0, count: 32)
         _ = strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tm)
-        let ms = ts.tv_nsec / 1_000_000
+        let ms = now.nanoseconds / 1_000_000
         let msText = ms < 10 ? "00\(ms)" : (ms < 100 ? "0\(ms)" : "\(ms)")
         let base = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return "\(base).\(msText)Z"
@@ -92,7 +92,7 @@ struct LevelControlledLogHandler: LogHandler {
     func log(event: LogEvent) {
         var event = event
         if event.metadata?["peer.address"] != nil || inner.metadata["peer.address"] != nil {
-            guard let skipped = LevelControlledLogHandler.gate.admit("\(event.level) \(event.message)", now: LogFloodGate.now()) else {
+            guard let skipped = LevelControlledLogHandler.gate.admit("\(event.level) \(event.message)", now: SystemClock.coarseMonotonicNanos()) else {
                 return
             }
             if skipped > 0 {

@@ -46,11 +46,11 @@ struct SystemdService: Service {
 
     func reloadLoop() async {
         for await _ in hangups.cancelOnGracefulShutdown() {
-            reload()
+            await reload()
         }
     }
 
-    func reload() {
+    func reload() async {
         notifier.reloading()
         logger.notice("reloading", metadata: ["config": "\(configPath)"])
         let configuration: Configuration
@@ -64,7 +64,7 @@ struct SystemdService: Service {
         }
         let changes: ListenerChanges
         do {
-            changes = try datapath.apply(configuration)
+            changes = try await datapath.apply(configuration)
         } catch {
             logger.error("reload: \(error)")
             rejected([error.description])
@@ -120,10 +120,8 @@ struct SystemdService: Service {
     func sample() -> StatusLine.Sample {
         var total = CounterSnapshot()
         for l in datapath.snapshot() { total = total + l.counters }
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
         return StatusLine.Sample(received: total[.receivedPackets], sent: total[.sentPackets], dropped: total.dropped,
-                                 at: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+                                 at: SystemClock.monotonicSeconds())
     }
 
     /// The `STATUS=` text: listeners, rates, generation and the last reload's outcome.

@@ -5,7 +5,7 @@ import TestSupport
 import UDPRelayConfig
 @testable import UDPRelayDatapath
 
-/// `start`, `stop` and `probe` suspend instead of blocking a Swift-concurrency thread: the
+/// `start`, `stop`, `apply` and `probe` suspend instead of blocking a Swift-concurrency thread: the
 /// cooperative pool has as many threads as cores (two here), so a stop that waited on a
 /// DispatchGroup for a busy worker queue held one of them for as long.
 final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
@@ -32,6 +32,32 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
         for stop in stops { await stop.value }
     }
 
+    func testReloadsWaitingForABusyQueueLeaveTheCooperativePoolFree() async throws {
+        // More reloads than the pool has threads: the first waits to drain a worker queue that
+        // is busy until `release` is signalled 3 s from now, the others wait for the first.
+        let count = ProcessInfo.processInfo.activeProcessorCount + 1
+        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+                                    logger: Logger(label: "test"))
+        await datapath.start()
+        let release = DispatchSemaphore(value: 0)
+        datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }
+        var reloads: [Task<Void, Never>] = []
+        for i in 0..<count {
+            let next = try configuration("[listener r\(i)]\nlisten = 127.0.0.1:0\n")
+            reloads.append(Task { _ = try? await datapath.apply(next) })
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 3) { release.signal() }
+        // Work on the pool goes on meanwhile (a blocked pool would run it only after release).
+        let started = ContinuousClock.now
+        let answer = await Task.detached { 6 * 7 }.value
+        let waited = ContinuousClock.now - started
+        XCTAssertEqual(answer, 42)
+        XCTAssertLessThan(waited, .seconds(1), "a task waited \(waited) for a thread of the cooperative pool")
+        for reload in reloads { await reload.value }
+        XCTAssertEqual(datapath.listeners.count, 1)
+        await datapath.stop()
+    }
+
     func testProbeReturnsAsSoonAsEveryQueueAnswered() async throws {
         let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
                                     logger: Logger(label: "test"))
@@ -55,19 +81,17 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
         let stop = Task { await datapath.stop() }
         XCTAssertTrue(waitUntil(5) { !datapath.running.withLockedValue { $0 } }, "the stop began")
         let released = Flag(), reloadedBeforeRelease = LockedBox<Bool?>(nil)
-        let reloaded = DispatchSemaphore(value: 0)
         let next = try configuration("[listener b]\nlisten = 127.0.0.1:0\n")
-        DispatchQueue.global().async {
-            _ = try? datapath.apply(next)
+        let reload = Task {
+            _ = try? await datapath.apply(next)
             reloadedBeforeRelease.value = !released.value
-            reloaded.signal()
         }
         DispatchQueue.global().asyncAfter(deadline: .now() + 0.5) {
             released.value = true
             release.signal()
         }
         await stop.value
-        XCTAssertEqual(reloaded.wait(timeout: .now() + 10), .success)
+        await reload.value
         XCTAssertEqual(reloadedBeforeRelease.value, false, "the reload ran while the stop was still closing sockets")
     }
 }

@@ -61,7 +61,7 @@ final class LoopBreakerTests: XCTestCase {
         let echoPort = try XCTUnwrap(datapath.listener(named: "echo")?.boundAddresses.first?.port)
         let toEcho = try relay("to-echo", listen: "127.0.0.1:0", upstream: "127.0.0.1:\(echoPort)")
         configuration.listeners.append(toEcho)
-        try datapath.apply(configuration)
+        try datapath.applyBlocking(configuration)
         let relayToEcho = try XCTUnwrap(datapath.listener(named: "to-echo")?.boundAddresses.first)
         client.send(Array("via echo".utf8), to: relayToEcho)
         XCTAssertEqual(client.receive()?.bytes, Array("via echo".utf8))

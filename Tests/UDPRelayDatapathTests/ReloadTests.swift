@@ -89,7 +89,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
             // Alternate adding and removing another listener, and changing a third.
             var text = base + "[listener churn]\nlisten = 127.0.0.1:0\nmax_datagram = \(1000 + round)\n"
             if round % 2 == 0 { text += "[listener extra]\nlisten = [::1]:0\n" }
-            let changes = try datapath.apply(try configuration(text))
+            let changes = try datapath.applyBlocking(try configuration(text))
             XCTAssertEqual(changes.unchanged.first, "steady")
             XCTAssertTrue(datapath.listener(named: "steady") === steady, "an unchanged listener is the same object")
         }
@@ -120,7 +120,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         let client = try UDPClient()
         XCTAssertEqual(echo(client, fwd.boundAddresses[0], "first"), "first")
         XCTAssertEqual(fwd.counters()[.sessionsCreated], 1)
-        let changes = try datapath.apply(try configuration(relay + "[listener other]\nlisten = 127.0.0.1:0\n"))
+        let changes = try datapath.applyBlocking(try configuration(relay + "[listener other]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(changes.unchanged, ["fwd"])
         XCTAssertEqual(echo(client, fwd.boundAddresses[0], "second"), "second")
         XCTAssertEqual(fwd.counters()[.sessionsCreated], 1, "the client's session survived the reload")
@@ -135,7 +135,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         let address = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "before"), "before")
-        let changes = try datapath.apply(try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\nmax_datagram = 10\n"))
+        let changes = try datapath.applyBlocking(try configuration("[listener a]\nlisten = 127.0.0.1:\(port)\nmax_datagram = 10\n"))
         XCTAssertEqual(changes.changed, ["a"])
         XCTAssertEqual(datapath.listener(named: "a")?.configuration.maxDatagram, 10)
         XCTAssertEqual(echo(client, address, "after"), "after")
@@ -148,7 +148,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         await datapath.start()
         defer { datapath.stopBlocking() }
         let oldAddress = try XCTUnwrap(datapath.listener(named: "a")?.boundAddresses.first)
-        let changes = try datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
+        let changes = try await datapath.apply(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(changes, ListenerChanges(removed: ["a"], added: ["b"]))
         XCTAssertNil(datapath.listener(named: "a"))
         let b = try XCTUnwrap(datapath.listener(named: "b")?.boundAddresses.first)
@@ -172,16 +172,12 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "old")!.workers[0].queue.async { release.wait() }
         let next = try configuration("[listener new]\nlisten = 127.0.0.1:0\n")
-        let applied = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            _ = try? datapath.apply(next)
-            applied.signal()
-        }
+        let applying = Task { _ = try? await datapath.apply(next) }
         let problems = await datapath.probe(timeout: .milliseconds(300))
         XCTAssertEqual(problems.count, 1, "\(problems)")
         XCTAssertTrue(problems.first?.hasPrefix("listener 'old' queue") ?? false, "\(problems)")
         release.signal()
-        XCTAssertEqual(applied.wait(timeout: .now() + 5), .success)
+        await applying.value
         XCTAssertEqual(datapath.listeners.map(\.name), ["new"])
         await datapath.stop()
     }
@@ -192,7 +188,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let holder = try UDPClient()
-        XCTAssertThrowsError(try datapath.apply(try configuration("""
+        XCTAssertThrowsError(try datapath.applyBlocking(try configuration("""
         [listener b]
         listen = 127.0.0.1:0
         [listener busy]
@@ -220,7 +216,7 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "activated"), "activated")
         // A changed listener takes the inherited socket again.
-        try datapath.apply(try configuration("[listener act]\nlisten = 127.0.0.1:9\nmax_datagram = 100\n[listener plain]\nlisten = 127.0.0.1:0\n"))
+        try datapath.applyBlocking(try configuration("[listener act]\nlisten = 127.0.0.1:9\nmax_datagram = 100\n[listener plain]\nlisten = 127.0.0.1:0\n"))
         XCTAssertEqual(echo(client, address, "again"), "again")
         datapath.stopBlocking()
         // The datapath served duplicates: the passed-in descriptor is still open.

@@ -83,23 +83,23 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
         let client = try UDPClient()
         XCTAssertEqual(echo(client, address, "one"), "one")
         // 1 -> 3: the running socket is taken over (it had no SO_REUSEPORT) and two join it.
-        var changes = try datapath.apply(try config("workers = 3\n"))
+        var changes = try datapath.applyBlocking(try config("workers = 3\n"))
         XCTAssertEqual(changes.changed, ["a"])
         XCTAssertEqual(datapath.listener(named: "a")?.workers.count, 3)
         XCTAssertEqual(datapath.listener(named: "a")?.boundAddresses, [address])
         let clients = try (0..<12).map { _ in try UDPClient() }
         for (i, c) in clients.enumerated() { XCTAssertEqual(echo(c, address, "three \(i)"), "three \(i)") }
         // 3 -> 2 and back to the default.
-        changes = try datapath.apply(try config("workers = 2\n"))
+        changes = try datapath.applyBlocking(try config("workers = 2\n"))
         XCTAssertEqual(changes.changed, ["a"])
         XCTAssertEqual(datapath.listener(named: "a")?.workers.count, 2)
         for (i, c) in clients.enumerated() { XCTAssertEqual(echo(c, address, "two \(i)"), "two \(i)") }
-        changes = try datapath.apply(try config(""))
+        changes = try datapath.applyBlocking(try config(""))
         XCTAssertEqual(changes.changed, ["a"])
         XCTAssertEqual(datapath.listener(named: "a")?.workers.count, 1)
         for (i, c) in clients.enumerated() { XCTAssertEqual(echo(c, address, "back \(i)"), "back \(i)") }
         // The same file again: nothing is reopened.
-        XCTAssertTrue(try datapath.apply(try config("")).isEmpty)
+        XCTAssertTrue(try datapath.applyBlocking(try config("")).isEmpty)
     }
 
     func testInheritedSocketIsServedAloneWhateverWorkersSays() throws {
