@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
