@@ -176,6 +176,13 @@ public final class CounterSet: Sendable {
         words[counter.rawValue]
     }
 
+    /// Adds the monotonic counters of `earlier` (not the `sessionsActive` gauge): a worker that
+    /// replaces another (a reload that rebuilds its listener) continues its counts. Call before
+    /// the worker starts, or from its queue.
+    public func carry(_ earlier: CounterSnapshot) {
+        for c in Counter.allCases where c != .sessionsActive && earlier[c] != 0 { add(c, earlier[c]) }
+    }
+
     public func snapshot() -> CounterSnapshot {
         var s = CounterSnapshot()
         for c in Counter.allCases { s.values[c.rawValue] = value(c) }

@@ -29,11 +29,12 @@ extension Datapath {
 
         // Sockets of the listeners that go away, by configured address (port not 0) and by
         // the address they are bound to (a port 0 the file now names explicitly).
-        var reusable: [SocketAddress: Int32] = [:]
+        // A whole worker group each, so none of its sockets closes with datagrams queued on it.
+        var reusable: [SocketAddress: [Int32]] = [:]
         for l in old where !keep.contains(l.name) && inherited[l.name] == nil {
             for (address, group) in zip(l.configuration.listen, l.groups) {
-                reusable[group[0].localAddress] = group[0].fd
-                if address.port != 0 { reusable[address] = group[0].fd }
+                reusable[group[0].localAddress] = group.map(\.fd)
+                if address.port != 0 { reusable[address] = group.map(\.fd) }
             }
         }
 
@@ -58,10 +59,24 @@ extension Datapath {
         let retired = old.filter { !keep.contains($0.name) }
         if isRunning {
             // `reloading` is held until the new sockets serve and the old ones are closed.
-            await start(opened, all: next).completion()
+            // A changed listener is stopped first and its replacement started after: the
+            // replacement continues its counters and takes over its relay sessions (same upstream
+            // socket, so the upstream sees the same source port), and never two workers serve
+            // one client at once. Meanwhile datagrams wait in the socket, which both hold.
             // The old listeners stay in the set (and in `probe()`) until they have drained
             // and closed: a queue wedged now must still stop the watchdog pings.
+            let replaced = Dictionary(uniqueKeysWithValues: opened.compactMap { l in byName[l.name].map { (l.name, ($0, l)) } })
+            let handedOver = NIOLockedValueBox<[HandedOverSession]>([])
+            for (old, new) in replaced.values where old.configuration.mode.hasSessions && new.configuration.mode.hasSessions {
+                for (index, w) in old.workers.enumerated() {
+                    (w as? RelayWorker)?.handSessionsOverAtStop(socket: UInt16(index)) { s in handedOver.withLockedValue { $0 += s } }
+                }
+            }
             await stop(retired).completion()
+            for (old, new) in replaced.values { Self.carryCounters(from: old, to: new) }
+            let sessions = handedOver.withLockedValue { $0 }
+            if !sessions.isEmpty { await Self.takeOver(sessions, into: next) }
+            await start(opened, all: next).completion()
         } else {
             for l in retired { l.discard() }
         }
@@ -73,11 +88,54 @@ extension Datapath {
         return changes
     }
 
+    /// The replacement of a listener continues its counts: worker k carries worker k's counters,
+    /// and the first worker those of workers the replacement no longer has.
+    static func carryCounters(from old: Listener, to new: Listener) {
+        let newWorkers = new.workers
+        guard !newWorkers.isEmpty else { return }
+        for (k, w) in old.workers.enumerated() {
+            newWorkers[k < newWorkers.count ? k : 0].counters.carry(w.counters.snapshot())
+        }
+    }
+
+    /// Gives relay sessions handed over (by the workers of a listener this reload replaced, or
+    /// by the previous process) to the worker of the same listener and socket index (the one
+    /// the kernel sends those clients' datagrams to while the sockets stay the same); with fewer
+    /// workers now, to worker index modulo their number. Sessions of a listener that is gone or
+    /// has no sessions now are closed. Before the workers start. Returns how many were adopted
+    /// and how many refused (each refusal counted on the listener, see `RelayWorker.Adoption`).
+    @discardableResult
+    static func takeOver(_ sessions: [HandedOverSession], into listeners: [Listener]) async -> (adopted: Int, refused: Int) {
+        var byWorker: [ObjectIdentifier: (RelayWorker, [HandedOverSession])] = [:]
+        var closed = 0
+        let byName = Dictionary(uniqueKeysWithValues: listeners.map { ($0.name, $0) })
+        for s in sessions {
+            guard let l = byName[s.entry.listener], l.configuration.mode.hasSessions, !l.workers.isEmpty,
+                  let w = l.workers[Int(s.entry.socket) % l.workers.count] as? RelayWorker else {
+                if s.fd >= 0 { Syscall.close(s.fd) }
+                closed += 1
+                continue
+            }
+            byWorker[ObjectIdentifier(w), default: (w, [])].1.append(s)
+        }
+        var adopted = 0, refused = closed
+        for (w, handed) in byWorker.values {
+            // `takeOver` waits for upstream names and the worker's queue: off the cooperative pool.
+            let result = await withCheckedContinuation { c in
+                DispatchQueue.global().async { c.resume(returning: w.takeOver(handed)) }
+            }
+            adopted += result.adopted
+            refused += result.refused
+        }
+        return (adopted, refused)
+    }
+
     /// Opens one listener: systemd's sockets for it if there are any (exactly those, one worker
-    /// each), else a duplicate of a running socket on the same configured address, else a fresh
-    /// bind per address; the configured `workers` then join each address with SO_REUSEPORT.
+    /// each), else duplicates of a running (or stored) worker group on the same configured
+    /// address, else a fresh bind per address; the configured `workers` then fill each group,
+    /// joining the address with SO_REUSEPORT.
     static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
-                     reusable: [SocketAddress: Int32], logger: Logger) throws(BindError) -> Listener {
+                     reusable: [SocketAddress: [Int32]], logger: Logger) throws(BindError) -> Listener {
         var sources: [SocketSource] = []
         func abandon() { for s in sources { s.discard() } }
         if let fds = inherited[lc.name] {
@@ -96,12 +154,12 @@ extension Datapath {
             }
         } else {
             for address in lc.listen {
-                guard let fd = reusable[address] else {
+                guard let fds = reusable[address], !fds.isEmpty else {
                     sources.append(.bind(address))
                     continue
                 }
                 do {
-                    sources.append(try SocketSource.adopting(duplicateOf: fd))
+                    sources.append(try SocketSource.adopting(duplicatesOf: fds))
                 } catch {
                     abandon()
                     throw BindError(listener: lc.name, address: address, underlying: error)

@@ -50,15 +50,19 @@ public final class Datapath: Sendable {
 
     /// Binds every listener of `configuration`, except those named in `inherited`, which serve
     /// the sockets passed in for them instead; on failure closes everything already opened.
+    /// `stored` are listener sockets an earlier process left in systemd's file descriptor store,
+    /// by the address they are bound to (a worker group each): a listener on that address serves
+    /// duplicates of them (the caller closes the originals), so the datagrams that arrived during
+    /// the restart are read.
     public init(configuration: Configuration, logger: Logger, tuning: DatapathTuning = DatapathTuning(),
-                inherited: [String: [Int32]] = [:]) throws(BindError) {
+                inherited: [String: [Int32]] = [:], stored: [SocketAddress: [Int32]] = [:]) throws(BindError) {
         self.inherited = inherited
         self.tuning = tuning
         self.logger = logger
         var listeners: [Listener] = []
         for lc in configuration.listeners {
             do throws(BindError) {
-                listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: [:], logger: logger))
+                listeners.append(try Self.open(lc, tuning: tuning, inherited: inherited, reusable: stored, logger: logger))
             } catch {
                 for l in listeners { l.discard() }
                 throw error
@@ -105,6 +109,36 @@ public final class Datapath: Sendable {
         let done = beginStop()
         reloading.leave()
         await done.completion()
+    }
+
+    /// Stops as `stop()` does, except that the live relay sessions are not closed: they are
+    /// returned, sockets open (the caller owns them), for the next process (see
+    /// `SessionArchive`). Held sessions close as usual.
+    public func stopHandingOverSessions() async -> [HandedOverSession] {
+        let handedOver = NIOLockedValueBox<[HandedOverSession]>([])
+        await reloading.enter()
+        for l in listeners where l.configuration.mode.hasSessions {
+            for (index, w) in l.workers.enumerated() {
+                (w as? RelayWorker)?.handSessionsOverAtStop(socket: UInt16(index)) { s in handedOver.withLockedValue { $0 += s } }
+            }
+        }
+        let done = beginStop()
+        reloading.leave()
+        await done.completion()
+        return handedOver.withLockedValue { $0 }
+    }
+
+    /// Gives relay sessions an earlier process handed over (`stopHandingOverSessions`) to the
+    /// workers of the same listener and socket; call after `init`, before `start`. Sessions that
+    /// cannot be taken are closed and counted (see `RelayWorker.Adoption`).
+    public func takeOver(_ sessions: [HandedOverSession]) async -> (adopted: Int, refused: Int) {
+        await Self.takeOver(sessions, into: listeners)
+    }
+
+    /// Every socket this datapath bound or adopted itself (not those passed in by socket
+    /// activation), a worker group per address: what goes to systemd's file descriptor store.
+    public func ownSocketGroups() -> [(address: SocketAddress, fds: [Int32])] {
+        listeners.filter { inherited[$0.name] == nil }.flatMap { l in l.groups.map { ($0[0].localAddress, $0.map(\.fd)) } }
     }
 
     /// Stops reading and closes every socket; the group is left once all are closed. Callers

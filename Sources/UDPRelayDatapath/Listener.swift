@@ -72,20 +72,31 @@ public final class Listener: Sendable {
         for (index, source) in sources.enumerated() {
             var address = source.address
             var group: [SocketWorker] = []
+            // Adopted members of the group not yet serving (closed here on failure).
+            var members = source.members[...]
             do throws(SyscallError) {
-                let socket = try source.open(reusePort: perSocket > 1)
+                let socket = try source.open(reusePort: perSocket > 1 || !members.isEmpty)
                 let first = try UDPSocket.localAddress(socket.rawValue)
                 address = first
                 group.append(try serve(socket, at: first))
                 workers.append(group[0])
                 while group.count < perSocket {
-                    let worker = try serve(try UDPSocket.boundSocket(to: first, reusePort: true), at: first)
+                    let next: SocketDescriptor
+                    if let member = members.popFirst() {
+                        next = try SocketSource.adopt(fd: member, address: first).open(reusePort: true)
+                    } else {
+                        next = try UDPSocket.boundSocket(to: first, reusePort: true)
+                    }
+                    let worker = try serve(next, at: first)
                     group.append(worker)
                     workers.append(worker)
                 }
+                // More adopted sockets than `workers` asks for: they leave the group.
+                while let member = members.popFirst() { Syscall.close(member) }
                 groups.append(group)
             } catch {
                 // The socket being set up closed itself; the workers built own theirs.
+                for m in members { Syscall.close(m) }
                 for w in workers { w.discard() }
                 for s in sources[(index + 1)...] { s.discard() }
                 throw BindError(listener: configuration.name, address: address, underlying: error)
@@ -149,23 +160,44 @@ public final class Listener: Sendable {
 public enum SocketSource: Sendable {
     /// A new socket bound to the address.
     case bind(SocketAddress)
-    /// A datagram socket that is already bound (passed in by systemd, or kept across a reload);
-    /// the listener takes ownership of `fd` and closes it when it stops.
-    case adopt(fd: Int32, address: SocketAddress)
+    /// A datagram socket that is already bound (passed in by systemd, kept across a reload, or
+    /// from systemd's file descriptor store after a restart); the listener takes ownership of
+    /// `fd` and closes it when it stops. `members` are more sockets bound to the same address
+    /// with SO_REUSEPORT (the rest of a worker group): they serve as the group's next workers
+    /// before any new socket is bound, so the datagrams queued on them are read, not lost.
+    case adopt(fd: Int32, address: SocketAddress, members: [Int32] = [])
 
     /// The configured address (`bind`) or the address the socket is bound to (`adopt`).
     public var address: SocketAddress {
         switch self {
         case .bind(let a): a
-        case .adopt(_, let a): a
+        case .adopt(_, let a, _): a
         }
+    }
+
+    /// The adopted sockets beyond the first (see `adopt`).
+    var members: [Int32] {
+        if case .adopt(_, _, let members) = self { members } else { [] }
     }
 
     /// Takes over a duplicate of `fd` (close-on-exec), which stays open for the caller.
     public static func adopting(duplicateOf fd: Int32) throws(SyscallError) -> SocketSource {
-        let copy = SocketDescriptor(try Syscall.duplicate(fd))
-        let address = try UDPSocket.localAddress(copy.rawValue)
-        return .adopt(fd: copy.take(), address: address)
+        try adopting(duplicatesOf: [fd])
+    }
+
+    /// Takes over duplicates of `fds`, sockets bound to one address (a worker group), which stay
+    /// open for the caller. On failure nothing stays open of the duplicates.
+    public static func adopting(duplicatesOf fds: [Int32]) throws(SyscallError) -> SocketSource {
+        precondition(!fds.isEmpty)
+        var copies: [Int32] = []
+        do throws(SyscallError) {
+            for fd in fds { copies.append(try Syscall.duplicate(fd)) }
+            let address = try UDPSocket.localAddress(copies[0])
+            return .adopt(fd: copies[0], address: address, members: Array(copies.dropFirst()))
+        } catch {
+            for fd in copies { Syscall.close(fd) }
+            throw error
+        }
     }
 
     /// Binds or prepares the socket: non-blocking, packet info on wildcard addresses, and
@@ -176,7 +208,7 @@ public enum SocketSource: Sendable {
         switch self {
         case .bind(let address):
             return try UDPSocket.boundSocket(to: address, reusePort: reusePort)
-        case .adopt(let fd, let address):
+        case .adopt(let fd, let address, _):
             let socket = SocketDescriptor(fd)
             try Syscall.setNonBlocking(fd)
             if reusePort {
@@ -189,9 +221,12 @@ public enum SocketSource: Sendable {
         }
     }
 
-    /// Closes an adopted descriptor that will not be used after all.
+    /// Closes adopted descriptors that will not be used after all.
     func discard() {
-        if case .adopt(let fd, _) = self { Syscall.close(fd) }
+        if case .adopt(let fd, _, let members) = self {
+            Syscall.close(fd)
+            for m in members { Syscall.close(m) }
+        }
     }
 }
 

@@ -9,7 +9,9 @@ import CSystemd
 /// systemd keeps them while the unit is restarted and closes them when it is stopped for good.
 ///
 /// udprelayd stores its listener sockets there, one name per bound address, so datagrams that
-/// arrive while the process restarts wait in the socket's buffer for the next process.
+/// arrive while the process restarts wait in the socket's buffer for the next process; and, at
+/// a stop, each relay session's upstream socket (`session/N`) with the table that describes
+/// them (`sessions`, a sealed memfd), so the next process continues the sessions.
 public enum FileDescriptorStore {
     /// Names of listener sockets in the store start with this; socket-activation names (listener
     /// names) never do, because a listener name cannot contain `/`.
@@ -25,6 +27,24 @@ public enum FileDescriptorStore {
     /// Whether `name` is a listener socket this daemon stored (rather than a socket from a
     /// `.socket` unit).
     public static func isListenerName(_ name: String) -> Bool { name.hasPrefix(listenerPrefix) }
+
+    /// The sealed memfd with the relay sessions handed over at the last stop.
+    public static let sessionArchiveName = "sessions"
+
+    /// The socket of the relay session at `index` of that archive.
+    public static func sessionSocketName(_ index: Int) -> String { "session/\(index)" }
+
+    /// The archive index in a `session/N` name, nil for other names.
+    public static func sessionIndex(_ name: String) -> Int? {
+        guard name.hasPrefix("session/"), let n = Int(name.dropFirst(8)), n >= 0 else { return nil }
+        return n
+    }
+
+    /// Whether `name` is one this daemon stores (a listener socket, a session socket or the
+    /// session archive), rather than a socket from a `.socket` unit.
+    public static func isStoreName(_ name: String) -> Bool {
+        isListenerName(name) || name == sessionArchiveName || sessionIndex(name) != nil
+    }
 
     /// What systemd accepts as `FDNAME=`: printable ASCII without `:`, 1...255 bytes.
     public static func isValidName(_ name: String) -> Bool {

@@ -39,6 +39,14 @@ public enum SocketActivation {
         for i in 0..<Int(n) {
             let fd = Int32(SD_LISTEN_FDS_START) + Int32(i)
             let name = names?[i].map { String(cString: $0) } ?? "unknown"
+            // sd_listen_fds sets FD_CLOEXEC already; this keeps them out of any child process.
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            // What this daemon left in the file descriptor store is checked where it is used
+            // (the session archive is a memfd, not a socket).
+            if FileDescriptorStore.isStoreName(name) {
+                sockets.append(InheritedSocket(fd: fd, name: name))
+                continue
+            }
             let rc = sd_is_socket(fd, AF_UNSPEC, Int32(SOCK_DGRAM.rawValue), -1)
             if rc < 0 {
                 throw ActivationError(description: "socket '\(name)' passed by systemd (fd \(fd)): \(String(cString: strerror(-rc)))")
@@ -46,8 +54,6 @@ public enum SocketActivation {
             if rc == 0 {
                 throw ActivationError(description: "socket '\(name)' passed by systemd (fd \(fd)) is not a datagram socket; use ListenDatagram= in the .socket unit")
             }
-            // sd_listen_fds sets FD_CLOEXEC already; this keeps them out of any child process.
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             sockets.append(InheritedSocket(fd: fd, name: name))
         }
         return sockets
@@ -60,6 +66,11 @@ public enum SocketActivation {
         sockets.filter { FileDescriptorStore.isListenerName($0.name) }
     }
 
+    /// What else this daemon left in the store: the session archive and the session sockets.
+    public static func storedSessionDescriptors(_ sockets: [InheritedSocket]) -> [InheritedSocket] {
+        sockets.filter { FileDescriptorStore.isStoreName($0.name) && !FileDescriptorStore.isListenerName($0.name) }
+    }
+
     /// Groups inherited sockets by the listener they serve (stored listener sockets aside): a socket's `FileDescriptorName=`
     /// must equal a `[listener NAME]` of the configuration. Several sockets may share a name
     /// (several `ListenDatagram=` lines in one unit). A name that matches no listener is an
@@ -68,7 +79,7 @@ public enum SocketActivation {
                               configFile: String) throws(ActivationError) -> [String: [Int32]] {
         var byName: [String: [Int32]] = [:]
         let known = Set(listenerNames)
-        for s in sockets where !FileDescriptorStore.isListenerName(s.name) {
+        for s in sockets where !FileDescriptorStore.isStoreName(s.name) {
             guard known.contains(s.name) else {
                 let list = listenerNames.isEmpty ? "none" : listenerNames.joined(separator: ", ")
                 throw ActivationError(description: "socket '\(s.name)' passed by systemd (fd \(s.fd)) matches no [listener \(s.name)] in \(configFile) (listeners: \(list)); set FileDescriptorName= in the .socket unit to a listener name")

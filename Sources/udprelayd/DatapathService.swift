@@ -10,6 +10,9 @@ struct DatapathService: Service {
     var onReady: @Sendable () -> Void = {}
     /// Called when shutdown begins (sends STOPPING=1).
     var onStopping: @Sendable () -> Void = {}
+    /// When set, the live relay sessions are not closed at stop but handed here, sockets open
+    /// (for the next process: `Continuity.storeSessions`).
+    var handOverSessions: (@Sendable ([HandedOverSession]) -> Void)?
 
     func run() async throws {
         await datapath.start()
@@ -18,7 +21,11 @@ struct DatapathService: Service {
         try? await gracefulShutdown()
         onStopping()
         logger.info("stopping")
-        await datapath.stop()
+        if let handOverSessions {
+            handOverSessions(await datapath.stopHandingOverSessions())
+        } else {
+            await datapath.stop()
+        }
         for listener in datapath.listeners {
             let c = listener.counters()
             var metadata: Logger.Metadata = [

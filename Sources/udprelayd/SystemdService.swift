@@ -33,6 +33,8 @@ struct SystemdService: Service {
     var logLevel: LogLevelControl?
     /// How often `STATUS=` is refreshed.
     var statusInterval: Duration = .seconds(3)
+    /// Called after a reload was applied (the file descriptor store follows the new sockets).
+    var afterReload: @Sendable () -> Void = {}
 
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
@@ -70,6 +72,7 @@ struct SystemdService: Service {
             rejected([error.description])
             return
         }
+        afterReload()
         let previous = running.replace(with: configuration)
         if let logLevel, let level = Logger.Level(rawValue: configuration.daemon.logLevel.rawValue), level != logLevel.level {
             logLevel.level = level

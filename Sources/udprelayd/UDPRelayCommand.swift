@@ -64,35 +64,56 @@ struct UDPRelayCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "udprelayd")
 
-        // Sockets systemd passed in serve the listeners they are named after; the rest are bound.
+        // Sockets systemd passed in serve the listeners they are named after; those the previous
+        // process left in the file descriptor store serve the listeners on their address (and
+        // its relay sessions continue); the rest are bound.
+        let notifier = SystemdNotifier(logger: logger)
+        let continuity = Continuity(notifier: notifier, logger: logger)
         let inherited: [String: [Int32]]
         let datapath: Datapath
+        var carried = Continuity.CarriedOver()
         do {
             let sockets = try SocketActivation.takeInheritedSockets()
+            carried = continuity.sortOut(listeners: SocketActivation.storedListenerSockets(sockets),
+                                         sessions: SocketActivation.storedSessionDescriptors(sockets))
             inherited = try SocketActivation.assign(sockets, toListeners: configuration.listeners.map(\.name), configFile: config)
-            datapath = try Datapath(configuration: configuration, logger: logger, inherited: inherited)
+            datapath = try Datapath(configuration: configuration, logger: logger, inherited: inherited, stored: carried.listenerSockets)
         } catch {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
+        // The datapath serves duplicates of the stored sockets it kept.
+        for fds in carried.listenerSockets.values { for fd in fds { close(fd) } }
         for (name, fds) in inherited.sorted(by: { $0.key < $1.key }) {
             logger.info("using sockets passed by systemd", metadata: ["listener.name": "\(name)", "sockets": "\(fds.count)"])
+        }
+        if !carried.sessions.isEmpty {
+            let taken = await datapath.takeOver(carried.sessions)
+            logger.info("sessions of the previous process continued", metadata: [
+                "sessions.adopted": "\(taken.adopted)", "sessions.refused": "\(taken.refused)",
+            ])
         }
 
         logger.info("starting", metadata: ["version": "\(BuildInfo.version)", "config": "\(config)", "pid": "\(getpid())"])
         let daemonState = DaemonState(configPath: config)
-        let notifier = SystemdNotifier(logger: logger)
         // Registered before READY=1: systemd may send SIGHUP (ExecReload) right after it.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
                                      hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
                                      startedWith: (configuration.status, configuration.daemon),
-                                     logLevel: logLevel == nil ? logLevelControl : nil)
+                                     logLevel: logLevel == nil ? logLevelControl : nil,
+                                     afterReload: { continuity.storeListeners(of: datapath) })
+        var datapathService = DatapathService(datapath: datapath, logger: logger)
+        datapathService.onReady = {
+            continuity.storeListeners(of: datapath)
+            notifier.ready(status: SystemdService.statusLine(datapath: datapath, state: daemonState, rates: nil))
+        }
+        datapathService.onStopping = { notifier.stopping() }
+        if notifier.isEnabled {
+            datapathService.handOverSessions = { continuity.storeSessions($0) }
+        }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: DatapathService(
-                datapath: datapath, logger: logger,
-                onReady: { notifier.ready(status: SystemdService.statusLine(datapath: datapath, state: daemonState, rates: nil)) },
-                onStopping: { notifier.stopping() })),
+            .init(service: datapathService),
             .init(service: systemd),
         ]
         // Bound before READY=1 (sent when the datapath service starts), so a ready daemon answers.

@@ -63,11 +63,4 @@ final class SessionArchiveTests: XCTestCase {
             XCTAssertEqual("\($0)", "not a udprelayd session table")
         }
     }
-
-    func testSessionSocketNamesRoundTrip() {
-        XCTAssertEqual(SessionArchive.descriptorName(of: 17), "session/17")
-        XCTAssertEqual(SessionArchive.entryIndex(descriptorName: "session/17"), 17)
-        XCTAssertNil(SessionArchive.entryIndex(descriptorName: "sessions"))
-        XCTAssertNil(SessionArchive.entryIndex(descriptorName: "listen/127.0.0.1.53"))
-    }
 }

@@ -574,7 +574,7 @@ extension RelayWorker {
             let idle = UInt32(clamping: (now > lastUsed ? now - lastUsed : 0) / 1_000_000)
             let entry = SessionArchive.Entry(listener: listenerName, socket: socket, client: client, local: session.localAddress,
                                              interface: session.ifindex, upstream: upstream, idleMilliseconds: idle,
-                                             requests: session.requests, replies: session.replies)
+                                             requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops)
             out.append(HandedOverSession(entry: entry, fd: session.fd, kernelDrops: session.kernelDrops))
         }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))

@@ -117,9 +117,9 @@ public struct HandedOverSession: Sendable {
     /// earlier drops then count once more on its first reply.
     public var kernelDrops: UInt32
 
-    public init(entry: SessionArchive.Entry, fd: Int32, kernelDrops: UInt32 = 0) {
+    public init(entry: SessionArchive.Entry, fd: Int32, kernelDrops: UInt32? = nil) {
         self.entry = entry
         self.fd = fd
-        self.kernelDrops = kernelDrops
+        self.kernelDrops = kernelDrops ?? entry.kernelDrops
     }
 }

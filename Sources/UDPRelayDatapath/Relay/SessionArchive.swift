@@ -7,7 +7,7 @@ import UDPRelayConfig
 /// The relay sessions one process hands to the next across a restart: what each session is
 /// (client, upstream, where replies leave from, how long it may stay idle, its counts), in a
 /// small binary form that goes into a sealed memfd in systemd's file descriptor store beside
-/// the session sockets themselves (stored under `descriptorName(of:)`).
+/// the session sockets themselves (names: `FileDescriptorStore` in the systemd module).
 ///
 /// The form is versioned and checksummed. A table of another format version, or a damaged
 /// one, is refused with an error that says why; the daemon then starts with an empty table.
@@ -31,9 +31,12 @@ public struct SessionArchive: Equatable, Sendable {
         public var idleMilliseconds: UInt32
         public var requests: UInt32
         public var replies: UInt32
+        /// The kernel's drop count of the session socket last seen (SO_RXQ_OVFL), so that
+        /// drops already counted are not counted again.
+        public var kernelDrops: UInt32
 
         public init(listener: String, socket: UInt16, client: SocketAddress, local: SocketAddress?, interface: UInt32,
-                    upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32) {
+                    upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32, kernelDrops: UInt32 = 0) {
             self.listener = listener
             self.socket = socket
             self.client = client
@@ -43,6 +46,7 @@ public struct SessionArchive: Equatable, Sendable {
             self.idleMilliseconds = idleMilliseconds
             self.requests = requests
             self.replies = replies
+            self.kernelDrops = kernelDrops
         }
     }
 
@@ -66,23 +70,12 @@ public struct SessionArchive: Equatable, Sendable {
     /// systemd's store; the unit's `FileDescriptorStoreMax=` leaves room for them and for the
     /// listener sockets. Sessions beyond it are closed and counted.
     public static let maxEntries = 8192
-    /// The `FDNAME=` of the memfd that carries the archive.
-    public static let descriptorName = "sessions"
     private static let magic: [UInt8] = Array("UDPRSESS".utf8)
 
     public var entries: [Entry]
 
     public init(entries: [Entry] = []) {
         self.entries = entries
-    }
-
-    /// The `FDNAME=` of the socket of entry `index`.
-    public static func descriptorName(of index: Int) -> String { "session/\(index)" }
-
-    /// The index in `FDNAME=` `session/N`, nil for other names.
-    public static func entryIndex(descriptorName name: String) -> Int? {
-        guard name.hasPrefix("session/"), let n = Int(name.dropFirst(8)), n >= 0 else { return nil }
-        return n
     }
 
     // MARK: encoding
@@ -109,6 +102,7 @@ public struct SessionArchive: Equatable, Sendable {
             w.u32(e.idleMilliseconds)
             w.u32(e.requests)
             w.u32(e.replies)
+            w.u32(e.kernelDrops)
         }
         w.u64(Self.checksum(w.out))
         return w.out
@@ -136,10 +130,11 @@ public struct SessionArchive: Equatable, Sendable {
                 local = l
             }
             guard let interface = r.u32(), let upstream = r.address(), let idle = r.u32(), let requests = r.u32(),
-                  let replies = r.u32(), r.offset <= body else { throw .damaged("session \(i) is cut short or malformed") }
+                  let replies = r.u32(), let kernelDrops = r.u32(), r.offset <= body else { throw .damaged("session \(i) is cut short or malformed") }
             guard let listener = String(validating: name, as: UTF8.self) else { throw .damaged("session \(i): listener name is not UTF-8") }
             entries.append(Entry(listener: listener, socket: socket, client: client, local: local, interface: interface,
-                                 upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies))
+                                 upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies,
+                                 kernelDrops: kernelDrops))
         }
         guard r.offset == body else { throw .damaged("\(body - r.offset) bytes after the last session") }
         self.entries = entries
