@@ -20,6 +20,10 @@
 #          and /status (the status endpoint, served under the sandbox) say so;
 #   watchdog: SIGSTOP on the main process -> watchdog timeout -> restart, NRestarts grows, a
 #          new MainPID serves;
+#   continuity: 2,000 datagrams/s each through an echo and a forward listener during
+#          `systemctl restart`: none lost, and the forward sessions keep their upstream source
+#          ports (listener sockets, session sockets and the session table go through systemd's
+#          file descriptor store);
 #   socket activation: with systemd/udprelayd.socket (FileDescriptorName=echo), a datagram to
 #          the socket starts the service, which answers it from the inherited socket;
 #   stop: `systemctl stop` ends cleanly (Result=success, exit status 0, "stopped" logged).
@@ -53,7 +57,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$nspawn" boot "$name" --bind-ro="$binary:/usr/sbin/udprelayd" >/dev/null
+# The benchmark's load client and C echo server drive the restart-under-load check.
+make -C "$root" --no-print-directory bench-tools >&2
+"$nspawn" boot "$name" --bind-ro="$binary:/usr/sbin/udprelayd" --bind-ro="$root/.build/bench:/opt/bench" >/dev/null
 echo "systemd-e2e: container '$name' booted ($(($(date +%s) - started)) s)" >&2
 
 # Runs a command inside the container with a clean environment.
@@ -194,6 +200,47 @@ check "frozen process is killed by the watchdog and restarted" \
 echo "    NRestarts: $restarts -> $(prop NRestarts), MainPID: $pid -> $(prop MainPID)"
 check "journal records the watchdog timeout" wait_for 10 "journal_has '[Ww]atchdog timeout'"
 check "restarted service serves" test "$(udp UDP4:127.0.0.1:7007 back)" = back
+
+echo "continuity: restart under load"
+# An upstream echo server (the benchmark's C reference server) and a forward listener to it.
+ct systemd-run --quiet --unit=e2e-upstream /opt/bench/refserver echo 127.0.0.1:7100
+put_config <<'EOF'
+[daemon]
+log_level = info
+[status]
+listen = 127.0.0.1:9180
+[listener echo]
+listen = 127.0.0.1:7007, [::1]:7007
+[listener fwd]
+listen = 127.0.0.1:7020
+mode = forward
+upstream = 127.0.0.1:7100
+EOF
+ct systemctl reload udprelayd.service
+# Local ports of the sockets connected to the upstream (7100 = 0x1BBC): the relay's sessions.
+session_ports() { ct cat /proc/net/udp /proc/net/udp6 | awk '$3 ~ /:1BBC$/ { split($2, a, ":"); print a[2] }' | sort | tr '\n' ' '; }
+# 2,000 datagrams/s each through echo and forward for 6 s, from 8 client sockets each; every
+# reply checked, 3 s allowed for the last ones.
+ct sh -c '/opt/bench/openloop -t 127.0.0.1:7007 -r 2000 -d 6 -s 8 -p 64 -T 3000 > /tmp/ol-echo.json 2>&1; echo $? > /tmp/ol-echo.rc' &
+load_echo=$!
+ct sh -c '/opt/bench/openloop -t 127.0.0.1:7020 -r 2000 -d 6 -s 8 -p 64 -T 3000 > /tmp/ol-fwd.json 2>&1; echo $? > /tmp/ol-fwd.rc' &
+load_fwd=$!
+check "forward sessions open under load" wait_for 10 '[ "$(session_ports | wc -w)" -eq 8 ]'
+ports_before=$(session_ports)
+pid=$(prop MainPID)
+check "systemctl restart under load succeeds" ct systemctl restart udprelayd.service
+check "a new process serves ($pid -> $(prop MainPID))" test "$(prop MainPID)" != "$pid"
+check "the new process took over listener sockets and sessions" \
+  wait_for 10 "journal_has 'sessions of the previous process continued sessions.adopted=8 sessions.refused=0'"
+ports_after=$(session_ports)
+wait "$load_echo" "$load_fwd" || true
+check "echo under restart: every datagram answered ($(ct cat /tmp/ol-echo.json | head -c 160))" test "$(ct cat /tmp/ol-echo.rc)" = 0
+check "forward under restart: every datagram answered ($(ct cat /tmp/ol-fwd.json | head -c 160))" test "$(ct cat /tmp/ol-fwd.rc)" = 0
+check "forward sessions keep their upstream source ports ($ports_before/ $ports_after)" \
+  test -n "$ports_before" -a "$ports_before" = "$ports_after"
+ct systemctl stop e2e-upstream.service || true
+good_config
+ct systemctl reload udprelayd.service
 
 echo "socket activation"
 ct systemctl stop udprelayd.service
