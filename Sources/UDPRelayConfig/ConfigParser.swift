@@ -356,6 +356,24 @@ struct ConfigParser {
         }
     }
 
+    /// Upstream options: only `mode = balance` chooses among upstreams, `weight` only matters to
+    /// the algorithms that spread, and at least one upstream must take new sessions.
+    mutating func checkUpstreamOptions(_ upstreams: [UpstreamEndpoint], mode: ListenerMode, balance: BalanceAlgorithm,
+                                       line: Int, section: String) {
+        guard let with = upstreams.first(where: { !$0.optionsText.isEmpty }) else { return }
+        guard mode == .balance else {
+            error(line, section, "upstream", "upstream options (\(with) \(with.optionsText)) are only valid with mode = balance, not with mode = \(mode.rawValue)")
+            return
+        }
+        if balance == .first, let w = upstreams.first(where: { $0.weight != 1 }) {
+            error(line, section, "upstream", "weight=\(w.weight) of \(w) has no effect with balance = first (it takes the first upstream that is up); "
+                  + "use round-robin, random or hash to spread by weight")
+        }
+        if upstreams.allSatisfy(\.drain) {
+            error(line, section, "upstream", "every upstream is draining, so no new session could be placed; leave at least one without 'drain'")
+        }
+    }
+
     /// Cross-field checks of the relay keys: which keys each mode takes and how many upstreams.
     mutating func checkRelayKeys(_ d: ListenerDraft, mode: ListenerMode) {
         let section = "listener \(d.name)"
@@ -378,6 +396,7 @@ struct ConfigParser {
             if mode == .balance && upstreams.count < 2 {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
+            checkUpstreamOptions(upstreams, mode: mode, balance: d.balance ?? Defaults.balance, line: line("upstream"), section: section)
         }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
             for key in ["health_expect", "health_interval", "health_fails"] where d.keyLines[key] != nil && mode.isRelay {
