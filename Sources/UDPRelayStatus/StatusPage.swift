@@ -107,7 +107,8 @@ public enum StatusPage {
                     h += "<br><span class=\"sub\">probes \(Format.grouped(answered)) of \(Format.grouped(probesSent)) answered</span>"
                 }
                 h += "</td>"
-                h += "<td><b>\(Format.grouped(u.sessionsActive))</b> active</td></tr>\n"
+                // Live sessions on it (mirror listeners keep none).
+                h += l.sessions == nil ? "<td></td></tr>\n" : "<td><b>\(Format.grouped(u.sessionsActive))</b> active</td></tr>\n"
             }
         }
         // Narrow screens show each row as a stack of "label value" lines: every cell carries

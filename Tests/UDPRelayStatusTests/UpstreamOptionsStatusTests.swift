@@ -53,5 +53,12 @@ final class UpstreamOptionsStatusTests: XCTestCase {
         XCTAssertTrue(second.contains("DRAINING"), second)
         XCTAssertTrue(second.contains("backup \u{00B7} weight 3"), second)
         XCTAssertTrue(second.contains("<b>12</b> active"), second)
+
+        // A mirror keeps no sessions: no session count on its upstreams.
+        var mirror = Self.snapshot()
+        mirror.listeners[1].mode = "mirror"
+        mirror.listeners[1].sessions = nil
+        let mirrorPage = StatusPage.render(mirror, server: Fixtures.server, rates: [:], problems: [])
+        XCTAssertFalse(mirrorPage.components(separatedBy: "<tr class=\"upstream\">").dropFirst().contains { $0.contains("active") })
     }
 }
