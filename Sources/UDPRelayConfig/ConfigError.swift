@@ -64,45 +64,66 @@ public enum ConfigLimits {
     static let maxMessageLength = 1024
     /// Longest key shown in a message.
     static let maxKeyLength = 64
+    /// Most files `include =` may add, and most bytes all files together may hold: a glob
+    /// over a large directory costs a bounded load.
+    public static let maxIncludedFiles = 1024
+    public static let maxTotalSize = 16 << 20
 }
 
 /// Collects errors with bounded memory: long keys and messages are shortened, and past
 /// `maxStoredErrors` errors are only counted.
 struct ErrorCollector {
+    /// The main file: errors name it unless they say otherwise.
     let file: String
     private(set) var stored: [ConfigError] = []
     private(set) var uncounted = 0
+    /// The files in the order they were read (the main file, then included ones): errors are
+    /// reported file by file in this order, each file's by line.
+    private(set) var files: [String]
 
     init(file: String) {
         self.file = file
+        files = [file]
     }
 
     var isEmpty: Bool { stored.isEmpty }
     var total: Int { stored.count + uncounted }
 
-    mutating func add(line: Int, section: String? = nil, key: String? = nil, message: String) {
+    /// Notes that `file` was read now, so its errors come after those of the files before it.
+    mutating func register(file: String) {
+        if !files.contains(file) { files.append(file) }
+    }
+
+    mutating func add(file: String? = nil, line: Int, section: String? = nil, key: String? = nil, message: String) {
         guard stored.count < ConfigLimits.maxStoredErrors else {
             uncounted += 1
             return
         }
+        let file = file ?? self.file
+        register(file: file)
         stored.append(ConfigError(file: file, line: line, section: section.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
                                   key: key.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
                                   message: Self.excerpt(Self.printable(message), ConfigLimits.maxMessageLength)))
     }
 
     mutating func append(contentsOf other: ErrorCollector) {
-        for e in other.stored { add(line: e.line, section: e.section, key: e.key, message: e.message) }
+        for f in other.files { register(file: f) }
+        for e in other.stored { add(file: e.file, line: e.line, section: e.section, key: e.key, message: e.message) }
         uncounted += other.uncounted
     }
 
-    /// The first `maxReportedErrors` by line, then one line counting the rest.
+    /// The first `maxReportedErrors` by file and line, then one line counting the rest.
     var result: ConfigErrors {
         // Stable: errors on one line stay in the order they were found.
-        let sorted = stored.enumerated().sorted { ($0.element.line, $0.offset) < ($1.element.line, $1.offset) }.map(\.element)
+        var rank: [String: Int] = [:]
+        for (i, f) in files.enumerated() where rank[f] == nil { rank[f] = i }
+        let sorted = stored.enumerated().sorted {
+            (rank[$0.element.file] ?? 0, $0.element.line, $0.offset) < (rank[$1.element.file] ?? 0, $1.element.line, $1.offset)
+        }.map(\.element)
         let limit = ConfigLimits.maxReportedErrors
         guard total > limit else { return ConfigErrors(sorted) }
         var kept = Array(sorted.prefix(limit))
-        kept.append(ConfigError(file: file, line: sorted[limit].line,
+        kept.append(ConfigError(file: sorted[limit].file, line: sorted[limit].line,
                                 message: "and \(total - limit) more error(s) not shown; fix the ones above and check again"))
         return ConfigErrors(kept, total: total)
     }

@@ -5,7 +5,7 @@ import Darwin
 #endif
 
 /// Loads and validates configuration files. `--check-config`, start-up and reload all call
-/// `load(path:)`, so they accept and reject exactly the same files.
+/// `load(path:)`, so they accept and reject exactly the same files, included ones too.
 public enum ConfigLoader {
     /// Reads and parses a file; throws every problem found, each with `file:line`.
     public static func load(path: String) throws(ConfigErrors) -> Configuration {
@@ -23,11 +23,13 @@ public enum ConfigLoader {
         try parse(bytes: Array(text.utf8), file: file)
     }
 
-    /// Parses the bytes of a configuration file; `file` is used in messages only.
+    /// Parses the bytes of a configuration file; `file` names it in messages and is where
+    /// relative `include` paths start.
     public static func parse(bytes: [UInt8], file: String) throws(ConfigErrors) -> Configuration {
         var parser = ConfigParser(file: file)
-        let (sections, lexErrors) = INILexer.lex(bytes, file: file)
+        var (sections, lexErrors) = INILexer.lex(bytes, file: file)
         parser.errors = lexErrors
+        parser.includedFiles = Includes.load(into: &sections, file: file, mainSize: bytes.count, errors: &parser.errors)
         let configuration = parser.build(sections)
         guard parser.errors.isEmpty, let configuration else {
             throw parser.errors.result

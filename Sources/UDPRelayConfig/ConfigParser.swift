@@ -37,6 +37,8 @@ struct StatusDraft {
 
 struct ListenerDraft {
     var name: String
+    /// Where the section is: its file (the main one or an included one) and header line.
+    var file: String
     var line: Int
     var listen: [SocketAddress]?
     var mode: ListenerMode?
@@ -95,6 +97,9 @@ enum Schema {
 
     static let daemon: [KeySpec<DaemonDraft>] = [
         KeySpec("log_level") { d, v in d.logLevel = try Values.oneOf(v, LogLevel.self) },
+        // Read by `Includes` before the sections are applied (it may be given several times);
+        // listed here for the reference and for "did you mean".
+        KeySpec("include") { _, _ in },
     ]
 
     static let status: [KeySpec<StatusDraft>] = [
@@ -153,14 +158,24 @@ enum Schema {
 struct ConfigParser {
     let file: String
     var errors: ErrorCollector
+    /// The file the section or listener being checked comes from: errors name it.
+    var currentFile: String
+    /// The files `include =` added, in the order read.
+    var includedFiles: [String] = []
 
     init(file: String) {
         self.file = file
+        currentFile = file
         errors = ErrorCollector(file: file)
     }
 
     mutating func error(_ line: Int, _ section: String?, _ key: String?, _ message: String) {
-        errors.add(line: line, section: section, key: key, message: message)
+        errors.add(file: currentFile, line: line, section: section, key: key, message: message)
+    }
+
+    /// `line N` in the file being checked, `FILE:N` in another one.
+    func place(file other: String, line: Int) -> String {
+        other == currentFile ? "line \(line)" : "\(other):\(line)"
     }
 
     /// Applies every entry of `section` to `draft` through `table`, reporting unknown and repeated keys.
@@ -202,10 +217,14 @@ struct ConfigParser {
         var status = StatusDraft()
         var listeners: [ListenerDraft] = []
         var singletonLines: [String: Int] = [:]
-        var listenerLines: [String: Int] = [:]
+        var listenerLines: [String: (file: String, line: Int)] = [:]
 
         for section in sections where section.isValid {
+            currentFile = section.file
             switch section.kind {
+            case "daemon" where section.file != file, "status" where section.file != file:
+                error(section.line, section.header, nil, "an included file holds only [listener NAME] sections; [\(section.kind)] belongs "
+                      + "in the main file (\(file)), so includes do not nest")
             case "daemon", "status":
                 if section.name != nil {
                     error(section.line, section.header, nil, "[\(section.kind)] takes no name")
@@ -231,11 +250,11 @@ struct ConfigParser {
                     continue
                 }
                 if let first = listenerLines[name] {
-                    error(section.line, section.header, nil, "repeated listener name '\(name)' (first at line \(first))")
+                    error(section.line, section.header, nil, "repeated listener name '\(name)' (first at \(place(file: first.file, line: first.line)))")
                     continue
                 }
-                listenerLines[name] = section.line
-                var draft = ListenerDraft(name: name, line: section.line)
+                listenerLines[name] = (section.file, section.line)
+                var draft = ListenerDraft(name: name, file: section.file, line: section.line)
                 let seen = apply(section, to: &draft, table: Schema.listener)
                 draft.keyLines = seen
                 listeners.append(draft)
@@ -252,6 +271,7 @@ struct ConfigParser {
 
         // An empty or truncated file must not be taken for "serve nothing": a reload would
         // close every listener and a start would serve nothing while looking healthy.
+        currentFile = file
         if !sections.contains(where: { $0.kind == "listener" }) {
             error(0, nil, nil, "no listener: a configuration needs at least one [listener NAME] section "
                   + "with listen = ADDRESS:PORT (an empty or truncated file is refused)")
@@ -276,9 +296,10 @@ struct ConfigParser {
         let statusConfig = StatusConfiguration(listen: statusListen, allow: statusAllow)
 
         var listeners: [ListenerConfiguration] = []
-        var upstreamLines: [Int] = []
+        var upstreamLines: [(file: String, line: Int)] = []
         var owners = AddressOwners()
         for d in drafts {
+            currentFile = d.file
             guard let listen = d.listen else {
                 // An invalid value was already reported; only a missing key is new.
                 if d.keyLines["listen"] != nil { continue }
@@ -294,7 +315,7 @@ struct ConfigParser {
             }
             let mode = d.mode ?? Defaults.mode
             checkRelayKeys(d, mode: mode)
-            upstreamLines.append(d.keyLines["upstream"] ?? d.line)
+            upstreamLines.append((d.file, d.keyLines["upstream"] ?? d.line))
             listeners.append(ListenerConfiguration(
                 name: d.name,
                 line: d.line,
@@ -326,7 +347,7 @@ struct ConfigParser {
         }
         checkRelayLoops(listeners, upstreamLines: upstreamLines)
         guard errors.isEmpty else { return nil }
-        return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners)
+        return Configuration(file: file, daemon: daemonConfig, status: statusConfig, listeners: listeners, includedFiles: includedFiles)
     }
 
     /// Relays that would send datagrams back to themselves, directly or around a cycle of this
@@ -334,13 +355,14 @@ struct ConfigParser {
     /// spelling a check can see without asking DNS or the interfaces (the runtime loop guard
     /// covers the rest). A relay to one of our `echo` listeners is no loop (the echo answers
     /// the relay's session socket, which is not a listener) and stays allowed.
-    mutating func checkRelayLoops(_ listeners: [ListenerConfiguration], upstreamLines: [Int]) {
+    mutating func checkRelayLoops(_ listeners: [ListenerConfiguration], upstreamLines: [(file: String, line: Int)]) {
         let graph = RelayGraph(listeners)
         for (from, targets) in graph.edges.enumerated() {
             var reported: Set<UpstreamEndpoint> = []
             for edge in targets where edge.to == from && reported.insert(edge.upstream).inserted {
                 let l = listeners[from]
-                error(upstreamLines[from], "listener \(l.name)", "upstream",
+                currentFile = upstreamLines[from].file
+                error(upstreamLines[from].line, "listener \(l.name)", "upstream",
                       "\(edge.upstream) is this listener's own address \(edge.address); it would relay to itself")
             }
         }
@@ -350,9 +372,28 @@ struct ConfigParser {
             let first = listeners[cycle[0]], next = listeners[cycle[1]]
             let hop = graph.edges[cycle[0]].first { $0.to == cycle[1] }!
             let path = (cycle + [cycle[0]]).map { "'\(listeners[$0].name)'" }.joined(separator: " -> ")
-            error(upstreamLines[cycle[0]], "listener \(first.name)", "upstream",
+            currentFile = upstreamLines[cycle[0]].file
+            error(upstreamLines[cycle[0]].line, "listener \(first.name)", "upstream",
                   "relay loop \(path): \(hop.upstream) is listener '\(next.name)''s address \(hop.address), and each relays "
                   + "to the next, so datagrams would circle between them; point one upstream elsewhere")
+        }
+    }
+
+    /// Upstream options: only `mode = balance` chooses among upstreams, `weight` only matters to
+    /// the algorithms that spread, and at least one upstream must take new sessions.
+    mutating func checkUpstreamOptions(_ upstreams: [UpstreamEndpoint], mode: ListenerMode, balance: BalanceAlgorithm,
+                                       line: Int, section: String) {
+        guard let with = upstreams.first(where: { !$0.optionsText.isEmpty }) else { return }
+        guard mode == .balance else {
+            error(line, section, "upstream", "upstream options (\(with) \(with.optionsText)) are only valid with mode = balance, not with mode = \(mode.rawValue)")
+            return
+        }
+        if balance == .first, let w = upstreams.first(where: { $0.weight != 1 }) {
+            error(line, section, "upstream", "weight=\(w.weight) of \(w) has no effect with balance = first (it takes the first upstream that is up); "
+                  + "use round-robin, random or hash to spread by weight")
+        }
+        if upstreams.allSatisfy(\.drain) {
+            error(line, section, "upstream", "every upstream is draining, so no new session could be placed; leave at least one without 'drain'")
         }
     }
 
@@ -378,6 +419,7 @@ struct ConfigParser {
             if mode == .balance && upstreams.count < 2 {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
+            checkUpstreamOptions(upstreams, mode: mode, balance: d.balance ?? Defaults.balance, line: line("upstream"), section: section)
         }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
             for key in ["health_expect", "health_interval", "health_fails"] where d.keyLines[key] != nil && mode.isRelay {

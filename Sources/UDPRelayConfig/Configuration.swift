@@ -1,4 +1,5 @@
-/// The whole typed configuration of one daemon, as loaded from one INI file.
+/// The whole typed configuration of one daemon, as loaded from one INI file and the files it
+/// includes.
 ///
 /// Values are complete: every default has been applied and every cross-field check has run,
 /// so code that receives a `Configuration` never needs to validate it again.
@@ -7,14 +8,18 @@ public struct Configuration: Sendable, Equatable {
     public var file: String
     public var daemon: DaemonConfiguration
     public var status: StatusConfiguration
-    /// Listeners in file order.
+    /// Listeners in file order (the main file's, then each included file's).
     public var listeners: [ListenerConfiguration]
+    /// The files `include =` added, in the order they were read.
+    public var includedFiles: [String]
 
-    public init(file: String, daemon: DaemonConfiguration, status: StatusConfiguration, listeners: [ListenerConfiguration]) {
+    public init(file: String, daemon: DaemonConfiguration, status: StatusConfiguration, listeners: [ListenerConfiguration],
+                includedFiles: [String] = []) {
         self.file = file
         self.daemon = daemon
         self.status = status
         self.listeners = listeners
+        self.includedFiles = includedFiles
     }
 }
 

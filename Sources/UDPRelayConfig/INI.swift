@@ -15,6 +15,8 @@ struct INISection: Sendable {
     var name: String?
     var line: Int
     var entries: [INIEntry] = []
+    /// The file it was read from (the main file, or one it includes).
+    var file = ""
     /// False for a header that could not be read (already reported): its entries are kept
     /// apart so that nothing after it is taken for the previous section, and then ignored.
     var isValid = true
@@ -57,6 +59,7 @@ enum INILexer {
             }
             lexLine(Substring(String(decoding: raw, as: UTF8.self)), number: lineNumber, into: &sections, errors: &errors)
         }
+        for i in sections.indices { sections[i].file = file }
         return (sections, errors)
     }
 

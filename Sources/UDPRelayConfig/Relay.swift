@@ -10,10 +10,65 @@ public struct UpstreamEndpoint: Hashable, Sendable, CustomStringConvertible {
     public var host: Host
     /// 1 to 65535.
     public var port: UInt16
+    /// `weight=N`: its share of new sessions relative to the others (`UpstreamEndpoint.weights`).
+    public var weight: Int
+    /// `drain`: takes no new sessions; the sessions it has continue until they end.
+    public var drain: Bool
+    /// `backup`: takes new sessions only while no primary (not backup, not draining) is up.
+    public var backup: Bool
 
-    public init(host: Host, port: UInt16) {
+    /// Values `weight=N` accepts.
+    public static let weights = 1...1000
+
+    public init(host: Host, port: UInt16, weight: Int = 1, drain: Bool = false, backup: Bool = false) {
         self.host = host
         self.port = port
+        self.weight = weight
+        self.drain = drain
+        self.backup = backup
+    }
+
+    /// Whether the two name the same host and port, whatever their options.
+    public func isSameTarget(as other: UpstreamEndpoint) -> Bool { host == other.host && port == other.port }
+
+    /// The options as written in the file (`weight=3 backup`), empty for the defaults.
+    public var optionsText: String {
+        var words: [String] = []
+        if weight != 1 { words.append("weight=\(weight)") }
+        if drain { words.append("drain") }
+        if backup { words.append("backup") }
+        return words.joined(separator: " ")
+    }
+
+    /// Parses an `upstream =` item: `HOST:PORT` then options separated by spaces: `weight=N`
+    /// (1 to 1000), `drain`, `backup`, in any order and case.
+    public init(parsingItem item: some StringProtocol) throws(ValueErrorMessage) {
+        let words = Substring(item).split(whereSeparator: { $0 == " " || $0 == "\t" })
+        guard let first = words.first else { throw ValueErrorMessage("empty upstream") }
+        try self.init(parsing: first)
+        var seen: Set<String> = []
+        for word in words.dropFirst() {
+            let lower = word.lowercased()
+            let name = lower.split(separator: "=", maxSplits: 1).first.map(String.init) ?? lower
+            guard ["weight", "drain", "backup"].contains(name) else {
+                if word.contains(":") || word.contains(".") {
+                    throw ValueErrorMessage("missing comma between '\(first)' and '\(word)'; separate list items with commas")
+                }
+                throw ValueErrorMessage("unknown upstream option '\(word)' after \(first); options are weight=N (1 to 1000), drain and backup")
+            }
+            guard seen.insert(name).inserted else { throw ValueErrorMessage("option '\(name)' is given twice for \(first)") }
+            switch name {
+            case "weight":
+                let r = Self.weights
+                guard lower.hasPrefix("weight="), let n = Int(lower.dropFirst(7)), r.contains(n) else {
+                    throw ValueErrorMessage("weight must be weight=N with N a whole number from \(r.lowerBound) to \(r.upperBound), got '\(word)' for \(first)")
+                }
+                weight = n
+            default:
+                guard lower == name else { throw ValueErrorMessage("'\(name)' takes no value, got '\(word)' for \(first)") }
+                if name == "drain" { drain = true } else { backup = true }
+            }
+        }
     }
 
     /// The literal socket address, nil for a hostname.
@@ -80,7 +135,7 @@ public enum BalanceAlgorithm: String, CaseIterable, Sendable {
     /// Rendezvous (highest-random-weight) hashing of the client's address and port: removing
     /// one of N upstreams moves only the clients that were on it.
     case hash
-    /// Active/standby: the first upstream in file order that is up.
+    /// Active/standby: the first upstream in file order that is up (primaries before backups).
     case first
 }
 

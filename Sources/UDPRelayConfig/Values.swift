@@ -145,18 +145,19 @@ enum Values {
         throw ValueError("[\(ip)]:\(port) is an IPv4-mapped IPv6 address; write the IPv4 form, \(SocketAddress(ip: v4, port: port))")
     }
 
-    /// Comma-separated `HOST:PORT` upstreams, no repeats.
+    /// Comma-separated `HOST:PORT` upstreams, each followed by its options (`weight=N`,
+    /// `drain`, `backup`) separated by spaces; no host and port repeated.
     static func upstreams(_ s: String) throws(ValueError) -> [UpstreamEndpoint] {
         var out: [UpstreamEndpoint] = []
-        for item in try words(s) {
+        for item in try list(s) {
             let e: UpstreamEndpoint
             do {
-                e = try UpstreamEndpoint(parsing: item)
+                e = try UpstreamEndpoint(parsingItem: item)
             } catch {
                 throw ValueError(error.message)
             }
             if case .address(let ip) = e.host { try refuseMapped(ip, port: e.port) }
-            if out.contains(e) { throw ValueError("upstream \(e) is listed twice") }
+            if out.contains(where: { $0.isSameTarget(as: e) }) { throw ValueError("upstream \(e) is listed twice") }
             out.append(e)
             if out.count > Defaults.maxUpstreams {
                 throw ValueError("at most \(Defaults.maxUpstreams) upstreams per listener, got more")

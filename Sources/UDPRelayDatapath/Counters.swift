@@ -228,6 +228,9 @@ public enum UpstreamCounter: Int, CaseIterable, Sendable {
     /// Health probes sent and answered.
     case probesSent
     case probesAnswered
+    /// Gauge: this worker's live sessions on the upstream (`sessionOpened`, `sessionEnded`);
+    /// summed over workers in snapshots.
+    case sessionsActive
 
     /// The one table of upstream counter facts: public name and kind.
     private var row: (name: String, kind: CounterKind) {
@@ -241,6 +244,7 @@ public enum UpstreamCounter: Int, CaseIterable, Sendable {
         case .sessions: ("sessions", .event)
         case .probesSent: ("probes_sent", .event)
         case .probesAnswered: ("probes_answered", .event)
+        case .sessionsActive: ("sessions_active", .session)
         }
     }
 
@@ -269,6 +273,28 @@ public final class UpstreamCounterSet: Sendable {
 
     public func value(_ counter: UpstreamCounter) -> UInt64 {
         words[counter.rawValue]
+    }
+
+    /// A session on this upstream opened: counts it (`sessions`) and raises the live gauge.
+    /// Call only from the owning queue.
+    @inline(__always)
+    public func sessionOpened() {
+        words.add(UpstreamCounter.sessions.rawValue, 1)
+        words.add(UpstreamCounter.sessionsActive.rawValue, 1)
+    }
+
+    /// A live session on this upstream was taken over from the previous process or listener
+    /// (a reload's handover): raises the live gauge without counting a new session.
+    @inline(__always)
+    public func sessionAdopted() {
+        words.add(UpstreamCounter.sessionsActive.rawValue, 1)
+    }
+
+    /// A session on this upstream ended (closed, evicted, expired, handed over): lowers the
+    /// live gauge. Call only from the owning queue, once per `sessionOpened`.
+    @inline(__always)
+    public func sessionEnded() {
+        words.add(UpstreamCounter.sessionsActive.rawValue, UInt64.max)  // wraps: minus one
     }
 }
 

@@ -84,6 +84,14 @@ public enum PrometheusText {
         for l in ls {
             for u in l.upstreams { out.sample("udprelayd_upstream_up", [("listener", l.name), ("upstream", u.address)], UInt64(u.isUp ? 1 : 0)) }
         }
+        out.family("udprelayd_upstream_draining", .gauge, "1 if the upstream is draining (drain: no new sessions, its sessions continue), 0 otherwise.")
+        for l in ls {
+            for u in l.upstreams { out.sample("udprelayd_upstream_draining", [("listener", l.name), ("upstream", u.address)], UInt64(u.draining ? 1 : 0)) }
+        }
+        out.family("udprelayd_upstream_sessions_active", .gauge, "Sessions on the upstream now.")
+        for l in ls {
+            for u in l.upstreams { out.sample("udprelayd_upstream_sessions_active", [("listener", l.name), ("upstream", u.address)], u.sessionsActive) }
+        }
         let perUpstream: [(String, String, (UpstreamStatus) -> UInt64)] = [
             ("udprelayd_upstream_packets_sent_total", "Datagrams sent to the upstream.", { $0.sent.packets }),
             ("udprelayd_upstream_bytes_sent_total", "Payload bytes sent to the upstream.", { $0.sent.bytes }),

@@ -140,6 +140,10 @@ public enum StatusJSON {
                 .object([
                     ("address", .string(u.address)),
                     ("state", .string(u.state)),
+                    ("draining", .bool(u.draining)),
+                    ("backup", .bool(u.backup)),
+                    ("weight", .uint(UInt64(u.weight))),
+                    ("sessions_active", .uint(u.sessionsActive)),
                     ("sent", traffic(u.sent)),
                     ("received", traffic(u.received)),
                     ("failures", .uint(u.failures)),

@@ -90,7 +90,11 @@ public enum StatusPage {
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
                 h += "<tr class=\"upstream\"><td class=\"l\" colspan=\"2\">\u{21B3} upstream</td>"
-                h += "<td class=\"l addr\"><code>\(Format.html(u.address))</code> <span class=\"pill \(cls) small\">\(Format.html(u.state.uppercased()))</span></td>"
+                h += "<td class=\"l addr\"><code>\(Format.html(u.address))</code> <span class=\"pill \(cls) small\">\(Format.html(u.state.uppercased()))</span>"
+                if u.draining { h += " <span class=\"pill warn small\">DRAINING</span>" }
+                let options = (u.backup ? ["backup"] : []) + (u.weight != 1 ? ["weight \(u.weight)"] : [])
+                if !options.isEmpty { h += "<br><span class=\"sub\">\(options.joined(separator: " \u{00B7} "))</span>" }
+                h += "</td>"
                 h += "<td colspan=\"4\" class=\"muted\"></td>"
                 h += "<td>\(Format.grouped(u.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.received.bytes)))</span></td>"
                 h += "<td>\(Format.grouped(u.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.sent.bytes)))</span></td>"
@@ -103,7 +107,8 @@ public enum StatusPage {
                     h += "<br><span class=\"sub\">probes \(Format.grouped(answered)) of \(Format.grouped(probesSent)) answered</span>"
                 }
                 h += "</td>"
-                h += "<td></td></tr>\n"
+                // Live sessions on it (mirror listeners keep none).
+                h += l.sessions == nil ? "<td></td></tr>\n" : "<td><b>\(Format.grouped(u.sessionsActive))</b> active</td></tr>\n"
             }
         }
         // Narrow screens show each row as a stack of "label value" lines: every cell carries

@@ -139,9 +139,18 @@ public struct UpstreamStatus: Sendable, Equatable {
     public var counters: [NamedCounter]
     /// The last failure seen (why it is down), nil when none was seen.
     public var lastError: String?
+    /// `drain`: takes no new sessions while its live ones continue.
+    public var draining: Bool
+    /// `backup`: takes new sessions only while no primary upstream is up.
+    public var backup: Bool
+    /// `weight=N`: its share of new sessions relative to the others.
+    public var weight: Int
+    /// Sessions on this upstream now, summed over the listener's workers.
+    public var sessionsActive: UInt64
 
     public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
-                counters: [NamedCounter] = [], lastError: String? = nil) {
+                counters: [NamedCounter] = [], lastError: String? = nil, draining: Bool = false, backup: Bool = false,
+                weight: Int = 1, sessionsActive: UInt64 = 0) {
         self.address = address
         self.state = state
         self.sent = sent
@@ -149,6 +158,10 @@ public struct UpstreamStatus: Sendable, Equatable {
         self.failures = failures
         self.counters = counters
         self.lastError = lastError
+        self.draining = draining
+        self.backup = backup
+        self.weight = weight
+        self.sessionsActive = sessionsActive
     }
 
     /// A counter of `counters` by name, 0 when absent.

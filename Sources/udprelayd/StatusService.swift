@@ -42,7 +42,8 @@ struct DaemonStatusSource: StatusSource {
                                received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
                                failures: u.counters[.failures],
                                counters: UpstreamCounter.events.map { NamedCounter($0.name, u.counters[$0]) },
-                               lastError: u.lastError)
+                               lastError: u.lastError, draining: u.draining, backup: u.backup, weight: u.weight,
+                               sessionsActive: u.counters[.sessionsActive])
             },
             counters: (mode.map(Counter.events(for:)) ?? []).map { NamedCounter($0.name, c[$0]) },
             workers: l.workers.map { w in

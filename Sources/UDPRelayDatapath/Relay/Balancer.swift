@@ -1,31 +1,77 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import UDPRelayConfig
 
 /// Picks the upstream of a new session. Pure: health comes in as a predicate and randomness from
-/// a seedable generator, so tests control both. Called once per session, never per datagram.
+/// a seedable generator, so tests control both. Called once per session, never per datagram,
+/// and allocates nothing per pick.
+///
+/// Upstream options: a draining upstream never takes a new session; a backup takes one only
+/// when no primary (neither backup nor draining) is up; every algorithm that spreads honours
+/// `weight`. With equal weights each algorithm makes exactly the choices it made before
+/// weights existed.
 struct Balancer {
     let algorithm: BalanceAlgorithm
     /// One per upstream, from its configured text: rendezvous weights depend on the upstream's
     /// identity, not its position, so removing one leaves the others' weights unchanged.
     let seeds: [UInt64]
+    /// `weight=N` per upstream (1 when not given).
+    let weights: [Int]
+    /// `backup` and `drain` per upstream.
+    let backup: [Bool]
+    let drain: [Bool]
+    /// All weights equal: the unweighted algorithms run, choice for choice as before weights.
+    let uniform: Bool
     private var nextIndex = 0
+    /// Smooth weighted round robin (as nginx): each upstream's running score.
+    private var current: [Int]
     /// State of a splitmix64 generator for `random`. (An `inout` generic generator crashed
     /// ThreadSanitizer builds when it was the empty SystemRandomNumberGenerator.)
     private var randomState: UInt64
 
+    /// Which upstreams a choice may consider.
+    private enum Tier { case primary, backup }
+
+    /// Upstreams with options (`weight`, `drain`, `backup`) as configured.
+    init(algorithm: BalanceAlgorithm, upstreams: [UpstreamEndpoint], seed: UInt64 = UInt64.random(in: .min ... .max)) {
+        self.algorithm = algorithm
+        self.seeds = upstreams.map { Mix.fnv1a($0.description) }
+        self.weights = upstreams.map(\.weight)
+        self.backup = upstreams.map(\.backup)
+        self.drain = upstreams.map(\.drain)
+        self.uniform = Set(weights).count <= 1
+        self.current = Array(repeating: 0, count: upstreams.count)
+        self.randomState = seed
+    }
+
+    /// Upstreams by their configured text only: equal weights, every one a primary.
     init(algorithm: BalanceAlgorithm, upstreams: [String], seed: UInt64 = UInt64.random(in: .min ... .max)) {
         self.algorithm = algorithm
         self.seeds = upstreams.map { Mix.fnv1a($0) }
+        self.weights = Array(repeating: 1, count: upstreams.count)
+        self.backup = Array(repeating: false, count: upstreams.count)
+        self.drain = Array(repeating: false, count: upstreams.count)
+        self.uniform = true
+        self.current = Array(repeating: 0, count: upstreams.count)
         self.randomState = seed
     }
 
     var count: Int { seeds.count }
 
     /// The upstream for a client whose key hashes to `clientHash`, skipping those `isUp` says
-    /// are down. When all are down it picks as if all were up and reports `failOpen`.
+    /// are down: a primary that is up, else a backup that is up. When none is up it picks as if
+    /// every primary were up (every backup, if all primaries drain) and reports `failOpen`.
+    /// Draining upstreams are never picked.
     mutating func pick(clientHash: UInt64, isUp: (Int) -> Bool) -> (index: Int, failOpen: Bool) {
         precondition(!seeds.isEmpty)
-        if let i = choose(clientHash: clientHash, isUp: isUp) { return (i, false) }
-        return (choose(clientHash: clientHash, isUp: { _ in true }) ?? 0, true)
+        if let i = choose(clientHash: clientHash, tier: .primary, isUp: isUp) { return (i, false) }
+        if let i = choose(clientHash: clientHash, tier: .backup, isUp: isUp) { return (i, false) }
+        let open = choose(clientHash: clientHash, tier: .primary, isUp: { _ in true })
+            ?? choose(clientHash: clientHash, tier: .backup, isUp: { _ in true })
+        return (open ?? 0, true)
     }
 
     /// splitmix64: fast, good enough to spread sessions, not for secrets.
@@ -37,38 +83,79 @@ struct Balancer {
         return z ^ (z >> 31)
     }
 
-    private mutating func choose(clientHash: UInt64, isUp: (Int) -> Bool) -> Int? {
+    private mutating func choose(clientHash: UInt64, tier: Tier, isUp: (Int) -> Bool) -> Int? {
         let n = seeds.count
+        let wantBackup = tier == .backup
+        func candidate(_ i: Int) -> Bool { backup[i] == wantBackup && !drain[i] && isUp(i) }
         switch algorithm {
         case .first:
-            return (0..<n).first(where: isUp)
-        case .roundRobin:
+            return (0..<n).first(where: candidate)
+        case .roundRobin where uniform:
             for step in 0..<n {
                 let i = (nextIndex + step) % n
-                if isUp(i) {
+                if candidate(i) {
                     nextIndex = (i + 1) % n
                     return i
                 }
             }
             return nil
-        case .random:
+        case .roundRobin:
+            // Smooth weighted round robin: every candidate gains its weight, the highest score
+            // wins and pays the candidates' total, so over a cycle of sum(weights) picks each
+            // upstream is chosen `weight` times, interleaved rather than in runs.
+            var best: Int?
+            var total = 0
+            for i in 0..<n where candidate(i) {
+                current[i] += weights[i]
+                total += weights[i]
+                if best == nil || current[i] > current[best!] { best = i }
+            }
+            if let best { current[best] -= total }
+            return best
+        case .random where uniform:
             var upCount = 0
-            for i in 0..<n where isUp(i) { upCount += 1 }
+            for i in 0..<n where candidate(i) { upCount += 1 }
             guard upCount > 0 else { return nil }
             var k = Int(nextRandom() % UInt64(upCount))
-            for i in 0..<n where isUp(i) {
+            for i in 0..<n where candidate(i) {
                 if k == 0 { return i }
                 k -= 1
             }
             return nil
-        case .hash:
+        case .random:
+            var total = 0
+            for i in 0..<n where candidate(i) { total += weights[i] }
+            guard total > 0 else { return nil }
+            var k = Int(nextRandom() % UInt64(total))
+            for i in 0..<n where candidate(i) {
+                if k < weights[i] { return i }
+                k -= weights[i]
+            }
+            return nil
+        case .hash where uniform:
             var best: Int?
             var bestWeight: UInt64 = 0
-            for i in 0..<n where isUp(i) {
+            for i in 0..<n where candidate(i) {
                 let w = Self.weight(clientHash: clientHash, seed: seeds[i])
                 if best == nil || w > bestWeight {
                     best = i
                     bestWeight = w
+                }
+            }
+            return best
+        case .hash:
+            // Weighted rendezvous hashing: the score weight / -ln(u), u uniform in (0, 1) from
+            // the same per-(client, upstream) hash, wins with probability weight / sum. Each
+            // score depends only on its own upstream, so removing one moves only its clients.
+            var best: Int?
+            var bestScore = 0.0
+            for i in 0..<n where candidate(i) {
+                let h = Self.weight(clientHash: clientHash, seed: seeds[i])
+                let u = (Double(h >> 11) + 0.5) * 0x1p-53
+                let score = Double(weights[i]) / -log(u)
+                if best == nil || score > bestScore {
+                    best = i
+                    bestScore = score
                 }
             }
             return best

@@ -60,6 +60,12 @@ public struct UpstreamSnapshot: Sendable, Equatable {
     /// The last failure seen (`connection refused`, `health probe not answered within 5s`,
     /// `cannot resolve: ...`), kept after the upstream comes back; nil when none was seen.
     public let lastError: String?
+    /// `drain`: takes no new sessions; its sessions continue (`counters[.sessionsActive]`).
+    public let draining: Bool
+    /// `backup`: takes new sessions only while no primary is up.
+    public let backup: Bool
+    /// `weight=N` (1 when not given).
+    public let weight: Int
 
     /// One lower-case word for status pages: `up`, `down` (health checks), or `unresolved`
     /// (a hostname that has never resolved; it takes no traffic).

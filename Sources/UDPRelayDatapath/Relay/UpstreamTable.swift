@@ -99,7 +99,8 @@ final class UpstreamTable: @unchecked Sendable {
 
     // MARK: datapath reads (any queue)
 
-    /// Whether upstream `i` may take new sessions now: resolved and not down.
+    /// Whether upstream `i` is resolved and not down. (Whether it may take new sessions
+    /// depends on its options too, `drain` and `backup`: `Balancer` applies them.)
     @inline(__always)
     func isUp(_ i: Int, now: UInt64) -> Bool { flags.isUp(i, now: now) }
 
@@ -199,7 +200,8 @@ final class UpstreamTable: @unchecked Sendable {
             }
             return UpstreamSnapshot(endpoint: endpoints[i].description, address: addresses[i],
                                     down: isDown(i, now: now), counters: c,
-                                    lastError: errors[i].map { $0.describe(interval: settings.interval) })
+                                    lastError: errors[i].map { $0.describe(interval: settings.interval) },
+                                    draining: endpoints[i].drain, backup: endpoints[i].backup, weight: endpoints[i].weight)
         }
     }
 }
