@@ -48,12 +48,15 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
-        // systemd glue: sd_notify, watchdog, socket activation, journald. The only importer of CSystemd.
+        // systemd glue: sd_notify, watchdog, socket activation, journald, and continuity across
+        // restarts through the file descriptor store (hence the datapath). The only importer of CSystemd.
         .target(
             name: "UDPRelaySystemd",
             dependencies: [
                 "CSystemd",
                 "UDPRelayConfig",
+                "UDPRelayDatapath",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -103,7 +106,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UDPRelaySystemdTests",
-            dependencies: ["UDPRelaySystemd", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UDPRelaySystemd", "UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "UDPRelayStatusTests",

@@ -1,3 +1,4 @@
+import CUDPRelay
 import Foundation
 import Logging
 import XCTest

@@ -5,7 +5,6 @@ import Logging
 import NIOConcurrencyHelpers
 import UDPRelayConfig
 import UDPRelayDatapath
-import UDPRelaySystemd
 
 /// What survives a restart, through systemd's file descriptor store (`FileDescriptorStoreMax=`
 /// in the unit; see `FileDescriptorStore`):
@@ -17,22 +16,24 @@ import UDPRelaySystemd
 ///   keep reaching their clients and upstreams keep seeing the same source port.
 /// `systemctl stop` empties the store (systemd closes everything in it); a restart keeps it.
 /// Without a notification socket (not under systemd) nothing is stored.
-final class Continuity: Sendable {
+public final class Continuity: Sendable {
     private let notifier: SystemdNotifier
     private let logger: Logger
     /// Names in the store now (or left there by the previous process until the first sync).
     private let storedNames: NIOLockedValueBox<Set<String>>
 
     /// What the previous process left in the store, sorted out at start.
-    struct CarriedOver {
+    public struct CarriedOver: Sendable {
         /// Listener sockets by the address they are bound to (a worker group each, in the order
         /// systemd passed them).
-        var listenerSockets: [SocketAddress: [Int32]] = [:]
+        public var listenerSockets: [SocketAddress: [Int32]] = [:]
         /// Relay sessions with their sockets (the datapath takes them over or closes them).
-        var sessions: [HandedOverSession] = []
+        public var sessions: [HandedOverSession] = []
+
+        public init() {}
     }
 
-    init(notifier: SystemdNotifier, logger: Logger) {
+    public init(notifier: SystemdNotifier, logger: Logger) {
         self.notifier = notifier
         self.logger = logger
         self.storedNames = NIOLockedValueBox([])
@@ -42,7 +43,7 @@ final class Continuity: Sendable {
     /// `storedSessionDescriptors`): listener sockets by address; sessions from the archive, each
     /// with its socket. A damaged or foreign archive is logged and its sockets closed: the
     /// daemon starts with an empty table. Anything unusable is closed here.
-    func sortOut(listeners: [SocketActivation.InheritedSocket], sessions stored: [SocketActivation.InheritedSocket]) -> CarriedOver {
+    public func sortOut(listeners: [SocketActivation.InheritedSocket], sessions stored: [SocketActivation.InheritedSocket]) -> CarriedOver {
         var carried = CarriedOver()
         var names = Set<String>()
         for s in listeners {
@@ -97,7 +98,7 @@ final class Continuity: Sendable {
     /// Makes the store hold exactly the datapath's listener sockets: removes every name stored
     /// before (stale groups, the previous process's sessions) and stores the current groups.
     /// After start and after every reload.
-    func storeListeners(of datapath: Datapath) {
+    public func storeListeners(of datapath: Datapath) {
         guard notifier.isEnabled else { return }
         let groups = datapath.ownSocketGroups()
         let current = Set(groups.map { FileDescriptorStore.listenerName(address: "\($0.address)") })
@@ -120,7 +121,7 @@ final class Continuity: Sendable {
     /// Stores the sessions handed over at stop for the next process, at most
     /// `SessionArchive.maxEntries` (the most recently used; the rest close, counted in the log),
     /// then closes this process's copies. Without a notification socket, closes them.
-    func storeSessions(_ sessions: [HandedOverSession]) {
+    public func storeSessions(_ sessions: [HandedOverSession]) {
         defer { for s in sessions { close(s.fd) } }
         guard notifier.isEnabled, !sessions.isEmpty else { return }
         let kept = sessions.sorted { $0.entry.idleMilliseconds < $1.entry.idleMilliseconds }.prefix(SessionArchive.maxEntries)
