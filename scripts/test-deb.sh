@@ -6,8 +6,10 @@
 #   1. apt install ./udprelayd_V.deb: the service is enabled and active, and echoes over IPv4
 #      and IPv6; the package version, `udprelayd --version` and /status agree; `man udprelayd`
 #      and `man udprelayd.ini` render;
-#   2. the user edits the conffile; apt install of the newer build keeps the edited file
-#      (the maintainer's version lands beside it as .dpkg-dist), restarts the service, and the
+#   2. the user edits the conffile (and adds a forward listener, reloaded); apt install of the
+#      newer build, while 2,000 datagrams/s go through an echo and a forward listener, keeps the
+#      edited file (the maintainer's version lands beside it as .dpkg-dist), restarts the service
+#      without losing a datagram or a relay session (same upstream source ports), and the
 #      service runs with the edited configuration;
 #   3. apt remove stops the service and keeps the configuration;
 #   4. apt purge removes every file of the package and the configuration.
@@ -69,7 +71,9 @@ check "/usr/sbin/udprelayd needs no Swift runtime library" sh -c "! readelf -d '
 
 # --- Boot a clean container ---------------------------------------------------------------------
 trap '"$nspawn" stop "$name" || true' EXIT
-"$nspawn" boot "$name" >/dev/null
+# The benchmark's load client and C echo server drive the upgrade-under-load check.
+make -C "$root" --no-print-directory bench-tools >&2
+"$nspawn" boot "$name" --bind-ro="$root/.build/bench:/opt/bench" >/dev/null
 "$nspawn" put "$name" "$deb" "/root/$(basename "$deb")"
 "$nspawn" put "$name" "$newdeb" "/root/$(basename "$newdeb")"
 
@@ -133,9 +137,32 @@ check "man pages render without warnings" test -z "$(ct_sh 'MANPAGER=cat man --w
 # The user moves the small echo listener from port 7008 to 7018 and leaves a mark.
 ct_sh "sed -i 's/^listen = 127.0.0.1:7008, \[::1\]:7008/listen = 127.0.0.1:7018, [::1]:7018/' /etc/udprelayd/udprelayd.ini && echo '; edited by the package test' >> /etc/udprelayd/udprelayd.ini"
 check "edited config is valid" ct_sh "udprelayd --check-config --config /etc/udprelayd/udprelayd.ini >/dev/null"
+# The user also adds a forward listener (to the benchmark's C echo server) and reloads, so the
+# upgrade has relay sessions to carry over.
+in_ct systemd-run --quiet --unit=test-upstream /opt/bench/refserver echo 127.0.0.1:7100
+ct_sh "printf '\n[listener fwd]\nlisten = 127.0.0.1:7020\nmode = forward\nupstream = 127.0.0.1:7100\n' >> /etc/udprelayd/udprelayd.ini"
+check "reload with a forward listener" in_ct systemctl reload udprelayd.service
+# Local ports of the sockets connected to the upstream (7100 = 0x1BBC): the relay's sessions.
+session_ports() { ct_sh "cat /proc/net/udp" | awk '$3 ~ /:1BBC$/ { split($2, a, ":"); print a[2] }' | sort | tr '\n' ' '; }
+# 2,000 datagrams/s through echo and through forward while apt upgrades and restarts the
+# service: every one must be answered (bounded: 20 s of sending, 3 s for the last replies).
+ct_sh '/opt/bench/openloop -t 127.0.0.1:7007 -r 2000 -d 20 -s 8 -p 64 -T 3000 > /tmp/ol-echo.json 2>&1; echo $? > /tmp/ol-echo.rc' &
+load_echo=$!
+ct_sh '/opt/bench/openloop -t 127.0.0.1:7020 -r 2000 -d 20 -s 8 -p 64 -T 3000 > /tmp/ol-fwd.json 2>&1; echo $? > /tmp/ol-fwd.rc' &
+load_fwd=$!
+for i in $(seq 1 100); do [ "$(session_ports | wc -w)" -eq 8 ] && break; sleep 0.1; done
+ports_before=$(session_ports)
 pid_before=$(status_field MainPID)
 check "apt install the newer build $newer (keep the edited conffile)" \
   apt_ct install -o Dpkg::Options::=--force-confold "/root/$(basename "$newdeb")"
+check "service active after the upgrade under load" wait_active
+ports_after=$(session_ports)
+wait "$load_echo" "$load_fwd" || true
+check "echo during the upgrade: every datagram answered ($(ct_sh 'head -c 120 /tmp/ol-echo.json'))" test "$(ct_sh 'cat /tmp/ol-echo.rc')" = 0
+check "forward during the upgrade: every datagram answered ($(ct_sh 'head -c 120 /tmp/ol-fwd.json'))" test "$(ct_sh 'cat /tmp/ol-fwd.rc')" = 0
+check "forward sessions keep their upstream source ports across the upgrade ($ports_before/ $ports_after)" \
+  test -n "$ports_before" -a "$ports_before" = "$ports_after"
+in_ct systemctl stop test-upstream.service || true
 check "package version is $newer after upgrade" test "$(in_ct dpkg-query -W -f '${Version}' udprelayd)" = "$newer"
 check "udprelayd --version says $newer after upgrade" test "$(in_ct udprelayd --version)" = "$newer"
 check "edited conffile survives the upgrade" file_has /etc/udprelayd/udprelayd.ini '; edited by the package test'
