@@ -100,11 +100,6 @@ final class IngressFilter {
         guard let payload else { return !server || flows.admit(source, now: clock) }
         return flows.admit(source, fingerprint: LoopBreaker.fingerprint(payload), always: server, now: clock).admitted
     }
-
-    /// Kept only for `Relay/MirrorWorker.swift` until it calls `SystemClock.coarseMonotonicNanos()`
-    /// itself; to be removed then.
-    @inline(__always)
-    static func monotonicNow() -> UInt64 { SystemClock.coarseMonotonicNanos() }
 }
 
 /// The echo loop breaker. It holds whatever the configuration says (it is not switched off by

@@ -54,7 +54,7 @@ public final class Listener: Sendable {
             ? UpstreamTable(configuration: configuration, workers: total, logger: logger) : nil
         self.upstreams = upstreams
         if configuration.mode.hasSessions {
-            let held = RelayWorker.heldCapacity(maxSessions: configuration.sessions.maxSessions)
+            let held = SessionTable.heldCapacity(maxSessions: configuration.sessions.maxSessions)
             FileLimit.ensure(UInt64(configuration.sessions.maxSessions + held) * UInt64(total) + 1024,
                              listener: configuration.name, logger: logger)
         }

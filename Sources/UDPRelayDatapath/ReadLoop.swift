@@ -13,8 +13,8 @@ import UDPRelayConfig
 /// set that holds the listener and the session (relay) or upstream (mirror) sockets. A Dispatch
 /// wakeup is expensive next to a datagram: libdispatch's event thread disarms the source, wakes
 /// a worker thread (futex), that thread runs the handler, and the source is re-armed after it
-/// (two `epoll_ctl`, an eventfd write and read, a FIONREAD). Paying it per datagram cost 1.5-2x
-/// the CPU of a plain epoll server at 1,000-50,000 datagrams/s.
+/// (two `epoll_ctl`, an eventfd write and read, a FIONREAD). Paid per datagram, it would be most
+/// of what a datagram costs at everyday rates (BENCHMARKS.md has the measurements).
 ///
 /// So once the source fires, the handler serves on that thread and waits in the kernel itself:
 /// the loop alternates `epoll_wait` on the wait set (with a timeout; an echo listener joins

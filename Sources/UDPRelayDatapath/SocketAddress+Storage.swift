@@ -46,6 +46,16 @@ enum RawSockaddr {
     static func scope(_ raw: UnsafeRawPointer) -> UInt32 {
         raw.loadUnaligned(fromByteOffset: scopeOffset, as: UInt32.self)
     }
+
+    /// Runs `body` with `address` (a `sockaddr_in`, `sockaddr_in6` or `sockaddr_storage`) as the
+    /// `sockaddr` pointer C calls take. Copies nothing to the heap.
+    @inline(__always)
+    static func withSockaddr<Address, T, E: Error>(of address: Address,
+                                                   _ body: (UnsafePointer<sockaddr>) throws(E) -> T) throws(E) -> T {
+        try withUnsafePointer(to: address) { (p) throws(E) -> T in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) -> T in try body(sa) }
+        }
+    }
 }
 
 extension SocketAddress {
@@ -93,10 +103,8 @@ extension SocketAddress {
 
     /// Runs `body` with the address as a `sockaddr` pointer and its length (bind, connect).
     func withSockaddr<T, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> T) throws(E) -> T {
-        var (storage, length) = storage()
-        return try withUnsafePointer(to: &storage) { (p) throws(E) -> T in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) -> T in try body(sa, length) }
-        }
+        let (storage, length) = storage()
+        return try RawSockaddr.withSockaddr(of: storage) { (sa) throws(E) -> T in try body(sa, length) }
     }
 
     /// Runs `body` with room for a socket address the kernel fills (getsockname), then reads it.

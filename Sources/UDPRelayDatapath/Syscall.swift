@@ -97,6 +97,18 @@ enum Syscall {
         return address
     }
 
+    /// getpeername(2): the address a connected socket sends to; ENOTCONN when it has none,
+    /// EAFNOSUPPORT for a family other than AF_INET/AF_INET6.
+    static func peerAddress(_ fd: Int32) throws(SyscallError) -> SocketAddress {
+        let filled = try SocketAddress.filledIn { (sa, length) throws(SyscallError) in
+            _ = try syscallNoWait("getpeername") { getpeername(fd, sa, length) }
+        }
+        guard let address = filled else {
+            throw SyscallError(call: "getpeername", errno: EAFNOSUPPORT)
+        }
+        return address
+    }
+
     /// setsockopt(2) with an `int` value.
     static func setIntOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32,
                              call: StaticString = "setsockopt") throws(SyscallError) {
@@ -135,6 +147,11 @@ enum Syscall {
     /// Owners call it once (`SocketDescriptor`, or a read source's cancel handler).
     static func close(_ fd: Int32) {
         _ = Glibc.close(fd)
+    }
+
+    /// fcntl(F_SETFD, FD_CLOEXEC): `fd` is closed on exec (a descriptor handed over may not be).
+    static func setCloseOnExec(_ fd: Int32) throws(SyscallError) {
+        try syscallNoWait("fcntl(F_SETFD)") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
     }
 
     // MARK: epoll

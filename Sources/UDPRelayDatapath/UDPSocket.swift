@@ -45,6 +45,14 @@ public enum UDPSocket {
         return socket
     }
 
+    /// Opens a socket of `address`'s family connected to it, as an owned descriptor; on failure
+    /// nothing stays open.
+    public static func connectedSocket(to address: SocketAddress) throws(SyscallError) -> SocketDescriptor {
+        let socket = SocketDescriptor(try open(family: address.family))
+        try connect(socket.rawValue, to: address)
+        return socket
+    }
+
     /// Sets SO_RCVBUF/SO_SNDBUF, using the FORCE variants (which ignore net.core.[rw]mem_max)
     /// when the process may; otherwise the kernel caps the value. Returns the sizes in effect.
     @discardableResult

@@ -33,6 +33,48 @@ final class RelayLogicTests: XCTestCase {
         XCTAssertNil(withUnsafeBytes(of: unix) { ClientKey(sockaddr: $0.baseAddress!) })
     }
 
+    /// The key read through `RawSockaddr` is the one the struct fields give (the values every
+    /// session table and `hash` balancing used so far): for IPv4, IPv6 with a scope id and
+    /// v4-mapped IPv6, from the kernel's struct, from `SocketAddress.storage()` and at an odd
+    /// address.
+    func testClientKeyIsTheStructFieldsAsStored() throws {
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = UInt16(5353).bigEndian
+        XCTAssertEqual(inet_pton(AF_INET, "198.18.0.7", &sin.sin_addr), 1)
+        let v4 = ClientKey(high: UInt64(sin.sin_addr.s_addr), low: 0, rest: UInt64(sin.sin_family) | UInt64(sin.sin_port) << 16)
+
+        func v6Key(_ text: String, port: UInt16, scope: UInt32) -> (sockaddr_in6, ClientKey) {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            sin6.sin6_scope_id = scope
+            XCTAssertEqual(inet_pton(AF_INET6, text, &sin6.sin6_addr), 1)
+            let (h, l) = withUnsafeBytes(of: sin6.sin6_addr) { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
+            return (sin6, ClientKey(high: h, low: l, rest: UInt64(sin6.sin6_family) | UInt64(sin6.sin6_port) << 16 | UInt64(sin6.sin6_scope_id) << 32))
+        }
+        let (sin6, v6) = v6Key("2001:db8::1:2", port: 443, scope: 3)
+        let (mapped6, mapped) = v6Key("::ffff:198.18.0.7", port: 5353, scope: 0)
+
+        XCTAssertEqual(withUnsafeBytes(of: sin) { ClientKey(sockaddr: $0.baseAddress!) }, v4)
+        XCTAssertEqual(withUnsafeBytes(of: sin6) { ClientKey(sockaddr: $0.baseAddress!) }, v6)
+        XCTAssertEqual(withUnsafeBytes(of: mapped6) { ClientKey(sockaddr: $0.baseAddress!) }, mapped)
+        XCTAssertNotEqual(mapped, v4, "a v4-mapped client is not the IPv4 client")
+        XCTAssertEqual(v6.rest >> 32, 3, "the scope id is part of the key")
+
+        for (text, port, expected) in [("198.18.0.7", UInt16(5353), v4), ("::ffff:198.18.0.7", 5353, mapped)] {
+            let address = SocketAddress(ip: try XCTUnwrap(IPAddress(literal: text)), port: port)
+            var (storage, _) = address.storage()
+            XCTAssertEqual(withUnsafeBytes(of: &storage) { ClientKey(sockaddr: $0.baseAddress!) }, expected, text)
+            // The kernel's names in a batch need no alignment for the key either.
+            var bytes = [UInt8](repeating: 0, count: MemoryLayout<sockaddr_storage>.size + 1)
+            withUnsafeBytes(of: &storage) { raw in bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: 1).copyMemory(from: raw.baseAddress!, byteCount: raw.count) } }
+            let odd = bytes.withUnsafeBytes { ClientKey(sockaddr: $0.baseAddress!.advanced(by: 1)) }
+            XCTAssertEqual(odd, expected, text)
+            XCTAssertEqual(odd?.stableHash, expected.stableHash, text)
+        }
+    }
+
     // MARK: IdleList (expiry and LRU eviction)
 
     func testIdleListKeepsLeastRecentlyUsedOrder() {

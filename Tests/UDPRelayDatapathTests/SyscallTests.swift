@@ -48,6 +48,32 @@ final class SyscallTests: XCTestCase {
             XCTAssertEqual(error as? SyscallError, SyscallError(call: "connect", errno: EAFNOSUPPORT))
         }
     }
+
+    /// The peer of a connected socket (what a handed-over session socket is checked against),
+    /// none before `connect`; `connectedSocket` opens one connected, and the flags a descriptor
+    /// from elsewhere gets are set.
+    func testPeerAddressAndDescriptorFlags() throws {
+        let receiver = SocketDescriptor(try Syscall.datagramSocket(family: AF_INET))
+        try Syscall.bind(receiver.rawValue, to: loopback)
+        let address = try Syscall.localAddress(receiver.rawValue)
+        XCTAssertThrowsError(try Syscall.peerAddress(receiver.rawValue)) { error in
+            XCTAssertEqual(error as? SyscallError, SyscallError(call: "getpeername", errno: ENOTCONN))
+        }
+        let connected = try UDPSocket.connectedSocket(to: address)
+        XCTAssertEqual(try Syscall.peerAddress(connected.rawValue), address)
+        XCTAssertEqual(RelayWorker.peerAddress(connected.rawValue), address)
+
+        // A plain blocking socket without close-on-exec, as another process might hand over.
+        let plain = SocketDescriptor(Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0))
+        XCTAssertGreaterThanOrEqual(plain.rawValue, 0)
+        XCTAssertEqual(fcntl(plain.rawValue, F_GETFL) & O_NONBLOCK, 0)
+        XCTAssertEqual(fcntl(plain.rawValue, F_GETFD) & FD_CLOEXEC, 0)
+        try Syscall.connect(plain.rawValue, to: address)
+        XCTAssertTrue(RelayWorker.isSessionSocket(plain.rawValue, connectedTo: address))
+        XCTAssertNotEqual(fcntl(plain.rawValue, F_GETFL) & O_NONBLOCK, 0)
+        XCTAssertNotEqual(fcntl(plain.rawValue, F_GETFD) & FD_CLOEXEC, 0)
+        XCTAssertFalse(RelayWorker.isSessionSocket(receiver.rawValue, connectedTo: address), "not connected")
+    }
 }
 
 extension Syscall {

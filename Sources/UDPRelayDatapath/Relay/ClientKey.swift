@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import UDPRelayConfig
 
 /// A client's address and port as a fixed-size value built from `sockaddr` bytes: the session
 /// table key. Building, hashing and comparing it allocates nothing.
@@ -18,19 +19,17 @@ struct ClientKey: Hashable, Sendable {
         self.rest = rest
     }
 
-    /// Reads an AF_INET or AF_INET6 `sockaddr`; nil for other families.
+    /// Reads an AF_INET or AF_INET6 `sockaddr` through `RawSockaddr` (each field as stored,
+    /// at any alignment); nil for other families.
     @inline(__always)
     init?(sockaddr raw: UnsafeRawPointer) {
-        let family = raw.load(as: sa_family_t.self)
-        switch Int32(family) {
+        let port = UInt64(RawSockaddr.port(raw)) << 16
+        switch RawSockaddr.family(raw) {
         case AF_INET:
-            let sin = raw.load(as: sockaddr_in.self)
-            self.init(high: UInt64(sin.sin_addr.s_addr), low: 0,
-                      rest: UInt64(family) | UInt64(sin.sin_port) << 16)
+            self.init(high: UInt64(RawSockaddr.ipv4(raw)), low: 0, rest: UInt64(AF_INET) | port)
         case AF_INET6:
-            let sin6 = raw.load(as: sockaddr_in6.self)
-            let (h, l) = withUnsafeBytes(of: sin6.sin6_addr) { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
-            self.init(high: h, low: l, rest: UInt64(family) | UInt64(sin6.sin6_port) << 16 | UInt64(sin6.sin6_scope_id) << 32)
+            let (high, low) = RawSockaddr.ipv6(raw)
+            self.init(high: high, low: low, rest: UInt64(AF_INET6) | port | UInt64(RawSockaddr.scope(raw)) << 32)
         default:
             return nil
         }
@@ -60,13 +59,11 @@ enum Mix {
     }
 }
 
-/// Monotonic time in nanoseconds (CLOCK_MONOTONIC): the datapath's clock.
+/// Kept only for `Relay/UpstreamTable.swift`, `Relay/UpstreamProber.swift` and
+/// `UpstreamFlagsTests` until they call `SystemClock.monotonicNanos()` themselves; to be removed
+/// then.
 @inline(__always)
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
+func monotonicNanos() -> UInt64 { SystemClock.monotonicNanos() }
 
 extension Duration {
     /// Whole nanoseconds, saturating.

@@ -64,13 +64,7 @@ struct ConnectedSocket {
         }
         let new: Int32
         do throws(SyscallError) {
-            new = try UDPSocket.open(family: address.family)
-            do throws(SyscallError) {
-                try UDPSocket.connect(new, to: address)
-            } catch {
-                Glibc.close(new)
-                throw error
-            }
+            new = try UDPSocket.connectedSocket(to: address).take()
         } catch {
             report(.cannotOpen(error))
             return
@@ -89,7 +83,7 @@ struct ConnectedSocket {
             s.setEventHandler { onReadable(new) }
             closed.enter()
             s.setCancelHandler {
-                Glibc.close(new)
+                Syscall.close(new)
                 closed.leave()
             }
             source = s
@@ -104,7 +98,7 @@ struct ConnectedSocket {
         if let source {
             source.cancel()
         } else {
-            Glibc.close(fd)
+            Syscall.close(fd)
         }
         source = nil
         fd = -1

@@ -81,7 +81,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 if case .unwatched = problem { counters.add(.receiveErrors) }
                 // No socket: its copies count as send drops until the next address change.
                 ConnectedSocket.log(problem, what: "mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
-                                    limiter: &socketErrorLog, now: monotonicNanos())
+                                    limiter: &socketErrorLog, now: SystemClock.monotonicNanos())
             }
         }
     }
@@ -113,7 +113,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private func mirror(_ count: Int) {
         var bytes: UInt64 = 0
         var n = 0
-        let now = filter.needsClock ? IngressFilter.monotonicNow() : 0
+        let now = filter.needsClock ? SystemClock.coarseMonotonicNanos() : 0
         for i in 0..<count {
             let m = batch.messages + i
             bytes &+= UInt64(m.pointee.msg_len)
@@ -168,7 +168,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 failure = err
             }
         }
-        if failure != 0 { upstreams.recordFailure(u, now: monotonicNanos(), errno: failure) }
+        if failure != 0 { upstreams.recordFailure(u, now: SystemClock.monotonicNanos(), errno: failure) }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
         return (outcome.sent, outcome.bytes)
@@ -185,7 +185,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 // ECONNREFUSED for an earlier copy: count it against the upstream and go on.
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     up.add(.failures)
-                    upstreams.recordFailure(u, now: monotonicNanos(), errno: error.errno)
+                    upstreams.recordFailure(u, now: SystemClock.monotonicNanos(), errno: error.errno)
                     continue
                 }
                 counters.add(.receiveErrors)

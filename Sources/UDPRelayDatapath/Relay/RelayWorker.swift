@@ -55,7 +55,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
     /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
-    /// (not the whole batch per wakeup: at one datagram in flight that is 64 slots per datagram).
+    /// (not the whole batch per wakeup: at one datagram in flight that is every slot per datagram).
     private var listenerFilled: Int
     private var repliesFilled: Int
     /// Opening session sockets fails (logged once until it works again).
@@ -115,10 +115,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     override var hasMembers: Bool { true }
 
-    /// Room for held sockets per worker beyond `max_sessions` (see `SessionTable`), for the
-    /// listener's file limit.
-    static func heldCapacity(maxSessions: Int) -> Int { SessionTable.heldCapacity(maxSessions: maxSessions) }
-
     /// Starts the read source (on the wait set) and the expiry timer.
     override func start(registered: DispatchGroup) {
         // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
@@ -130,7 +126,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             // Check often enough that a session lives at most ~1/4 longer than its timeout.
             let every = min(max(sessions.timeoutNanos / 4, 5_000_000), 1_000_000_000)
             t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
-            t.setEventHandler { [unowned self] in expireIdle(now: monotonicNanos()) }
+            t.setEventHandler { [unowned self] in expireIdle(now: SystemClock.monotonicNanos()) }
             timer = t
             t.activate()
         }
@@ -145,7 +141,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             handOverAtStop = nil
             handOver.sink(takeSessions(socket: handOver.socket))
         }
-        for slot in sessions.liveSlots { closeSession(slot, .shutdown, now: monotonicNanos()) }
+        for slot in sessions.liveSlots { closeSession(slot, .shutdown, now: SystemClock.monotonicNanos()) }
         sessions.releaseAllHeld()
     }
 
@@ -163,7 +159,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         guard let received = receive(into: batch, resetting: listenerFilled) else { return nil }
         guard received > 0 else { return 0 }
         listenerFilled = received
-        forward(received, now: monotonicNanos())
+        forward(received, now: SystemClock.monotonicNanos())
         return received
     }
 
@@ -193,7 +189,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 // Send what is queued first: it may belong to the session about to be evicted.
                 sendGroups(from: pending, to: i)
                 pending = i
-                if let evicted = sessions.evictLeastRecentlyUsed(now: monotonicNanos()) { sessionClosed(evicted, .evicted) }
+                if let evicted = sessions.evictLeastRecentlyUsed(now: SystemClock.monotonicNanos()) { sessionClosed(evicted, .evicted) }
             }
             if let slot = addSession(socket, key: key, message: m, now: now) {
                 sessionOf[i] = slot
@@ -244,7 +240,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
         sessions.recordRequests(slot, outcome.sent)
-        if failure != 0 { upstreamFailed(slot, errno: failure, now: monotonicNanos()) }
+        if failure != 0 { upstreamFailed(slot, errno: failure, now: SystemClock.monotonicNanos()) }
     }
 
     // MARK: sessions
@@ -267,7 +263,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// then reach this one's. An upstream that is a relay listener of this daemon is a loop:
     /// the datagram is dropped and counted as `loop`.
     private func openSessionSocket(clientHash: UInt64, now: UInt64) -> SessionSocket {
-        guard sessions.makeRoom(now: monotonicNanos()) else {
+        guard sessions.makeRoom(now: SystemClock.monotonicNanos()) else {
             sessionSocketsFail(nil)
             return .failed
         }
@@ -283,21 +279,25 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             noteDrop(.dropLoop, from: address)
             return .loop
         }
-        let fd: Int32
+        // Closed on every way out but the last, which hands it to the session.
+        let socket: SocketDescriptor
         do {
-            fd = try sessions.opening(now: monotonicNanos()) { () throws(SyscallError) in try UDPSocket.open(family: address.family) }
+            socket = SocketDescriptor(try sessions.opening(now: SystemClock.monotonicNanos()) { () throws(SyscallError) in
+                try UDPSocket.open(family: address.family)
+            })
         } catch {
             sessionSocketsFail(error)
             return .failed
         }
+        let fd = socket.rawValue
         // The listener's buffer sizes (a burst of large replies must not overflow the kernel
         // default of 208 KiB), and the kernel's drop count on every reply.
         UDPSocket.setBuffers(fd, receive: receiveBuffer, send: sendBuffer, force: &forceBuffers)
         UDPSocket.enableDropCount(fd)
         do {
-            try sessions.opening(now: monotonicNanos()) { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
+            try sessions.opening(now: SystemClock.monotonicNanos()) { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
-            close(fd)
+            socket.close()
             if SessionTable.isLocalShortage(error.errno) {
                 sessionSocketsFail(error)
             } else {
@@ -307,7 +307,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             return .failed
         }
-        return .opened(fd: fd, upstream: pick.index)
+        return .opened(fd: socket.take(), upstream: pick.index)
     }
 
     /// Makes a session of a socket from `openSessionSocket` for the client of message `m`:
@@ -364,7 +364,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         if let counter { counters.add(counter) }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
-        if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: monotonicNanos()) {
+        if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: SystemClock.monotonicNanos()) {
             logger.debug("session closed", metadata: [
                 "peer.address": "\(clientDescription(slot))",
                 "reason": "\(counter.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[slot].replies)",
@@ -423,7 +423,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
         }
         // Clients can make this flap at the limit: at most 4 lines (with the other) per 10 s.
-        guard let skipped = sessionLogs.episodes.admit(now: monotonicNanos()) else { return }
+        guard let skipped = sessionLogs.episodes.admit(now: SystemClock.monotonicNanos()) else { return }
         logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)", metadata: [
             "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessions.budget))")",
             "hint": "\(hint)", "sessions.active": "\(sessions.liveCount)", "sessions.held": "\(sessions.heldCount)",
@@ -447,7 +447,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             } catch {
                 if ErrorPolicy.isUpstreamFailure(errno: error.errno) {
                     // An ICMP error for an earlier datagram: the upstream is not there.
-                    upstreamFailed(slot, errno: error.errno, now: monotonicNanos())
+                    upstreamFailed(slot, errno: error.errno, now: SystemClock.monotonicNanos())
                     return
                 }
                 counters.add(.receiveErrors)
@@ -476,7 +476,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            if sessions.recordReplies(slot, allowed, now: monotonicNanos()) {
+            if sessions.recordReplies(slot, allowed, now: SystemClock.monotonicNanos()) {
                 sessionClosed(slot, .answered)
                 return
             }
@@ -503,11 +503,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         replyName.pointee = session.client
         replyControlLength = 0
         if session.local.sin6_family != 0 {
-            var local = session.local
-            replyControlLength = withUnsafePointer(to: &local) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    cur_write_source_control(replyControl, controlCapacity, $0, session.ifindex)
-                }
+            replyControlLength = RawSockaddr.withSockaddr(of: session.local) {
+                cur_write_source_control(replyControl, controlCapacity, $0, session.ifindex)
             }
         }
     }
@@ -557,7 +554,7 @@ extension RelayWorker {
     /// Runs on `queue`, once the listener has stopped reading (the caller sees to it: a datagram
     /// read afterwards opens a new session). Held sessions stay: they close after their hold,
     /// or at stop. Not counted as closed: the sessions live on elsewhere.
-    func takeSessions(socket: UInt16, now: UInt64 = monotonicNanos()) -> [HandedOverSession] {
+    func takeSessions(socket: UInt16, now: UInt64 = SystemClock.monotonicNanos()) -> [HandedOverSession] {
         dispatchPrecondition(condition: .onQueue(queue))
         let taken = sessions.takeLive()
         var out: [HandedOverSession] = []
@@ -567,7 +564,7 @@ extension RelayWorker {
             let upstream = Self.peerAddress(session.fd) ?? upstreams.address(Int(session.upstream))
             guard let client = session.clientAddress, let upstream else {
                 // Cannot happen for a socket this worker connected; closed rather than lost.
-                close(session.fd)
+                Syscall.close(session.fd)
                 counters.add(.sessionErrors)
                 continue
             }
@@ -614,7 +611,7 @@ extension RelayWorker {
     /// here, which stays). Upstream hostnames are matched by the addresses they have now: call
     /// it after `UpstreamTable.awaitInitialResolution` (`takeOver` does).
     @discardableResult
-    func adoptSessions(_ handed: [HandedOverSession], now: UInt64 = monotonicNanos()) -> Adoption {
+    func adoptSessions(_ handed: [HandedOverSession], now: UInt64 = SystemClock.monotonicNanos()) -> Adoption {
         dispatchPrecondition(condition: .onQueue(queue))
         var result = Adoption()
         let addresses = (0..<upstreams.count).map { upstreams.address($0) }
@@ -626,20 +623,20 @@ extension RelayWorker {
             let e = h.entry
             if beyondRoom > 0 {
                 beyondRoom -= 1
-                if h.fd >= 0 { close(h.fd) }
+                if h.fd >= 0 { Syscall.close(h.fd) }
                 counters.add(.sessionsEvicted)
                 result.noRoom += 1
                 continue
             }
             guard e.client.ip.isIPv6 == localAddress.ip.isIPv6, (e.local?.ip.isIPv6 ?? e.client.ip.isIPv6) == e.client.ip.isIPv6,
                   Self.isSessionSocket(h.fd, connectedTo: e.upstream) else {
-                if h.fd >= 0 { close(h.fd) }
+                if h.fd >= 0 { Syscall.close(h.fd) }
                 counters.add(.sessionErrors)
                 result.unusable += 1
                 continue
             }
             guard let upstream = addresses.firstIndex(of: e.upstream) else {
-                close(h.fd)
+                Syscall.close(h.fd)
                 counters.add(.sessionsClosed)
                 result.upstreamRemoved += 1
                 continue
@@ -650,7 +647,7 @@ extension RelayWorker {
             session.setAddresses(client: e.client, local: usesPacketInfo ? e.local : nil, interface: e.interface)
             // The key a datagram from this client gets (`forward`), from the same bytes.
             guard let key = withUnsafeBytes(of: session.client, { ClientKey(sockaddr: $0.baseAddress!) }) else {
-                close(h.fd)
+                Syscall.close(h.fd)
                 counters.add(.sessionErrors)
                 result.unusable += 1
                 continue
@@ -699,19 +696,13 @@ extension RelayWorker {
               (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_DOMAIN)) == upstream.family,
               (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_PROTOCOL)) == Int32(IPPROTO_UDP),
               peerAddress(fd) == upstream else { return false }
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, flags & O_NONBLOCK != 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else { return false }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        guard (try? Syscall.setNonBlocking(fd)) != nil else { return false }
+        try? Syscall.setCloseOnExec(fd)
         return true
     }
 
     /// The peer a socket is connected to (getpeername), nil when none or not a socket.
     static func peerAddress(_ fd: Int32) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
-        }
-        return rc == 0 ? SocketAddress(storage: storage) : nil
+        try? Syscall.peerAddress(fd)
     }
 }

@@ -59,7 +59,7 @@ struct SessionTable {
     static func heldCapacity(maxSessions: Int) -> Int { min(4096, max(256, maxSessions)) }
 
     /// `closer` closes a session's descriptor when its slot is released.
-    init(settings: SessionSettings, holdNanos: UInt64, closer: @escaping (Int32) -> Void = { _ = Glibc.close($0) }) {
+    init(settings: SessionSettings, holdNanos: UInt64, closer: @escaping (Int32) -> Void = { Syscall.close($0) }) {
         self.maxSessions = settings.maxSessions
         self.budget = settings.maxSessions + Self.heldCapacity(maxSessions: settings.maxSessions)
         self.holdNanos = holdNanos
