@@ -56,3 +56,13 @@ public enum SystemClock {
         return Reading(ts)
     }
 }
+
+extension Duration {
+    /// Whole nanoseconds, saturating (0 for a negative duration).
+    public var nanoseconds: UInt64 {
+        let (s, a) = components
+        guard s >= 0 else { return 0 }
+        let (v, o) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
+        return o ? .max : v &+ UInt64(a / 1_000_000_000)
+    }
+}

@@ -128,8 +128,6 @@ extension Counter {
         }
     }
 
-    /// The drop reason (`too_large`) of a drop counter, nil for the others.
-    public var dropReason: String? { kind == .drop ? name : nil }
 
     /// Every drop reason, in a fixed order: `/status` and `/metrics` show all of them.
     public static let dropCounters: [Counter] = allCases.filter { $0.kind == .drop }

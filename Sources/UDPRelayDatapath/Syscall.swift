@@ -185,6 +185,11 @@ enum Syscall {
         try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, 0) }
     }
 
+    /// A close-on-exec memfd holding `bytes`, sealed against any change (`cur_sealed_memfd`).
+    static func sealedMemoryFile(name: String, _ bytes: UnsafeRawBufferPointer) throws(SyscallError) -> Int32 {
+        try syscallNoWait("memfd_create") { cur_sealed_memfd(name, bytes.baseAddress, bytes.count) }
+    }
+
     /// recv(2) into `buffer`: the datagram's length (cut to the buffer).
     static func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SyscallError) -> IOResult<Int> {
         try syscall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }

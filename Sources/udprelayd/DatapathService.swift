@@ -33,7 +33,7 @@ struct DatapathService: Service {
                 "received": "\(c[.receivedPackets])",
                 "sent": "\(c[.sentPackets])",
             ]
-            for d in Counter.dropCounters { metadata["drop.\(d.dropReason!)"] = "\(c[d])" }
+            for d in Counter.dropCounters { metadata["drop.\(d.name)"] = "\(c[d])" }
             if listener.configuration.mode.isRelay {
                 for (name, counter) in Counter.relayCounters { metadata[name] = "\(c[counter])" }
             }

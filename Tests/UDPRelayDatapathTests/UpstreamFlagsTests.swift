@@ -74,7 +74,7 @@ final class UpstreamFlagsTests: XCTestCase {
             table.stop(done: done)
             done.wait()
         }
-        let t = monotonicNanos()
+        let t = SystemClock.monotonicNanos()
         table.recordFailure(0, now: t + 20_000, errno: ECONNREFUSED)  // the later clock took the lock first
         XCTAssertFalse(table.isDown(0, now: t + 30_000), "one failure of two")
         table.recordFailure(0, now: t, errno: ECONNREFUSED)

@@ -58,19 +58,3 @@ enum Mix {
         return h
     }
 }
-
-/// Kept only for `Relay/UpstreamTable.swift`, `Relay/UpstreamProber.swift` and
-/// `UpstreamFlagsTests` until they call `SystemClock.monotonicNanos()` themselves; to be removed
-/// then.
-@inline(__always)
-func monotonicNanos() -> UInt64 { SystemClock.monotonicNanos() }
-
-extension Duration {
-    /// Whole nanoseconds, saturating.
-    var nanoseconds: UInt64 {
-        let (s, a) = components
-        guard s >= 0 else { return 0 }
-        let (v, o) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
-        return o ? .max : v &+ UInt64(a / 1_000_000_000)
-    }
-}

@@ -98,7 +98,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.balancer = Balancer(algorithm: configuration.mode == .balance ? configuration.balance : .first,
-                                 upstreams: configuration.upstreams.map(\.description))
+                                 upstreams: configuration.upstreams)
         var log = logger
         log[metadataKey: "listener.name"] = "\(configuration.name)"
         self.logger = log
@@ -331,7 +331,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
-        upCounters[socket.upstream].add(.sessions)
+        upCounters[socket.upstream].sessionOpened()
         if logger.logLevel <= .debug, let skipped = sessionLogs.opened.admit(now: now) {
             logger.debug("session opened", metadata: [
                 "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[socket.upstream])",
@@ -364,6 +364,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         if let counter { counters.add(counter) }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
+        upCounters[Int(sessions[slot].upstream)].sessionEnded()
         if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: SystemClock.monotonicNanos()) {
             logger.debug("session closed", metadata: [
                 "peer.address": "\(clientDescription(slot))",
@@ -561,6 +562,7 @@ extension RelayWorker {
         out.reserveCapacity(taken.count)
         for (session, lastUsed) in taken {
             waitSet.remove(session.fd)
+            upCounters[Int(session.upstream)].sessionEnded()
             let upstream = Self.peerAddress(session.fd) ?? upstreams.address(Int(session.upstream))
             guard let client = session.clientAddress, let upstream else {
                 // Cannot happen for a socket this worker connected; closed rather than lost.
@@ -661,6 +663,7 @@ extension RelayWorker {
                 try sessions.adopt(session, lastUsed: now > idle ? now - idle : 0, now: now) { (tag) throws(SyscallError) in
                     try waitSet.add(h.fd, tag: tag)
                 }
+                upCounters[upstream].sessionAdopted()
                 result.adopted += 1
             } catch {
                 switch error {

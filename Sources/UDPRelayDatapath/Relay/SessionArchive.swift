@@ -215,9 +215,9 @@ extension SessionArchive {
     /// The caller owns the descriptor.
     public func sealedMemoryFile() throws(SyscallError) -> Int32 {
         let bytes = encoded()
-        return try syscallNoWait("memfd_create") {
-            bytes.withUnsafeBytes { cur_sealed_memfd("udprelayd-sessions", $0.baseAddress, $0.count) }
-        }
+        return try bytes.withUnsafeBytes { raw in
+            Result { () throws(SyscallError) in try Syscall.sealedMemoryFile(name: "udprelayd-sessions", raw) }
+        }.get()
     }
 
     /// Reads an archive from a memfd the store gave back: it must carry the seals

@@ -27,7 +27,7 @@ extension UpstreamTable {
     private func probeTick() {
         dispatchPrecondition(condition: .onQueue(controlQueue))
         guard let payload = settings.probe else { return }
-        let now = monotonicNanos()
+        let now = SystemClock.monotonicNanos()
         let gen = generation[0]
         let row = counters[counters.count - 1]
         for i in 0..<count {
@@ -41,7 +41,7 @@ extension UpstreamTable {
             awaiting[i] = true
             row[i].add(.probesSent)
             do {
-                _ = try syscall("send") { payload.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
+                _ = try payload.withUnsafeBytes { bytes in Result { () throws(SyscallError) in try Syscall.send(fd, bytes) } }.get()
             } catch {
                 // ECONNREFUSED: an earlier probe was refused; this one goes unanswered and counts.
                 ConnectedSocket.log(.info, "health probe not sent", error: error, upstream: endpoints[i], logger: logger,
@@ -57,7 +57,7 @@ extension UpstreamTable {
         guard let address = address(i) else { return }
         probeSockets[i].connect(to: address) { problem in
             ConnectedSocket.log(problem, what: "health probe", upstream: endpoints[i], logger: logger,
-                                limiter: &probeErrorLog, now: monotonicNanos())
+                                limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
         }
     }
 
@@ -68,12 +68,12 @@ extension UpstreamTable {
         for _ in 0..<64 {
             let r: IOResult<Int>
             do {
-                r = try syscall("recv") { recv(fd, buffer.baseAddress, buffer.count, 0) }
+                r = try Syscall.recv(fd, into: buffer)
             } catch {
                 // ECONNREFUSED: nobody listens; the unanswered probe marks it down at the next tick.
                 if error.errno != ECONNREFUSED {
                     ConnectedSocket.log(.info, "health probe reply not read", error: error, upstream: endpoints[i], logger: logger,
-                                        limiter: &probeErrorLog, now: monotonicNanos())
+                                        limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
                 }
                 continue
             }
@@ -82,7 +82,7 @@ extension UpstreamTable {
             counters[counters.count - 1][i].add(.probesAnswered)
             if awaiting[i] {
                 awaiting[i] = false
-                recordProbe(i, answered: true, now: monotonicNanos())
+                recordProbe(i, answered: true, now: SystemClock.monotonicNanos())
             }
         }
     }

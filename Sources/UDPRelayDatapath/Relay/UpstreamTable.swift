@@ -137,7 +137,7 @@ final class UpstreamTable: @unchecked Sendable {
     private func schedulePassiveEnd(_ i: Int, until: UInt64) {
         dispatchPrecondition(condition: .onQueue(controlQueue))
         guard !stopped else { return }
-        let now = monotonicNanos()
+        let now = SystemClock.monotonicNanos()
         guard now >= until else {
             controlQueue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: until - now))) { [weak self] in
                 self?.schedulePassiveEnd(i, until: until)
@@ -191,7 +191,7 @@ final class UpstreamTable: @unchecked Sendable {
 
     // MARK: snapshot
 
-    func snapshot(now: UInt64 = monotonicNanos()) -> [UpstreamSnapshot] {
+    func snapshot(now: UInt64 = SystemClock.monotonicNanos()) -> [UpstreamSnapshot] {
         let (addresses, errors) = lock.withLockedValue { ($0.addresses, $0.lastError) }
         return endpoints.indices.map { i in
             var c = UpstreamCounterSnapshot()
