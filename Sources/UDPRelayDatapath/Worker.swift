@@ -6,29 +6,6 @@ import CUDPRelay
 import Logging
 import UDPRelayConfig
 
-/// Tunables of the batched datapath.
-public struct DatapathTuning: Sendable {
-    /// Datagrams per `recvmmsg`/`sendmmsg`.
-    public var batchSize = 64
-    /// `recvmmsg` calls on the listener in a row before the worker's other sockets get their turn.
-    public var maxBatchesPerWakeup = 16
-    /// A worker's turn on its thread (see `WaitSet`) ends when nothing arrived for this long
-    /// (nanoseconds)...
-    public var idleHold: UInt64 = 5_000_000
-    /// ...or after this long in all, so that other work on the worker's queue (stop, reload,
-    /// liveness probes, timers) waits at most about this long.
-    public var turnLimit: UInt64 = 20_000_000
-    /// How long a closed relay session keeps its socket (nanoseconds), so that a reply still on
-    /// its way is dropped and counted instead of reaching a newer session that the kernel gave
-    /// the same ephemeral port. See `RelayWorker`.
-    public var closedSessionHold: UInt64 = 2_000_000_000
-    /// Refused datagrams are logged once per reason and worker, then at most once per this long
-    /// (nanoseconds) with the number refused in between. See `SocketWorker.noteDrop`.
-    public var refusalLogInterval: UInt64 = 60_000_000_000
-
-    public init() {}
-}
-
 /// A worker serves one socket on its own serial queue: a Dispatch read source on the socket
 /// (echo) or on the wait set that holds it (relay, mirror) wakes it, and it then serves on that thread in turns of the read loop (`serveTurn`, see
 /// `WaitSet`). Subclasses process batches (`receiveBatch`) and, for relay and mirror, their
@@ -291,77 +268,5 @@ public class SocketWorker: @unchecked Sendable {
         counters.add(.receivedPackets, UInt64(count))
         counters.add(.receivedBytes, bytes)
         if filter.needsClock { counters.add(.rateLimitEvictions, filter.newEvictions()) }
-    }
-}
-
-/// RFC 862 echo: every datagram goes back to its sender, byte for byte, from the local address
-/// it was sent to. Receives and replies in place in the same vectors (no copy).
-final class EchoWorker: SocketWorker, @unchecked Sendable {
-    // @unchecked: as SocketWorker, state confined to `queue`.
-    private let batch: MessageBatch
-    private let usesPacketInfo: Bool
-    /// Slots used by the last `recvmmsg`, to be reset before the next.
-    private var lastCount: Int
-    private var sender: DatagramSender
-
-    init(fd: Int32, localAddress: SocketAddress, label: String, maxDatagram: Int, busyPoll: Duration = .zero,
-         segmentation: Bool = true, tuning: DatapathTuning) throws(SyscallError) {
-        self.usesPacketInfo = localAddress.ip.isWildcard
-        self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: maxDatagram, withControl: localAddress.ip.isWildcard)
-        self.lastCount = tuning.batchSize
-        self.sender = DatagramSender(segmentation: segmentation)
-        try super.init(fd: fd, localAddress: localAddress, label: label, tuning: tuning, busyPoll: busyPoll)
-    }
-
-    deinit { sender.deallocate() }
-
-    /// One `recvmmsg` and the replies: the datagrams received, 0 when none were waiting, nil on error.
-    override func receiveBatch() -> Int? {
-        guard let received = receive(into: batch, resetting: lastCount) else { return nil }
-        guard received > 0 else { return 0 }
-        lastCount = received
-        echo(received)
-        return received
-    }
-
-    /// Turns the `count` received messages into replies and sends the runs between drops.
-    @inline(__always)
-    private func echo(_ count: Int) {
-        var bytes: UInt64 = 0
-        var runStart = 0
-        let now = filter.needsClock ? SystemClock.coarseMonotonicNanos() : 0
-        for i in 0..<count {
-            let m = batch.messages + i
-            bytes &+= UInt64(m.pointee.msg_len)
-            guard admits(batch, i, now: now) else {
-                send(from: runStart, to: i)
-                runStart = i + 1
-                continue
-            }
-            m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
-            if usesPacketInfo {
-                cur_prepare_reply_control(&m.pointee.msg_hdr)
-            } else {
-                m.pointee.msg_hdr.msg_controllen = 0
-            }
-        }
-        countReceived(count, bytes: bytes)
-        send(from: runStart, to: count)
-    }
-
-    /// Sends messages `start..<end` with as few system calls as possible (`DatagramSender`:
-    /// segmented where consecutive replies go to one client); a datagram that fails is counted
-    /// under its drop reason and skipped; a full send buffer drops the rest of the run (counted)
-    /// instead of spinning.
-    @inline(__always)
-    private func send(from start: Int, to end: Int) {
-        guard end > start else { return }
-        let outcome = sender.send(fd: fd, batch.messages + start, count: end - start, oneDestination: false) { err, n in
-            counters.add(ErrorPolicy.sendDrop(errno: err), UInt64(n))
-        }
-        if outcome.sent > 0 {
-            counters.add(.sentPackets, UInt64(outcome.sent))
-            counters.add(.sentBytes, outcome.bytes)
-        }
     }
 }
