@@ -45,13 +45,13 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Replies: the client address and packet-info control data of the session being served.
     private let replyName: UnsafeMutablePointer<sockaddr_in6>
     private let replyControl: UnsafeMutableRawPointer
-    private let usesPacketInfo: Bool
+    let usesPacketInfo: Bool
     private let controlCapacity: Int
     let upstreams: UpstreamTable
-    private let upCounters: [UpstreamCounterSet]
-    private let logger: Logger
+    let upCounters: [UpstreamCounterSet]
+    let logger: Logger
 
-    private var sessions: SessionTable
+    var sessions: SessionTable
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
     /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
@@ -66,14 +66,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                                episodes: LogLimiter(lines: 4, per: .seconds(10)))
     /// The listener's `rcvbuf`/`sndbuf`, applied to every session socket; whether the FORCE
     /// options work (see `UDPSocket.setBuffers(_:receive:send:force:)`).
-    private let receiveBuffer: Int
-    private let sendBuffer: Int
-    private var forceBuffers = true
+    let receiveBuffer: Int
+    let sendBuffer: Int
+    var forceBuffers = true
     /// `[listener NAME]`, for the sessions handed over.
-    private let listenerName: String
+    let listenerName: String
     /// Set by `handSessionsOverAtStop`: where `stopMembers` sends the live sessions instead of
     /// closing them, and which of the listener's sockets they are recorded under.
-    private var handOverAtStop: (socket: UInt16, sink: @Sendable ([HandedOverSession]) -> Void)?
+    var handOverAtStop: (socket: UInt16, sink: @Sendable ([HandedOverSession]) -> Void)?
     init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
          upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) throws(SyscallError) {
         // On failure `fd` stays the caller's to close.
@@ -517,195 +517,5 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         counters.add(.sentPackets, UInt64(outcome.sent))
         counters.add(.sentBytes, outcome.bytes)
-    }
-}
-
-// MARK: - handing sessions over
-
-extension RelayWorker {
-    /// What `adoptSessions` did with the sessions handed to it.
-    struct Adoption: Equatable, Sendable {
-        /// Live here now.
-        var adopted = 0
-        /// Their upstream is no longer in this listener's list: closed, counted as
-        /// `sessions_closed`.
-        var upstreamRemoved = 0
-        /// Not a UDP socket connected to the entry's upstream, or a client of the other address
-        /// family than this listener's socket: closed (when a descriptor at all), counted as
-        /// `session_errors`.
-        var unusable = 0
-        /// Beyond `max_sessions` (or the room for live and held sockets): closed, counted as
-        /// `sessions_evicted`.
-        var noRoom = 0
-        /// Their client already has a session here (one opened since the listener started
-        /// reading): closed, counted as `sessions_closed`; the newer session stays.
-        var clientHasSession = 0
-
-        var refused: Int { upstreamRemoved + unusable + noRoom + clientHasSession }
-    }
-
-    /// Takes every live session out of this worker without closing its socket, for another
-    /// worker (a reload that rebuilds the listener) or the next process (a restart): each leaves
-    /// the wait set, `sessions_active` drops to 0, and the caller owns the descriptors returned.
-    /// Entries carry this listener's name, `socket` (which of the listener's sockets this
-    /// worker serves: the caller knows), the upstream the socket is connected to, the idle time
-    /// at `now` (from the last datagram either way), the requests and replies so far, and the
-    /// kernel's drop count last seen. Least recently used first.
-    ///
-    /// Runs on `queue`, once the listener has stopped reading (the caller sees to it: a datagram
-    /// read afterwards opens a new session). Held sessions stay: they close after their hold,
-    /// or at stop. Not counted as closed: the sessions live on elsewhere.
-    func takeSessions(socket: UInt16, now: UInt64 = SystemClock.monotonicNanos()) -> [HandedOverSession] {
-        dispatchPrecondition(condition: .onQueue(queue))
-        let taken = sessions.takeLive()
-        var out: [HandedOverSession] = []
-        out.reserveCapacity(taken.count)
-        for (session, lastUsed) in taken {
-            waitSet.remove(session.fd)
-            upCounters[Int(session.upstream)].sessionEnded()
-            let upstream = Self.peerAddress(session.fd) ?? upstreams.address(Int(session.upstream))
-            guard let client = session.clientAddress, let upstream else {
-                // Cannot happen for a socket this worker connected; closed rather than lost.
-                Syscall.close(session.fd)
-                counters.add(.sessionErrors)
-                continue
-            }
-            let idle = UInt32(clamping: (now > lastUsed ? now - lastUsed : 0) / 1_000_000)
-            let entry = SessionArchive.Entry(listener: listenerName, socket: socket, client: client, local: session.localAddress,
-                                             interface: session.ifindex, upstream: upstream, idleMilliseconds: idle,
-                                             requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops)
-            out.append(HandedOverSession(entry: entry, fd: session.fd, kernelDrops: session.kernelDrops))
-        }
-        counters.set(.sessionsActive, UInt64(sessions.liveCount))
-        if !out.isEmpty {
-            logger.info("sessions handed over", metadata: ["sessions": "\(out.count)", "sessions.held": "\(sessions.heldCount)"])
-        }
-        return out
-    }
-
-    /// Has `stop` hand the live sessions to `sink` (on `queue`, after the listener's last pass,
-    /// see `takeSessions`) instead of closing them; held ones still close. Call before `stop`.
-    func handSessionsOverAtStop(socket: UInt16, to sink: @escaping @Sendable ([HandedOverSession]) -> Void) {
-        queue.async { [self] in handOverAtStop = (socket, sink) }
-    }
-
-    /// `adoptSessions` from any thread but `queue`, once the listener's upstream hostnames have
-    /// had their first answers (waits for them as `start` does, at most
-    /// `UpstreamTable.resolveWait`): before `start`, or right after it.
-    func takeOver(_ handed: [HandedOverSession]) -> Adoption {
-        upstreams.awaitInitialResolution()
-        return queue.sync { adoptSessions(handed) }
-    }
-
-    /// Takes in sessions handed over by another worker or process. For each: its descriptor must
-    /// be a UDP socket of the upstream's family connected to the entry's upstream, and the client
-    /// of this listener socket's family; the upstream must still be in this listener's list
-    /// (matched by address); the table must have room (`max_sessions`: the least recently used
-    /// beyond it go; an adopted session never evicts one here) and no session for that client. Otherwise the socket is closed and
-    /// counted (see `Adoption`). An adopted session gets this listener's socket buffers and is
-    /// then like one opened here: its replies go to its client (from the entry's local address on
-    /// wildcard listeners), its client's datagrams reuse it, it expires `session_timeout` after
-    /// its last use (`now` minus its idle time; older first keeps the order exact), is evicted,
-    /// and counts replies against `session_max_replies` with the requests and replies it brought.
-    /// Not counted in `sessions_created`, nor in its upstream's `sessions`: it was created before.
-    ///
-    /// Runs on `queue`, before the worker serves (a client that sent meanwhile has a newer session
-    /// here, which stays). Upstream hostnames are matched by the addresses they have now: call
-    /// it after `UpstreamTable.awaitInitialResolution` (`takeOver` does).
-    @discardableResult
-    func adoptSessions(_ handed: [HandedOverSession], now: UInt64 = SystemClock.monotonicNanos()) -> Adoption {
-        dispatchPrecondition(condition: .onQueue(queue))
-        var result = Adoption()
-        let addresses = (0..<upstreams.count).map { upstreams.address($0) }
-        // Oldest first, so every idle time is kept exactly (see `SessionTable.adopt`); beyond
-        // `max_sessions` the least recently used go, as eviction would pick them.
-        let ordered = handed.sorted(by: { $0.entry.idleMilliseconds > $1.entry.idleMilliseconds })
-        var beyondRoom = ordered.count - max(0, sessions.maxSessions - sessions.liveCount)
-        for h in ordered {
-            let e = h.entry
-            if beyondRoom > 0 {
-                beyondRoom -= 1
-                if h.fd >= 0 { Syscall.close(h.fd) }
-                counters.add(.sessionsEvicted)
-                result.noRoom += 1
-                continue
-            }
-            guard e.client.ip.isIPv6 == localAddress.ip.isIPv6, (e.local?.ip.isIPv6 ?? e.client.ip.isIPv6) == e.client.ip.isIPv6,
-                  Self.isSessionSocket(h.fd, connectedTo: e.upstream) else {
-                if h.fd >= 0 { Syscall.close(h.fd) }
-                counters.add(.sessionErrors)
-                result.unusable += 1
-                continue
-            }
-            guard let upstream = addresses.firstIndex(of: e.upstream) else {
-                Syscall.close(h.fd)
-                counters.add(.sessionsClosed)
-                result.upstreamRemoved += 1
-                continue
-            }
-            UDPSocket.setBuffers(h.fd, receive: receiveBuffer, send: sendBuffer, force: &forceBuffers)
-            UDPSocket.enableDropCount(h.fd)
-            var session = Session(fd: h.fd, key: ClientKey(high: 0, low: 0, rest: 0), upstream: upstream)
-            session.setAddresses(client: e.client, local: usesPacketInfo ? e.local : nil, interface: e.interface)
-            // The key a datagram from this client gets (`forward`), from the same bytes.
-            guard let key = withUnsafeBytes(of: session.client, { ClientKey(sockaddr: $0.baseAddress!) }) else {
-                Syscall.close(h.fd)
-                counters.add(.sessionErrors)
-                result.unusable += 1
-                continue
-            }
-            session.key = key
-            session.requests = e.requests
-            session.replies = e.replies
-            session.kernelDrops = h.kernelDrops
-            let idle = UInt64(e.idleMilliseconds) * 1_000_000
-            do {
-                try sessions.adopt(session, lastUsed: now > idle ? now - idle : 0, now: now) { (tag) throws(SyscallError) in
-                    try waitSet.add(h.fd, tag: tag)
-                }
-                upCounters[upstream].sessionAdopted()
-                result.adopted += 1
-            } catch {
-                switch error {
-                case .full:
-                    counters.add(.sessionsEvicted)
-                    result.noRoom += 1
-                case .clientHasSession:
-                    counters.add(.sessionsClosed)
-                    result.clientHasSession += 1
-                case .register:
-                    counters.add(.sessionErrors)
-                    result.unusable += 1
-                }
-            }
-        }
-        counters.set(.sessionsActive, UInt64(sessions.liveCount))
-        if result.refused > 0 {
-            logger.notice("handed-over sessions refused: closed", metadata: [
-                "sessions.adopted": "\(result.adopted)", "upstream_removed": "\(result.upstreamRemoved)",
-                "unusable": "\(result.unusable)", "no_room": "\(result.noRoom)", "client_has_session": "\(result.clientHasSession)",
-            ])
-        } else if result.adopted > 0 {
-            logger.info("sessions taken over", metadata: ["sessions.adopted": "\(result.adopted)"])
-        }
-        return result
-    }
-
-    /// Whether `fd` is a UDP socket of `upstream`'s family connected to `upstream`; made
-    /// non-blocking and close-on-exec when it is (a descriptor from elsewhere may not be).
-    static func isSessionSocket(_ fd: Int32, connectedTo upstream: SocketAddress) -> Bool {
-        guard fd >= 0,
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_TYPE)) == Int32(SOCK_DGRAM.rawValue),
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_DOMAIN)) == upstream.family,
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_PROTOCOL)) == Int32(IPPROTO_UDP),
-              peerAddress(fd) == upstream else { return false }
-        guard (try? Syscall.setNonBlocking(fd)) != nil else { return false }
-        try? Syscall.setCloseOnExec(fd)
-        return true
-    }
-
-    /// The peer a socket is connected to (getpeername), nil when none or not a socket.
-    static func peerAddress(_ fd: Int32) -> SocketAddress? {
-        try? Syscall.peerAddress(fd)
     }
 }
