@@ -28,16 +28,17 @@ final class PortRangeEndToEndTests: XCTestCase {
         return nil
     }
 
-    /// Starts the daemon on a range of `count` free ports. Another process may take a port
-    /// between the probe and the daemon's bind, so a start that reports it cannot bind is
-    /// retried on another range (three times at most).
-    func startOnFreeRange(count: Int) throws -> (DaemonProcess, [SocketAddress], SocketAddress, UInt16) {
+    /// Starts the daemon on a range of `count` free ports (or the first `configured` of them),
+    /// with an `other` listener beside it. Another process may take a port between the probe
+    /// and the daemon's bind, so a start that reports it cannot bind is retried on another
+    /// range (three times at most).
+    func startOnFreeRange(count: Int, configured: Int? = nil) throws -> (DaemonProcess, [SocketAddress], SocketAddress, UInt16) {
         var lastLog = ""
         for _ in 0..<3 {
             let low = try XCTUnwrap(freeRange(count: count), "no \(count) consecutive free ports on 127.0.0.1")
-            let high = low + UInt16(count - 1)
+            let high = low + UInt16((configured ?? count) - 1)
             do {
-                let (d, bound, status) = try startDaemonWithStatus("[listener range]\nmode = echo\nlisten = 127.0.0.1:\(low)-\(high)\n")
+                let (d, bound, status) = try startDaemonWithStatus("[listener range]\nmode = echo\nlisten = 127.0.0.1:\(low)-\(high)\n[listener other]\nlisten = 127.0.0.1:0\n")
                 return (d, bound["range"] ?? [], status, low)
             } catch let error as DaemonError {
                 lastLog = error.description
@@ -47,21 +48,27 @@ final class PortRangeEndToEndTests: XCTestCase {
         throw DaemonError.notReady("three ranges were taken before the daemon could bind them; the last log:\n\(lastLog)")
     }
 
-    func testEveryPortOfARangeOf100Echoes() throws {
-        let (d, bound, status, low) = try startOnFreeRange(count: Self.ports)
-        let expected = (0..<Self.ports).map { SocketAddress(ip: Self.loopback, port: low + UInt16($0)) }
-        XCTAssertEqual(bound, expected, "the daemon binds one socket per port of the range, in order")
-
+    /// Sends one datagram to each address from one client; returns the ports that did not echo
+    /// it back from that address.
+    func silentPorts(_ addresses: [SocketAddress]) throws -> [UInt16] {
         let client = try UDPClient()
         var silent: [UInt16] = []
-        for address in expected {
+        for address in addresses {
             let text = "port \(address.port)"
             client.send(Array(text.utf8), to: address)
             guard let reply = client.receive(timeout: 3) else { silent.append(address.port); continue }
             XCTAssertEqual(String(decoding: reply.bytes, as: UTF8.self), text)
             XCTAssertEqual(reply.from, address, "the reply leaves from the port it was sent to")
         }
-        XCTAssertEqual(silent, [], "ports that did not echo")
+        return silent
+    }
+
+    func testEveryPortOfARangeOf100Echoes() throws {
+        let (d, bound, status, low) = try startOnFreeRange(count: Self.ports)
+        let expected = (0..<Self.ports).map { SocketAddress(ip: Self.loopback, port: low + UInt16($0)) }
+        XCTAssertEqual(bound, expected, "the daemon binds one socket per port of the range, in order")
+
+        XCTAssertEqual(try silentPorts(expected), [], "ports that did not echo")
 
         // Status: every address in /status and /metrics, the range on one line of the page.
         let object = try listenerStatus(status, "range")
@@ -76,5 +83,32 @@ final class PortRangeEndToEndTests: XCTestCase {
         let totals = d.totals("range")
         XCTAssertEqual(DaemonProcess.field("received", in: totals ?? ""), "\(Self.ports)", totals ?? d.log.joined(separator: "\n"))
         XCTAssertEqual(DaemonProcess.field("sent", in: totals ?? ""), "\(Self.ports)", totals ?? "")
+    }
+
+    /// A reload that moves the range rebuilds the listener: the ports it drops close, the ports
+    /// it adds open, the ports both share keep echoing, and a listener beside it is untouched.
+    func testReloadThatMovesARangeRebuildsOnlyThatListener() throws {
+        let (d, bound, status, low) = try startOnFreeRange(count: 100, configured: 50)
+        XCTAssertEqual(bound.count, 50)
+        let other = try XCTUnwrap(try d.waitUntilReady()["other"]?.first, "the listener beside the range")
+        // low..low+49 becomes low+25..low+99: 25 ports dropped, 25 kept, 50 added.
+        let config = try String(contentsOfFile: d.configPath, encoding: .utf8)
+        try config.replacingOccurrences(of: "127.0.0.1:\(low)-\(low + 49)", with: "127.0.0.1:\(low + 25)-\(low + 99)")
+            .write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        let before = d.log.count
+        d.signal(SIGHUP)
+        let outcome = try XCTUnwrap(d.waitForLine(after: before) { $0.contains("reload rejected") || $0.contains(" reloaded ") },
+                                    d.log.joined(separator: "\n"))
+        XCTAssertTrue(outcome.contains(" reloaded "), d.log.dropFirst(before).joined(separator: "\n"))
+        XCTAssertEqual(DaemonProcess.field("listeners.changed", in: outcome), "range", outcome)
+        XCTAssertEqual(DaemonProcess.field("listeners.unchanged", in: outcome), "1", outcome)
+
+        let expected = (25..<100).map { SocketAddress(ip: Self.loopback, port: low + UInt16($0)) }
+        XCTAssertEqual(try listenerStatus(status, "range")["addresses"] as? [String], expected.map(\.description))
+        XCTAssertEqual(try silentPorts(expected), [], "ports that did not echo after the reload")
+        XCTAssertEqual(try silentPorts([other]), [], "the other listener still echoes")
+        // The dropped ports are closed: binding one succeeds again.
+        XCTAssertNoThrow(try UDPClient(bind: SocketAddress(ip: Self.loopback, port: low)), "port \(low) is released")
+        XCTAssertTrue(try httpBody("/", from: status).contains("<code>127.0.0.1:\(low + 25)-\(low + 99) (75 ports)</code>"))
     }
 }
