@@ -218,6 +218,8 @@ struct ConfigParser {
         var listeners: [ListenerDraft] = []
         var singletonLines: [String: Int] = [:]
         var listenerLines: [String: (file: String, line: Int)] = [:]
+        // Listen addresses so far, ranges expanded: a short file of wide ranges stays bounded.
+        var listenAddresses = 0
 
         for section in sections where section.isValid {
             currentFile = section.file
@@ -257,6 +259,16 @@ struct ConfigParser {
                 var draft = ListenerDraft(name: name, file: section.file, line: section.line)
                 let seen = apply(section, to: &draft, table: Schema.listener)
                 draft.keyLines = seen
+                if let listen = draft.listen {
+                    if listenAddresses + listen.count > ListenLimits.addressesPerConfiguration {
+                        error(seen["listen"] ?? section.line, "listener \(name)", "listen",
+                              "more than \(ListenLimits.addressesPerConfiguration) listen addresses in the configuration (its files together: "
+                              + "\(listenAddresses) before this listener, which adds \(listen.count))")
+                        draft.listen = nil
+                    } else {
+                        listenAddresses += listen.count
+                    }
+                }
                 listeners.append(draft)
             default:
                 var message = "unknown section"

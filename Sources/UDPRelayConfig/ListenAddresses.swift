@@ -10,6 +10,11 @@ public enum ListenLimits {
     /// `auto` is counted when the listener opens). 4096 is the usual hard open-file limit
     /// outside systemd, so one listener alone never needs more than that.
     public static let socketsPerListener = 4096
+    /// Addresses of all listeners of a configuration (main file and includes), so that wide
+    /// ranges in a file of at most 16 MiB cannot expand into hundreds of millions; with two
+    /// descriptors per socket (the socket, its worker's epoll) this stays far below the shipped
+    /// unit's `LimitNOFILE=`.
+    public static let addressesPerConfiguration = 65536
 }
 
 extension Values {

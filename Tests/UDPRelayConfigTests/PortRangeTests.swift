@@ -44,6 +44,21 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
         XCTAssertTrue(e[0].message.hasPrefix("more than 4096 addresses in one listener (4096 before '[::1]:9', which adds 1)"), e[0].message)
     }
 
+    func testConfigurationAddressCap() throws {
+        // 16 listeners of 4096 addresses each: exactly the cap.
+        var text = ""
+        for i in 0..<16 {
+            text += "[listener l\(i)]\nlisten = " + (1...4).map { "127.0.\(i).\($0):1024-2047" }.joined(separator: ", ") + "\n"
+        }
+        let full = try parse(text)
+        XCTAssertEqual(full.listeners.reduce(0) { $0 + $1.listen.count }, ListenLimits.addressesPerConfiguration)
+        let lines = text.split(separator: "\n").count
+        let e = errors(text + "[listener extra]\nmode = echo\nlisten = [::1]:9, [::1]:10\n")
+        XCTAssertEqual(e.count, 1, "\(e)")
+        XCTAssertEqual(e.first?.description, "t.ini:\(lines + 3): [listener extra] listen: more than 65536 listen addresses in the configuration "
+                       + "(its files together: 65536 before this listener, which adds 2)")
+    }
+
     func testSocketCapCountsWorkers() throws {
         XCTAssertNoThrow(try parse("[listener a]\nlisten = 127.0.0.1:5000-6023, 127.0.0.2:5000-6023\nworkers = 2\n"))
         let e = errors("[listener a]\nlisten = 127.0.0.1:5000-6023, 127.0.0.2:5000-6023\nworkers = 3\n")
