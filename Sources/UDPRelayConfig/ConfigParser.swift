@@ -113,7 +113,7 @@ enum Schema {
     ]
 
     static let listener: [KeySpec<ListenerDraft>] = [
-        KeySpec("listen") { d, v in d.listen = try Values.socketAddresses(v) },
+        KeySpec("listen") { d, v in d.listen = try Values.listenAddresses(v) },
         KeySpec("mode") { d, v in d.mode = try Values.oneOf(v, ListenerMode.self) },
         KeySpec("max_datagram") { d, v in d.maxDatagram = try Values.size(v, in: 1...65535) },
         KeySpec("rcvbuf") { d, v in d.receiveBuffer = try Values.size(v, in: 4096...(1 << 30)) },
@@ -218,6 +218,8 @@ struct ConfigParser {
         var listeners: [ListenerDraft] = []
         var singletonLines: [String: Int] = [:]
         var listenerLines: [String: (file: String, line: Int)] = [:]
+        // Listen addresses so far, ranges expanded: a short file of wide ranges stays bounded.
+        var listenAddresses = 0
 
         for section in sections where section.isValid {
             currentFile = section.file
@@ -257,6 +259,16 @@ struct ConfigParser {
                 var draft = ListenerDraft(name: name, file: section.file, line: section.line)
                 let seen = apply(section, to: &draft, table: Schema.listener)
                 draft.keyLines = seen
+                if let listen = draft.listen {
+                    if listenAddresses + listen.count > ListenLimits.addressesPerConfiguration {
+                        error(seen["listen"] ?? section.line, "listener \(name)", "listen",
+                              "more than \(ListenLimits.addressesPerConfiguration) listen addresses in the configuration (its files together: "
+                              + "\(listenAddresses) before this listener, which adds \(listen.count))")
+                        draft.listen = nil
+                    } else {
+                        listenAddresses += listen.count
+                    }
+                }
                 listeners.append(draft)
             default:
                 var message = "unknown section"
@@ -306,12 +318,25 @@ struct ConfigParser {
                 error(d.line, "listener \(d.name)", "listen", "missing required key (e.g. listen = 0.0.0.0:7007, [::]:7007)")
                 continue
             }
+            // One error per listener however many addresses of a port range overlap.
+            var firstOverlap: String?
+            var overlaps = 0
             for address in listen where address.port != 0 {
                 if let owner = owners.conflict(with: address) {
-                    error(d.keyLines["listen"] ?? d.line, "listener \(d.name)", "listen", "\(address) overlaps \(owner); each address and port may belong to one listener")
+                    if firstOverlap == nil { firstOverlap = "\(address) overlaps \(owner)" }
+                    overlaps += 1
                 } else {
                     owners.add(address, owner: "listener '\(d.name)'")
                 }
+            }
+            if let firstOverlap {
+                let more = overlaps > 1 ? " (and \(overlaps - 1) more of its addresses overlap)" : ""
+                error(d.keyLines["listen"] ?? d.line, "listener \(d.name)", "listen", "\(firstOverlap)\(more); each address and port may belong to one listener")
+            }
+            if case .count(let perAddress) = d.workers ?? Defaults.workers, listen.count * perAddress > ListenLimits.socketsPerListener {
+                error(d.keyLines["workers"] ?? d.line, "listener \(d.name)", "workers",
+                      "\(listen.count) listen addresses × workers = \(perAddress) is \(listen.count * perAddress) sockets; "
+                      + "at most \(ListenLimits.socketsPerListener) per listener (lower workers or split the addresses over several listeners)")
             }
             let mode = d.mode ?? Defaults.mode
             checkRelayKeys(d, mode: mode)

@@ -105,6 +105,35 @@ enum Format {
         return "\(sec)s"
     }
 
+    /// Addresses (`127.0.0.1:5000`, `[::1]:5000`) with runs of consecutive ports on the same IP
+    /// folded into one line, `127.0.0.1:5000-5099 (100 ports)`, so a port range reads as it
+    /// was configured. Order is kept; anything that is not `HOST:PORT` stays as it is.
+    static func addressRuns(_ addresses: [String]) -> [String] {
+        var out: [String] = []
+        var run: (host: Substring, low: Int, high: Int)?
+        func flush() {
+            guard let r = run else { return }
+            out.append(r.low == r.high ? "\(r.host):\(r.low)" : "\(r.host):\(r.low)-\(r.high) (\(r.high - r.low + 1) ports)")
+            run = nil
+        }
+        for a in addresses {
+            guard let colon = a.lastIndex(of: ":"), let port = Int(a[a.index(after: colon)...]) else {
+                flush()
+                out.append(a)
+                continue
+            }
+            let host = a[..<colon]
+            if let r = run, r.host == host, r.high + 1 == port {
+                run = (host, r.low, port)
+            } else {
+                flush()
+                run = (host, port, port)
+            }
+        }
+        flush()
+        return out
+    }
+
     /// Escapes text for HTML element content and attribute values.
     static func html(_ s: String) -> String {
         var out = ""

@@ -68,7 +68,7 @@ public enum StatusPage {
             h += "<tr class=\"listener\" id=\"listener-\(Format.html(l.name))\">"
             h += "<td class=\"l name\">\(Format.html(l.name))\(unbound ? " <span class=\"pill bad small\">UNBOUND</span>" : "")</td>"
             h += "<td class=\"l\"><span class=\"mode\">\(Format.html(l.mode))</span></td>"
-            h += "<td class=\"l addr\">\(l.addresses.map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
+            h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)
             h += rateCell(r?.receivedBytes) { Format.bytes($0) + "/s" }
             h += rateCell(r?.sentPackets, Format.si)
@@ -85,7 +85,7 @@ public enum StatusPage {
             }
             h += "</tr>\n"
             if l.hasSeveralWorkersPerAddress {
-                for w in l.workers { h += workerRow(w, listener: l) }
+                for w in workerRows(l) { h += workerRow(w, listener: l) }
             }
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
@@ -128,6 +128,33 @@ public enum StatusPage {
         h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
         h += "</footer>\n</body></html>\n"
         return h
+    }
+
+    /// At most this many worker rows per listener; beyond, workers are summed by their number.
+    static let workerRowsLimit = 32
+
+    /// The worker rows of a listener: one per socket, or, for a listener with many addresses
+    /// (a port range), one per worker number summed over its addresses ("worker 1 of 2" on
+    /// every address together), which still shows how the kernel spreads clients.
+    static func workerRows(_ l: ListenerStatus) -> [WorkerStatus] {
+        guard l.workers.count > workerRowsLimit else { return l.workers }
+        var byNumber: [Int: WorkerStatus] = [:]
+        var addresses: [Int: Int] = [:]
+        for w in l.workers {
+            var sum = byNumber[w.number] ?? WorkerStatus(address: "", number: w.number, of: 0)
+            sum.of = max(sum.of, w.of)
+            sum.received.packets += w.received.packets
+            sum.received.bytes += w.received.bytes
+            sum.sent.packets += w.sent.packets
+            sum.sent.bytes += w.sent.bytes
+            byNumber[w.number] = sum
+            addresses[w.number, default: 0] += 1
+        }
+        return byNumber.keys.sorted().map { n in
+            var w = byNumber[n]!
+            w.address = "on \(addresses[n]!) addresses"
+            return w
+        }
     }
 
     /// One socket's worker of a listener with `workers` above 1: its totals and its share of the

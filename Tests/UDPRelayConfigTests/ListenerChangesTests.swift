@@ -56,4 +56,17 @@ final class ListenerChangesTests: XCTestCase {
         let auto = try parse("[listener a]\nlisten = 127.0.0.1:7001\nworkers = auto\n")
         XCTAssertEqual(ListenerChanges(from: [old[0]], to: auto).changed, ["a"])
     }
+
+    func testChangingAPortRangeRebuildsOnlyThatListener() throws {
+        let base = "[listener r]\nlisten = 127.0.0.1:5000-5099\n[listener s]\nlisten = 127.0.0.1:7001\n"
+        XCTAssertTrue(ListenerChanges(from: try parse(base), to: try parse(base)).isEmpty)
+        for edited in ["127.0.0.1:5000-5100", "127.0.0.1:5001-5099", "127.0.0.2:5000-5099", "127.0.0.1:5000-5099, [::1]:5000-5099"] {
+            let new = try parse("[listener r]\nlisten = \(edited)\n[listener s]\nlisten = 127.0.0.1:7001\n")
+            XCTAssertEqual(ListenerChanges(from: try parse(base), to: new), ListenerChanges(unchanged: ["s"], changed: ["r"]), edited)
+        }
+        // The same ports spelt out one by one are the same listener: nothing to rebuild.
+        let spelt = (5000...5099).map { "127.0.0.1:\($0)" }.joined(separator: ", ")
+        let same = try parse("[listener r]\nlisten = \(spelt)\n[listener s]\nlisten = 127.0.0.1:7001\n")
+        XCTAssertTrue(ListenerChanges(from: try parse(base), to: same).isEmpty)
+    }
 }
