@@ -1,14 +1,15 @@
 # udprelayd: the two commands the README promises, and a few more.
 #   make run   - install what is missing (and socat), build a release binary, run it with config/udprelayd.ini
 #   make test  - install what is missing, build, run every test
-#   make check - build and run the unit and end-to-end XCTest tests only (no container, no package)
+#   make check - check the code style, build and run the unit and end-to-end XCTest tests only (no container, no package)
+#   make format - apply the code style of .swift-format
 #   make deb   - build udprelayd_<version>_amd64.deb (installs its Build-Depends), check it with lintian
 #   make bench - benchmark against a C reference, nginx and socat on loopback; writes BENCHMARKS.md
 SHELL := /bin/bash
 CONFIG ?= config/udprelayd.ini
 SWIFT ?= swift
 
-.PHONY: deps test-deps build release run test check check-config deb clean fuzz sanitize sanitize-thread sanitize-address soak bench bench-tools
+.PHONY: deps test-deps build release run test check check-config format deb clean fuzz sanitize sanitize-thread sanitize-address soak bench bench-tools
 
 deps:
 	@scripts/install-deps.sh build
@@ -33,6 +34,7 @@ check-config: release
 test: test-deps
 	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
 	scripts/check-warnings.sh < .build-test.log
+	scripts/check-format.sh
 	$(SWIFT) test --skip-build --disable-swift-testing
 	scripts/systemd-e2e.sh
 	scripts/check-version.sh .build/debug/udprelayd
@@ -46,7 +48,12 @@ test: test-deps
 check: test-deps
 	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
 	scripts/check-warnings.sh < .build-test.log
+	scripts/check-format.sh
 	$(SWIFT) test --skip-build --disable-swift-testing
+
+# Applies the code style of .swift-format to every Swift file (scripts/check-format.sh checks it).
+format:
+	swift-format format --in-place --recursive --configuration .swift-format Sources Tests Package.swift
 
 deb:
 	SWIFT=$$(command -v $(SWIFT)) scripts/build-deb.sh

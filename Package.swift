@@ -106,7 +106,9 @@ let package = Package(
         ),
         .testTarget(
             name: "UDPRelaySystemdTests",
-            dependencies: ["UDPRelaySystemd", "UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "UDPRelaySystemd", "UDPRelayDatapath", "UDPRelayConfig", "CUDPRelay", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "UDPRelayStatusTests",

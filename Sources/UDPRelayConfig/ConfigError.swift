@@ -101,9 +101,11 @@ struct ErrorCollector {
         }
         let file = file ?? self.file
         register(file: file)
-        stored.append(ConfigError(file: file, line: line, section: section.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
-                                  key: key.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
-                                  message: Self.excerpt(Self.printable(message), ConfigLimits.maxMessageLength)))
+        stored.append(
+            ConfigError(
+                file: file, line: line, section: section.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
+                key: key.map { Self.excerpt(Self.printable($0), ConfigLimits.maxKeyLength) },
+                message: Self.excerpt(Self.printable(message), ConfigLimits.maxMessageLength)))
     }
 
     mutating func append(contentsOf other: ErrorCollector) {
@@ -123,8 +125,10 @@ struct ErrorCollector {
         let limit = ConfigLimits.maxReportedErrors
         guard total > limit else { return ConfigErrors(sorted) }
         var kept = Array(sorted.prefix(limit))
-        kept.append(ConfigError(file: sorted[limit].file, line: sorted[limit].line,
-                                message: "and \(total - limit) more error(s) not shown; fix the ones above and check again"))
+        kept.append(
+            ConfigError(
+                file: sorted[limit].file, line: sorted[limit].line,
+                message: "and \(total - limit) more error(s) not shown; fix the ones above and check again"))
         return ConfigErrors(kept, total: total)
     }
 

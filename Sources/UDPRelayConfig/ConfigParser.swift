@@ -10,8 +10,10 @@ struct KeySpec<Draft>: Sendable {
     let modeNote: String?
     let apply: @Sendable (inout Draft, String) throws -> Void
 
-    init(_ name: String, modes: [ListenerMode]? = nil, note: String? = nil,
-         _ apply: @escaping @Sendable (inout Draft, String) throws -> Void) {
+    init(
+        _ name: String, modes: [ListenerMode]? = nil, note: String? = nil,
+        _ apply: @escaping @Sendable (inout Draft, String) throws -> Void
+    ) {
         self.name = name
         self.modes = modes
         self.modeNote = note
@@ -78,11 +80,12 @@ struct ProtectionDraft {
 
     /// Defaults applied, as everywhere, in one place (ProtectionConfiguration.init).
     var configuration: ProtectionConfiguration {
-        ProtectionConfiguration(allow: allow ?? [], deny: deny ?? [],
-                                denySourcePorts: denySourcePorts,
-                                loopGuard: loopGuard ?? true, rateLimit: rateLimit, rateBurst: rateBurst,
-                                rateLimitTotal: rateLimitTotal,
-                                rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources)
+        ProtectionConfiguration(
+            allow: allow ?? [], deny: deny ?? [],
+            denySourcePorts: denySourcePorts,
+            loopGuard: loopGuard ?? true, rateLimit: rateLimit, rateBurst: rateBurst,
+            rateLimitTotal: rateLimitTotal,
+            rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources)
     }
 }
 
@@ -104,7 +107,10 @@ enum Schema {
 
     static let status: [KeySpec<StatusDraft>] = [
         KeySpec("listen") { d, v in
-            if v.lowercased() == "off" { d.listen = .some(nil); return }
+            if v.lowercased() == "off" {
+                d.listen = .some(nil)
+                return
+            }
             let addresses = try Values.socketAddresses(v)
             guard addresses.count == 1 else { throw ValueError("expected one ADDRESS:PORT or 'off', got \(addresses.count) addresses") }
             d.listen = .some(addresses[0])
@@ -120,7 +126,10 @@ enum Schema {
         KeySpec("sndbuf") { d, v in d.sendBuffer = try Values.size(v, in: 4096...(1 << 30)) },
         KeySpec("busy_poll", modes: Schema.datagramModes) { d, v in d.busyPoll = try Values.duration(v, max: .milliseconds(10), allowZero: true) },
         KeySpec("workers") { d, v in
-            if v.lowercased() == "auto" { d.workers = .auto; return }
+            if v.lowercased() == "auto" {
+                d.workers = .auto
+                return
+            }
             let r = WorkerCount.range
             guard let n = Int(v), r.contains(n) else {
                 throw ValueError("expected a whole number from \(r.lowerBound) to \(r.upperBound) or 'auto', got '\(v)'")
@@ -225,8 +234,10 @@ struct ConfigParser {
             currentFile = section.file
             switch section.kind {
             case "daemon" where section.file != file, "status" where section.file != file:
-                error(section.line, section.header, nil, "an included file holds only [listener NAME] sections; [\(section.kind)] belongs "
-                      + "in the main file (\(file)), so includes do not nest")
+                error(
+                    section.line, section.header, nil,
+                    "an included file holds only [listener NAME] sections; [\(section.kind)] belongs "
+                        + "in the main file (\(file)), so includes do not nest")
             case "daemon", "status":
                 if section.name != nil {
                     error(section.line, section.header, nil, "[\(section.kind)] takes no name")
@@ -261,9 +272,10 @@ struct ConfigParser {
                 draft.keyLines = seen
                 if let listen = draft.listen {
                     if listenAddresses + listen.count > ListenLimits.addressesPerConfiguration {
-                        error(seen["listen"] ?? section.line, "listener \(name)", "listen",
-                              "more than \(ListenLimits.addressesPerConfiguration) listen addresses in the configuration (its files together: "
-                              + "\(listenAddresses) before this listener, which adds \(listen.count))")
+                        error(
+                            seen["listen"] ?? section.line, "listener \(name)", "listen",
+                            "more than \(ListenLimits.addressesPerConfiguration) listen addresses in the configuration (its files together: "
+                                + "\(listenAddresses) before this listener, which adds \(listen.count))")
                         draft.listen = nil
                     } else {
                         listenAddresses += listen.count
@@ -285,16 +297,19 @@ struct ConfigParser {
         // close every listener and a start would serve nothing while looking healthy.
         currentFile = file
         if !sections.contains(where: { $0.kind == "listener" }) {
-            error(0, nil, nil, "no listener: a configuration needs at least one [listener NAME] section "
-                  + "with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+            error(
+                0, nil, nil,
+                "no listener: a configuration needs at least one [listener NAME] section "
+                    + "with listen = ADDRESS:PORT (an empty or truncated file is refused)")
         }
         return finalize(daemon: daemon, status: status, listeners: listeners)
     }
 
     static func isValidName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 64 && name.unicodeScalars.allSatisfy {
-            ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-" || $0 == "_"
-        }
+        !name.isEmpty && name.utf8.count <= 64
+            && name.unicodeScalars.allSatisfy {
+                ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-" || $0 == "_"
+            }
     }
 
     /// The one place defaults are applied and cross-field checks run.
@@ -331,41 +346,46 @@ struct ConfigParser {
             }
             if let firstOverlap {
                 let more = overlaps > 1 ? " (and \(overlaps - 1) more of its addresses overlap)" : ""
-                error(d.keyLines["listen"] ?? d.line, "listener \(d.name)", "listen", "\(firstOverlap)\(more); each address and port may belong to one listener")
+                error(
+                    d.keyLines["listen"] ?? d.line, "listener \(d.name)", "listen", "\(firstOverlap)\(more); each address and port may belong to one listener")
             }
             if case .count(let perAddress) = d.workers ?? Defaults.workers, listen.count * perAddress > ListenLimits.socketsPerListener {
-                error(d.keyLines["workers"] ?? d.line, "listener \(d.name)", "workers",
-                      "\(listen.count) listen addresses × workers = \(perAddress) is \(listen.count * perAddress) sockets; "
-                      + "at most \(ListenLimits.socketsPerListener) per listener (lower workers or split the addresses over several listeners)")
+                error(
+                    d.keyLines["workers"] ?? d.line, "listener \(d.name)", "workers",
+                    "\(listen.count) listen addresses × workers = \(perAddress) is \(listen.count * perAddress) sockets; "
+                        + "at most \(ListenLimits.socketsPerListener) per listener (lower workers or split the addresses over several listeners)")
             }
             let mode = d.mode ?? Defaults.mode
             checkRelayKeys(d, mode: mode)
             upstreamLines.append((d.file, d.keyLines["upstream"] ?? d.line))
-            listeners.append(ListenerConfiguration(
-                name: d.name,
-                line: d.line,
-                listen: listen,
-                mode: mode,
-                maxDatagram: d.maxDatagram ?? Defaults.maxDatagram,
-                receiveBuffer: d.receiveBuffer ?? Defaults.socketBuffer,
-                sendBuffer: d.sendBuffer ?? Defaults.socketBuffer,
-                upstreams: d.upstreams ?? [],
-                balance: d.balance ?? Defaults.balance,
-                sampleEvery: d.sampleEvery ?? 1,
-                resolveInterval: d.resolveInterval ?? Defaults.resolveInterval,
-                sessions: SessionSettings(timeout: d.sessionTimeout ?? Defaults.sessionTimeout,
-                                          maxSessions: d.maxSessions ?? Defaults.maxSessions,
-                                          maxReplies: d.sessionMaxReplies),
-                health: HealthSettings(maxFails: d.maxFails ?? Defaults.maxFails,
-                                       failTimeout: d.failTimeout ?? Defaults.failTimeout,
-                                       probe: d.healthProbe, expect: d.healthExpect ?? [],
-                                       interval: d.healthInterval ?? Defaults.healthInterval,
-                                       probeFails: d.healthFails ?? Defaults.healthFails),
-                protection: d.protection.configuration,
-                busyPoll: d.busyPoll ?? Defaults.busyPoll,
-                workers: d.workers ?? Defaults.workers,
-                segmentation: d.segmentation ?? Defaults.segmentation
-            ))
+            listeners.append(
+                ListenerConfiguration(
+                    name: d.name,
+                    line: d.line,
+                    listen: listen,
+                    mode: mode,
+                    maxDatagram: d.maxDatagram ?? Defaults.maxDatagram,
+                    receiveBuffer: d.receiveBuffer ?? Defaults.socketBuffer,
+                    sendBuffer: d.sendBuffer ?? Defaults.socketBuffer,
+                    upstreams: d.upstreams ?? [],
+                    balance: d.balance ?? Defaults.balance,
+                    sampleEvery: d.sampleEvery ?? 1,
+                    resolveInterval: d.resolveInterval ?? Defaults.resolveInterval,
+                    sessions: SessionSettings(
+                        timeout: d.sessionTimeout ?? Defaults.sessionTimeout,
+                        maxSessions: d.maxSessions ?? Defaults.maxSessions,
+                        maxReplies: d.sessionMaxReplies),
+                    health: HealthSettings(
+                        maxFails: d.maxFails ?? Defaults.maxFails,
+                        failTimeout: d.failTimeout ?? Defaults.failTimeout,
+                        probe: d.healthProbe, expect: d.healthExpect ?? [],
+                        interval: d.healthInterval ?? Defaults.healthInterval,
+                        probeFails: d.healthFails ?? Defaults.healthFails),
+                    protection: d.protection.configuration,
+                    busyPoll: d.busyPoll ?? Defaults.busyPoll,
+                    workers: d.workers ?? Defaults.workers,
+                    segmentation: d.segmentation ?? Defaults.segmentation
+                ))
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
             }
@@ -387,8 +407,9 @@ struct ConfigParser {
             for edge in targets where edge.to == from && reported.insert(edge.upstream).inserted {
                 let l = listeners[from]
                 currentFile = upstreamLines[from].file
-                error(upstreamLines[from].line, "listener \(l.name)", "upstream",
-                      "\(edge.upstream) is this listener's own address \(edge.address); it would relay to itself")
+                error(
+                    upstreamLines[from].line, "listener \(l.name)", "upstream",
+                    "\(edge.upstream) is this listener's own address \(edge.address); it would relay to itself")
             }
         }
         for component in graph.loops() {
@@ -398,24 +419,31 @@ struct ConfigParser {
             let hop = graph.edges[cycle[0]].first { $0.to == cycle[1] }!
             let path = (cycle + [cycle[0]]).map { "'\(listeners[$0].name)'" }.joined(separator: " -> ")
             currentFile = upstreamLines[cycle[0]].file
-            error(upstreamLines[cycle[0]].line, "listener \(first.name)", "upstream",
-                  "relay loop \(path): \(hop.upstream) is listener '\(next.name)''s address \(hop.address), and each relays "
-                  + "to the next, so datagrams would circle between them; point one upstream elsewhere")
+            error(
+                upstreamLines[cycle[0]].line, "listener \(first.name)", "upstream",
+                "relay loop \(path): \(hop.upstream) is listener '\(next.name)''s address \(hop.address), and each relays "
+                    + "to the next, so datagrams would circle between them; point one upstream elsewhere")
         }
     }
 
     /// Upstream options: only `mode = balance` chooses among upstreams, `weight` only matters to
     /// the algorithms that spread, and at least one upstream must take new sessions.
-    mutating func checkUpstreamOptions(_ upstreams: [UpstreamEndpoint], mode: ListenerMode, balance: BalanceAlgorithm,
-                                       line: Int, section: String) {
+    mutating func checkUpstreamOptions(
+        _ upstreams: [UpstreamEndpoint], mode: ListenerMode, balance: BalanceAlgorithm,
+        line: Int, section: String
+    ) {
         guard let with = upstreams.first(where: { !$0.optionsText.isEmpty }) else { return }
         guard mode == .balance else {
-            error(line, section, "upstream", "upstream options (\(with) \(with.optionsText)) are only valid with mode = balance, not with mode = \(mode.rawValue)")
+            error(
+                line, section, "upstream", "upstream options (\(with) \(with.optionsText)) are only valid with mode = balance, not with mode = \(mode.rawValue)"
+            )
             return
         }
         if balance == .first, let w = upstreams.first(where: { $0.weight != 1 }) {
-            error(line, section, "upstream", "weight=\(w.weight) of \(w) has no effect with balance = first (it takes the first upstream that is up); "
-                  + "use round-robin, random or hash to spread by weight")
+            error(
+                line, section, "upstream",
+                "weight=\(w.weight) of \(w) has no effect with balance = first (it takes the first upstream that is up); "
+                    + "use round-robin, random or hash to spread by weight")
         }
         if upstreams.allSatisfy(\.drain) {
             error(line, section, "upstream", "every upstream is draining, so no new session could be placed; leave at least one without 'drain'")
@@ -439,7 +467,9 @@ struct ConfigParser {
         }
         if let upstreams = d.upstreams {
             if mode == .forward && upstreams.count > 1 {
-                error(line("upstream"), section, "upstream", "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")
+                error(
+                    line("upstream"), section, "upstream",
+                    "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")
             }
             if mode == .balance && upstreams.count < 2 {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
@@ -551,16 +581,22 @@ struct RelayGraph {
         var onStack = [Bool](repeating: false, count: n)
         var stack: [Int] = [], result: [[Int]] = [], next = 0
         for root in 0..<n where index[root] < 0 {
-            index[root] = next; low[root] = next; next += 1
-            stack.append(root); onStack[root] = true
+            index[root] = next
+            low[root] = next
+            next += 1
+            stack.append(root)
+            onStack[root] = true
             var work: [(node: Int, edge: Int)] = [(root, 0)]
             while let (v, i) = work.last {
                 if i < edges[v].count {
                     work[work.count - 1].edge += 1
                     let w = edges[v][i].to
                     if index[w] < 0 {
-                        index[w] = next; low[w] = next; next += 1
-                        stack.append(w); onStack[w] = true
+                        index[w] = next
+                        low[w] = next
+                        next += 1
+                        stack.append(w)
+                        onStack[w] = true
                         work.append((w, 0))
                     } else if onStack[w] {
                         low[v] = min(low[v], index[w])

@@ -13,8 +13,10 @@ public struct Configuration: Sendable, Equatable {
     /// The files `include =` added, in the order they were read.
     public var includedFiles: [String]
 
-    public init(file: String, daemon: DaemonConfiguration, status: StatusConfiguration, listeners: [ListenerConfiguration],
-                includedFiles: [String] = []) {
+    public init(
+        file: String, daemon: DaemonConfiguration, status: StatusConfiguration, listeners: [ListenerConfiguration],
+        includedFiles: [String] = []
+    ) {
         self.file = file
         self.daemon = daemon
         self.status = status
@@ -101,14 +103,16 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// Send runs of equal-sized datagrams to one destination as one UDP GSO send (`udp_gso`).
     public var segmentation: Bool
 
-    public init(name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
-                maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
-                sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
-                balance: BalanceAlgorithm = Defaults.balance, sampleEvery: Int = 1,
-                resolveInterval: Duration = Defaults.resolveInterval,
-                sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
-                protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
-                workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation) {
+    public init(
+        name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
+        maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
+        sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
+        balance: BalanceAlgorithm = Defaults.balance, sampleEvery: Int = 1,
+        resolveInterval: Duration = Defaults.resolveInterval,
+        sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
+        protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
+        workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation
+    ) {
         self.name = name
         self.line = line
         self.listen = listen

@@ -48,8 +48,9 @@ enum INILexer {
             defer { start = next }
             if newline == nil && start == end { break }  // nothing after the last newline
             if end - start > ConfigLimits.maxLineLength {
-                errors.add(line: lineNumber, section: sections.last.flatMap { $0.isValid ? $0.header : nil },
-                           message: "line is \(end - start) bytes long; the limit is \(ConfigLimits.maxLineLength)")
+                errors.add(
+                    line: lineNumber, section: sections.last.flatMap { $0.isValid ? $0.header : nil },
+                    message: "line is \(end - start) bytes long; the limit is \(ConfigLimits.maxLineLength)")
                 continue
             }
             let raw = bytes[start..<end]
@@ -77,7 +78,9 @@ enum INILexer {
             var offset = 0
             while true {
                 switch parser.parseScalar(from: &iterator) {
-                case .valid(let encoded): offset += encoded.count; continue
+                case .valid(let encoded):
+                    offset += encoded.count
+                    continue
                 case .emptyInput: offset = 0
                 case .error: break
                 }
@@ -92,9 +95,11 @@ enum INILexer {
         return nil
     }
 
-    static let controlNames = ["NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT", "FF", "CR",
-                               "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB",
-                               "ESC", "FS", "GS", "RS", "US"]
+    static let controlNames = [
+        "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT", "FF", "CR",
+        "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB",
+        "ESC", "FS", "GS", "RS", "US",
+    ]
 
     static func hex(_ byte: UInt8) -> String {
         let digits = Array("0123456789ABCDEF")
@@ -148,8 +153,9 @@ enum INILexer {
             return
         }
         guard !sections.isEmpty else {
-            errors.add(line: lineNumber, key: String(key),
-                       message: "key outside of any section; put it under [daemon], [status] or [listener NAME]")
+            errors.add(
+                line: lineNumber, key: String(key),
+                message: "key outside of any section; put it under [daemon], [status] or [listener NAME]")
             return
         }
         sections[sections.count - 1].entries.append(INIEntry(key: String(key), value: value, line: lineNumber))
@@ -190,7 +196,7 @@ enum INILexer {
                 case "x":
                     let h1 = rest.index(after: index)
                     guard h1 < rest.endIndex, rest.index(after: h1) < rest.endIndex,
-                          let byte = UInt8(String(rest[h1...rest.index(after: h1)]), radix: 16)
+                        let byte = UInt8(String(rest[h1...rest.index(after: h1)]), radix: 16)
                     else { throw ValueError("'\\x' must be followed by two hex digits") }
                     out.unicodeScalars.append(Unicode.Scalar(byte))
                     index = rest.index(after: h1)

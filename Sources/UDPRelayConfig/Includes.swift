@@ -70,8 +70,10 @@ enum Includes {
                 }
                 totalSize += bytes.count
                 guard totalSize <= ConfigLimits.maxTotalSize else {
-                    fail(entry, "the configuration with its included files is larger than \(ConfigLimits.maxTotalSize >> 20) MiB "
-                         + "(\(ConfigLimits.maxTotalSize) bytes), the most it may be; '\(path)' and the rest are not read")
+                    fail(
+                        entry,
+                        "the configuration with its included files is larger than \(ConfigLimits.maxTotalSize >> 20) MiB "
+                            + "(\(ConfigLimits.maxTotalSize) bytes), the most it may be; '\(path)' and the rest are not read")
                     return files
                 }
                 files.append(path)

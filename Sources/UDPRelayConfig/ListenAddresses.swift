@@ -27,8 +27,9 @@ extension Values {
         for item in try words(s) {
             let expanded = try listenItem(item)
             guard out.count + expanded.count <= ListenLimits.addressesPerListener else {
-                throw ValueError("more than \(ListenLimits.addressesPerListener) addresses in one listener (\(out.count) before '\(item)', "
-                                 + "which adds \(expanded.count)); split the ports over several listeners")
+                throw ValueError(
+                    "more than \(ListenLimits.addressesPerListener) addresses in one listener (\(out.count) before '\(item)', "
+                        + "which adds \(expanded.count)); split the ports over several listeners")
             }
             for a in expanded {
                 if let first = origin[a] {
@@ -49,7 +50,8 @@ extension Values {
         let close = item.lastIndex(of: "]")
         let portStart = item.lastIndex(of: ":").map { item.index(after: $0) }
         guard let portStart, close.map({ $0 < portStart }) ?? true,
-              let dash = item[portStart...].firstIndex(of: "-") else {
+            let dash = item[portStart...].firstIndex(of: "-")
+        else {
             do {
                 let a = try SocketAddress(parsing: item)
                 try refuseMapped(a.ip, port: a.port)
@@ -82,8 +84,9 @@ extension Values {
         }
         let count = Int(high) - Int(low) + 1
         guard count <= ListenLimits.portsPerRange else {
-            throw ValueError("port range '\(item)' has \(count) ports; at most \(ListenLimits.portsPerRange) per range "
-                             + "(list several ranges, up to \(ListenLimits.addressesPerListener) addresses per listener)")
+            throw ValueError(
+                "port range '\(item)' has \(count) ports; at most \(ListenLimits.portsPerRange) per range "
+                    + "(list several ranges, up to \(ListenLimits.addressesPerListener) addresses per listener)")
         }
         return (low...high).map { SocketAddress(ip: first.ip, port: $0) }
     }

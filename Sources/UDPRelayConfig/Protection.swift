@@ -70,9 +70,11 @@ public struct ProtectionConfiguration: Sendable, Equatable {
     /// forgotten when full (counted).
     public var rateLimitSources: Int
 
-    public init(allow: [CIDR] = [], deny: [CIDR] = [], denySourcePorts: PortSet? = nil,
-                loopGuard: Bool = true, rateLimit: Rate? = nil, rateBurst: Int? = nil, rateLimitTotal: Rate? = nil,
-                rateLimitSources: Int = Defaults.rateLimitSources) {
+    public init(
+        allow: [CIDR] = [], deny: [CIDR] = [], denySourcePorts: PortSet? = nil,
+        loopGuard: Bool = true, rateLimit: Rate? = nil, rateBurst: Int? = nil, rateLimitTotal: Rate? = nil,
+        rateLimitSources: Int = Defaults.rateLimitSources
+    ) {
         self.allow = allow
         self.deny = deny
         self.denySourcePorts = denySourcePorts
@@ -132,7 +134,7 @@ extension Values {
         for item in try list(s) {
             let bounds = item.split(separator: "-", omittingEmptySubsequences: false).map { $0.trimmingSpaces() }
             guard (1...2).contains(bounds.count),
-                  let lo = UInt16(bounds[0]), let hi = UInt16(bounds.last!), lo <= hi
+                let lo = UInt16(bounds[0]), let hi = UInt16(bounds.last!), lo <= hi
             else { throw ValueError("expected ports or ranges from 0 to 65535 (e.g. 7, 19, 1000-1010) or 'none', got '\(item)'") }
             for p in lo...hi { set.insert(p) }
         }

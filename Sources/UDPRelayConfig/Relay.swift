@@ -107,8 +107,10 @@ public struct UpstreamEndpoint: Hashable, Sendable, CustomStringConvertible {
     /// at most 253 characters in all.
     static func isHostname(_ name: Substring) -> Bool {
         guard !name.isEmpty, name.utf8.count <= 253 else { return false }
-        let labels = name.hasSuffix(".") ? name.dropLast().split(separator: ".", omittingEmptySubsequences: false)
-                                         : name.split(separator: ".", omittingEmptySubsequences: false)
+        let labels =
+            name.hasSuffix(".")
+            ? name.dropLast().split(separator: ".", omittingEmptySubsequences: false)
+            : name.split(separator: ".", omittingEmptySubsequences: false)
         // A dotted all-numeric name (300.1.1.1) is a mistyped address, not a hostname.
         if let last = labels.last, last.allSatisfy(\.isNumber) { return false }
         return labels.allSatisfy { label in
@@ -170,9 +172,11 @@ public struct HealthSettings: Sendable, Equatable {
     /// Active: unanswered probes in a row that mark an upstream down (at least 1).
     public var probeFails: Int
 
-    public init(maxFails: Int = Defaults.maxFails, failTimeout: Duration = Defaults.failTimeout,
-                probe: [UInt8]? = nil, expect: [UInt8] = [], interval: Duration = Defaults.healthInterval,
-                probeFails: Int = Defaults.healthFails) {
+    public init(
+        maxFails: Int = Defaults.maxFails, failTimeout: Duration = Defaults.failTimeout,
+        probe: [UInt8]? = nil, expect: [UInt8] = [], interval: Duration = Defaults.healthInterval,
+        probeFails: Int = Defaults.healthFails
+    ) {
         self.probeFails = probeFails
         self.maxFails = maxFails
         self.failTimeout = failTimeout

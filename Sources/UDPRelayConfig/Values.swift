@@ -19,14 +19,17 @@ enum Values {
     /// `1400`, `1400B`, `64K`/`64KiB`, `4M`/`4MiB`, `1G`/`1GiB`: binary multiples (1K = 1024
     /// bytes), units in any case (`64k`, `63kib`). `KB`, `MB`, `GB` are refused as ambiguous.
     static func size(_ s: String, in range: ClosedRange<Int>) throws(ValueError) -> Int {
-        let units: [(String, Int)] = [("kib", 1024), ("mib", 1 << 20), ("gib", 1 << 30),
-                                      ("k", 1024), ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
+        let units: [(String, Int)] = [
+            ("kib", 1024), ("mib", 1 << 20), ("gib", 1 << 30),
+            ("k", 1024), ("m", 1 << 20), ("g", 1 << 30), ("b", 1),
+        ]
         let lower = s.lowercased()
         let examples = sizeExamples.filter { range.contains($0.bytes) }.suffix(3).map(\.text)
         let expected = "expected a size from \(range.lowerBound) to \(range.upperBound) bytes (e.g. \(examples.joined(separator: ", "))), got '\(s)'"
         for ambiguous in ["kb", "mb", "gb"] where lower.hasSuffix(ambiguous) {
             let binary = ambiguous.prefix(1).uppercased() + "iB"
-            throw ValueError("'\(s)': \(ambiguous.uppercased()) could mean 1000 or 1024; write \(binary) (or \(binary.prefix(1))) for binary multiples. " + expected)
+            throw ValueError(
+                "'\(s)': \(ambiguous.uppercased()) could mean 1000 or 1024; write \(binary) (or \(binary.prefix(1))) for binary multiples. " + expected)
         }
         var number = Substring(lower)
         var multiplier = 1
@@ -49,8 +52,10 @@ enum Values {
     /// `50us`, `250ms`, `30s`, `5m`, `1h`, `1d`, units in any case (`30S`); a bare number means
     /// seconds.
     static func duration(_ s: String, min: Duration = .zero, max: Duration? = nil, allowZero: Bool = false) throws(ValueError) -> Duration {
-        let units: [(String, Int64)] = [("us", 1), ("ms", 1000), ("s", 1_000_000), ("m", 60_000_000),
-                                        ("h", 3_600_000_000), ("d", 86_400_000_000)]
+        let units: [(String, Int64)] = [
+            ("us", 1), ("ms", 1000), ("s", 1_000_000), ("m", 60_000_000),
+            ("h", 3_600_000_000), ("d", 86_400_000_000),
+        ]
         let lower = s.lowercased()
         var microsPerUnit: Int64 = 1_000_000
         var number = Substring(lower)

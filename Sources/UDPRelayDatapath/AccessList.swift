@@ -16,7 +16,8 @@ public struct AccessList: Sendable {
     /// their IPv4 form, as sources are (`IngressFilter`); an IPv6 rule that covers all of
     /// `::ffff:0:0/96` (`::/0`) also covers every IPv4 source.
     public init(allow: [CIDR], deny: [CIDR]) {
-        let all = deny.flatMap { AccessList.unmapped($0).map { Rule(network: $0, allow: false) } }
+        let all =
+            deny.flatMap { AccessList.unmapped($0).map { Rule(network: $0, allow: false) } }
             + allow.flatMap { AccessList.unmapped($0).map { Rule(network: $0, allow: true) } }
         // Stable order: longer prefixes first; deny before allow at the same length.
         rules = all.enumerated().sorted { a, b in

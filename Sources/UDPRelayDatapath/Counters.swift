@@ -128,13 +128,13 @@ extension Counter {
         }
     }
 
-
     /// Every drop reason, in a fixed order: `/status` and `/metrics` show all of them.
     public static let dropCounters: [Counter] = allCases.filter { $0.kind == .drop }
 
     /// The session and event counters of relay listeners only (zero on echo), with their names,
     /// for the totals log line.
-    public static let relayCounters: [(name: String, counter: Counter)] = allCases
+    public static let relayCounters: [(name: String, counter: Counter)] =
+        allCases
         .filter { ($0.kind == .session || $0.kind == .event) && !$0.modes.contains(.echo) }
         .map { ($0.name, $0) }
 
@@ -143,9 +143,10 @@ extension Counter {
         eventsByMode[mode] ?? []
     }
 
-    private static let eventsByMode: [ListenerMode: [Counter]] = Dictionary(uniqueKeysWithValues: ListenerMode.allCases.map { m in
-        (m, allCases.filter { $0.kind == .event && $0.modes.contains(m) })
-    })
+    private static let eventsByMode: [ListenerMode: [Counter]] = Dictionary(
+        uniqueKeysWithValues: ListenerMode.allCases.map { m in
+            (m, allCases.filter { $0.kind == .event && $0.modes.contains(m) })
+        })
 }
 
 /// One worker's counters. Each has a single writer (the worker's queue), which adds with a

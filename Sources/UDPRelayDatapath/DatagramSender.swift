@@ -1,7 +1,8 @@
+import CUDPRelay
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
 
 /// Sends a vector of datagrams with as few system calls as the kernel allows, in order.
 ///
@@ -58,8 +59,10 @@ struct DatagramSender {
     /// that were not sent (`EAGAIN`: the send buffer is full and the rest of the run is dropped
     /// rather than spun on).
     @inline(__always)
-    mutating func send(fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, count: Int, oneDestination: Bool,
-                       drop: (_ errno: Int32, _ count: Int) -> Void) -> Outcome {
+    mutating func send(
+        fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, count: Int, oneDestination: Bool,
+        drop: (_ errno: Int32, _ count: Int) -> Void
+    ) -> Outcome {
         var outcome = Outcome()
         var plainFrom = 0
         var i = 0
@@ -92,7 +95,8 @@ struct DatagramSender {
         while end < count && end - start < DatagramSender.maxSegments {
             let size = vec[end].msg_hdr.msg_iov.pointee.iov_len
             guard size <= segment, total + size <= DatagramSender.maxPayload,
-                  oneDestination || Self.sameDestination(vec[start].msg_hdr, vec[end].msg_hdr) else { break }
+                oneDestination || Self.sameDestination(vec[start].msg_hdr, vec[end].msg_hdr)
+            else { break }
             total += size
             end += 1
             if size < segment { break }  // a shorter datagram ends the run
@@ -116,8 +120,10 @@ struct DatagramSender {
     /// One segmented send of `vec[start..<end]`. False when the kernel refused segmentation
     /// (nothing was sent; the caller sends the run without it).
     @inline(__always)
-    private mutating func sendSegmented(fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, from start: Int, to end: Int,
-                                        outcome: inout Outcome, drop: (Int32, Int) -> Void) -> Bool {
+    private mutating func sendSegmented(
+        fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, from start: Int, to end: Int,
+        outcome: inout Outcome, drop: (Int32, Int) -> Void
+    ) -> Bool {
         let n = end - start
         var bytes = 0
         for k in 0..<n {
@@ -156,8 +162,10 @@ struct DatagramSender {
 
     /// `sendmmsg` of `vec[start..<end]`; a datagram that fails is reported and skipped.
     @inline(__always)
-    private func sendPlain(fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, from start: Int, to end: Int,
-                           outcome: inout Outcome, drop: (Int32, Int) -> Void) {
+    private func sendPlain(
+        fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, from start: Int, to end: Int,
+        outcome: inout Outcome, drop: (Int32, Int) -> Void
+    ) {
         var i = start
         while i < end {
             do {

@@ -82,8 +82,9 @@ extension Datapath {
         }
         current.withLockedValue { $0 = next }
         for name in changes.removed where inherited[name] != nil {
-            logger.warning("listener removed, but its socket came from systemd and stays open until the socket unit stops it",
-                           metadata: ["listener.name": "\(name)"])
+            logger.warning(
+                "listener removed, but its socket came from systemd and stays open until the socket unit stops it",
+                metadata: ["listener.name": "\(name)"])
         }
         return changes
     }
@@ -111,7 +112,8 @@ extension Datapath {
         let byName = Dictionary(uniqueKeysWithValues: listeners.map { ($0.name, $0) })
         for s in sessions {
             guard let l = byName[s.entry.listener], l.configuration.mode.hasSessions, !l.workers.isEmpty,
-                  let w = l.workers[Int(s.entry.socket) % l.workers.count] as? RelayWorker else {
+                let w = l.workers[Int(s.entry.socket) % l.workers.count] as? RelayWorker
+            else {
                 if s.fd >= 0 { Syscall.close(s.fd) }
                 closed += 1
                 continue
@@ -134,15 +136,18 @@ extension Datapath {
     /// each), else duplicates of a running (or stored) worker group on the same configured
     /// address, else a fresh bind per address; the configured `workers` then fill each group,
     /// joining the address with SO_REUSEPORT.
-    static func open(_ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
-                     reusable: [SocketAddress: [Int32]], logger: Logger) throws(BindError) -> Listener {
+    static func open(
+        _ lc: ListenerConfiguration, tuning: DatapathTuning, inherited: [String: [Int32]],
+        reusable: [SocketAddress: [Int32]], logger: Logger
+    ) throws(BindError) -> Listener {
         var sources: [SocketSource] = []
         func abandon() { for s in sources { s.discard() } }
         if let fds = inherited[lc.name] {
             let asked = lc.workers.resolved()
             if asked > 1 {
-                logger.notice("workers ignored: the listener serves the sockets passed by systemd, one worker each",
-                              metadata: ["listener.name": "\(lc.name)", "workers": "\(lc.workers)", "sockets": "\(fds.count)"])
+                logger.notice(
+                    "workers ignored: the listener serves the sockets passed by systemd, one worker each",
+                    metadata: ["listener.name": "\(lc.name)", "workers": "\(lc.workers)", "sockets": "\(fds.count)"])
             }
             for fd in fds {
                 do {
@@ -166,7 +171,8 @@ extension Datapath {
                 }
             }
         }
-        return try Listener(lc, tuning: tuning, sockets: sources, workersPerSocket: inherited[lc.name] != nil ? 1 : nil,
-                            logger: logger)
+        return try Listener(
+            lc, tuning: tuning, sockets: sources, workersPerSocket: inherited[lc.name] != nil ? 1 : nil,
+            logger: logger)
     }
 }

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import Synchronization
 import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,8 +55,10 @@ public final class Datapath: Sendable {
     /// by the address they are bound to (a worker group each): a listener on that address serves
     /// duplicates of them (the caller closes the originals), so the datagrams that arrived during
     /// the restart are read.
-    public init(configuration: Configuration, logger: Logger, tuning: DatapathTuning = DatapathTuning(),
-                inherited: [String: [Int32]] = [:], stored: [SocketAddress: [Int32]] = [:]) throws(BindError) {
+    public init(
+        configuration: Configuration, logger: Logger, tuning: DatapathTuning = DatapathTuning(),
+        inherited: [String: [Int32]] = [:], stored: [SocketAddress: [Int32]] = [:]
+    ) throws(BindError) {
         self.inherited = inherited
         self.tuning = tuning
         self.logger = logger
@@ -196,9 +199,10 @@ extension Datapath {
             let workers = zip(l.workers, l.workerPlaces).map { w, place in
                 WorkerSnapshot(address: w.localAddress, place: place, counters: w.counters.snapshot())
             }
-            return ListenerSnapshot(name: l.name, mode: l.configuration.mode.rawValue,
-                                    addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
-                                    upstreams: l.upstreamSnapshots(), workers: workers)
+            return ListenerSnapshot(
+                name: l.name, mode: l.configuration.mode.rawValue,
+                addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
+                upstreams: l.upstreamSnapshots(), workers: workers)
         }
     }
 

@@ -1,10 +1,11 @@
+import CUDPRelay
+import Dispatch
+import Logging
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
-import CUDPRelay
-import Logging
-import UDPRelayConfig
 
 /// RFC 862 echo: every datagram goes back to its sender, byte for byte, from the local address
 /// it was sent to. Receives and replies in place in the same vectors (no copy).
@@ -16,8 +17,10 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
     private var lastCount: Int
     private var sender: DatagramSender
 
-    init(fd: Int32, localAddress: SocketAddress, label: String, maxDatagram: Int, busyPoll: Duration = .zero,
-         segmentation: Bool = true, tuning: DatapathTuning) throws(SyscallError) {
+    init(
+        fd: Int32, localAddress: SocketAddress, label: String, maxDatagram: Int, busyPoll: Duration = .zero,
+        segmentation: Bool = true, tuning: DatapathTuning
+    ) throws(SyscallError) {
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: maxDatagram, withControl: localAddress.ip.isWildcard)
         self.lastCount = tuning.batchSize

@@ -1,7 +1,8 @@
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// Decides, per received datagram, whether a listener serves it, in this order: the source
 /// port is a known reflector (`deny_source_ports`), the source is this daemon (`loop_guard`),
@@ -38,7 +39,8 @@ final class IngressFilter {
         access = AccessList(allow: p.allow, deny: p.deny)
         loopGuard = p.loopGuard
         echo = mode == .echo
-        loopFlows = mode == .echo
+        loopFlows =
+            mode == .echo
             ? KeyedRateLimiter(rate: LoopBreaker.rate, burst: LoopBreaker.burst, capacity: LoopBreaker.flows, now: now) : nil
         perSource = p.rateLimit.map { SourceRateLimiter(rate: $0, burst: p.rateBurst, capacity: p.rateLimitSources, now: now) }
         total = p.rateLimitTotal.map { TokenBucket(rate: $0.perSecond, burst: max(1, $0.perSecond.rounded(.up)), now: now) }
@@ -93,8 +95,10 @@ final class IngressFilter {
 
     /// The loop breaker's verdict on a datagram from `source`, a local address (unmapped).
     @inline(__always)
-    private func breakerAdmits(_ flows: KeyedRateLimiter<SocketAddress>, _ source: SocketAddress,
-                               payload: UnsafeRawBufferPointer?, now: UInt64) -> Bool {
+    private func breakerAdmits(
+        _ flows: KeyedRateLimiter<SocketAddress>, _ source: SocketAddress,
+        payload: UnsafeRawBufferPointer?, now: UInt64
+    ) -> Bool {
         let server = !loop.ephemeral.contains(source.port)
         let clock = needsClock ? now : SystemClock.coarseMonotonicNanos()
         guard let payload else { return !server || flows.admit(source, now: clock) }
@@ -293,7 +297,8 @@ enum LocalAddresses {
 
     /// The loop guard's view of `listeners` on this host now.
     static func context(_ listeners: [Listener]) -> LoopContext {
-        LoopContext(listeners: listeners.flatMap { l in l.boundAddresses.map { ($0, l.configuration.mode.isRelay) } },
-                    interfaces: interfaces(), ephemeral: ephemeralPorts())
+        LoopContext(
+            listeners: listeners.flatMap { l in l.boundAddresses.map { ($0, l.configuration.mode.isRelay) } },
+            interfaces: interfaces(), ephemeral: ephemeralPorts())
     }
 }

@@ -2,6 +2,7 @@ import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,20 +44,24 @@ public final class Listener: Sendable {
     /// included. Relay listeners start looking up upstream hostnames here; their workers wait
     /// for the answers at most `UpstreamTable.resolveWait` when they start (a failure is logged,
     /// not fatal: the upstream takes no traffic until it resolves).
-    public init(_ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
-                sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
-                logger: Logger) throws(BindError) {
+    public init(
+        _ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
+        sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
+        logger: Logger
+    ) throws(BindError) {
         self.configuration = configuration
         let perSocket = max(1, workersPerSocket ?? configuration.workers.resolved())
         let sources = sockets ?? configuration.listen.map { .bind($0) }
         let total = sources.count * perSocket
-        let upstreams = configuration.mode.isRelay
+        let upstreams =
+            configuration.mode.isRelay
             ? UpstreamTable(configuration: configuration, workers: total, logger: logger) : nil
         self.upstreams = upstreams
         if configuration.mode.hasSessions {
             let held = SessionTable.heldCapacity(maxSessions: configuration.sessions.maxSessions)
-            FileLimit.ensure(UInt64(configuration.sessions.maxSessions + held) * UInt64(total) + 1024,
-                             listener: configuration.name, logger: logger)
+            FileLimit.ensure(
+                UInt64(configuration.sessions.maxSessions + held) * UInt64(total) + 1024,
+                listener: configuration.name, logger: logger)
         }
         var workers: [SocketWorker] = []
         var groups: [[SocketWorker]] = []
@@ -64,8 +69,9 @@ public final class Listener: Sendable {
         func serve(_ socket: consuming SocketDescriptor, at address: SocketAddress) throws(SyscallError) -> SocketWorker {
             UDPSocket.setBuffers(socket.rawValue, receive: configuration.receiveBuffer, send: configuration.sendBuffer)
             UDPSocket.enableDropCount(socket.rawValue)
-            let worker = try Self.makeWorker(configuration, fd: socket.rawValue, localAddress: address, index: workers.count,
-                                             upstreams: upstreams, tuning: tuning, logger: logger)
+            let worker = try Self.makeWorker(
+                configuration, fd: socket.rawValue, localAddress: address, index: workers.count,
+                upstreams: upstreams, tuning: tuning, logger: logger)
             _ = socket.take()
             return worker
         }
@@ -113,19 +119,24 @@ public final class Listener: Sendable {
 
     /// The worker of the listener's mode for one socket; `index` is its place among all the
     /// listener's workers (its row of upstream counters).
-    static func makeWorker(_ configuration: ListenerConfiguration, fd: Int32, localAddress: SocketAddress, index: Int,
-                           upstreams: UpstreamTable?, tuning: DatapathTuning, logger: Logger) throws(SyscallError) -> SocketWorker {
+    static func makeWorker(
+        _ configuration: ListenerConfiguration, fd: Int32, localAddress: SocketAddress, index: Int,
+        upstreams: UpstreamTable?, tuning: DatapathTuning, logger: Logger
+    ) throws(SyscallError) -> SocketWorker {
         let label = "udprelayd.listener.\(configuration.name).\(index)"
         switch configuration.mode {
         case .echo:
-            return try EchoWorker(fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
-                              busyPoll: configuration.busyPoll, segmentation: configuration.segmentation, tuning: tuning)
+            return try EchoWorker(
+                fd: fd, localAddress: localAddress, label: label, maxDatagram: configuration.maxDatagram,
+                busyPoll: configuration.busyPoll, segmentation: configuration.segmentation, tuning: tuning)
         case .forward, .balance:
-            return try RelayWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
-                               upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)
+            return try RelayWorker(
+                fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+                upstreams: upstreams!, workerIndex: index, tuning: tuning, logger: logger)
         case .mirror:
-            return try MirrorWorker(fd: fd, localAddress: localAddress, label: label, configuration: configuration,
-                                upstreams: upstreams!, workerIndex: index, tuning: tuning)
+            return try MirrorWorker(
+                fd: fd, localAddress: localAddress, label: label, configuration: configuration,
+                upstreams: upstreams!, workerIndex: index, tuning: tuning)
         }
     }
 
@@ -154,7 +165,6 @@ public final class Listener: Sendable {
         for w in workers { w.stop(done: done) }
     }
 }
-
 
 /// Where one socket of a listener comes from.
 public enum SocketSource: Sendable {

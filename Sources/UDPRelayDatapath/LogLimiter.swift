@@ -56,7 +56,6 @@ public struct LogLimiter: Sendable {
     }
 }
 
-
 /// The process-wide bound on log lines that remote peers can cause, behind every call-site
 /// limiter: a log event that names a peer (`peer.address` metadata) is written at most `lines`
 /// times per `interval` per kind (level and message), whatever the log level; the next line

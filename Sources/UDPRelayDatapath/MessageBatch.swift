@@ -1,7 +1,8 @@
+import CUDPRelay
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
 
 /// The `mmsghdr`/`iovec`/address/control vectors and datagram buffers of one socket, allocated
 /// once and reused for every `recvmmsg`/`sendmmsg`: the hot path allocates nothing.

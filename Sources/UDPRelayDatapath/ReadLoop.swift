@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import Dispatch
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The worker runtime: how a worker's thread waits for datagrams. One loop, used by every mode
 /// (echo, forward/balance, mirror).

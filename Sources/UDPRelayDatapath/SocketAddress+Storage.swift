@@ -1,7 +1,8 @@
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// The one reader of kernel socket addresses (`sockaddr_in`, `sockaddr_in6`): each field at its
 /// Linux offset, loaded unaligned from raw bytes and returned as stored (network byte order), so
@@ -37,8 +38,10 @@ enum RawSockaddr {
     /// AF_INET6: the sixteen address bytes as two native loads (network byte order in memory).
     @inline(__always)
     static func ipv6(_ raw: UnsafeRawPointer) -> (high: UInt64, low: UInt64) {
-        (raw.loadUnaligned(fromByteOffset: ipv6Offset, as: UInt64.self),
-         raw.loadUnaligned(fromByteOffset: ipv6Offset + 8, as: UInt64.self))
+        (
+            raw.loadUnaligned(fromByteOffset: ipv6Offset, as: UInt64.self),
+            raw.loadUnaligned(fromByteOffset: ipv6Offset + 8, as: UInt64.self)
+        )
     }
 
     /// AF_INET6: the scope id (interface index of a link-local address).
@@ -50,8 +53,10 @@ enum RawSockaddr {
     /// Runs `body` with `address` (a `sockaddr_in`, `sockaddr_in6` or `sockaddr_storage`) as the
     /// `sockaddr` pointer C calls take. Copies nothing to the heap.
     @inline(__always)
-    static func withSockaddr<Address, T, E: Error>(of address: Address,
-                                                   _ body: (UnsafePointer<sockaddr>) throws(E) -> T) throws(E) -> T {
+    static func withSockaddr<Address, T, E: Error>(
+        of address: Address,
+        _ body: (UnsafePointer<sockaddr>) throws(E) -> T
+    ) throws(E) -> T {
         try withUnsafePointer(to: address) { (p) throws(E) -> T in
             try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(E) -> T in try body(sa) }
         }

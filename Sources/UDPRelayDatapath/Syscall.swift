@@ -1,8 +1,9 @@
+import CUDPRelay
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import UDPRelayConfig
 
 /// A failed system call: which call and which errno. The one error type the datapath throws
 /// for kernel failures.
@@ -110,8 +111,10 @@ enum Syscall {
     }
 
     /// setsockopt(2) with an `int` value.
-    static func setIntOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32,
-                             call: StaticString = "setsockopt") throws(SyscallError) {
+    static func setIntOption(
+        _ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32,
+        call: StaticString = "setsockopt"
+    ) throws(SyscallError) {
         var v = value
         try syscallNoWait(call) { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
     }
@@ -173,8 +176,10 @@ enum Syscall {
 
     /// epoll_wait for up to `timeout` ms (0: not at all): how many entries of `ready` it filled.
     @inline(__always)
-    static func epollWait(_ epfd: Int32, _ ready: UnsafeMutablePointer<cur_ready>, capacity: Int32,
-                          timeout: Int32) throws(SyscallError) -> IOResult<Int32> {
+    static func epollWait(
+        _ epfd: Int32, _ ready: UnsafeMutablePointer<cur_ready>, capacity: Int32,
+        timeout: Int32
+    ) throws(SyscallError) -> IOResult<Int32> {
         try syscall("epoll_wait") { cur_epoll_wait(epfd, ready, capacity, timeout) }
     }
 
@@ -197,8 +202,10 @@ enum Syscall {
 
     /// recvmmsg(2) of up to `count` messages into `vec`.
     @inline(__always)
-    static func recvmmsg(_ fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, count: Int,
-                         flags: Int32) throws(SyscallError) -> IOResult<Int32> {
+    static func recvmmsg(
+        _ fd: Int32, _ vec: UnsafeMutablePointer<cur_mmsghdr>, count: Int,
+        flags: Int32
+    ) throws(SyscallError) -> IOResult<Int32> {
         try syscall("recvmmsg") { cur_recvmmsg(fd, vec, UInt32(count), flags) }
     }
 
@@ -211,8 +218,10 @@ enum Syscall {
     /// sendmsg(2) with UDP_SEGMENT: `iovcnt` buffers of `segment` bytes (the last may be
     /// shorter) leave as that many datagrams to one destination.
     @inline(__always)
-    static func sendSegmented(_ fd: Int32, header h: msghdr, _ iov: UnsafeMutablePointer<iovec>, count: Int,
-                              segment: Int) throws(SyscallError) -> IOResult<Int> {
+    static func sendSegmented(
+        _ fd: Int32, header h: msghdr, _ iov: UnsafeMutablePointer<iovec>, count: Int,
+        segment: Int
+    ) throws(SyscallError) -> IOResult<Int> {
         try syscall("sendmsg(UDP_SEGMENT)") {
             cur_send_segmented(fd, h.msg_name, h.msg_namelen, iov, Int32(count), UInt16(segment), h.msg_control, h.msg_controllen)
         }

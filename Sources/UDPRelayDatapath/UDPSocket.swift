@@ -1,8 +1,9 @@
+import CUDPRelay
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import UDPRelayConfig
 
 /// Helpers for one non-blocking, close-on-exec UDP socket descriptor. The descriptor has one
 /// owner (the read source that serves it), which closes it in the source's cancel handler.

@@ -1,10 +1,11 @@
+import CUDPRelay
+import Dispatch
+import Logging
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
-import CUDPRelay
-import Logging
-import UDPRelayConfig
 
 /// A worker serves one socket on its own serial queue: a Dispatch read source on the socket
 /// (echo) or on the wait set that holds it (relay, mirror) wakes it, and it then serves on that thread in turns of the read loop (`serveTurn`, see
@@ -55,8 +56,9 @@ public class SocketWorker: @unchecked Sendable {
         self.socket = SocketDescriptor(fd)
         self.localAddress = localAddress
         self.tuning = tuning
-        self.dropLogs = [LogLimiter](repeating: LogLimiter(lines: 1, per: .nanoseconds(Int64(tuning.refusalLogInterval))),
-                                     count: Counter.allCases.count)
+        self.dropLogs = [LogLimiter](
+            repeating: LogLimiter(lines: 1, per: .nanoseconds(Int64(tuning.refusalLogInterval))),
+            count: Counter.allCases.count)
         self.busyPoll = busyPoll.nanoseconds
         self.queue = DispatchQueue(label: label, qos: .userInteractive)
     }
@@ -231,11 +233,13 @@ public class SocketWorker: @unchecked Sendable {
             }
             return
         }
-        dropLogger.notice("datagram refused", metadata: [
-            "drop.reason": "\(reason.name)", "peer.address": "\(source.unmapped)",
-            "listener.address": "\(localAddress)", "refused.since_last": "\(skipped)",
-            "hint": "\(Self.dropHint(reason))",
-        ])
+        dropLogger.notice(
+            "datagram refused",
+            metadata: [
+                "drop.reason": "\(reason.name)", "peer.address": "\(source.unmapped)",
+                "listener.address": "\(localAddress)", "refused.since_last": "\(skipped)",
+                "hint": "\(Self.dropHint(reason))",
+            ])
     }
 
     /// The end of a refusal-log window: the refusals of `reason` left out since the last line,
@@ -243,10 +247,12 @@ public class SocketWorker: @unchecked Sendable {
     private func flushDropLog(_ reason: Counter) {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let dropLogger, let count = dropLogs[reason.rawValue].flush(now: SystemClock.coarseMonotonicNanos()) else { return }
-        dropLogger.notice("datagrams refused since the last line", metadata: [
-            "drop.reason": "\(reason.name)", "listener.address": "\(localAddress)",
-            "refused.since_last": "\(count)", "hint": "\(Self.dropHint(reason))",
-        ])
+        dropLogger.notice(
+            "datagrams refused since the last line",
+            metadata: [
+                "drop.reason": "\(reason.name)", "listener.address": "\(localAddress)",
+                "refused.since_last": "\(count)", "hint": "\(Self.dropHint(reason))",
+            ])
     }
 
     static func dropHint(_ reason: Counter) -> String {

@@ -224,8 +224,9 @@ final class ConnectionGuard: ChannelDuplexHandler {
             // May answer at once (re-entering through `ResponseCompleteEvent`).
             if slice.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(slice)) }
             if overflow {
-                fail(context, status: "431 Request Header Fields Too Large",
-                     "request head larger than \(limits.maxHeadBytes) bytes\n")
+                fail(
+                    context, status: "431 Request Header Fields Too Large",
+                    "request head larger than \(limits.maxHeadBytes) bytes\n")
             }
         }
         forwarding = false
@@ -467,9 +468,10 @@ final class ConnectionGuard: ChannelDuplexHandler {
         if let stream {
             HTTP2Preface.writeFrame(&out, type: 0x3, stream: stream, payload: HTTP2Preface.be32(HTTP2Preface.http11Required))
         } else {
-            HTTP2Preface.writeFrame(&out, type: 0x7, stream: 0,
-                                    payload: HTTP2Preface.be32(0) + HTTP2Preface.be32(HTTP2Preface.http11Required)
-                                        + Array("HTTP/2 is not supported; use HTTP/1.1".utf8))
+            HTTP2Preface.writeFrame(
+                &out, type: 0x7, stream: 0,
+                payload: HTTP2Preface.be32(0) + HTTP2Preface.be32(HTTP2Preface.http11Required)
+                    + Array("HTTP/2 is not supported; use HTTP/1.1".utf8))
         }
         write(context, .byteBuffer(out), promise: nil)
         context.flush()
@@ -485,7 +487,8 @@ final class ConnectionGuard: ChannelDuplexHandler {
 
     /// A complete HTTP/1.1 error response with `Connection: close`, written below the encoder.
     static func canned(_ allocator: ByteBufferAllocator, status: String, body: String) -> ByteBuffer {
-        let text = "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
+        let text =
+            "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
             + "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nDate: \(Format.httpDate(SystemClock.wallSeconds()))\r\n"
             + "Connection: close\r\n\r\n\(body)"
         return allocator.buffer(string: text)
@@ -515,8 +518,9 @@ enum HTTP2Preface {
         while bytes.endIndex - i >= 9 {
             let length = Int(bytes[i]) << 16 | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2])
             let type = bytes[i + 3]
-            let stream = (UInt32(bytes[i + 5]) << 24 | UInt32(bytes[i + 6]) << 16 | UInt32(bytes[i + 7]) << 8
-                | UInt32(bytes[i + 8])) & 0x7FFF_FFFF
+            let stream =
+                (UInt32(bytes[i + 5]) << 24 | UInt32(bytes[i + 6]) << 16 | UInt32(bytes[i + 7]) << 8
+                    | UInt32(bytes[i + 8])) & 0x7FFF_FFFF
             if type == 0x1 && stream != 0 { return .http2(stream: stream) }
             i += 9 + length
         }
@@ -545,8 +549,9 @@ final class OverLimitHandler: ChannelInboundHandler {
     init(limit: Int) { self.limit = limit }
 
     func channelActive(context: ChannelHandlerContext) {
-        let response = ConnectionGuard.canned(context.channel.allocator, status: "503 Service Unavailable",
-                                              body: "too many connections to the status endpoint (limit \(limit))\n")
+        let response = ConnectionGuard.canned(
+            context.channel.allocator, status: "503 Service Unavailable",
+            body: "too many connections to the status endpoint (limit \(limit))\n")
         context.write(wrapOutboundOut(.byteBuffer(response)), promise: nil)
         context.close(promise: nil)
     }

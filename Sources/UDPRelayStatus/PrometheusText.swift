@@ -124,8 +124,9 @@ public enum PrometheusText {
         out.sample("udprelayd_status_connections_rejected_total", [("reason", "limit")], server.rejectedLimit)
         out.family("udprelayd_status_requests_total", .counter, "HTTP requests answered by the status endpoint.")
         out.sample("udprelayd_status_requests_total", [], server.requests)
-        out.family("udprelayd_status_accept_errors_total", .counter,
-                   "Status connections that could not be accepted for lack of file descriptors; each pauses accepting 100 ms to 1 s.")
+        out.family(
+            "udprelayd_status_accept_errors_total", .counter,
+            "Status connections that could not be accepted for lack of file descriptors; each pauses accepting 100 ms to 1 s.")
         out.sample("udprelayd_status_accept_errors_total", [], server.acceptErrors)
         return out.text
     }

@@ -19,7 +19,8 @@ public enum RequestTarget {
             for item in target[target.index(after: q)...].split(separator: "&", omittingEmptySubsequences: true) {
                 let kv = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 guard let key = Format.percentDecoded(kv[0]),
-                      let value = Format.percentDecoded(kv.count > 1 ? kv[1] : "") else { return nil }
+                    let value = Format.percentDecoded(kv.count > 1 ? kv[1] : "")
+                else { return nil }
                 pairs.append((key, value))
             }
         } else {

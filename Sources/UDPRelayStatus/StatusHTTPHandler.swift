@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOCore
 import NIOHTTP1
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Answers decoded requests on one connection. Sits after NIO's HTTP decoder and pipelining
 /// handler, which deliver one request at a time and hold the next until this one's `.end` is
@@ -130,8 +131,11 @@ final class StatusHTTPHandler: ChannelInboundHandler {
         let fake = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
         requestAnswered()
         if case .headerOverflow = parseError {
-            write(context, head: fake, .text(HTTPResponseStatus(statusCode: 431, reasonPhrase: "Request Header Fields Too Large"),
-                                              "request head too large\n", close: true))
+            write(
+                context, head: fake,
+                .text(
+                    HTTPResponseStatus(statusCode: 431, reasonPhrase: "Request Header Fields Too Large"),
+                    "request head too large\n", close: true))
         } else {
             write(context, head: fake, .text(.badRequest, "malformed request: \(parseError)\n", close: true))
         }

@@ -28,7 +28,10 @@ enum JSON: Equatable {
         case .double(let d): out += d.isFinite ? Format.number(d) : "null"
         case .string(let s): out += Format.json(s)
         case .array(let items):
-            if items.isEmpty { out += "[]"; return }
+            if items.isEmpty {
+                out += "[]"
+                return
+            }
             if items.allSatisfy({ $0.isScalar }) {
                 out += "["
                 for (i, item) in items.enumerated() {
@@ -46,7 +49,10 @@ enum JSON: Equatable {
             }
             out += String(repeating: "  ", count: indent) + "]"
         case .object(let members):
-            if members.isEmpty { out += "{}"; return }
+            if members.isEmpty {
+                out += "{}"
+                return
+            }
             out += "{\n"
             for (i, (key, value)) in members.enumerated() {
                 out += String(repeating: "  ", count: indent + 1) + Format.json(key) + ": "
@@ -82,35 +88,50 @@ public enum StatusJSON {
         return .object([
             ("schema_version", .int(Int64(schemaVersion))),
             ("time", .string(Format.rfc3339(s.time))),
-            ("daemon", .object([
-                ("version", .string(s.daemon.version)),
-                ("pid", .int(Int64(s.daemon.pid))),
-                ("start_time", .string(Format.rfc3339(s.daemon.startTime))),
-                ("start_time_unix", .double(s.daemon.startTime)),
-                ("uptime_seconds", .double(max(0, s.time - s.daemon.startTime))),
-            ])),
-            ("config", .object([
-                ("path", .string(s.config.path)),
-                ("generation", .int(Int64(s.config.generation))),
-                ("loaded_at", .string(Format.rfc3339(s.config.loadedAt))),
-                ("last_reload", s.config.lastReload.map { r in
-                    .object([
-                        ("ok", .bool(r.ok)),
-                        ("at", .string(Format.rfc3339(r.at))),
-                        ("errors", .array(r.errors.map { .string($0) })),
-                    ])
-                } ?? .null),
-            ])),
-            ("status_server", .object([
-                ("connections_accepted", .uint(server.accepted)),
-                ("connections_open", .uint(server.open)),
-                ("connections_rejected", .object([
-                    ("not_allowed", .uint(server.rejectedNotAllowed)),
-                    ("limit", .uint(server.rejectedLimit)),
-                ])),
-                ("requests", .uint(server.requests)),
-                ("accept_errors", .uint(server.acceptErrors)),
-            ])),
+            (
+                "daemon",
+                .object([
+                    ("version", .string(s.daemon.version)),
+                    ("pid", .int(Int64(s.daemon.pid))),
+                    ("start_time", .string(Format.rfc3339(s.daemon.startTime))),
+                    ("start_time_unix", .double(s.daemon.startTime)),
+                    ("uptime_seconds", .double(max(0, s.time - s.daemon.startTime))),
+                ])
+            ),
+            (
+                "config",
+                .object([
+                    ("path", .string(s.config.path)),
+                    ("generation", .int(Int64(s.config.generation))),
+                    ("loaded_at", .string(Format.rfc3339(s.config.loadedAt))),
+                    (
+                        "last_reload",
+                        s.config.lastReload.map { r in
+                            .object([
+                                ("ok", .bool(r.ok)),
+                                ("at", .string(Format.rfc3339(r.at))),
+                                ("errors", .array(r.errors.map { .string($0) })),
+                            ])
+                        } ?? .null
+                    ),
+                ])
+            ),
+            (
+                "status_server",
+                .object([
+                    ("connections_accepted", .uint(server.accepted)),
+                    ("connections_open", .uint(server.open)),
+                    (
+                        "connections_rejected",
+                        .object([
+                            ("not_allowed", .uint(server.rejectedNotAllowed)),
+                            ("limit", .uint(server.rejectedLimit)),
+                        ])
+                    ),
+                    ("requests", .uint(server.requests)),
+                    ("accept_errors", .uint(server.acceptErrors)),
+                ])
+            ),
             ("listeners", .array(listeners.map(listener))),
         ])
     }
@@ -128,33 +149,44 @@ public enum StatusJSON {
             ("sent", traffic(l.sent)),
             (ListenerStatus.receiveErrorsName, .uint(l.receiveErrors)),
             ("drops", .object(l.drops.map { ($0.reason, .uint($0.count)) })),
-            ("sessions", l.sessions.map { s in
-                .object([
-                    ("active", .uint(s.active)),
-                    ("created", .uint(s.created)),
-                    ("expired", .uint(s.expired)),
-                    ("evicted", .uint(s.evicted)),
-                ])
-            } ?? .null),
-            ("upstreams", .array(l.upstreams.map { u in
-                .object([
-                    ("address", .string(u.address)),
-                    ("state", .string(u.state)),
-                    ("draining", .bool(u.draining)),
-                    ("backup", .bool(u.backup)),
-                    ("weight", .uint(UInt64(u.weight))),
-                    ("sessions_active", .uint(u.sessionsActive)),
-                    ("sent", traffic(u.sent)),
-                    ("received", traffic(u.received)),
-                    ("failures", .uint(u.failures)),
-                    ("last_error", u.lastError.map { .string($0) } ?? .null),
-                    ("counters", .object(u.counters.map { ($0.name, .uint($0.value)) })),
-                ])
-            })),
+            (
+                "sessions",
+                l.sessions.map { s in
+                    .object([
+                        ("active", .uint(s.active)),
+                        ("created", .uint(s.created)),
+                        ("expired", .uint(s.expired)),
+                        ("evicted", .uint(s.evicted)),
+                    ])
+                } ?? .null
+            ),
+            (
+                "upstreams",
+                .array(
+                    l.upstreams.map { u in
+                        .object([
+                            ("address", .string(u.address)),
+                            ("state", .string(u.state)),
+                            ("draining", .bool(u.draining)),
+                            ("backup", .bool(u.backup)),
+                            ("weight", .uint(UInt64(u.weight))),
+                            ("sessions_active", .uint(u.sessionsActive)),
+                            ("sent", traffic(u.sent)),
+                            ("received", traffic(u.received)),
+                            ("failures", .uint(u.failures)),
+                            ("last_error", u.lastError.map { .string($0) } ?? .null),
+                            ("counters", .object(u.counters.map { ($0.name, .uint($0.value)) })),
+                        ])
+                    })
+            ),
             ("counters", .object(l.counters.map { ($0.name, .uint($0.value)) })),
-            ("workers", .array(l.workers.map { w in
-                .object([("address", .string(w.address)), ("received", traffic(w.received)), ("sent", traffic(w.sent))])
-            })),
+            (
+                "workers",
+                .array(
+                    l.workers.map { w in
+                        .object([("address", .string(w.address)), ("received", traffic(w.received)), ("sent", traffic(w.sent))])
+                    })
+            ),
         ])
     }
 }

@@ -6,22 +6,25 @@ public enum StatusPage {
     /// - Parameters:
     ///   - rates: per-second rates of each listener by name (missing: not enough history yet).
     ///   - problems: health problems, empty when healthy.
-    public static func render(_ s: StatusSnapshot, server: ServerCounters, rates: [String: ListenerRates],
-                              problems: [String]) -> String {
+    public static func render(
+        _ s: StatusSnapshot, server: ServerCounters, rates: [String: ListenerRates],
+        problems: [String]
+    ) -> String {
         var h = ""
         h += """
-        <!DOCTYPE html>
-        <html lang="en"><head><meta charset="utf-8">
-        <meta http-equiv="refresh" content="\(refreshSeconds)">
-        <meta name="viewport" content="width=device-width, initial-scale=1">
-        <title>\(problems.isEmpty ? "" : "\u{26A0} ")udprelayd \(Format.html(s.daemon.version)) \u{2014} status</title>
-        <style>\(css)</style></head><body>
+            <!DOCTYPE html>
+            <html lang="en"><head><meta charset="utf-8">
+            <meta http-equiv="refresh" content="\(refreshSeconds)">
+            <meta name="viewport" content="width=device-width, initial-scale=1">
+            <title>\(problems.isEmpty ? "" : "\u{26A0} ")udprelayd \(Format.html(s.daemon.version)) \u{2014} status</title>
+            <style>\(css)</style></head><body>
 
-        """
+            """
         // Header: identity, health, process facts.
         let healthy = problems.isEmpty
         h += "<header><h1>udprelayd <span class=\"ver\">\(Format.html(s.daemon.version))</span></h1>"
-        h += healthy
+        h +=
+            healthy
             ? "<span class=\"pill ok\" id=\"health\">HEALTHY</span>"
             : "<span class=\"pill bad\" id=\"health\">\(problems.count) PROBLEM\(problems.count == 1 ? "" : "S")</span>"
         h += "<div class=\"facts\">pid <b>\(s.daemon.pid)</b> \u{00B7} up <b>\(Format.duration(s.time - s.daemon.startTime))</b>"
@@ -79,7 +82,8 @@ public enum StatusPage {
             let events = l.counters.filter { $0.value > 0 }.map { nowrap("\(Format.html($0.name)) \(Format.grouped($0.value))") }
             let eventsLine = events.isEmpty ? "" : "<br><span class=\"sub\">\(events.joined(separator: " \u{00B7} "))</span>"
             if let x = l.sessions {
-                h += "<td class=\"wrap\"><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(nowrap("\(Format.grouped(x.created)) created")) \u{00B7} \(nowrap("\(Format.grouped(x.expired)) expired")) \u{00B7} \(nowrap("\(Format.grouped(x.evicted)) evicted"))</span>\(eventsLine)</td>"
+                h +=
+                    "<td class=\"wrap\"><b>\(Format.grouped(x.active))</b> active<br><span class=\"sub\">\(nowrap("\(Format.grouped(x.created)) created")) \u{00B7} \(nowrap("\(Format.grouped(x.expired)) expired")) \u{00B7} \(nowrap("\(Format.grouped(x.evicted)) evicted"))</span>\(eventsLine)</td>"
             } else {
                 h += events.isEmpty ? "<td class=\"muted\">\u{2014}</td>" : "<td class=\"wrap\">\(eventsLine.dropFirst(4))</td>"
             }
@@ -98,7 +102,8 @@ public enum StatusPage {
                 h += "<td colspan=\"4\" class=\"muted\"></td>"
                 h += "<td>\(Format.grouped(u.received.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.received.bytes)))</span></td>"
                 h += "<td>\(Format.grouped(u.sent.packets)) pkt<br><span class=\"sub\">\(Format.bytes(Double(u.sent.bytes)))</span></td>"
-                h += "<td class=\"l wrap\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")"
+                h +=
+                    "<td class=\"l wrap\">\(u.failures == 0 ? "<span class=\"muted\">no failures</span>" : "<span class=\"drop\">\(Format.grouped(u.failures)) failures</span>")"
                 // Why it is down: the last error, and how its health probes fare.
                 if !u.isUp, let e = u.lastError { h += "<br><span class=\"sub\">last error: \(Format.html(e))</span>" }
                 let probesSent = u.counter(UpstreamStatus.probesSentName)
@@ -118,7 +123,8 @@ public enum StatusPage {
 
         h += "<footer>"
         h += window.map { "Rates over the last \(Format.fixed($0, 0)) s." } ?? "Rates appear after a second or two."
-        h += " Page refreshes every \(refreshSeconds) s. Status endpoint: \(server.open) open connection\(server.open == 1 ? "" : "s"), \(Format.grouped(server.requests)) requests"
+        h +=
+            " Page refreshes every \(refreshSeconds) s. Status endpoint: \(server.open) open connection\(server.open == 1 ? "" : "s"), \(Format.grouped(server.requests)) requests"
         if server.rejectedNotAllowed + server.rejectedLimit > 0 {
             h += ", rejected \(server.rejectedNotAllowed) not allowed / \(server.rejectedLimit) over the limit"
         }
@@ -176,8 +182,10 @@ public enum StatusPage {
     }
 
     /// Column names, for the stacked layout of narrow screens.
-    static let columns = ["Listener", "Mode", "Addresses", "In pkt/s", "In bytes/s", "Out pkt/s", "Out bytes/s",
-                          "Received", "Sent", "Drops", "Sessions"]
+    static let columns = [
+        "Listener", "Mode", "Addresses", "In pkt/s", "In bytes/s", "Out pkt/s", "Out bytes/s",
+        "Received", "Sent", "Drops", "Sessions",
+    ]
 
     /// Adds `data-label="<column>"` to every `<td` of the rows in `body`, following colspans;
     /// a cell spanning several columns gets an empty label (its content says what it is).
@@ -229,60 +237,60 @@ public enum StatusPage {
     }
 
     static let css = """
-    :root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--fg:#1f2328;--muted:#6e7781;--line:#d0d7de;--head:#24292f}
-    *{box-sizing:border-box}
-    body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI","DejaVu Sans",sans-serif;color:var(--fg);background:#f6f8fa}
-    header{display:flex;align-items:center;gap:16px;flex-wrap:wrap;background:var(--head);color:#fff;padding:12px 24px}
-    h1{font-size:22px;margin:0;font-weight:600}
-    .ver{font-weight:400;color:#afb8c1;font-size:16px}
-    .facts{margin-left:auto;color:#d0d7de}
-    .facts b{color:#fff}
-    .pill{display:inline-block;padding:2px 12px;border-radius:999px;font-weight:700;font-size:14px;letter-spacing:.04em;color:#fff}
-    .pill.small{font-size:11px;padding:1px 8px;vertical-align:middle}
-    .ok{background:var(--ok)} .bad{background:var(--bad)} .warn{background:var(--warn)}
-    .problems{margin:0;padding:10px 24px 10px 44px;background:#ffebe9;color:var(--bad);font-weight:600;border-bottom:1px solid #ffcecb}
-    .config{display:flex;flex-wrap:wrap;gap:6px 28px;padding:10px 24px;background:#fff;border-bottom:1px solid var(--line)}
-    code{font:13px ui-monospace,"DejaVu Sans Mono",monospace}
-    code.err{color:var(--bad);display:block}
-    .good{color:var(--ok)} .badtext{color:var(--bad)} .muted{color:var(--muted)}
-    table{border-collapse:collapse;margin:16px 24px;background:#fff;border:1px solid var(--line);width:calc(100% - 48px)}
-    th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 10px;text-align:right}
-    td{padding:8px 10px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums}
-    .l{text-align:left}
-    td.name,td.addr,.problems,.config,footer{overflow-wrap:anywhere}
-    td.wrap{min-width:120px;max-width:260px}
-    .nw{white-space:normal}
-    tr.listener td.name{font-weight:700;font-size:17px}
-    tr.upstream td,tr.worker td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
-    .bar{display:inline-block;width:120px;height:8px;margin-left:10px;background:#eaeef2;border-radius:4px;overflow:hidden;vertical-align:middle}
-    .bar i{display:block;height:100%;background:#0969da}
-    .mode{background:#ddf4ff;color:#0969da;border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
-    .rate{font-weight:700;font-size:16px}
-    .sub{color:var(--muted);font-size:13px}
-    .sub.badtext{color:var(--bad)}
-    .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
-    footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
-    a{color:#0969da}
-    @media (max-width:1100px){
-    header{padding:10px 14px;gap:6px 14px}
-    .facts{margin-left:0}
-    .problems{padding:8px 14px 8px 32px}
-    .config{padding:8px 14px}
-    table,tbody,tr,td{display:block}
-    table{margin:12px;width:auto;border:0;background:none}
-    thead{display:none}
-    tr{background:#fff;border:1px solid var(--line);border-radius:8px;margin-bottom:10px;overflow:hidden}
-    tr.upstream,tr.worker{margin:-4px 0 10px 18px}
-    td{position:relative;padding:6px 12px 6px 9.5em;min-height:2.2em;text-align:right;border-top:1px solid #eef1f4}
-    td:first-child{border-top:0}
-    td.wrap{min-width:0;max-width:none}
-    td::before{content:attr(data-label);position:absolute;left:12px;top:8px;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;text-align:left}
-    td[data-label=""]{padding-left:12px}
-    td:empty{display:none}
-    tr.listener td.name{text-align:left;padding-left:12px;background:#eaeef2}
-    tr.listener td.name::before{content:none}
-    .bar{width:80px}
-    footer{margin:0 14px 18px}
-    }
-    """
+        :root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--fg:#1f2328;--muted:#6e7781;--line:#d0d7de;--head:#24292f}
+        *{box-sizing:border-box}
+        body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI","DejaVu Sans",sans-serif;color:var(--fg);background:#f6f8fa}
+        header{display:flex;align-items:center;gap:16px;flex-wrap:wrap;background:var(--head);color:#fff;padding:12px 24px}
+        h1{font-size:22px;margin:0;font-weight:600}
+        .ver{font-weight:400;color:#afb8c1;font-size:16px}
+        .facts{margin-left:auto;color:#d0d7de}
+        .facts b{color:#fff}
+        .pill{display:inline-block;padding:2px 12px;border-radius:999px;font-weight:700;font-size:14px;letter-spacing:.04em;color:#fff}
+        .pill.small{font-size:11px;padding:1px 8px;vertical-align:middle}
+        .ok{background:var(--ok)} .bad{background:var(--bad)} .warn{background:var(--warn)}
+        .problems{margin:0;padding:10px 24px 10px 44px;background:#ffebe9;color:var(--bad);font-weight:600;border-bottom:1px solid #ffcecb}
+        .config{display:flex;flex-wrap:wrap;gap:6px 28px;padding:10px 24px;background:#fff;border-bottom:1px solid var(--line)}
+        code{font:13px ui-monospace,"DejaVu Sans Mono",monospace}
+        code.err{color:var(--bad);display:block}
+        .good{color:var(--ok)} .badtext{color:var(--bad)} .muted{color:var(--muted)}
+        table{border-collapse:collapse;margin:16px 24px;background:#fff;border:1px solid var(--line);width:calc(100% - 48px)}
+        th{background:#eaeef2;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;padding:8px 10px;text-align:right}
+        td{padding:8px 10px;border-top:1px solid var(--line);text-align:right;vertical-align:top;font-variant-numeric:tabular-nums}
+        .l{text-align:left}
+        td.name,td.addr,.problems,.config,footer{overflow-wrap:anywhere}
+        td.wrap{min-width:120px;max-width:260px}
+        .nw{white-space:normal}
+        tr.listener td.name{font-weight:700;font-size:17px}
+        tr.upstream td,tr.worker td{border-top:1px dashed var(--line);background:#fbfcfd;font-size:14px}
+        .bar{display:inline-block;width:120px;height:8px;margin-left:10px;background:#eaeef2;border-radius:4px;overflow:hidden;vertical-align:middle}
+        .bar i{display:block;height:100%;background:#0969da}
+        .mode{background:#ddf4ff;color:#0969da;border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
+        .rate{font-weight:700;font-size:16px}
+        .sub{color:var(--muted);font-size:13px}
+        .sub.badtext{color:var(--bad)}
+        .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
+        footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
+        a{color:#0969da}
+        @media (max-width:1100px){
+        header{padding:10px 14px;gap:6px 14px}
+        .facts{margin-left:0}
+        .problems{padding:8px 14px 8px 32px}
+        .config{padding:8px 14px}
+        table,tbody,tr,td{display:block}
+        table{margin:12px;width:auto;border:0;background:none}
+        thead{display:none}
+        tr{background:#fff;border:1px solid var(--line);border-radius:8px;margin-bottom:10px;overflow:hidden}
+        tr.upstream,tr.worker{margin:-4px 0 10px 18px}
+        td{position:relative;padding:6px 12px 6px 9.5em;min-height:2.2em;text-align:right;border-top:1px solid #eef1f4}
+        td:first-child{border-top:0}
+        td.wrap{min-width:0;max-width:none}
+        td::before{content:attr(data-label);position:absolute;left:12px;top:8px;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#57606a;text-align:left}
+        td[data-label=""]{padding-left:12px}
+        td:empty{display:none}
+        tr.listener td.name{text-align:left;padding-left:12px;background:#eaeef2}
+        tr.listener td.name::before{content:none}
+        .bar{width:80px}
+        footer{margin:0 14px 18px}
+        }
+        """
 }

@@ -10,8 +10,10 @@ public struct StatusResponse: Sendable {
     /// Close the connection after this response.
     public var close: Bool
 
-    public init(_ status: HTTPResponseStatus, _ contentType: String, _ body: String,
-                headers: [(String, String)] = [], close: Bool = false) {
+    public init(
+        _ status: HTTPResponseStatus, _ contentType: String, _ body: String,
+        headers: [(String, String)] = [], close: Bool = false
+    ) {
         self.status = status
         self.contentType = contentType
         self.body = body
@@ -40,8 +42,10 @@ public struct StatusRoutes: Sendable {
     let counters: @Sendable () -> ServerCounters
     let now: @Sendable () -> Double
 
-    public init(source: any StatusSource, history: RateHistory, counters: @escaping @Sendable () -> ServerCounters,
-                monotonicNow: @escaping @Sendable () -> Double) {
+    public init(
+        source: any StatusSource, history: RateHistory, counters: @escaping @Sendable () -> ServerCounters,
+        monotonicNow: @escaping @Sendable () -> Double
+    ) {
         self.source = source
         self.history = history
         self.counters = counters
@@ -55,12 +59,16 @@ public struct StatusRoutes: Sendable {
             return .now(.text(.badRequest, "bad request target\n", close: true))
         }
         guard Self.paths.contains(path) else {
-            return .now(.text(.notFound, "not found: \(path)\nendpoints: \(Self.paths.joined(separator: " "))\n",
-                              close: !(method == .GET || method == .HEAD)))
+            return .now(
+                .text(
+                    .notFound, "not found: \(path)\nendpoints: \(Self.paths.joined(separator: " "))\n",
+                    close: !(method == .GET || method == .HEAD)))
         }
         guard method == .GET || method == .HEAD else {
-            return .now(.text(.methodNotAllowed, "method not allowed: \(method.rawValue); use GET or HEAD\n",
-                              headers: [("Allow", Self.allow)], close: true))
+            return .now(
+                .text(
+                    .methodNotAllowed, "method not allowed: \(method.rawValue); use GET or HEAD\n",
+                    headers: [("Allow", Self.allow)], close: true))
         }
         switch path {
         case "/healthz":
@@ -76,8 +84,10 @@ public struct StatusRoutes: Sendable {
             let snapshot = source.snapshot()
             if let name, snapshot.listener(named: name) == nil {
                 let known = snapshot.listeners.map(\.name).joined(separator: ", ")
-                return .now(StatusResponse(.notFound, "application/json",
-                                           "{\"error\": \(Format.json("no listener named '\(name)'; listeners: \(known)"))}\n"))
+                return .now(
+                    StatusResponse(
+                        .notFound, "application/json",
+                        "{\"error\": \(Format.json("no listener named '\(name)'; listeners: \(known)"))}\n"))
             }
             return .now(StatusResponse(.ok, "application/json", StatusJSON.render(snapshot, server: counters(), only: name)))
         case "/metrics":
@@ -89,8 +99,9 @@ public struct StatusRoutes: Sendable {
                 let t = now()
                 var rates: [String: ListenerRates] = [:]
                 for l in snapshot.listeners { rates[l.name] = history.rates(of: l, now: t) }
-                return StatusResponse(.ok, "text/html; charset=utf-8",
-                                      StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
+                return StatusResponse(
+                    .ok, "text/html; charset=utf-8",
+                    StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
             }
         }
     }

@@ -50,13 +50,16 @@ public final class StatusServer: Sendable {
     private let stopped = Atomic(false)
 
     /// Binds `listen` and starts serving; logs `status listening address=…`.
-    public static func start(listen: UDPRelayConfig.SocketAddress, allow: [CIDR], source: any StatusSource,
-                             limits: StatusLimits = StatusLimits(), logger: Logger) async throws -> StatusServer {
+    public static func start(
+        listen: UDPRelayConfig.SocketAddress, allow: [CIDR], source: any StatusSource,
+        limits: StatusLimits = StatusLimits(), logger: Logger
+    ) async throws -> StatusServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let state = ServerState(limits: limits, allow: AllowList(allow))
         let history = RateHistory()
-        let routes = StatusRoutes(source: source, history: history, counters: { state.counters },
-                                  monotonicNow: { SystemClock.monotonicSeconds() })
+        let routes = StatusRoutes(
+            source: source, history: history, counters: { state.counters },
+            monotonicNow: { SystemClock.monotonicSeconds() })
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: limits.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -68,8 +71,10 @@ public final class StatusServer: Sendable {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             // A client that shuts down its sending side after a request still gets the answer.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark,
-                                value: .init(low: limits.maxUnsentBytes / 2, high: limits.maxUnsentBytes))
+            .childChannelOption(
+                .writeBufferWaterMark,
+                value: .init(low: limits.maxUnsentBytes / 2, high: limits.maxUnsentBytes)
+            )
             // A fixed kernel send buffer: what a client leaves unread is bounded in the kernel
             // too, not only in our own buffer (see StatusLimits.socketSendBuffer).
             .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(limits.socketSendBuffer))
@@ -85,19 +90,23 @@ public final class StatusServer: Sendable {
             try? await group.shutdownGracefully()
             throw StatusServerError(address: listen, underlying: error)
         }
-        let bound = channel.localAddress.flatMap { a in
-            a.ipAddress.flatMap { IPAddress(literal: $0) }.map { UDPRelayConfig.SocketAddress(ip: $0, port: UInt16(a.port ?? 0)) }
-        } ?? listen
+        let bound =
+            channel.localAddress.flatMap { a in
+                a.ipAddress.flatMap { IPAddress(literal: $0) }.map { UDPRelayConfig.SocketAddress(ip: $0, port: UInt16(a.port ?? 0)) }
+            } ?? listen
         let sampler = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(1)) { _ in
             history.record(source.snapshot().listeners, at: SystemClock.monotonicSeconds())
         }
         logger.info("status listening", metadata: ["address": "\(bound)"])
-        return StatusServer(localAddress: bound, history: history, group: group, channel: channel, state: state,
-                            sampler: sampler, logger: logger)
+        return StatusServer(
+            localAddress: bound, history: history, group: group, channel: channel, state: state,
+            sampler: sampler, logger: logger)
     }
 
-    private init(localAddress: UDPRelayConfig.SocketAddress, history: RateHistory, group: MultiThreadedEventLoopGroup,
-                 channel: Channel, state: ServerState, sampler: RepeatedTask, logger: Logger) {
+    private init(
+        localAddress: UDPRelayConfig.SocketAddress, history: RateHistory, group: MultiThreadedEventLoopGroup,
+        channel: Channel, state: ServerState, sampler: RepeatedTask, logger: Logger
+    ) {
         self.localAddress = localAddress
         self.history = history
         self.group = group
@@ -206,14 +215,17 @@ final class ServerState: Sendable {
     }
 
     /// The pipeline of a served connection: guard, NIO's HTTP/1.1 codec with pipelining, our handler.
-    static func addHTTPHandlers(_ ops: ChannelPipeline.SynchronousOperations, limits: StatusLimits, routes: StatusRoutes,
-                                requestAnswered: @escaping @Sendable () -> Void) throws {
+    static func addHTTPHandlers(
+        _ ops: ChannelPipeline.SynchronousOperations, limits: StatusLimits, routes: StatusRoutes,
+        requestAnswered: @escaping @Sendable () -> Void
+    ) throws {
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderFieldSize = limits.maxHeadBytes
         decoderLimits.maxHeaderListSize = limits.maxHeadBytes
         try ops.addHandler(ConnectionGuard(limits: limits))
-        try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
-                                            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+        try ops.configureHTTPServerPipeline(
+            withPipeliningAssistance: true, withErrorHandling: false,
+            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
         try ops.addHandler(StatusHTTPHandler(routes: routes, requestAnswered: requestAnswered))
     }
 }
@@ -275,4 +287,3 @@ final class CloseAtOnceHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
-

@@ -148,9 +148,11 @@ public struct UpstreamStatus: Sendable, Equatable {
     /// Sessions on this upstream now, summed over the listener's workers.
     public var sessionsActive: UInt64
 
-    public init(address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
-                counters: [NamedCounter] = [], lastError: String? = nil, draining: Bool = false, backup: Bool = false,
-                weight: Int = 1, sessionsActive: UInt64 = 0) {
+    public init(
+        address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
+        counters: [NamedCounter] = [], lastError: String? = nil, draining: Bool = false, backup: Bool = false,
+        weight: Int = 1, sessionsActive: UInt64 = 0
+    ) {
         self.address = address
         self.state = state
         self.sent = sent
@@ -218,10 +220,12 @@ public struct ListenerStatus: Sendable, Equatable {
     /// Each socket's worker, in order; the listener's totals are their sum.
     public var workers: [WorkerStatus]
 
-    public init(name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
-                received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
-                drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
-                counters: [NamedCounter] = [], workers: [WorkerStatus] = []) {
+    public init(
+        name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
+        received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
+        drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
+        counters: [NamedCounter] = [], workers: [WorkerStatus] = []
+    ) {
         self.name = name
         self.mode = mode
         self.addresses = addresses

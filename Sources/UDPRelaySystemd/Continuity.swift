@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOConcurrencyHelpers
 import UDPRelayConfig
 import UDPRelayDatapath
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What survives a restart, through systemd's file descriptor store (`FileDescriptorStoreMax=`
 /// in the unit; see `FileDescriptorStore`):
@@ -79,18 +80,21 @@ public final class Continuity: Sendable {
             }
             let missing = archive.entries.count - carried.sessions.count
             if missing > 0 {
-                logger.warning("sessions of the previous process without their socket (systemd closed them): not continued",
-                               metadata: ["sessions": "\(missing)"])
+                logger.warning(
+                    "sessions of the previous process without their socket (systemd closed them): not continued",
+                    metadata: ["sessions": "\(missing)"])
             }
         }
         // Sockets without an entry (no archive, or a damaged one) cannot be continued.
         for fd in sockets.values { close(fd) }
         storedNames.withLockedValue { $0 = names }
         if !carried.listenerSockets.isEmpty || !carried.sessions.isEmpty {
-            logger.info("taking over from the previous process", metadata: [
-                "listener.sockets": "\(carried.listenerSockets.values.map(\.count).reduce(0, +))",
-                "sessions": "\(carried.sessions.count)",
-            ])
+            logger.info(
+                "taking over from the previous process",
+                metadata: [
+                    "listener.sockets": "\(carried.listenerSockets.values.map(\.count).reduce(0, +))",
+                    "sessions": "\(carried.sessions.count)",
+                ])
         }
         return carried
     }
@@ -113,8 +117,9 @@ public final class Continuity: Sendable {
         }
         storedNames.withLockedValue { $0 = stored }
         if stored.count < current.count {
-            logger.warning("some listener sockets could not go to systemd's file descriptor store; a restart will rebind them",
-                           metadata: ["stored": "\(stored.count)", "listener.groups": "\(current.count)"])
+            logger.warning(
+                "some listener sockets could not go to systemd's file descriptor store; a restart will rebind them",
+                metadata: ["stored": "\(stored.count)", "listener.groups": "\(current.count)"])
         }
     }
 
@@ -138,9 +143,11 @@ public final class Continuity: Sendable {
             let memfd = try SessionArchive(entries: entries).sealedMemoryFile()
             defer { close(memfd) }
             if notifier.store([memfd], name: FileDescriptorStore.sessionArchiveName) {
-                logger.info("sessions handed to systemd for the next process", metadata: [
-                    "sessions": "\(entries.count)", "sessions.closed": "\(sessions.count - entries.count)",
-                ])
+                logger.info(
+                    "sessions handed to systemd for the next process",
+                    metadata: [
+                        "sessions": "\(entries.count)", "sessions.closed": "\(sessions.count - entries.count)",
+                    ])
                 return
             }
         } catch {

@@ -1,7 +1,8 @@
+import CSystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSystemd
 
 /// systemd's file descriptor store (`FileDescriptorStoreMax=` in the unit): descriptors handed to
 /// the service manager with `FDSTORE=1` survive a restart of the service and come back at the

@@ -1,8 +1,9 @@
+import CSystemd
+import Logging
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSystemd
-import Logging
 
 /// journald integration for logs.
 public enum Journal {

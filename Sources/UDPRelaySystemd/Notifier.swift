@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CSystemd
 import Logging
 import Synchronization
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Tells the service manager about state changes with `sd_notify(3)`: READY, STATUS, RELOADING,
 /// STOPPING, WATCHDOG. Without `NOTIFY_SOCKET` (not started by systemd, or Type= is not notify)
@@ -66,9 +67,11 @@ public final class SystemdNotifier: Sendable {
             return true
         }
         if rc < 0, !failing.exchange(true, ordering: .relaxed) {
-            logger.warning("sd_notify failed; systemd may not see this state change", metadata: [
-                "error": "\(String(cString: strerror(-rc)))", "notify.message": "\(message.split(separator: "\n").first ?? "")",
-            ])
+            logger.warning(
+                "sd_notify failed; systemd may not see this state change",
+                metadata: [
+                    "error": "\(String(cString: strerror(-rc)))", "notify.message": "\(message.split(separator: "\n").first ?? "")",
+                ])
         }
         return false
     }

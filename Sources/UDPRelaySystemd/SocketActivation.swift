@@ -1,7 +1,8 @@
+import CSystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSystemd
 
 /// Sockets passed in by systemd (`.socket` units): `sd_listen_fds_with_names(3)`.
 public enum SocketActivation {
@@ -52,7 +53,8 @@ public enum SocketActivation {
                 throw ActivationError(description: "socket '\(name)' passed by systemd (fd \(fd)): \(String(cString: strerror(-rc)))")
             }
             if rc == 0 {
-                throw ActivationError(description: "socket '\(name)' passed by systemd (fd \(fd)) is not a datagram socket; use ListenDatagram= in the .socket unit")
+                throw ActivationError(
+                    description: "socket '\(name)' passed by systemd (fd \(fd)) is not a datagram socket; use ListenDatagram= in the .socket unit")
             }
             sockets.append(InheritedSocket(fd: fd, name: name))
         }
@@ -75,14 +77,19 @@ public enum SocketActivation {
     /// must equal a `[listener NAME]` of the configuration. Several sockets may share a name
     /// (several `ListenDatagram=` lines in one unit). A name that matches no listener is an
     /// error naming the socket and the listeners there are.
-    public static func assign(_ sockets: [InheritedSocket], toListeners listenerNames: [String],
-                              configFile: String) throws(ActivationError) -> [String: [Int32]] {
+    public static func assign(
+        _ sockets: [InheritedSocket], toListeners listenerNames: [String],
+        configFile: String
+    ) throws(ActivationError) -> [String: [Int32]] {
         var byName: [String: [Int32]] = [:]
         let known = Set(listenerNames)
         for s in sockets where !FileDescriptorStore.isStoreName(s.name) {
             guard known.contains(s.name) else {
                 let list = listenerNames.isEmpty ? "none" : listenerNames.joined(separator: ", ")
-                throw ActivationError(description: "socket '\(s.name)' passed by systemd (fd \(s.fd)) matches no [listener \(s.name)] in \(configFile) (listeners: \(list)); set FileDescriptorName= in the .socket unit to a listener name")
+                throw ActivationError(
+                    description:
+                        "socket '\(s.name)' passed by systemd (fd \(s.fd)) matches no [listener \(s.name)] in \(configFile) (listeners: \(list)); set FileDescriptorName= in the .socket unit to a listener name"
+                )
             }
             byName[s.name, default: []].append(s.fd)
         }

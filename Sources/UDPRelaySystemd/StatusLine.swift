@@ -25,8 +25,10 @@ public struct StatusLine: Sendable {
     /// its first error.
     public var lastReload: (ok: Bool, at: String, firstError: String?, errorCount: Int)?
 
-    public init(listeners: Int, sockets: Int, sessions: Int? = nil, generation: Int,
-                lastReload: (ok: Bool, at: String, firstError: String?, errorCount: Int)? = nil) {
+    public init(
+        listeners: Int, sockets: Int, sessions: Int? = nil, generation: Int,
+        lastReload: (ok: Bool, at: String, firstError: String?, errorCount: Int)? = nil
+    ) {
         self.listeners = listeners
         self.sockets = sockets
         self.sessions = sessions

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CSystemd
 import Logging
 import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The systemd watchdog (`WatchdogSec=`): every half interval, probes the datapath and sends
 /// `WATCHDOG=1` only if every worker queue answered. A wedged queue therefore stops the pings
@@ -24,8 +25,10 @@ public struct WatchdogService: Service {
     let logger: Logger
 
     /// `probe(timeout)` returns one line per queue that did not answer, empty when all did.
-    public init(interval: Duration, notifier: SystemdNotifier, logger: Logger,
-                probe: @escaping @Sendable (Duration) async -> [String]) {
+    public init(
+        interval: Duration, notifier: SystemdNotifier, logger: Logger,
+        probe: @escaping @Sendable (Duration) async -> [String]
+    ) {
         self.interval = interval
         self.notifier = notifier
         self.logger = logger

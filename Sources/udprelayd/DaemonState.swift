@@ -1,8 +1,9 @@
+import NIOConcurrencyHelpers
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOConcurrencyHelpers
-import UDPRelayConfig
 
 /// What the daemon knows about itself and its configuration: shared by reload (writes it),
 /// the status endpoint and the systemd STATUS= line (read it).

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
+import Synchronization
 import UDPRelayConfig
 import UDPRelayDatapath
 import UDPRelaySystemd
-import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One line per event on stderr: `LEVEL message key=value ...`, metadata sorted by key.
 /// A timestamp is added when stderr is not the journal (which stamps lines itself).

@@ -14,8 +14,9 @@ struct DaemonStatusSource: StatusSource {
         let d = state.snapshot
         return StatusSnapshot(
             daemon: DaemonInfo(version: BuildInfo.version, pid: state.pid, startTime: state.startTime),
-            config: ConfigInfo(path: d.configPath, generation: d.generation, loadedAt: d.loadedAt,
-                               lastReload: d.lastReload.map { ReloadInfo(ok: $0.ok, at: $0.at, errors: $0.errors) }),
+            config: ConfigInfo(
+                path: d.configPath, generation: d.generation, loadedAt: d.loadedAt,
+                lastReload: d.lastReload.map { ReloadInfo(ok: $0.ok, at: $0.at, errors: $0.errors) }),
             listeners: datapath.snapshot().map(Self.listenerStatus),
             time: DaemonState.now()
         )
@@ -33,23 +34,26 @@ struct DaemonStatusSource: StatusSource {
             receiveErrors: c[.receiveErrors],
             drops: Counter.dropCounters.map { DropCount(reason: $0.name, count: c[$0]) },
             sessions: hasSessions
-                ? SessionCounters(active: c[.sessionsActive], created: c[.sessionsCreated],
-                                  expired: c[.sessionsExpired], evicted: c[.sessionsEvicted])
+                ? SessionCounters(
+                    active: c[.sessionsActive], created: c[.sessionsCreated],
+                    expired: c[.sessionsExpired], evicted: c[.sessionsEvicted])
                 : nil,
             upstreams: l.upstreams.map { u in
-                UpstreamStatus(address: u.endpoint, state: u.state,
-                               sent: Traffic(packets: u.counters[.sentPackets], bytes: u.counters[.sentBytes]),
-                               received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
-                               failures: u.counters[.failures],
-                               counters: UpstreamCounter.events.map { NamedCounter($0.name, u.counters[$0]) },
-                               lastError: u.lastError, draining: u.draining, backup: u.backup, weight: u.weight,
-                               sessionsActive: u.counters[.sessionsActive])
+                UpstreamStatus(
+                    address: u.endpoint, state: u.state,
+                    sent: Traffic(packets: u.counters[.sentPackets], bytes: u.counters[.sentBytes]),
+                    received: Traffic(packets: u.counters[.receivedPackets], bytes: u.counters[.receivedBytes]),
+                    failures: u.counters[.failures],
+                    counters: UpstreamCounter.events.map { NamedCounter($0.name, u.counters[$0]) },
+                    lastError: u.lastError, draining: u.draining, backup: u.backup, weight: u.weight,
+                    sessionsActive: u.counters[.sessionsActive])
             },
             counters: (mode.map(Counter.events(for:)) ?? []).map { NamedCounter($0.name, c[$0]) },
             workers: l.workers.map { w in
-                WorkerStatus(address: "\(w.address)", number: w.place.number, of: w.place.of,
-                             received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
-                             sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
+                WorkerStatus(
+                    address: "\(w.address)", number: w.place.number, of: w.place.of,
+                    received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
+                    sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
             }
         )
     }
@@ -70,8 +74,10 @@ struct StatusService: Service {
     /// Binds the endpoint of `configuration`, or returns nil when it is `off`.
     static func start(_ configuration: StatusConfiguration, source: some StatusSource, logger: Logger) async throws -> StatusService? {
         guard let listen = configuration.listen else { return nil }
-        return StatusService(server: try await StatusServer.start(listen: listen, allow: configuration.allow,
-                                                                  source: source, logger: logger))
+        return StatusService(
+            server: try await StatusServer.start(
+                listen: listen, allow: configuration.allow,
+                source: source, logger: logger))
     }
 
     func run() async throws {

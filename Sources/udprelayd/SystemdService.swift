@@ -1,13 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
-import ServiceLifecycle
 import NIOConcurrencyHelpers
+import ServiceLifecycle
 import UDPRelayConfig
 import UDPRelayDatapath
 import UDPRelaySystemd
 import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Reload on SIGHUP and the live `STATUS=` line.
 ///
@@ -90,19 +91,23 @@ struct SystemdService: Service {
         }
         state.reloadSucceeded()
         let generation = state.snapshot.generation
-        logger.notice("reloaded", metadata: [
-            "generation": "\(generation)",
-            "listeners.unchanged": "\(changes.unchanged.count)", "listeners.changed": "\(changes.changed.joined(separator: ","))",
-            "listeners.removed": "\(changes.removed.joined(separator: ","))", "listeners.added": "\(changes.added.joined(separator: ","))",
-        ])
+        logger.notice(
+            "reloaded",
+            metadata: [
+                "generation": "\(generation)",
+                "listeners.unchanged": "\(changes.unchanged.count)", "listeners.changed": "\(changes.changed.joined(separator: ","))",
+                "listeners.removed": "\(changes.removed.joined(separator: ","))", "listeners.added": "\(changes.added.joined(separator: ","))",
+            ])
         notifier.ready(status: statusLine(rates: nil))
     }
 
     func rejected(_ errors: [String], total: Int? = nil) {
         state.reloadFailed(errors, total: total ?? errors.count)
-        logger.error("reload rejected; still serving the running configuration", metadata: [
-            "generation": "\(state.snapshot.generation)", "errors": "\(total ?? errors.count)",
-        ])
+        logger.error(
+            "reload rejected; still serving the running configuration",
+            metadata: [
+                "generation": "\(state.snapshot.generation)", "errors": "\(total ?? errors.count)",
+            ])
         notifier.ready(status: statusLine(rates: nil))
     }
 
@@ -123,8 +128,9 @@ struct SystemdService: Service {
     func sample() -> StatusLine.Sample {
         var total = CounterSnapshot()
         for l in datapath.snapshot() { total = total + l.counters }
-        return StatusLine.Sample(received: total[.receivedPackets], sent: total[.sentPackets], dropped: total.dropped,
-                                 at: SystemClock.monotonicSeconds())
+        return StatusLine.Sample(
+            received: total[.receivedPackets], sent: total[.sentPackets], dropped: total.dropped,
+            at: SystemClock.monotonicSeconds())
     }
 
     /// The `STATUS=` text: listeners, rates, generation and the last reload's outcome.
@@ -141,8 +147,10 @@ struct SystemdService: Service {
         // Relay listeners with sessions (forward, balance) report how many are open.
         let withSessions = datapath.listeners.filter { $0.configuration.mode.hasSessions }
         let sessions = withSessions.isEmpty ? nil : withSessions.reduce(0) { $0 + Int($1.counters()[.sessionsActive]) }
-        return StatusLine(listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.workers.count },
-                          sessions: sessions, generation: s.generation, lastReload: reload).render(rates: rates)
+        return StatusLine(
+            listeners: listeners.count, sockets: listeners.reduce(0) { $0 + $1.workers.count },
+            sessions: sessions, generation: s.generation, lastReload: reload
+        ).render(rates: rates)
     }
 
     /// `HH:MM:SSZ` of a wall-clock time in seconds since the epoch.

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Logging
 import ServiceLifecycle
@@ -8,6 +5,10 @@ import UDPRelayConfig
 import UDPRelayDatapath
 import UDPRelaySystemd
 import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Exit status for a bad configuration (sysexits.h EX_CONFIG).
 let exitConfigError: Int32 = 78
@@ -58,7 +59,9 @@ struct UDPRelayCommand: AsyncParsableCommand {
         // One level for every logger; a reload may change it unless --log-level pins it.
         let logLevelControl = LogLevelControl(level)
         LoggingSystem.bootstrap { label in
-            let output = journal ? JournalLogHandler(logLevel: .trace, native: native) as any LogHandler
+            let output =
+                journal
+                ? JournalLogHandler(logLevel: .trace, native: native) as any LogHandler
                 : StderrLogHandler(logLevel: .trace, label: label)
             return LevelControlledLogHandler(inner: output, control: logLevelControl)
         }
@@ -74,8 +77,9 @@ struct UDPRelayCommand: AsyncParsableCommand {
         var carried = Continuity.CarriedOver()
         do {
             let sockets = try SocketActivation.takeInheritedSockets()
-            carried = continuity.sortOut(listeners: SocketActivation.storedListenerSockets(sockets),
-                                         sessions: SocketActivation.storedSessionDescriptors(sockets))
+            carried = continuity.sortOut(
+                listeners: SocketActivation.storedListenerSockets(sockets),
+                sessions: SocketActivation.storedSessionDescriptors(sockets))
             inherited = try SocketActivation.assign(sockets, toListeners: configuration.listeners.map(\.name), configFile: config)
             datapath = try Datapath(configuration: configuration, logger: logger, inherited: inherited, stored: carried.listenerSockets)
         } catch {
@@ -89,20 +93,23 @@ struct UDPRelayCommand: AsyncParsableCommand {
         }
         if !carried.sessions.isEmpty {
             let taken = await datapath.takeOver(carried.sessions)
-            logger.info("sessions of the previous process continued", metadata: [
-                "sessions.adopted": "\(taken.adopted)", "sessions.refused": "\(taken.refused)",
-            ])
+            logger.info(
+                "sessions of the previous process continued",
+                metadata: [
+                    "sessions.adopted": "\(taken.adopted)", "sessions.refused": "\(taken.refused)",
+                ])
         }
 
         logger.info("starting", metadata: ["version": "\(BuildInfo.version)", "config": "\(config)", "pid": "\(getpid())"])
         let daemonState = DaemonState(configPath: config)
         // Registered before READY=1: systemd may send SIGHUP (ExecReload) right after it.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let systemd = SystemdService(configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
-                                     hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
-                                     startedWith: (configuration.status, configuration.daemon),
-                                     logLevel: logLevel == nil ? logLevelControl : nil,
-                                     afterReload: { continuity.storeListeners(of: datapath) })
+        let systemd = SystemdService(
+            configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
+            hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
+            startedWith: (configuration.status, configuration.daemon),
+            logLevel: logLevel == nil ? logLevelControl : nil,
+            afterReload: { continuity.storeListeners(of: datapath) })
         var datapathService = DatapathService(datapath: datapath, logger: logger)
         datapathService.onReady = {
             continuity.storeListeners(of: datapath)
@@ -128,15 +135,18 @@ struct UDPRelayCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         if let interval = WatchdogService.configuredInterval() {
-            services.append(.init(service: WatchdogService(interval: interval, notifier: notifier, logger: logger) { timeout in
-                await datapath.probe(timeout: timeout)
-            }))
+            services.append(
+                .init(
+                    service: WatchdogService(interval: interval, notifier: notifier, logger: logger) { timeout in
+                        await datapath.probe(timeout: timeout)
+                    }))
         }
-        let group = ServiceGroup(configuration: .init(
-            services: services,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         try await group.run()
     }
 }

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// The configuration file as the daemon meets it: `--check-config`, start and SIGHUP reload
 /// refuse the same files, and a refused reload changes nothing.
@@ -62,8 +63,9 @@ final class ConfigEndToEndTests: XCTestCase {
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
         let checkFIFO = try DaemonProcess(config: "", arguments: ["--check-config", "--config", fifo])
         XCTAssertEqual(checkFIFO.waitForExit(timeout: 10), 78, "--check-config of a FIFO")
-        XCTAssertNotNil(checkFIFO.log.first { $0.contains("\(fifo): cannot read configuration file: not a regular file (a FIFO)") },
-                        checkFIFO.log.joined(separator: "\n"))
+        XCTAssertNotNil(
+            checkFIFO.log.first { $0.contains("\(fifo): cannot read configuration file: not a regular file (a FIFO)") },
+            checkFIFO.log.joined(separator: "\n"))
 
         let (d, bound) = try startDaemon("[listener a]\nlisten = 127.0.0.1:0\n")
         let a = try XCTUnwrap(bound["a"]?.first)
@@ -102,14 +104,17 @@ final class ConfigEndToEndTests: XCTestCase {
     // MARK: relays that loop
 
     func testCheckConfigRefusesSelfRelaysAndRelayCycles() throws {
-        let selfRelay = try DaemonProcess(config: "[listener r]\nlisten = 0.0.0.0:30001\nmode = forward\nupstream = localhost:30001\n",
-                                          arguments: ["--check-config"])
+        let selfRelay = try DaemonProcess(
+            config: "[listener r]\nlisten = 0.0.0.0:30001\nmode = forward\nupstream = localhost:30001\n",
+            arguments: ["--check-config"])
         XCTAssertEqual(selfRelay.waitForExit(), 78)
-        XCTAssertNotNil(selfRelay.log.first { $0.contains(":4: [listener r] upstream: localhost:30001 is this listener's own address 0.0.0.0:30001") },
-                        selfRelay.log.joined(separator: "\n"))
-        let pair = try DaemonProcess(config: "[listener a]\nlisten = 127.0.0.1:30001\nmode = forward\nupstream = 127.0.0.1:30002\n"
-                                     + "[listener b]\nlisten = 0.0.0.0:30002\nmode = mirror\nupstream = 127.0.0.1:30001\n",
-                                     arguments: ["--check-config"])
+        XCTAssertNotNil(
+            selfRelay.log.first { $0.contains(":4: [listener r] upstream: localhost:30001 is this listener's own address 0.0.0.0:30001") },
+            selfRelay.log.joined(separator: "\n"))
+        let pair = try DaemonProcess(
+            config: "[listener a]\nlisten = 127.0.0.1:30001\nmode = forward\nupstream = 127.0.0.1:30002\n"
+                + "[listener b]\nlisten = 0.0.0.0:30002\nmode = mirror\nupstream = 127.0.0.1:30001\n",
+            arguments: ["--check-config"])
         XCTAssertEqual(pair.waitForExit(), 78)
         XCTAssertNotNil(pair.log.first { $0.contains("relay loop 'a' -> 'b' -> 'a'") }, pair.log.joined(separator: "\n"))
     }
@@ -117,8 +122,9 @@ final class ConfigEndToEndTests: XCTestCase {
     // MARK: value spelling
 
     func testLogLevelOnTheCommandLineIsCaseInsensitiveLikeTheFile() throws {
-        let d = try DaemonProcess(config: "[daemon]\nlog_level = Info\n[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 63kib\n",
-                                  arguments: ["--check-config", "--log-level", "DEBUG"])
+        let d = try DaemonProcess(
+            config: "[daemon]\nlog_level = Info\n[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 63kib\n",
+            arguments: ["--check-config", "--log-level", "DEBUG"])
         XCTAssertEqual(d.waitForExit(), 0, d.log.joined(separator: "\n"))
         XCTAssertTrue(d.standardOutput.contains("configuration OK: 1 listener"), d.standardOutput)
     }

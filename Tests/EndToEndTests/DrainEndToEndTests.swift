@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// `drain` as the operator sees it: after a reload that adds it, `/status` and `/metrics` of the
 /// real binary show the upstream as draining.

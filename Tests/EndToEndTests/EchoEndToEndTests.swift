@@ -1,20 +1,22 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// Runs the real binary and talks to it over loopback.
 final class EchoEndToEndTests: XCTestCase {
     func testEchoesPayloadsByteForByteOnSeveralListenersOverIPv4AndIPv6() throws {
-        let (_, bound) = try startDaemon("""
-        [listener one]
-        listen = 127.0.0.1:0, [::1]:0
-        [listener two]
-        listen = 127.0.0.1:0, [::1]:0
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener one]
+            listen = 127.0.0.1:0, [::1]:0
+            [listener two]
+            listen = 127.0.0.1:0, [::1]:0
+            """)
         XCTAssertEqual(bound["one"]?.count, 2)
         XCTAssertEqual(bound["two"]?.count, 2)
         for (name, addresses) in bound {
@@ -37,10 +39,11 @@ final class EchoEndToEndTests: XCTestCase {
     }
 
     func testWildcardListenerRepliesFromTheAddressTheDatagramWasSentTo() throws {
-        let (_, bound) = try startDaemon("""
-        [listener any]
-        listen = 0.0.0.0:0, [::]:0
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener any]
+            listen = 0.0.0.0:0, [::]:0
+            """)
         let v4Port = try XCTUnwrap(bound["any"]?.first { !$0.ip.isIPv6 }?.port)
         let v6Port = try XCTUnwrap(bound["any"]?.first { $0.ip.isIPv6 }?.port)
         // 127.0.0.2 and 127.0.0.3 are local addresses on every Linux loopback.
@@ -64,10 +67,11 @@ final class EchoEndToEndTests: XCTestCase {
     /// burst is sent) goes back as segmented sends with packet info on a wildcard socket: the
     /// replies must still be the same datagrams, in order, from the address the client used.
     func testBurstToAWildcardListenerComesBackIntactInOrderFromTheAddressUsed() throws {
-        let (daemon, bound) = try startDaemon("""
-        [listener any]
-        listen = 0.0.0.0:0, [::]:0
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener any]
+            listen = 0.0.0.0:0, [::]:0
+            """)
         let v4Port = try XCTUnwrap(bound["any"]?.first { !$0.ip.isIPv6 }?.port)
         let v6Port = try XCTUnwrap(bound["any"]?.first { $0.ip.isIPv6 }?.port)
         let targets = [SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: v4Port), SocketAddress(ip: .v6(high: 0, low: 1), port: v6Port)]
@@ -88,10 +92,11 @@ final class EchoEndToEndTests: XCTestCase {
     }
 
     func testBurstFromManyClientsIsAllAnswered() throws {
-        let (_, bound) = try startDaemon("""
-        [listener burst]
-        listen = 127.0.0.1:0
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener burst]
+            listen = 127.0.0.1:0
+            """)
         let address = try XCTUnwrap(bound["burst"]?.first)
         let clients = try (0..<10).map { _ in try UDPClient() }
         let rounds = 10, perRound = 40
@@ -111,11 +116,12 @@ final class EchoEndToEndTests: XCTestCase {
     }
 
     func testOversizedDatagramIsCountedAndNotEchoed() throws {
-        let (daemon, bound) = try startDaemon("""
-        [listener small]
-        listen = 127.0.0.1:0
-        max_datagram = 1000
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener small]
+            listen = 127.0.0.1:0
+            max_datagram = 1000
+            """)
         let address = try XCTUnwrap(bound["small"]?.first)
         let client = try UDPClient()
         client.send(payload(1001, seed: 1), to: address)
@@ -131,12 +137,13 @@ final class EchoEndToEndTests: XCTestCase {
     }
 
     func testSigtermExitsZeroPromptly() throws {
-        let (daemon, _) = try startDaemon("""
-        [listener a]
-        listen = 127.0.0.1:0, [::1]:0
-        [listener b]
-        listen = 127.0.0.1:0
-        """)
+        let (daemon, _) = try startDaemon(
+            """
+            [listener a]
+            listen = 127.0.0.1:0, [::1]:0
+            [listener b]
+            listen = 127.0.0.1:0
+            """)
         let start = Date()
         XCTAssertEqual(daemon.stop(timeout: 5), 0)
         XCTAssertLessThan(Date().timeIntervalSince(start), 2.0, "idle shutdown must be prompt")

@@ -1,9 +1,10 @@
 import Foundation
+import TestSupport
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
 
 /// Resource exhaustion: the daemon refuses what it cannot hold and keeps serving the rest.
 final class ExhaustionEndToEndTests: XCTestCase {
@@ -12,13 +13,14 @@ final class ExhaustionEndToEndTests: XCTestCase {
         addTeardownBlock { upstream.stop() }
         // 48 descriptors in all: the daemon's own (stdio, sockets, epoll, ...) leave room for a
         // few dozen sessions, fewer than the 100 clients below.
-        let (d, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        max_sessions = 10000
-        """, fileLimit: 48)
+        let (d, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            max_sessions = 10000
+            """, fileLimit: 48)
         let relay = try XCTUnwrap(bound["fwd"]?.first)
         let clients = try (0..<100).map { _ in try UDPClient() }
         for (i, c) in clients.enumerated() { c.send(Array("hello \(i)".utf8), to: relay) }

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// `include = DIR/conf.d/*.ini` with the real binary: a listener of an included file serves,
 /// and a bad line in one fails `--check-config` (exit 78) and a reload, naming that file and line.

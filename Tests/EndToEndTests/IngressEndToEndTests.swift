@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// Ingress checks of the real binary: IPv4-mapped sources, rotating sources against the
 /// per-source limit, source ports per mode and how refusals are logged.
@@ -26,13 +27,14 @@ final class IngressEndToEndTests: XCTestCase {
         var boundLength = socklen_t(MemoryLayout<sockaddr_in6>.size)
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &boundLength) } }
         let port = UInt16(bigEndian: bound.sin6_port)
-        let (d, _) = try startDaemon("""
-        [listener dual]
-        listen = [::]:9
-        mode = forward
-        upstream = \(upstream.address)
-        deny = 127.0.0.0/8
-        """, inheritedSocket: (fd, "dual"))
+        let (d, _) = try startDaemon(
+            """
+            [listener dual]
+            listen = [::]:9
+            mode = forward
+            upstream = \(upstream.address)
+            deny = 127.0.0.0/8
+            """, inheritedSocket: (fd, "dual"))
         let v4 = try UDPClient()
         for i in 0..<5 { v4.send([UInt8(i)], to: SocketAddress(ip: .v4(0x7F00_0001), port: port)) }
         // Then a client that is allowed: its answer means the five were judged before it.
@@ -49,12 +51,13 @@ final class IngressEndToEndTests: XCTestCase {
     /// With `rate_limit_sources = 16`, 17 sources sending in turn each evicted
     /// another and started with a full bucket: every datagram was answered.
     func testRotatingSourcesBeyondTheTableAreHeldToTheRate() throws {
-        let (d, bound) = try startDaemon("""
-        [listener e]
-        listen = 0.0.0.0:0
-        rate_limit = 10/s
-        rate_limit_sources = 16
-        """, status: true)
+        let (d, bound) = try startDaemon(
+            """
+            [listener e]
+            listen = 0.0.0.0:0
+            rate_limit = 10/s
+            rate_limit_sources = 16
+            """, status: true)
         let port = try XCTUnwrap(bound["e"]?.first?.port)
         let target = SocketAddress(ip: .v4(0x7F00_0001), port: port)
         let sources = try (1...17).map { try UDPClient(bind: SocketAddress(ip: .v4(0x7F00_0100 | UInt32($0)), port: 0)) }
@@ -90,9 +93,10 @@ final class IngressEndToEndTests: XCTestCase {
         let value = Int(json[evictions].split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) ?? 0
         XCTAssertGreaterThan(value, sent / 2, String(json[evictions]))
         let metrics = try XCTUnwrap(get(status, "/metrics"))
-        XCTAssertNotNil(metrics.split(separator: "\n").first {
-            $0.hasPrefix("udprelayd_events_total{") && $0.contains(#"listener="e""#) && $0.contains(#"event="rate_limit_evictions""#)
-        }, metrics)
+        XCTAssertNotNil(
+            metrics.split(separator: "\n").first {
+                $0.hasPrefix("udprelayd_events_total{") && $0.contains(#"listener="e""#) && $0.contains(#"event="rate_limit_evictions""#)
+            }, metrics)
         XCTAssertEqual(d.stop(), 0)
         let line = d.totals("e")
         XCTAssertEqual(DaemonProcess.count("drop.rate_limited", in: line), sent + markers - answered - 1, line ?? "")
@@ -110,14 +114,15 @@ final class IngressEndToEndTests: XCTestCase {
         if getuid() != 0 { throw XCTSkip("needs root to bind source port 123 (CI runs as root)") }
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (d, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        [listener echo]
-        listen = 127.0.0.1:0
-        """)
+        let (d, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            [listener echo]
+            listen = 127.0.0.1:0
+            """)
         let fwd = try XCTUnwrap(bound["fwd"]?.first), echo = try XCTUnwrap(bound["echo"]?.first)
         // A random address of 127/8, so that nothing else holding 127.0.0.1:123 gets in the way.
         let ntp = try UDPClient(bind: SocketAddress(ip: .v4(0x7F00_0000 | UInt32.random(in: 0x01_0000...0xFF_FFFE)), port: 123))

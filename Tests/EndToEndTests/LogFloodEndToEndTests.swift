@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// The log lines a remote peer can cause are bounded at every log level.
 /// Debug logging under a flood wrote about 19,000 lines/s and a polite client lost 112 of 350.
@@ -12,18 +13,19 @@ final class LogFloodEndToEndTests: XCTestCase {
     func testAFloodAtDebugLevelWritesABoundedNumberOfLines() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let d = try DaemonProcess(config: """
-        [status]
-        listen = off
-        [listener echo]
-        listen = 127.0.0.1:0
-        deny = 127.0.0.2/32
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        session_timeout = 1s
-        """, arguments: ["--log-level", "debug"])
+        let d = try DaemonProcess(
+            config: """
+                [status]
+                listen = off
+                [listener echo]
+                listen = 127.0.0.1:0
+                deny = 127.0.0.2/32
+                [listener fwd]
+                listen = 127.0.0.1:0
+                mode = forward
+                upstream = \(upstream.address)
+                session_timeout = 1s
+                """, arguments: ["--log-level", "debug"])
         addTeardownBlock { d.stop() }
         let bound = try d.waitUntilReady()
         let echo = try XCTUnwrap(bound["echo"]?.first), fwd = try XCTUnwrap(bound["fwd"]?.first)
@@ -48,8 +50,9 @@ final class LogFloodEndToEndTests: XCTestCase {
         let elapsed = Date().timeIntervalSince(start)
         let lines = d.log.count - before
         let perSecond = Double(lines) / elapsed
-        print("log flood: \(rounds * 60) refused datagrams and \(rounds * 4) sessions in \(String(format: "%.2f", elapsed)) s at debug: "
-              + "\(lines) log lines, \(String(format: "%.0f", perSecond)) lines/s; polite client answered \(politeAnswered) of \(rounds)")
+        print(
+            "log flood: \(rounds * 60) refused datagrams and \(rounds * 4) sessions in \(String(format: "%.2f", elapsed)) s at debug: "
+                + "\(lines) log lines, \(String(format: "%.0f", perSecond)) lines/s; polite client answered \(politeAnswered) of \(rounds)")
         XCTAssertEqual(politeAnswered, rounds, "the polite client loses nothing")
         XCTAssertEqual(sessions, rounds * 4)
         // Per second and kind at most 20 session lines (opened, closed; one worker), one refusal

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// One spoofed datagram must not start an endless loop between echo servers
 /// on this host, whatever their addresses and ports.
@@ -52,8 +53,9 @@ final class LoopEndToEndTests: XCTestCase {
         let (x, bx) = try startDaemon("[listener e]\nlisten = 127.0.0.2:0\n")
         let port = try XCTUnwrap(bx["e"]?.first?.port)
         let (y, _) = try startDaemon("[listener e]\nlisten = 127.0.0.3:\(port)\n")
-        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: port),
-                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: port), payload: Array("loop".utf8))
+        try RawUDP.sendSpoofed(
+            from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: port),
+            to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: port), payload: Array("loop".utf8))
         XCTAssertNotNil(waitForLoopDrop(x), "x refuses a datagram from its own port on another local address")
         XCTAssertEqual(x.stop(), 0)
         XCTAssertEqual(y.stop(), 0)
@@ -72,8 +74,9 @@ final class LoopEndToEndTests: XCTestCase {
         let py = try Self.serverPort()
         let (y, _) = try startDaemon("[listener e]\nlisten = 127.0.0.3:\(py)\n")
         let started = Date()
-        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
-                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
+        try RawUDP.sendSpoofed(
+            from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+            to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
         var ended = false
         let deadline = Date().addingTimeInterval(15)
         while !ended && Date() < deadline {
@@ -116,8 +119,9 @@ final class LoopEndToEndTests: XCTestCase {
         let px = try XCTUnwrap(bx["e"]?.first?.port), py = try XCTUnwrap(by["e"]?.first?.port)
         XCTAssertTrue(ephemeral.contains(px) && ephemeral.contains(py), "\(px), \(py) in \(ephemeral)")
         let started = Date()
-        try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
-                               to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
+        try RawUDP.sendSpoofed(
+            from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+            to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop".utf8))
         var ended = false
         let deadline = Date().addingTimeInterval(5)
         while !ended && Date() < deadline {
@@ -158,8 +162,9 @@ final class LoopEndToEndTests: XCTestCase {
         XCTAssertTrue(try Self.ephemeralPorts().contains(px))
         let loops = 4
         for i in 0..<loops {
-            try RawUDP.sendSpoofed(from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
-                                   to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop \(i)".utf8))
+            try RawUDP.sendSpoofed(
+                from: SocketAddress(ip: IPAddress(literal: "127.0.0.3")!, port: py),
+                to: SocketAddress(ip: IPAddress(literal: "127.0.0.2")!, port: px), payload: Array("loop \(i)".utf8))
         }
         func loopDrops() throws -> Int {
             try [sx, sy].map { try XCTUnwrap((try listenerStatus($0, "e")["drops"] as? [String: Any])?["loop"] as? Int) }.reduce(0, +)

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// An upstream that echoes every datagram `delay` seconds after it arrived, as a slow DNS
 /// server would: replies are still on their way after the relay has closed the session.
@@ -38,7 +39,8 @@ final class DelayedEchoServer: @unchecked Sendable {
     }
 
     private var isStopped: Bool {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return stopped
     }
 
@@ -79,15 +81,16 @@ final class MisdeliveryEndToEndTests: XCTestCase {
         try PortExhaustionEndToEndTests.inNetworkNamespace(portRange: portRange) {
             let upstream = try DelayedEchoServer(bind: SocketAddress(ip: .v4(loopback), port: 20001), delay: 0.3)
             defer { upstream.stop() }
-            let d = try DaemonProcess(config: """
-            [status]
-            listen = off
-            [listener fwd]
-            listen = 127.0.0.1:20000
-            mode = forward
-            upstream = 127.0.0.1:20001
-            max_sessions = \(maxSessions)
-            """)
+            let d = try DaemonProcess(
+                config: """
+                    [status]
+                    listen = off
+                    [listener fwd]
+                    listen = 127.0.0.1:20000
+                    mode = forward
+                    upstream = 127.0.0.1:20001
+                    max_sessions = \(maxSessions)
+                    """)
             _ = try d.waitUntilReady()
             let relay = SocketAddress(ip: .v4(loopback), port: 20000)
             let clients = try (0..<count).map { try UDPClient(bind: SocketAddress(ip: .v4(loopback), port: UInt16(30000 + $0))) }
@@ -117,15 +120,19 @@ final class MisdeliveryEndToEndTests: XCTestCase {
 
     func check(_ o: Outcome, hint: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let log = o.log.joined(separator: "\n")
-        XCTAssertEqual(o.misdelivered.count, 0, "no client gets another client's reply (of \(o.served + o.misdelivered.count)): "
-                       + o.misdelivered.prefix(8).joined(separator: ", "), file: file, line: line)
+        XCTAssertEqual(
+            o.misdelivered.count, 0,
+            "no client gets another client's reply (of \(o.served + o.misdelivered.count)): "
+                + o.misdelivered.prefix(8).joined(separator: ", "), file: file, line: line)
         XCTAssertGreaterThan(o.served, 0, "clients with a session get their replies", file: file, line: line)
         XCTAssertEqual(o.exitCode, 0, file: file, line: line)
-        let totals = try XCTUnwrap(o.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "fwd" },
-                                   log, file: file, line: line)
+        let totals = try XCTUnwrap(
+            o.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "fwd" },
+            log, file: file, line: line)
         let refused = Int(DaemonProcess.field("drop.no_session", in: totals) ?? "") ?? 0
-        XCTAssertGreaterThan(refused, 0, "new clients were refused rather than given a port still in use: \(totals)",
-                             file: file, line: line)
+        XCTAssertGreaterThan(
+            refused, 0, "new clients were refused rather than given a port still in use: \(totals)",
+            file: file, line: line)
         XCTAssertEqual(DaemonProcess.field("session_errors", in: totals), "\(refused)", totals, file: file, line: line)
         let warnings = o.log.filter { $0.contains("cannot open session sockets") }
         XCTAssertFalse(warnings.isEmpty, log, file: file, line: line)

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// A relay that runs out of local ports for session sockets says so once, keeps its existing
 /// sessions, and does not blame the upstream. Runs in a network namespace of its own whose
@@ -25,8 +26,14 @@ final class PortExhaustionEndToEndTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             defer { done.signal() }
-            guard Namespaces.unshare(Namespaces.newNetwork) else { outcome.skipReason = "cannot create a network namespace: errno \(errno)"; return }
-            guard Namespaces.bringLoopbackUp() else { outcome.skipReason = "cannot bring lo up: errno \(errno)"; return }
+            guard Namespaces.unshare(Namespaces.newNetwork) else {
+                outcome.skipReason = "cannot create a network namespace: errno \(errno)"
+                return
+            }
+            guard Namespaces.bringLoopbackUp() else {
+                outcome.skipReason = "cannot bring lo up: errno \(errno)"
+                return
+            }
             do {
                 try portRange.write(toFile: "/proc/sys/net/ipv4/ip_local_port_range", atomically: false, encoding: .utf8)
             } catch {
@@ -37,8 +44,9 @@ final class PortExhaustionEndToEndTests: XCTestCase {
         }
         thread.start()
         XCTAssertEqual(done.wait(timeout: .now() + timeout), .success, "the namespace thread finished")
-        XCTAssertEqual(try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8), hostRange,
-                       "the host's port range is untouched")
+        XCTAssertEqual(
+            try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8), hostRange,
+            "the host's port range is untouched")
         if let reason = outcome.skipReason { throw XCTSkip(reason) }
         if let error = outcome.error { throw error }
     }
@@ -56,17 +64,18 @@ final class PortExhaustionEndToEndTests: XCTestCase {
         let outcome = Outcome()
         try Self.inNetworkNamespace(portRange: "40000 40007") {
             // Every fixed port is outside 40000-40007, so all 8 are left for sessions.
-            let d = try DaemonProcess(config: """
-            [status]
-            listen = off
-            [listener up]
-            listen = 127.0.0.1:20001
-            [listener fwd]
-            listen = 127.0.0.1:20000
-            mode = forward
-            upstream = 127.0.0.1:20001
-            max_sessions = 100
-            """)
+            let d = try DaemonProcess(
+                config: """
+                    [status]
+                    listen = off
+                    [listener up]
+                    listen = 127.0.0.1:20001
+                    [listener fwd]
+                    listen = 127.0.0.1:20000
+                    mode = forward
+                    upstream = 127.0.0.1:20001
+                    max_sessions = 100
+                    """)
             _ = try d.waitUntilReady()
             let relay = SocketAddress(ip: .v4(loopback), port: 20000)
             let clients = try (0..<20).map { try UDPClient(bind: SocketAddress(ip: .v4(loopback), port: UInt16(30000 + $0))) }

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// `listen = 127.0.0.1:LOW-HIGH` with the real binary: one socket per port of the range, each
 /// echoing, and the status endpoint grouping the range under its listener.
@@ -38,7 +39,8 @@ final class PortRangeEndToEndTests: XCTestCase {
             let low = try XCTUnwrap(freeRange(count: count), "no \(count) consecutive free ports on 127.0.0.1")
             let high = low + UInt16((configured ?? count) - 1)
             do {
-                let (d, bound, status) = try startDaemonWithStatus("[listener range]\nmode = echo\nlisten = 127.0.0.1:\(low)-\(high)\n[listener other]\nlisten = 127.0.0.1:0\n")
+                let (d, bound, status) = try startDaemonWithStatus(
+                    "[listener range]\nmode = echo\nlisten = 127.0.0.1:\(low)-\(high)\n[listener other]\nlisten = 127.0.0.1:0\n")
                 return (d, bound["range"] ?? [], status, low)
             } catch let error as DaemonError {
                 lastLog = error.description
@@ -56,7 +58,10 @@ final class PortRangeEndToEndTests: XCTestCase {
         for address in addresses {
             let text = "port \(address.port)"
             client.send(Array(text.utf8), to: address)
-            guard let reply = client.receive(timeout: 3) else { silent.append(address.port); continue }
+            guard let reply = client.receive(timeout: 3) else {
+                silent.append(address.port)
+                continue
+            }
             XCTAssertEqual(String(decoding: reply.bytes, as: UTF8.self), text)
             XCTAssertEqual(reply.from, address, "the reply leaves from the port it was sent to")
         }
@@ -97,8 +102,9 @@ final class PortRangeEndToEndTests: XCTestCase {
             .write(toFile: d.configPath, atomically: true, encoding: .utf8)
         let before = d.log.count
         d.signal(SIGHUP)
-        let outcome = try XCTUnwrap(d.waitForLine(after: before) { $0.contains("reload rejected") || $0.contains(" reloaded ") },
-                                    d.log.joined(separator: "\n"))
+        let outcome = try XCTUnwrap(
+            d.waitForLine(after: before) { $0.contains("reload rejected") || $0.contains(" reloaded ") },
+            d.log.joined(separator: "\n"))
         XCTAssertTrue(outcome.contains(" reloaded "), d.log.dropFirst(before).joined(separator: "\n"))
         XCTAssertEqual(DaemonProcess.field("listeners.changed", in: outcome), "range", outcome)
         XCTAssertEqual(DaemonProcess.field("listeners.unchanged", in: outcome), "1", outcome)

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// Abuse protection against the real binary: reflector source ports, loops, access lists, rates.
 final class ProtectionEndToEndTests: XCTestCase {
@@ -77,7 +78,10 @@ final class ProtectionEndToEndTests: XCTestCase {
         polite.send([0xFF], to: target)
         var markerAnswered = false
         while let r = polite.receive(timeout: 10) {
-            if r.bytes == [0xFF] { markerAnswered = true; break }
+            if r.bytes == [0xFF] {
+                markerAnswered = true
+                break
+            }
         }
         XCTAssertTrue(markerAnswered, "the polite marker after the flood is answered")
         let elapsed = Date().timeIntervalSince(start)
@@ -99,7 +103,7 @@ final class ProtectionEndToEndTests: XCTestCase {
         // echo loop between a and b (CVE-2024-2169).
         try RawUDP.sendSpoofed(from: b, to: a, payload: Array("ping-pong".utf8))
         let client = try UDPClient()
-        client.send([9], to: a)   // the listener is still alive and serving
+        client.send([9], to: a)  // the listener is still alive and serving
         XCTAssertEqual(client.receive()?.bytes, [9])
         XCTAssertEqual(d.stop(), 0)
         let la = try XCTUnwrap(d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "a" })

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// The relay modes with the real binary and real upstream sockets on loopback.
 final class RelayEndToEndTests: XCTestCase {
@@ -22,12 +23,13 @@ final class RelayEndToEndTests: XCTestCase {
     func testForwardRepliesReachTheRightOneOf50ConcurrentClients() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let perClient = 20
         let group = DispatchGroup()
@@ -67,12 +69,13 @@ final class RelayEndToEndTests: XCTestCase {
     func testLargestDatagramCrossesBothWays() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (_, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0, [::1]:0
-        mode = forward
-        upstream = \(upstream.address)
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0, [::1]:0
+            mode = forward
+            upstream = \(upstream.address)
+            """)
         for address in try XCTUnwrap(bound["fwd"]) {
             let client = try UDPClient(ipv6: address.ip.isIPv6)
             let big = payload(65507, seed: 7)
@@ -88,12 +91,13 @@ final class RelayEndToEndTests: XCTestCase {
     func testLargestIPv6DatagramCrossesToAnIPv6Upstream() throws {
         let upstream = try UpstreamServer(ipv6: true)
         addTeardownBlock { upstream.stop() }
-        let (_, bound) = try startDaemon("""
-        [listener fwd6]
-        listen = [::1]:0
-        mode = forward
-        upstream = \(upstream.address)
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener fwd6]
+            listen = [::1]:0
+            mode = forward
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd6"]?.first)
         let client = try UDPClient(ipv6: true)
         let big = payload(65527, seed: 9)
@@ -106,12 +110,13 @@ final class RelayEndToEndTests: XCTestCase {
     func testWildcardForwardListenerRepliesFromTheAddressTheClientUsed() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (_, bound) = try startDaemon("""
-        [listener any]
-        listen = 0.0.0.0:0
-        mode = forward
-        upstream = \(upstream.address)
-        """)
+        let (_, bound) = try startDaemon(
+            """
+            [listener any]
+            listen = 0.0.0.0:0
+            mode = forward
+            upstream = \(upstream.address)
+            """)
         let port = try XCTUnwrap(bound["any"]?.first?.port)
         for target in ["127.0.0.1", "127.0.0.2"] {
             let to = SocketAddress(ip: IPAddress(literal: target)!, port: port)
@@ -125,13 +130,14 @@ final class RelayEndToEndTests: XCTestCase {
 
     func testRoundRobinSpreadsSessionsEvenly() throws {
         let ups = try (0..<3).map { try taggedUpstream("u\($0)") }
-        let (daemon, bound) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = balance
-        balance = round-robin
-        upstream = \(ups.map(\.address.description).joined(separator: ", "))
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = balance
+            balance = round-robin
+            upstream = \(ups.map(\.address.description).joined(separator: ", "))
+            """)
         let address = try XCTUnwrap(bound["lb"]?.first)
         var served: [String: Int] = [:]
         let clients = try (0..<30).map { _ in try UDPClient() }
@@ -156,14 +162,15 @@ final class RelayEndToEndTests: XCTestCase {
     /// from the hash alone.
     func testHashKeepsClientsStickyAcross1000Datagrams() throws {
         let ups = try (0..<4).map { try taggedUpstream("u\($0)") }
-        let (daemon, bound) = try startDaemon("""
-        [listener h]
-        listen = 127.0.0.1:0
-        mode = balance
-        balance = hash
-        session_max_replies = 1
-        upstream = \(ups.map(\.address.description).joined(separator: ", "))
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener h]
+            listen = 127.0.0.1:0
+            mode = balance
+            balance = hash
+            session_max_replies = 1
+            upstream = \(ups.map(\.address.description).joined(separator: ", "))
+            """)
         let address = try XCTUnwrap(bound["h"]?.first)
         let clients = try (0..<20).map { _ in try UDPClient() }
         var home: [Int: String] = [:]
@@ -187,17 +194,18 @@ final class RelayEndToEndTests: XCTestCase {
     func testBurstsOfEqualSizedDatagramsCrossIntactInOrder() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener gso]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        [listener plain]
-        listen = 127.0.0.1:0
-        mode = forward
-        udp_gso = no
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener gso]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            [listener plain]
+            listen = 127.0.0.1:0
+            mode = forward
+            udp_gso = no
+            upstream = \(upstream.address)
+            """)
         var expectedAtUpstream = 0
         for name in ["gso", "plain"] {
             let address = try XCTUnwrap(bound[name]?.first)
@@ -228,16 +236,17 @@ final class RelayEndToEndTests: XCTestCase {
     func testRefusalIsNoticedWithoutAnotherDatagram() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [daemon]
-        log_level = debug
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        max_fails = 1
-        fail_timeout = 30s
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [daemon]
+            log_level = debug
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            max_fails = 1
+            fail_timeout = 30s
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let client = try UDPClient()
         client.send([1, 2, 3], to: address)
@@ -245,8 +254,9 @@ final class RelayEndToEndTests: XCTestCase {
         upstream.stop()
         let mark = daemon.log.count
         client.send([4], to: address)
-        let down = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", after: mark, timeout: 5),
-                                 "the refusal is noticed without another datagram: " + daemon.log.suffix(5).joined(separator: "\n"))
+        let down = try XCTUnwrap(
+            daemon.waitForLine(containing: "upstream down", after: mark, timeout: 5),
+            "the refusal is noticed without another datagram: " + daemon.log.suffix(5).joined(separator: "\n"))
         XCTAssertTrue(down.contains("upstream=\(upstream.address)"), down)
         XCTAssertNotNil(daemon.waitForLine(containing: "session closed", after: mark, timeout: 5))
         let t = try stopAndTotals(daemon, "fwd")
@@ -256,14 +266,18 @@ final class RelayEndToEndTests: XCTestCase {
     func testMirrorDeliversEveryDatagramToEveryLiveReceiverWhileOneIsClosed() throws {
         let receivers = try (0..<3).map { _ in try UpstreamServer(reply: nil) }
         let echoing = try UpstreamServer()  // replies are counted and ignored
-        addTeardownBlock { for r in receivers { r.stop() }; echoing.stop() }
+        addTeardownBlock {
+            for r in receivers { r.stop() }
+            echoing.stop()
+        }
         let closed = try closedLoopbackPort()
-        let (daemon, bound) = try startDaemon("""
-        [listener m]
-        listen = 127.0.0.1:0
-        mode = mirror
-        upstream = \(receivers[0].address), \(closed), \(receivers[1].address), \(receivers[2].address), \(echoing.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener m]
+            listen = 127.0.0.1:0
+            mode = mirror
+            upstream = \(receivers[0].address), \(closed), \(receivers[1].address), \(receivers[2].address), \(echoing.address)
+            """)
         let address = try XCTUnwrap(bound["m"]?.first)
         let client = try UDPClient()
         let count = 500
@@ -288,13 +302,14 @@ final class RelayEndToEndTests: XCTestCase {
     func testMirrorSampleCopiesOneInN() throws {
         let receiver = try UpstreamServer(reply: nil)
         addTeardownBlock { receiver.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener m]
-        listen = 127.0.0.1:0
-        mode = mirror
-        sample = 1/10
-        upstream = \(receiver.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener m]
+            listen = 127.0.0.1:0
+            mode = mirror
+            sample = 1/10
+            upstream = \(receiver.address)
+            """)
         let client = try UDPClient()
         for i in 0..<100 { client.send(payload(10, seed: UInt64(i)), to: try XCTUnwrap(bound["m"]?.first)) }
         XCTAssertEqual(receiver.waitForCount(10), 10)
@@ -307,13 +322,14 @@ final class RelayEndToEndTests: XCTestCase {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
         // 1s: long enough that a loaded machine does not stall a busy client past it.
-        let (daemon, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        session_timeout = 1s
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            session_timeout = 1s
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let client = try UDPClient()
         client.send([1], to: address)
@@ -342,13 +358,14 @@ final class RelayEndToEndTests: XCTestCase {
     func testMaxSessionsEvictsTheLeastRecentlyUsed() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        max_sessions = 2
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            max_sessions = 2
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let (a, b, c) = (try UDPClient(), try UDPClient(), try UDPClient())
         for client in [a, b, a, c] {  // b is now the least recently used: c evicts b
@@ -372,13 +389,14 @@ final class RelayEndToEndTests: XCTestCase {
     func testEvictionUnderBurstsKeepsCountersConsistent() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        max_sessions = 4
-        upstream = \(upstream.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            max_sessions = 4
+            upstream = \(upstream.address)
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let clients = try (0..<40).map { _ in try UDPClient() }
         for round in 0..<5 {
@@ -400,15 +418,16 @@ final class RelayEndToEndTests: XCTestCase {
     func testUpstreamThatDisappearsIsMarkedDownAndTrafficMoves() throws {
         let stay = try taggedUpstream("ok")
         let leaving = try taggedUpstream("gone")
-        let (daemon, bound) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = balance
-        balance = round-robin
-        max_fails = 1
-        fail_timeout = 30s
-        upstream = \(stay.address), \(leaving.address)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = balance
+            balance = round-robin
+            max_fails = 1
+            fail_timeout = 30s
+            upstream = \(stay.address), \(leaving.address)
+            """)
         let address = try XCTUnwrap(bound["lb"]?.first)
         // Every client stays open until the end, so a "new" client never gets the port (and so
         // the session) of an earlier one.
@@ -453,17 +472,21 @@ final class RelayEndToEndTests: XCTestCase {
     func testHealthProbeMarksSilentUpstreamDown() throws {
         let answering = try UpstreamServer(reply: { $0 == Array("ping".utf8) ? Array("pong".utf8) : $0 })
         let silent = try UpstreamServer(reply: nil)
-        addTeardownBlock { answering.stop(); silent.stop() }
-        let (daemon, bound) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = balance
-        balance = first
-        health_probe = ping
-        health_expect = pong
-        health_interval = 500ms
-        upstream = \(silent.address), \(answering.address)
-        """)
+        addTeardownBlock {
+            answering.stop()
+            silent.stop()
+        }
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = balance
+            balance = first
+            health_probe = ping
+            health_expect = pong
+            health_interval = 500ms
+            upstream = \(silent.address), \(answering.address)
+            """)
         // One unanswered probe marks an upstream down until the next answer, so the interval
         // is long enough that the answering upstream (its thread and the daemon's probe queue
         // under ThreadSanitizer on a loaded machine) is never late and down when data comes.
@@ -478,15 +501,16 @@ final class RelayEndToEndTests: XCTestCase {
     func testHealthFailsIsAppliedToProbesAndNamedInTheLog() throws {
         let silent = try UpstreamServer(reply: nil)
         addTeardownBlock { silent.stop() }
-        let (daemon, _) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = forward
-        health_probe = ping
-        health_interval = 50ms
-        health_fails = 3
-        upstream = \(silent.address)
-        """)
+        let (daemon, _) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = forward
+            health_probe = ping
+            health_interval = 50ms
+            health_fails = 3
+            upstream = \(silent.address)
+            """)
         let down = try XCTUnwrap(daemon.waitForLine(containing: "upstream down", timeout: 10), daemon.log.joined(separator: "\n"))
         // The count itself is tested on HealthState with a fake clock; here, that the key
         // reaches the probes and the log says why.
@@ -495,14 +519,15 @@ final class RelayEndToEndTests: XCTestCase {
 
     func testAllUpstreamsDownFailsOpenAndCountsIt() throws {
         let a = try closedLoopbackPort(), b = try closedLoopbackPort()
-        let (daemon, bound) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = balance
-        max_fails = 1
-        fail_timeout = 30s
-        upstream = \(a), \(b)
-        """)
+        let (daemon, bound) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = balance
+            max_fails = 1
+            fail_timeout = 30s
+            upstream = \(a), \(b)
+            """)
         let address = try XCTUnwrap(bound["lb"]?.first)
         var downs = 0
         // Kept open to the end: each datagram below must open a session of its own, which a
@@ -530,16 +555,20 @@ final class RelayEndToEndTests: XCTestCase {
         let answering = Flag()
         let flaky = try UpstreamServer(reply: { answering.value ? $0 : nil })
         let standby = try UpstreamServer()
-        addTeardownBlock { flaky.stop(); standby.stop() }
-        let (daemon, _) = try startDaemon("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = balance
-        balance = first
-        health_probe = 0x01
-        health_interval = 100ms
-        upstream = \(flaky.address), \(standby.address)
-        """)
+        addTeardownBlock {
+            flaky.stop()
+            standby.stop()
+        }
+        let (daemon, _) = try startDaemon(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = balance
+            balance = first
+            health_probe = 0x01
+            health_interval = 100ms
+            upstream = \(flaky.address), \(standby.address)
+            """)
         // The flaky upstream's own lines: a late answer from the standby (ThreadSanitizer, a
         // loaded machine) may log a down and up of its own in between.
         func flakyLine(_ event: String) -> (String) -> Bool {
@@ -577,15 +606,19 @@ final class RelayEndToEndTests: XCTestCase {
         // localhost resolves to ::1 or 127.0.0.1 depending on the resolver: listen on both.
         let v4 = try UpstreamServer(reply: { Array("v4:".utf8) + $0 })
         let v6 = try UpstreamServer(ipv6: true, reply: { Array("v6:".utf8) + $0 })
-        addTeardownBlock { v4.stop(); v6.stop() }
+        addTeardownBlock {
+            v4.stop()
+            v6.stop()
+        }
         let servers = [v4, v6]
         for (i, server) in servers.enumerated() {
-            let (daemon, bound) = try startDaemon("""
-            [listener named]
-            listen = 127.0.0.1:0
-            mode = forward
-            upstream = localhost:\(server.address.port)
-            """)
+            let (daemon, bound) = try startDaemon(
+                """
+                [listener named]
+                listen = 127.0.0.1:0
+                mode = forward
+                upstream = localhost:\(server.address.port)
+                """)
             let resolved = try XCTUnwrap(daemon.waitForLine(containing: "upstream resolved", timeout: 5))
             let address = try XCTUnwrap(DaemonProcess.field("upstream.address", in: resolved))
             guard address == "\(server.address)" else {

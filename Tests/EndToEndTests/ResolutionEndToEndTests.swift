@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// Hostnames that never resolve hold neither READY nor a reload longer than the documented
 /// bound (2 s; before, getaddrinfo ran in line, one name after another). The daemon
@@ -31,12 +32,19 @@ final class ResolutionEndToEndTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             defer { done.signal() }
-            guard Namespaces.unshare(Namespaces.newNetwork | Namespaces.newMount) else { outcome.skipReason = "unshare: errno \(errno)"; return }
-            guard Namespaces.bringLoopbackUp() else { outcome.skipReason = "lo up: errno \(errno)"; return }
+            guard Namespaces.unshare(Namespaces.newNetwork | Namespaces.newMount) else {
+                outcome.skipReason = "unshare: errno \(errno)"
+                return
+            }
+            guard Namespaces.bringLoopbackUp() else {
+                outcome.skipReason = "lo up: errno \(errno)"
+                return
+            }
             // Private mounts, so the bind mount below stays in this namespace.
-            let MS_BIND: UInt = 4096, MS_REC: UInt = 16384, MS_PRIVATE: UInt = 1 << 18
-            guard mount(nil, "/", nil, MS_REC | MS_PRIVATE, nil) == 0,
-                  mount(resolvConf, "/etc/resolv.conf", nil, MS_BIND, nil) == 0 else {
+            let msBind: UInt = 4096, msRec: UInt = 16384, msPrivate: UInt = 1 << 18
+            guard mount(nil, "/", nil, msRec | msPrivate, nil) == 0,
+                mount(resolvConf, "/etc/resolv.conf", nil, msBind, nil) == 0
+            else {
                 outcome.skipReason = "cannot bind-mount /etc/resolv.conf: errno \(errno)"
                 return
             }
@@ -45,20 +53,22 @@ final class ResolutionEndToEndTests: XCTestCase {
                 let silentDNS = try UDPClient(bind: SocketAddress(ip: .v4(0x7F00_0001), port: 53))
                 defer { _ = silentDNS }
                 let hanging = (0..<8).map { "hang-\($0).test:53" }.joined(separator: ", ")
-                let config = { (extra: String) in """
-                [status]
-                listen = off
-                [listener up]
-                listen = 127.0.0.1:20001
-                [listener lb]
-                listen = 127.0.0.1:20000
-                mode = balance
-                upstream = \(hanging), 127.0.0.1:20001
-                [listener fwd]
-                listen = 127.0.0.1:20002
-                mode = forward
-                upstream = \(extra)
-                """ }
+                let config = { (extra: String) in
+                    """
+                    [status]
+                    listen = off
+                    [listener up]
+                    listen = 127.0.0.1:20001
+                    [listener lb]
+                    listen = 127.0.0.1:20000
+                    mode = balance
+                    upstream = \(hanging), 127.0.0.1:20001
+                    [listener fwd]
+                    listen = 127.0.0.1:20002
+                    mode = forward
+                    upstream = \(extra)
+                    """
+                }
                 let started = Date()
                 let d = try DaemonProcess(config: config("hang-a.test:53"))
                 defer { d.stop() }

@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import TestSupport
+import XCTest
 
 /// Closed sessions hold their sockets for a while so late replies cannot reach a newer session
 /// on the same port; when descriptors run out, the hold is kept and new clients wait for it.
@@ -10,13 +10,14 @@ final class SessionHoldEndToEndTests: XCTestCase {
         addTeardownBlock { upstream.stop() }
         // 48 descriptors in all leave room for the 10 live sessions and a few held ones, far
         // fewer than the 30 sessions the clients below close by eviction within the hold.
-        let (d, bound) = try startDaemon("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        max_sessions = 10
-        """, fileLimit: 48)
+        let (d, bound) = try startDaemon(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            max_sessions = 10
+            """, fileLimit: 48)
         let relay = try XCTUnwrap(bound["fwd"]?.first)
         // Every client stays open to the end: a client closed earlier frees its port, and one
         // opened later on that port would find the earlier client's session (no eviction).

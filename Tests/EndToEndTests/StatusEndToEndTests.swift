@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// The status endpoint of the real binary, checked with curl, Python requests, jsonschema,
 /// prometheus_client and headless Chromium (Tests/EndToEndTests/status_e2e.py).
@@ -28,19 +29,20 @@ final class StatusEndToEndTests: XCTestCase {
 
     func testPythonClientsCurlAndChromiumAgainstTheRealDaemon() throws {
         let upstreamPort = try freeUDPPort()
-        let (daemon, bound, status) = try start("""
-        [status]
-        listen = 127.0.0.1:0
-        [listener dns]
-        listen = 127.0.0.1:\(upstreamPort), [::1]:0
-        [listener games]
-        listen = 127.0.0.1:0
-        workers = 2
-        [listener relay]
-        mode = forward
-        listen = 127.0.0.1:0
-        upstream = 127.0.0.1:\(upstreamPort)
-        """)
+        let (daemon, bound, status) = try start(
+            """
+            [status]
+            listen = 127.0.0.1:0
+            [listener dns]
+            listen = 127.0.0.1:\(upstreamPort), [::1]:0
+            [listener games]
+            listen = 127.0.0.1:0
+            workers = 2
+            [listener relay]
+            mode = forward
+            listen = 127.0.0.1:0
+            upstream = 127.0.0.1:\(upstreamPort)
+            """)
         func spec(_ name: String) -> String {
             "\(name)=" + (bound[name] ?? []).map { "\($0)" }.joined(separator: ",")
         }
@@ -55,8 +57,9 @@ final class StatusEndToEndTests: XCTestCase {
             "--echo", spec("dns"), "--echo", spec("games"), "--relay", spec("relay"),
         ])
         print(text, terminator: "")
-        XCTAssertEqual(pythonStatus, 0,
-                       "status_e2e.py failed:\n\(text)\ndaemon log (tail):\n\(daemon.log.suffix(60).joined(separator: "\n"))")
+        XCTAssertEqual(
+            pythonStatus, 0,
+            "status_e2e.py failed:\n\(text)\ndaemon log (tail):\n\(daemon.log.suffix(60).joined(separator: "\n"))")
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot))
     }
 
@@ -111,8 +114,9 @@ final class StatusEndToEndTests: XCTestCase {
 
     func testSIGTERMWithIdleKeepAliveConnectionsAndAPartialHeadExitsUnderASecond() throws {
         let notify = try NotifySocket()
-        let d = try DaemonProcess(config: "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n",
-                                  environment: ["NOTIFY_SOCKET": notify.path])
+        let d = try DaemonProcess(
+            config: "[status]\nlisten = 127.0.0.1:0\n[listener a]\nlisten = 127.0.0.1:0\n",
+            environment: ["NOTIFY_SOCKET": notify.path])
         addTeardownBlock { d.stop() }
         _ = try d.waitUntilReady()
         let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") })
@@ -136,8 +140,9 @@ final class StatusEndToEndTests: XCTestCase {
         XCTAssertLessThan(took, 1.0 * DaemonProcess.slowdown, "stop took \(took) s with 64 status connections open")
         var seen: [String] = []
         XCTAssertNotNil(notify.wait(timeout: 1, seen: &seen) { $0.contains("STOPPING=1") }, "\(seen)")
-        XCTAssertNotNil(d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "a" },
-                        d.log.joined(separator: "\n"))
+        XCTAssertNotNil(
+            d.log.first { $0.contains(" totals ") && DaemonProcess.field("listener.name", in: $0) == "a" },
+            d.log.joined(separator: "\n"))
         for c in clients { XCTAssertFalse(c.readToEnd(timeout: 2).timedOut, "every connection was closed") }
     }
 
@@ -186,7 +191,10 @@ final class StatusEndToEndTests: XCTestCase {
             for (k, c) in attackers.enumerated() where sent[k] < 1_400_000 {
                 let offset = sent[k] % request.count
                 let n = request[offset...].withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if n > 0 { sent[k] += n; progressed = true }
+                if n > 0 {
+                    sent[k] += n
+                    progressed = true
+                }
             }
             if !progressed { usleep(5000) }
         }
@@ -214,15 +222,16 @@ final class StatusEndToEndTests: XCTestCase {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
         // 64 descriptors; relay sessions (one socket each) take all that is left.
-        let d = try DaemonProcess(config: """
-        [status]
-        listen = 127.0.0.1:0
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        session_timeout = 4s
-        """, fileLimit: 64)
+        let d = try DaemonProcess(
+            config: """
+                [status]
+                listen = 127.0.0.1:0
+                [listener fwd]
+                listen = 127.0.0.1:0
+                mode = forward
+                upstream = \(upstream.address)
+                session_timeout = 4s
+                """, fileLimit: 64)
         addTeardownBlock { d.stop() }
         let relay = try XCTUnwrap(try d.waitUntilReady()["fwd"]?.first)
         let line = try XCTUnwrap(d.log.first { $0.contains(" status listening ") })
@@ -270,7 +279,8 @@ final class StatusEndToEndTests: XCTestCase {
     /// User + system CPU time of a process, in seconds.
     static func cpuSeconds(_ pid: Int32) -> Double? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
         guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
@@ -279,7 +289,8 @@ final class StatusEndToEndTests: XCTestCase {
 
     static func rssKiB(_ pid: Int32) -> Int? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return nil }
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return nil }
         return Int(line.split(separator: " ").dropFirst().first ?? "")
     }
 

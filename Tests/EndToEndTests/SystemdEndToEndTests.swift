@@ -1,17 +1,20 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// The systemd contract without systemd: a fake NOTIFY_SOCKET, sockets passed like socket
 /// activation does, SIGHUP reloads, journald priority prefixes. (Under a real systemd:
 /// NspawnEndToEndTests.)
 final class SystemdEndToEndTests: XCTestCase {
-    func launch(_ config: String, notify: NotifySocket? = nil, environment: [String: String] = [:],
-                     inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false) throws -> DaemonProcess {
+    func launch(
+        _ config: String, notify: NotifySocket? = nil, environment: [String: String] = [:],
+        inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false
+    ) throws -> DaemonProcess {
         var env = environment
         if let notify { env["NOTIFY_SOCKET"] = notify.path }
         return try launchDaemon(config, environment: env, inheritedSocket: inheritedSocket, journalStream: journalStream)
@@ -82,12 +85,13 @@ final class SystemdEndToEndTests: XCTestCase {
         // Bound by "systemd" (this test) and passed in as fd 3 named "act".
         let passed = try UDPClient()
         let address = passed.localAddress
-        let d = try launch("""
-        [listener act]
-        listen = 127.0.0.1:9
-        [listener plain]
-        listen = 127.0.0.1:0
-        """, inheritedSocket: (passed.fd, "act"))
+        let d = try launch(
+            """
+            [listener act]
+            listen = 127.0.0.1:9
+            [listener plain]
+            listen = 127.0.0.1:0
+            """, inheritedSocket: (passed.fd, "act"))
         let bound = try d.waitUntilReady()
         XCTAssertEqual(bound["act"], [address], "the inherited socket replaces the configured address")
         XCTAssertEqual(bound["plain"]?.count, 1, "listeners not passed in are bound as usual")
@@ -108,7 +112,8 @@ final class SystemdEndToEndTests: XCTestCase {
         let d = try launch("[listener echo]\nlisten = 127.0.0.1:0\n", inheritedSocket: (passed.fd, "udprelayd.socket"))
         XCTAssertEqual(d.waitForExit(), 1)
         let log = d.log.joined(separator: "\n")
-        XCTAssertTrue(log.contains("socket 'udprelayd.socket' passed by systemd (fd 3) matches no [listener udprelayd.socket] in \(d.configPath) (listeners: echo)"), log)
+        XCTAssertTrue(
+            log.contains("socket 'udprelayd.socket' passed by systemd (fd 3) matches no [listener udprelayd.socket] in \(d.configPath) (listeners: echo)"), log)
     }
 
     /// 20 reloads while a client sends numbered datagrams to an unchanged listener: none lost.

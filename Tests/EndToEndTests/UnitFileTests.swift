@@ -1,7 +1,7 @@
 import Foundation
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
 
 /// The unit files under systemd/: hardening score, `systemd-analyze verify`, and agreement with
 /// the example configuration. Needs systemd-analyze (package systemd; scripts/install-deps.sh
@@ -42,9 +42,11 @@ final class UnitFileTests: XCTestCase {
             .replacingOccurrences(of: "/usr/sbin/udprelayd", with: DaemonProcess.binary.path)
         try service.write(to: dir.appendingPathComponent("udprelayd.service"), atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: Self.socket, toPath: dir.appendingPathComponent("udprelayd.socket").path)
-        let (status, output) = try run(["systemd-analyze", "verify", "--man=no",
-                                        dir.appendingPathComponent("udprelayd.service").path,
-                                        dir.appendingPathComponent("udprelayd.socket").path])
+        let (status, output) = try run([
+            "systemd-analyze", "verify", "--man=no",
+            dir.appendingPathComponent("udprelayd.service").path,
+            dir.appendingPathComponent("udprelayd.socket").path,
+        ])
         // verify exits 0 even for unknown keys: any output is a failure.
         XCTAssertEqual(output, "", "systemd-analyze verify complained")
         XCTAssertEqual(status, 0)

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// How upstream health shows to an operator: `/status`, the `/` page and the log.
 final class UpstreamHealthEndToEndTests: XCTestCase {
@@ -17,14 +18,15 @@ final class UpstreamHealthEndToEndTests: XCTestCase {
     func testProbeDownUpstreamShowsItsFailuresAndWhy() throws {
         let silent = try UpstreamServer(reply: nil)
         addTeardownBlock { silent.stop() }
-        let (daemon, _, status) = try startDaemonWithStatus("""
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = forward
-        health_probe = ping
-        health_interval = 50ms
-        upstream = \(silent.address)
-        """)
+        let (daemon, _, status) = try startDaemonWithStatus(
+            """
+            [listener lb]
+            listen = 127.0.0.1:0
+            mode = forward
+            health_probe = ping
+            health_interval = 50ms
+            upstream = \(silent.address)
+            """)
         XCTAssertNotNil(daemon.waitForLine(containing: "upstream down", timeout: 10), daemon.log.joined(separator: "\n"))
         let u = try XCTUnwrap(try upstreams(status).first)
         XCTAssertEqual(u["state"] as? String, "down")
@@ -50,16 +52,17 @@ extension UpstreamHealthEndToEndTests {
     /// Coming back from a passive mark-down was never logged.
     func testPassiveMarkDownAndItsEndAreLoggedOnceEach() throws {
         let refusing = try closedLoopbackPort()
-        let d = try DaemonProcess(config: """
-        [status]
-        listen = off
-        [listener lb]
-        listen = 127.0.0.1:0
-        mode = forward
-        max_fails = 1
-        fail_timeout = 300ms
-        upstream = \(refusing)
-        """)
+        let d = try DaemonProcess(
+            config: """
+                [status]
+                listen = off
+                [listener lb]
+                listen = 127.0.0.1:0
+                mode = forward
+                max_fails = 1
+                fail_timeout = 300ms
+                upstream = \(refusing)
+                """)
         addTeardownBlock { d.stop() }
         let relay = try XCTUnwrap(try d.waitUntilReady()["lb"]?.first)
         let client = try UDPClient()
@@ -67,8 +70,9 @@ extension UpstreamHealthEndToEndTests {
         let down = try XCTUnwrap(d.waitForLine(containing: "upstream down", timeout: 10), d.log.joined(separator: "\n"))
         XCTAssertTrue(down.contains("upstream=\(refusing)"), down)
         let mark = try XCTUnwrap(d.log.firstIndex(of: down))
-        let up = try XCTUnwrap(d.waitForLine(containing: "upstream up", after: mark, timeout: 10),
-                               "the end of the mark-down is logged: \(d.log.joined(separator: "\n"))")
+        let up = try XCTUnwrap(
+            d.waitForLine(containing: "upstream up", after: mark, timeout: 10),
+            "the end of the mark-down is logged: \(d.log.joined(separator: "\n"))")
         XCTAssertTrue(up.contains("upstream=\(refusing)") && up.contains("fail_timeout"), up)
         XCTAssertEqual(d.stop(), 0)
         XCTAssertEqual(d.log.filter { $0.contains("upstream down") }.count, 1, "logged once")

@@ -1,10 +1,11 @@
 import Foundation
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
 
 /// `workers = N` with the real binary: N sockets share each address (SO_REUSEPORT), every
 /// client is answered by the worker the kernel keeps it on, and `/status` shows each worker.
@@ -63,11 +64,12 @@ final class WorkersEndToEndTests: XCTestCase {
     }
 
     func testFourEchoWorkersShareThePortAndEachClientGetsItsOwnReplies() throws {
-        let (daemon, bound, status) = try startDaemonWithStatus("""
-        [listener w]
-        listen = 127.0.0.1:0
-        workers = 4
-        """)
+        let (daemon, bound, status) = try startDaemonWithStatus(
+            """
+            [listener w]
+            listen = 127.0.0.1:0
+            workers = 4
+            """)
         XCTAssertEqual(bound["w"]?.count, 1, "one listening line per address, not per worker")
         let address = try XCTUnwrap(bound["w"]?.first)
         XCTAssertNotEqual(address.port, 0)
@@ -96,13 +98,14 @@ final class WorkersEndToEndTests: XCTestCase {
     func testForwardWithTwoWorkersSendsEveryReplyBackToItsClient() throws {
         let upstream = try UpstreamServer()
         addTeardownBlock { upstream.stop() }
-        let (_, bound, status) = try startDaemonWithStatus("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        workers = 2
-        """)
+        let (_, bound, status) = try startDaemonWithStatus(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            workers = 2
+            """)
         let address = try XCTUnwrap(bound["fwd"]?.first)
         let clients = 24, perClient = 10
         XCTAssertEqual(exchange(clients: clients, perClient: perClient, with: address), [])
@@ -125,8 +128,9 @@ final class WorkersEndToEndTests: XCTestCase {
     func testSocketActivatedListenerUsesOnlyThePassedSocketAndSaysSo() throws {
         let passed = try UDPClient()
         let address = passed.localAddress
-        let d = try DaemonProcess(config: "[status]\nlisten = off\n[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n",
-                                  inheritedSocket: (passed.fd, "act"))
+        let d = try DaemonProcess(
+            config: "[status]\nlisten = off\n[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n",
+            inheritedSocket: (passed.fd, "act"))
         addTeardownBlock { d.stop() }
         let bound = try d.waitUntilReady()
         XCTAssertEqual(bound["act"], [address])

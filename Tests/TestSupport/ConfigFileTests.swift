@@ -1,5 +1,5 @@
-import XCTest
 import UDPRelayConfig
+import XCTest
 
 /// Tests of configuration text: `parse` a file that must load, `errors` of one that must not.
 /// A test class adopts it to get both (file name "t.ini" in messages).

@@ -1,8 +1,9 @@
 import Foundation
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// The real `udprelayd` binary run as a child process, its stderr captured line by line.
 /// Tests wait for log lines (never fixed sleeps) and stop it with SIGTERM, then SIGKILL.
@@ -37,9 +38,11 @@ public final class DaemonProcess: @unchecked Sendable {
     /// `inheritedSocket` passes a socket the way systemd's socket activation does (fd 3,
     /// `LISTEN_FDS=1`, `LISTEN_PID` = the daemon, `LISTEN_FDNAMES=name`). `journalStream` sets
     /// `JOURNAL_STREAM` to the stderr pipe, as systemd does when stderr is the journal.
-    public init(config: String, arguments: [String] = [], environment: [String: String] = [:],
-                inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false,
-                fileLimit: Int? = nil) throws {
+    public init(
+        config: String, arguments: [String] = [], environment: [String: String] = [:],
+        inheritedSocket: (fd: Int32, name: String)? = nil, journalStream: Bool = false,
+        fileLimit: Int? = nil
+    ) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         configPath = dir.appendingPathComponent("udprelayd.ini").path
@@ -50,8 +53,11 @@ public final class DaemonProcess: @unchecked Sendable {
             // Foundation closes descriptors above 2 in the child, so the socket travels as stdin
             // and a shell moves it to fd 3 and execs the daemon (keeping its PID for LISTEN_PID).
             process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$1\"; shift; exec \"$0\" \"$@\"",
-                                 Self.binary.path, inheritedSocket.name, "--config", configPath] + arguments
+            process.arguments =
+                [
+                    "-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$1\"; shift; exec \"$0\" \"$@\"",
+                    Self.binary.path, inheritedSocket.name, "--config", configPath,
+                ] + arguments
         }
         if let fileLimit {
             // prlimit sets soft and hard RLIMIT_NOFILE and execs the daemon (same PID).
@@ -127,12 +133,14 @@ public final class DaemonProcess: @unchecked Sendable {
 
     /// All stderr lines so far.
     public var log: [String] {
-        condition.lock(); defer { condition.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         return lines
     }
 
     public var standardOutput: String {
-        condition.lock(); defer { condition.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         return stdoutText
     }
 
@@ -148,7 +156,8 @@ public final class DaemonProcess: @unchecked Sendable {
     @discardableResult
     public func waitForLine(after: Int = 0, timeout: Double = 20, where match: (String) -> Bool) -> String? {
         let deadline = Date().addingTimeInterval(timeout)
-        condition.lock(); defer { condition.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         var checked = after
         while true {
             while checked < lines.count {
@@ -168,8 +177,9 @@ public final class DaemonProcess: @unchecked Sendable {
         var out: [String: [SocketAddress]] = [:]
         for line in log where line.contains(" listening ") {
             guard let name = Self.field("listener.name", in: line),
-                  let address = Self.field("listener.address", in: line),
-                  let parsed = try? SocketAddress(parsing: address) else { continue }
+                let address = Self.field("listener.address", in: line),
+                let parsed = try? SocketAddress(parsing: address)
+            else { continue }
             out[name, default: []].append(parsed)
         }
         return out

@@ -1,30 +1,36 @@
 import Foundation
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// Starting and reading the daemon from a test: each starts it with the test's configuration
 /// after a `[status]` section and stops it when the test ends.
 extension XCTestCase {
     /// Starts the daemon with `[status] listen = off` (or on a free loopback port when
     /// `status`) before `config`, without waiting for it.
-    public func launchDaemon(_ config: String, status: Bool = false, arguments: [String] = [],
-                             environment: [String: String] = [:], inheritedSocket: (fd: Int32, name: String)? = nil,
-                             journalStream: Bool = false, fileLimit: Int? = nil) throws -> DaemonProcess {
-        let d = try DaemonProcess(config: (status ? "[status]\nlisten = 127.0.0.1:0\n" : "[status]\nlisten = off\n") + config,
-                                  arguments: arguments, environment: environment,
-                                  inheritedSocket: inheritedSocket, journalStream: journalStream, fileLimit: fileLimit)
+    public func launchDaemon(
+        _ config: String, status: Bool = false, arguments: [String] = [],
+        environment: [String: String] = [:], inheritedSocket: (fd: Int32, name: String)? = nil,
+        journalStream: Bool = false, fileLimit: Int? = nil
+    ) throws -> DaemonProcess {
+        let d = try DaemonProcess(
+            config: (status ? "[status]\nlisten = 127.0.0.1:0\n" : "[status]\nlisten = off\n") + config,
+            arguments: arguments, environment: environment,
+            inheritedSocket: inheritedSocket, journalStream: journalStream, fileLimit: fileLimit)
         addTeardownBlock { d.stop() }
         return d
     }
 
     /// Starts the daemon as `launchDaemon` does and waits until it serves; returns it and the
     /// addresses each listener bound.
-    public func startDaemon(_ config: String, status: Bool = false, arguments: [String] = [],
-                            inheritedSocket: (fd: Int32, name: String)? = nil,
-                            fileLimit: Int? = nil) throws -> (DaemonProcess, [String: [SocketAddress]]) {
+    public func startDaemon(
+        _ config: String, status: Bool = false, arguments: [String] = [],
+        inheritedSocket: (fd: Int32, name: String)? = nil,
+        fileLimit: Int? = nil
+    ) throws -> (DaemonProcess, [String: [SocketAddress]]) {
         let d = try launchDaemon(config, status: status, arguments: arguments, inheritedSocket: inheritedSocket, fileLimit: fileLimit)
         return (d, try d.waitUntilReady())
     }

@@ -7,8 +7,16 @@ public final class LockedBox<T>: @unchecked Sendable {
     private var stored: T
     public init(_ value: T) { stored = value }
     public var value: T {
-        get { lock.lock(); defer { lock.unlock() }; return stored }
-        set { lock.lock(); stored = newValue; lock.unlock() }
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return stored
+        }
+        set {
+            lock.lock()
+            stored = newValue
+            lock.unlock()
+        }
     }
 }
 
@@ -19,8 +27,16 @@ public final class Flag: @unchecked Sendable {
     private var v: Bool
     public init(_ value: Bool = false) { v = value }
     public var value: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return v }
-        set { lock.lock(); v = newValue; lock.unlock() }
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return v
+        }
+        set {
+            lock.lock()
+            v = newValue
+            lock.unlock()
+        }
     }
 }
 
@@ -30,6 +46,14 @@ public final class LockedList: @unchecked Sendable {
     private let lock = NSLock()
     private var list: [String] = []
     public init() {}
-    public func append(_ s: String) { lock.lock(); list.append(s); lock.unlock() }
-    public var items: [String] { lock.lock(); defer { lock.unlock() }; return list }
+    public func append(_ s: String) {
+        lock.lock()
+        list.append(s)
+        lock.unlock()
+    }
+    public var items: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return list
+    }
 }

@@ -1,8 +1,9 @@
 import Foundation
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// Sends an IPv4 UDP datagram with a chosen source address and port through a raw socket.
 public enum RawUDP {
@@ -16,7 +17,8 @@ public enum RawUDP {
         var packet = [UInt8](repeating: 0, count: total)
         let src = from.ip.bytes, dst = to.ip.bytes
         packet[0] = 0x45
-        packet[2] = UInt8(total >> 8); packet[3] = UInt8(total & 0xff)
+        packet[2] = UInt8(total >> 8)
+        packet[3] = UInt8(total & 0xff)
         packet[8] = 64
         packet[9] = UInt8(IPPROTO_UDP)
         packet.replaceSubrange(12..<16, with: src)
@@ -25,11 +27,15 @@ public enum RawUDP {
         for i in stride(from: 0, to: 20, by: 2) { sum += UInt32(packet[i]) << 8 | UInt32(packet[i + 1]) }
         while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
         let check = ~UInt16(sum)
-        packet[10] = UInt8(check >> 8); packet[11] = UInt8(check & 0xff)
-        packet[20] = UInt8(from.port >> 8); packet[21] = UInt8(from.port & 0xff)
-        packet[22] = UInt8(to.port >> 8); packet[23] = UInt8(to.port & 0xff)
+        packet[10] = UInt8(check >> 8)
+        packet[11] = UInt8(check & 0xff)
+        packet[20] = UInt8(from.port >> 8)
+        packet[21] = UInt8(from.port & 0xff)
+        packet[22] = UInt8(to.port >> 8)
+        packet[23] = UInt8(to.port & 0xff)
         let udpLength = 8 + payload.count
-        packet[24] = UInt8(udpLength >> 8); packet[25] = UInt8(udpLength & 0xff)
+        packet[24] = UInt8(udpLength >> 8)
+        packet[25] = UInt8(udpLength & 0xff)
         // UDP checksum 0: "no checksum", valid over IPv4.
         packet.replaceSubrange(28..<total, with: payload)
         var (storage, len) = TestAddress.storage(to)

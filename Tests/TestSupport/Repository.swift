@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,8 +14,10 @@ public let repositoryRoot: URL = {
 /// Runs `/usr/bin/env arguments...` in `directory`; returns the exit status and its output:
 /// stdout and stderr together, or stdout alone (stderr discarded) when `withStderr` is false.
 /// Bounded: the command (only it, by PID) is killed after `timeout` seconds.
-public func runCommand(_ arguments: [String], in directory: URL? = nil, withStderr: Bool = true,
-                       timeout: Double = 240) throws -> (Int32, String) {
+public func runCommand(
+    _ arguments: [String], in directory: URL? = nil, withStderr: Bool = true,
+    timeout: Double = 240
+) throws -> (Int32, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = arguments

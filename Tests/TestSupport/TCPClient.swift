@@ -1,8 +1,9 @@
 import Foundation
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// A blocking TCP client for HTTP tests: raw bytes in, raw bytes out, with deadlines.
 public final class TCPClient {
@@ -24,11 +25,19 @@ public final class TCPClient {
         if let local {
             var (storage, len) = TestAddress.storage(SocketAddress(ip: local, port: 0))
             let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-            guard rc == 0 else { let e = errno; close(fd); throw POSIXError(.init(rawValue: e)!) }
+            guard rc == 0 else {
+                let e = errno
+                close(fd)
+                throw POSIXError(.init(rawValue: e)!)
+            }
         }
         var (storage, len) = TestAddress.storage(address)
         let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
-        guard rc == 0 else { let e = errno; close(fd); throw POSIXError(.init(rawValue: e)!) }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw POSIXError(.init(rawValue: e)!)
+        }
     }
 
     deinit { close(fd) }
@@ -60,7 +69,10 @@ public final class TCPClient {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             if poll(&pfd, 1, Int32(left * 1000) + 1) <= 0 { continue }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n > 0 { data += buffer[0..<n]; continue }
+            if n > 0 {
+                data += buffer[0..<n]
+                continue
+            }
             if n < 0 && errno == EINTR { continue }
             return Received(text: String(decoding: data, as: UTF8.self), reset: n < 0 && errno == ECONNRESET, timedOut: false)
         }
@@ -76,9 +88,12 @@ public final class TCPClient {
             let text = String(decoding: data, as: UTF8.self)
             if let end = text.range(of: "\r\n\r\n") {
                 let headText = text[..<end.lowerBound].lowercased()
-                let length = head ? 0 : headText.components(separatedBy: "\r\n")
-                    .first { $0.hasPrefix("content-length:") }
-                    .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+                let length =
+                    head
+                    ? 0
+                    : headText.components(separatedBy: "\r\n")
+                        .first { $0.hasPrefix("content-length:") }
+                        .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
                 if text.utf8.distance(from: end.upperBound, to: text.endIndex) >= length { return text }
             }
             let left = deadline.timeIntervalSinceNow
@@ -86,7 +101,10 @@ public final class TCPClient {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             if poll(&pfd, 1, Int32(left * 1000) + 1) <= 0 { continue }
             let n = recv(fd, &byte, 1, 0)
-            if n == 1 { data.append(byte); continue }
+            if n == 1 {
+                data.append(byte)
+                continue
+            }
             if n < 0 && errno == EINTR { continue }
             return nil
         }

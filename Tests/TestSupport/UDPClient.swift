@@ -1,8 +1,9 @@
 import Foundation
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// A blocking UDP socket for tests: send to an address, wait (with a deadline) for a reply.
 public final class UDPClient {
@@ -141,7 +142,9 @@ public enum TestAddress {
 public func payload(_ size: Int, seed: UInt64) -> [UInt8] {
     var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
     return (0..<size).map { _ in
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
         return UInt8(truncatingIfNeeded: x)
     }
 }

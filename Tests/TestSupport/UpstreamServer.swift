@@ -1,8 +1,9 @@
 import Foundation
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// A loopback UDP server for relay tests, standing in for an upstream: it records every
 /// datagram (payload and source) and, unless `reply` is nil, answers each with
@@ -76,7 +77,8 @@ public final class UpstreamServer: @unchecked Sendable {
 
     /// Everything received so far.
     public var datagrams: [(bytes: [UInt8], from: SocketAddress)] {
-        condition.lock(); defer { condition.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         return received
     }
 
@@ -84,7 +86,8 @@ public final class UpstreamServer: @unchecked Sendable {
     @discardableResult
     public func waitForCount(_ count: Int, timeout: Double = 10) -> Int {
         let deadline = Date().addingTimeInterval(timeout)
-        condition.lock(); defer { condition.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         while received.count < count {
             if !condition.wait(until: deadline) { break }
         }

@@ -1,8 +1,9 @@
+import UDPRelayConfig
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// `SystemClock`, the one reading of time every module uses.
 final class ClockTests: XCTestCase {

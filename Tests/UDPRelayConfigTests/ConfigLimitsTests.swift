@@ -1,10 +1,12 @@
 import Foundation
+import TestSupport
 import XCTest
+
+@testable import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-@testable import UDPRelayConfig
 
 /// What a configuration file may cost to load, whatever is at its path:
 /// only regular files are read, and size, line length, errors and suggestions are bounded.
@@ -51,14 +53,17 @@ final class ConfigLimitsTests: XCTestCase, ConfigFileTests {
             return
         }
         let e = try XCTUnwrap(result.value, "a FIFO must not load")
-        XCTAssertEqual(e.errors.map(\.description),
-                       ["\(fifo): cannot read configuration file: not a regular file (a FIFO); give the path of an INI file"])
+        XCTAssertEqual(
+            e.errors.map(\.description),
+            ["\(fifo): cannot read configuration file: not a regular file (a FIFO); give the path of an INI file"])
     }
 
     func testDirectoriesAndDevicesAreRefusedByType() throws {
         let dir = try temporaryDirectory()
         XCTAssertEqual(loadErrors(dir)?.errors.first?.message, "cannot read configuration file: not a regular file (a directory); give the path of an INI file")
-        XCTAssertEqual(loadErrors("/dev/zero")?.errors.first?.message, "cannot read configuration file: not a regular file (a character device); give the path of an INI file")
+        XCTAssertEqual(
+            loadErrors("/dev/zero")?.errors.first?.message,
+            "cannot read configuration file: not a regular file (a character device); give the path of an INI file")
         // A symbolic link to a regular file is a regular file.
         let file = dir + "/real.ini", link = dir + "/link.ini"
         try listener.write(toFile: file, atomically: true, encoding: .utf8)
@@ -80,8 +85,9 @@ final class ConfigLimitsTests: XCTestCase, ConfigFileTests {
         try padded(to: limit).write(toFile: atLimit, atomically: true, encoding: .utf8)
         try padded(to: limit + 1).write(toFile: over, atomically: true, encoding: .utf8)
         XCTAssertEqual(try ConfigLoader.load(path: atLimit).listeners.count, 1)
-        XCTAssertEqual(loadErrors(over)?.errors.map(\.description),
-                       ["\(over): cannot read configuration file: file is larger than 1024 KiB (1048576 bytes), the most a configuration may be"])
+        XCTAssertEqual(
+            loadErrors(over)?.errors.map(\.description),
+            ["\(over): cannot read configuration file: file is larger than 1024 KiB (1048576 bytes), the most a configuration may be"])
     }
 
     func testOverlongLineIsOneErrorNamingItsLength() {

@@ -1,5 +1,6 @@
-import XCTest
 import TestSupport
+import XCTest
+
 @testable import UDPRelayConfig
 
 final class ConfigTests: XCTestCase, ConfigFileTests {
@@ -53,14 +54,15 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     }
 
     func testCommentsQuotesAndWhitespace() throws {
-        let c = try parse("""
-        # hash comment
-        ; semicolon comment
-          [daemon]   ; trailing comment
-        log_level=debug#not-a-comment-without-space
-        [listener a]
-        listen = 127.0.0.1:9
-        """.replacingOccurrences(of: "#not-a-comment-without-space", with: "  # comment"))
+        let c = try parse(
+            """
+            # hash comment
+            ; semicolon comment
+              [daemon]   ; trailing comment
+            log_level=debug#not-a-comment-without-space
+            [listener a]
+            listen = 127.0.0.1:9
+            """.replacingOccurrences(of: "#not-a-comment-without-space", with: "  # comment"))
         XCTAssertEqual(c.daemon.logLevel, .debug)
         XCTAssertEqual(try INILexer.parseValue("\"a;b # c\" ; comment"), "a;b # c")
         XCTAssertEqual(try INILexer.parseValue("\"\\x41\\n\""), "A\n")
@@ -190,8 +192,10 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
             let e = errors(text)
             XCTAssertEqual(e.count, 1, text)
             XCTAssertEqual(e.first?.line, 0, text)
-            XCTAssertEqual(e.first?.description,
-                           "t.ini: no listener: a configuration needs at least one [listener NAME] section with listen = ADDRESS:PORT (an empty or truncated file is refused)")
+            XCTAssertEqual(
+                e.first?.description,
+                "t.ini: no listener: a configuration needs at least one [listener NAME] section with listen = ADDRESS:PORT (an empty or truncated file is refused)"
+            )
         }
         // A listener section that is itself wrong is reported as such, not as "no listener".
         let e = errors("[listener a]\nmode = echo\n")
@@ -215,8 +219,9 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     // MARK: bytes of the file
 
     func testCRLFLineEndingsReadAsLines() throws {
-        let c = try parse("[daemon]\r\nlog_level = debug\r\n\r\n[listener a]\r\nlisten = 127.0.0.1:9 ; comment\r\nmode = echo\r\nhealth_probe_ignored = 1\r\n"
-                          .replacingOccurrences(of: "health_probe_ignored = 1\r\n", with: "max_datagram = \"1500\"\r\n"))
+        let c = try parse(
+            "[daemon]\r\nlog_level = debug\r\n\r\n[listener a]\r\nlisten = 127.0.0.1:9 ; comment\r\nmode = echo\r\nhealth_probe_ignored = 1\r\n"
+                .replacingOccurrences(of: "health_probe_ignored = 1\r\n", with: "max_datagram = \"1500\"\r\n"))
         XCTAssertEqual(c.daemon.logLevel, .debug)
         XCTAssertEqual(c.listeners.map(\.name), ["a"])
         XCTAssertEqual(c.listeners[0].listen.map(\.description), ["127.0.0.1:9"])
@@ -237,8 +242,10 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     func testControlCharactersAreRefusedByName() {
         let e = errors("[listener a]\nlisten = 127.0.0.1:9\nmode = echo\u{0}\n[listener b]\nlisten = 127.0.0.1:10\nmode = ec\rho\r\n")
         XCTAssertEqual(e.map(\.line), [3, 6])
-        XCTAssertEqual(e[0].description, "t.ini:3: [listener a]: control character NUL (byte 0x00) at column 12; a configuration line is text, "
-                       + "and tab is the only control character it may hold (write bytes in a quoted value as \\xHH)")
+        XCTAssertEqual(
+            e[0].description,
+            "t.ini:3: [listener a]: control character NUL (byte 0x00) at column 12; a configuration line is text, "
+                + "and tab is the only control character it may hold (write bytes in a quoted value as \\xHH)")
         XCTAssertTrue(e[1].message.hasPrefix("control character CR (byte 0x0D) at column 10"), e[1].message)
         XCTAssertTrue(errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \u{1B}[0m\n")[0].message.hasPrefix("control character ESC (byte 0x1B) at column 8"))
         XCTAssertTrue(errors("[listener a]\nlisten = 127.0.0.1:9\nmode = \u{7F}\n")[0].message.hasPrefix("control character DEL (byte 0x7F)"))
@@ -268,16 +275,17 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     }
 
     func testIPv4MappedAddressesAreRefusedWithTheIPv4Form() {
-        let e = errors("""
-        [status]
-        listen = [::ffff:127.0.0.1]:9180
-        [listener a]
-        listen = [::1]:7, [::ffff:127.0.0.1]:7007
-        [listener b]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = [::ffff:192.0.2.1]:53
-        """)
+        let e = errors(
+            """
+            [status]
+            listen = [::ffff:127.0.0.1]:9180
+            [listener a]
+            listen = [::1]:7, [::ffff:127.0.0.1]:7007
+            [listener b]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = [::ffff:192.0.2.1]:53
+            """)
         XCTAssertEqual(e.map(\.line), [2, 4, 8])
         XCTAssertEqual(e[0].message, "[::ffff:127.0.0.1]:9180 is an IPv4-mapped IPv6 address; write the IPv4 form, 127.0.0.1:9180")
         XCTAssertEqual(e[1].message, "[::ffff:127.0.0.1]:7007 is an IPv4-mapped IPv6 address; write the IPv4 form, 127.0.0.1:7007")
@@ -288,24 +296,27 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     // MARK: after a bad section header
 
     func testKeysAfterABadHeaderAreNotTakenForThePreviousSection() {
-        let e = errors("""
-        [listener e]
-        listen = 127.0.0.1:9
-        [listener f g]
-        listen = 127.0.0.1:10
-        mode = nonsense
-        stray words
-        [listener h]
-        listen = 127.0.0.1:11
-        [daemon
-        log_level = info
-        listen = 1
-        """)
-        XCTAssertEqual(e.map(\.description), [
-            "t.ini:3: expected '[section]' or '[section name]', got '[listener f g]'; the lines up to the next section header are ignored",
-            "t.ini:6: expected 'key = value', got 'stray words'",
-            "t.ini:9: section header must end with ']': '[daemon'; the lines up to the next section header are ignored",
-        ])
+        let e = errors(
+            """
+            [listener e]
+            listen = 127.0.0.1:9
+            [listener f g]
+            listen = 127.0.0.1:10
+            mode = nonsense
+            stray words
+            [listener h]
+            listen = 127.0.0.1:11
+            [daemon
+            log_level = info
+            listen = 1
+            """)
+        XCTAssertEqual(
+            e.map(\.description),
+            [
+                "t.ini:3: expected '[section]' or '[section name]', got '[listener f g]'; the lines up to the next section header are ignored",
+                "t.ini:6: expected 'key = value', got 'stray words'",
+                "t.ini:9: section header must end with ']': '[daemon'; the lines up to the next section header are ignored",
+            ])
         // A bad listener header alone is not reported as "no listener".
         XCTAssertEqual(errors("[listener f g]\nlisten = 127.0.0.1:10\n").map(\.line), [1])
     }
@@ -313,23 +324,26 @@ final class ConfigTests: XCTestCase, ConfigFileTests {
     // MARK: a forgotten comma
 
     func testAMissingCommaIsReportedAsOne() {
-        let e = errors("""
-        [listener a]
-        listen = 127.0.0.1:24000 [::1]:24000
-        allow = 10.0.0.0/8  192.168.0.0/16
-        [listener b]
-        listen = 127.0.0.1:0
-        mode = balance
-        upstream = 127.0.0.1:24053 127.0.0.1:24054
-        [status]
-        listen = 127.0.0.1:9180 127.0.0.1:9181
-        """)
-        XCTAssertEqual(e.map(\.description), [
-            "t.ini:2: [listener a] listen: missing comma between '127.0.0.1:24000' and '[::1]:24000'; separate list items with commas",
-            "t.ini:3: [listener a] allow: missing comma between '10.0.0.0/8' and '192.168.0.0/16'; separate list items with commas",
-            "t.ini:7: [listener b] upstream: missing comma between '127.0.0.1:24053' and '127.0.0.1:24054'; separate list items with commas",
-            "t.ini:9: [status] listen: missing comma between '127.0.0.1:9180' and '127.0.0.1:9181'; separate list items with commas",
-        ])
+        let e = errors(
+            """
+            [listener a]
+            listen = 127.0.0.1:24000 [::1]:24000
+            allow = 10.0.0.0/8  192.168.0.0/16
+            [listener b]
+            listen = 127.0.0.1:0
+            mode = balance
+            upstream = 127.0.0.1:24053 127.0.0.1:24054
+            [status]
+            listen = 127.0.0.1:9180 127.0.0.1:9181
+            """)
+        XCTAssertEqual(
+            e.map(\.description),
+            [
+                "t.ini:2: [listener a] listen: missing comma between '127.0.0.1:24000' and '[::1]:24000'; separate list items with commas",
+                "t.ini:3: [listener a] allow: missing comma between '10.0.0.0/8' and '192.168.0.0/16'; separate list items with commas",
+                "t.ini:7: [listener b] upstream: missing comma between '127.0.0.1:24053' and '127.0.0.1:24054'; separate list items with commas",
+                "t.ini:9: [status] listen: missing comma between '127.0.0.1:9180' and '127.0.0.1:9181'; separate list items with commas",
+            ])
         // Spaces around commas are fine.
         XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9 ,\t[::1]:9\n").listeners[0].listen.count, 2)
     }

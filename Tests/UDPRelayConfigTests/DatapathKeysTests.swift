@@ -1,5 +1,6 @@
-import XCTest
 import TestSupport
+import XCTest
+
 @testable import UDPRelayConfig
 
 /// Listener keys that tune the datapath: `busy_poll`, `workers`, `udp_gso`.
@@ -14,17 +15,18 @@ final class DatapathKeysTests: XCTestCase, ConfigFileTests {
     func testBusyPollDefaultAndValues() throws {
         XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9\n").listeners[0].busyPoll, Defaults.busyPoll)
         XCTAssertEqual(Defaults.busyPoll, .zero)
-        let c = try parse("""
-        [listener a]
-        listen = 127.0.0.1:9
-        busy_poll = 0
-        [listener b]
-        listen = 127.0.0.1:10
-        busy_poll = 200us
-        [listener c]
-        listen = 127.0.0.1:11
-        busy_poll = 10ms
-        """)
+        let c = try parse(
+            """
+            [listener a]
+            listen = 127.0.0.1:9
+            busy_poll = 0
+            [listener b]
+            listen = 127.0.0.1:10
+            busy_poll = 200us
+            [listener c]
+            listen = 127.0.0.1:11
+            busy_poll = 10ms
+            """)
         XCTAssertEqual(c.listeners.map(\.busyPoll), [.zero, .microseconds(200), .milliseconds(10)])
     }
 
@@ -47,46 +49,48 @@ final class DatapathKeysTests: XCTestCase, ConfigFileTests {
     func testWorkersDefaultNumbersAndAuto() throws {
         XCTAssertEqual(try parse("[listener a]\nlisten = 127.0.0.1:9\n").listeners[0].workers, .count(1))
         XCTAssertEqual(Defaults.workers, .count(1))
-        let c = try parse("""
-        [listener a]
-        listen = 127.0.0.1:9
-        workers = 1
-        [listener b]
-        listen = 127.0.0.1:10
-        workers = 64
-        [listener c]
-        listen = 127.0.0.1:11
-        workers = auto
-        [listener d]
-        listen = 127.0.0.1:12
-        mode = forward
-        upstream = 127.0.0.1:53
-        workers = AUTO
-        [listener e]
-        listen = 127.0.0.1:13
-        mode = mirror
-        upstream = 127.0.0.1:53
-        workers = 4
-        """)
+        let c = try parse(
+            """
+            [listener a]
+            listen = 127.0.0.1:9
+            workers = 1
+            [listener b]
+            listen = 127.0.0.1:10
+            workers = 64
+            [listener c]
+            listen = 127.0.0.1:11
+            workers = auto
+            [listener d]
+            listen = 127.0.0.1:12
+            mode = forward
+            upstream = 127.0.0.1:53
+            workers = AUTO
+            [listener e]
+            listen = 127.0.0.1:13
+            mode = mirror
+            upstream = 127.0.0.1:53
+            workers = 4
+            """)
         XCTAssertEqual(c.listeners.map(\.workers), [.count(1), .count(64), .auto, .auto, .count(4)])
         XCTAssertEqual(c.listeners.map(\.workers.description), ["1", "64", "auto", "auto", "4"])
     }
 
     func testWorkersOutOfRangeAndNotANumberAreErrorsWithFileAndLine() {
-        let e = errors("""
-        [listener a]
-        listen = 127.0.0.1:9
-        workers = 0
-        [listener b]
-        listen = 127.0.0.1:10
-        workers = 65
-        [listener c]
-        listen = 127.0.0.1:11
-        workers = many
-        [listener d]
-        listen = 127.0.0.1:12
-        workers = -2
-        """)
+        let e = errors(
+            """
+            [listener a]
+            listen = 127.0.0.1:9
+            workers = 0
+            [listener b]
+            listen = 127.0.0.1:10
+            workers = 65
+            [listener c]
+            listen = 127.0.0.1:11
+            workers = many
+            [listener d]
+            listen = 127.0.0.1:12
+            workers = -2
+            """)
         XCTAssertEqual(e.map(\.line), [3, 6, 9, 12])
         XCTAssertEqual(e.map(\.key), ["workers", "workers", "workers", "workers"])
         XCTAssertEqual(e.map(\.section), ["listener a", "listener b", "listener c", "listener d"])
@@ -102,18 +106,19 @@ final class DatapathKeysTests: XCTestCase, ConfigFileTests {
     }
 
     func testUDPGSODefaultsOnAndTakesABoolean() throws {
-        let c = try parse("""
-        [listener a]
-        listen = 127.0.0.1:9
-        [listener b]
-        listen = 127.0.0.1:10
-        udp_gso = no
-        [listener c]
-        listen = 127.0.0.1:11
-        mode = mirror
-        upstream = 127.0.0.1:12
-        udp_gso = yes
-        """)
+        let c = try parse(
+            """
+            [listener a]
+            listen = 127.0.0.1:9
+            [listener b]
+            listen = 127.0.0.1:10
+            udp_gso = no
+            [listener c]
+            listen = 127.0.0.1:11
+            mode = mirror
+            upstream = 127.0.0.1:12
+            udp_gso = yes
+            """)
         XCTAssertEqual(c.listeners.map(\.segmentation), [true, false, true])
         let e = errors("[listener a]\nlisten = 127.0.0.1:9\n\nudp_gso = sometimes\n")
         XCTAssertEqual(e.map(\.line), [4])

@@ -1,10 +1,12 @@
 import Foundation
-import XCTest
 import TestSupport
+import XCTest
+
+@testable import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import UDPRelayConfig
 
 /// `include = PATH-or-glob` in `[daemon]`: files of listeners, in sorted order, relative to the
 /// including file, with the main file's checks and errors that name the included file.
@@ -72,8 +74,9 @@ final class IncludeTests: XCTestCase {
 
         try write("udprelayd.ini", "[daemon]\ninclude = missing.ini\n" + listener("main"))
         let e = loadErrors()
-        XCTAssertEqual(e.map(\.description),
-                       ["\(dir)/udprelayd.ini:2: [daemon] include: cannot read included file '\(dir)/missing.ini': No such file or directory"])
+        XCTAssertEqual(
+            e.map(\.description),
+            ["\(dir)/udprelayd.ini:2: [daemon] include: cannot read included file '\(dir)/missing.ini': No such file or directory"])
     }
 
     func testAnIncludedFileHoldsOnlyListenersSoIncludesDoNotNest() throws {
@@ -91,8 +94,9 @@ final class IncludeTests: XCTestCase {
         try write("udprelayd.ini", "[daemon]\ninclude = conf.d/*.ini\n\n" + listener("dns"))
         try write("conf.d/a.ini", "\n\n" + listener("dns"))
         let e = loadErrors()
-        XCTAssertEqual(e.map(\.description),
-                       ["\(dir)/conf.d/a.ini:3: [listener dns]: repeated listener name 'dns' (first at \(dir)/udprelayd.ini:4)"])
+        XCTAssertEqual(
+            e.map(\.description),
+            ["\(dir)/conf.d/a.ini:3: [listener dns]: repeated listener name 'dns' (first at \(dir)/udprelayd.ini:4)"])
     }
 
     func testIncludedFilesGetTheMainFilesChecks() throws {
@@ -128,7 +132,8 @@ final class IncludeTests: XCTestCase {
         try write("conf.d/a.ini", listener("a") + "mode = forward\nupstream = 127.0.0.1:9\n")
         try write("conf.d/b.ini", listener("b"))
         let after = try load()
-        XCTAssertEqual(ListenerChanges(from: before.listeners, to: after.listeners),
-                       ListenerChanges(unchanged: ["main"], changed: ["a"], added: ["b"]))
+        XCTAssertEqual(
+            ListenerChanges(from: before.listeners, to: after.listeners),
+            ListenerChanges(unchanged: ["main"], changed: ["a"], added: ["b"]))
     }
 }

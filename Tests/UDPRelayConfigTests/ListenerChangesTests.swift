@@ -1,5 +1,5 @@
-import XCTest
 import UDPRelayConfig
+import XCTest
 
 final class ListenerChangesTests: XCTestCase {
     func parse(_ text: String) throws -> [ListenerConfiguration] {
@@ -7,24 +7,26 @@ final class ListenerChangesTests: XCTestCase {
     }
 
     func testClassifiesListenersByNameAndSettings() throws {
-        let old = try parse("""
-        [listener same]
-        listen = 127.0.0.1:7001
-        [listener tuned]
-        listen = 127.0.0.1:7002
-        [listener gone]
-        listen = 127.0.0.1:7003
-        """)
-        let new = try parse("""
-        ; a comment moves every section down a line: that alone is no change
-        [listener new]
-        listen = 127.0.0.1:7004
-        [listener tuned]
-        listen = 127.0.0.1:7002
-        max_datagram = 1500
-        [listener same]
-        listen = 127.0.0.1:7001
-        """)
+        let old = try parse(
+            """
+            [listener same]
+            listen = 127.0.0.1:7001
+            [listener tuned]
+            listen = 127.0.0.1:7002
+            [listener gone]
+            listen = 127.0.0.1:7003
+            """)
+        let new = try parse(
+            """
+            ; a comment moves every section down a line: that alone is no change
+            [listener new]
+            listen = 127.0.0.1:7004
+            [listener tuned]
+            listen = 127.0.0.1:7002
+            max_datagram = 1500
+            [listener same]
+            listen = 127.0.0.1:7001
+            """)
         let c = ListenerChanges(from: old, to: new)
         XCTAssertEqual(c, ListenerChanges(unchanged: ["same"], changed: ["tuned"], removed: ["gone"], added: ["new"]))
         XCTAssertFalse(c.isEmpty)

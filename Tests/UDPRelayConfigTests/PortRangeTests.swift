@@ -1,6 +1,6 @@
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
 
 /// `listen` port ranges: expanded into one address per port, capped, and checked like any
 /// address (every error names the file, the line and the key).
@@ -31,8 +31,10 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
     func testRangeOverCapNamesFileLineAndKey() {
         let e = errors("[listener a]\nmode = echo\nlisten = 0.0.0.0:5000-6024\n")
         XCTAssertEqual(e.count, 1)
-        XCTAssertEqual(e[0].description, "t.ini:3: [listener a] listen: port range '0.0.0.0:5000-6024' has 1025 ports; at most 1024 per range "
-                       + "(list several ranges, up to 4096 addresses per listener)")
+        XCTAssertEqual(
+            e[0].description,
+            "t.ini:3: [listener a] listen: port range '0.0.0.0:5000-6024' has 1025 ports; at most 1024 per range "
+                + "(list several ranges, up to 4096 addresses per listener)")
     }
 
     func testListenerAddressCap() throws {
@@ -55,22 +57,27 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
         let lines = text.split(separator: "\n").count
         let e = errors(text + "[listener extra]\nmode = echo\nlisten = [::1]:9, [::1]:10\n")
         XCTAssertEqual(e.count, 1, "\(e)")
-        XCTAssertEqual(e.first?.description, "t.ini:\(lines + 3): [listener extra] listen: more than 65536 listen addresses in the configuration "
-                       + "(its files together: 65536 before this listener, which adds 2)")
+        XCTAssertEqual(
+            e.first?.description,
+            "t.ini:\(lines + 3): [listener extra] listen: more than 65536 listen addresses in the configuration "
+                + "(its files together: 65536 before this listener, which adds 2)")
     }
 
     func testSocketCapCountsWorkers() throws {
         XCTAssertNoThrow(try parse("[listener a]\nlisten = 127.0.0.1:5000-6023, 127.0.0.2:5000-6023\nworkers = 2\n"))
         let e = errors("[listener a]\nlisten = 127.0.0.1:5000-6023, 127.0.0.2:5000-6023\nworkers = 3\n")
         XCTAssertEqual(e.count, 1)
-        XCTAssertEqual(e[0].description, "t.ini:3: [listener a] workers: 2048 listen addresses × workers = 3 is 6144 sockets; "
-                       + "at most 4096 per listener (lower workers or split the addresses over several listeners)")
+        XCTAssertEqual(
+            e[0].description,
+            "t.ini:3: [listener a] workers: 2048 listen addresses × workers = 3 is 6144 sockets; "
+                + "at most 4096 per listener (lower workers or split the addresses over several listeners)")
     }
 
     func testReversedRange() {
         let e = errors("[listener a]\nlisten = 0.0.0.0:5099-5000\n")
         XCTAssertEqual(e.count, 1)
-        XCTAssertEqual(e[0].description, "t.ini:2: [listener a] listen: port range '0.0.0.0:5099-5000' is reversed; write the lower port first (5099-5000 → 5000-5099)")
+        XCTAssertEqual(
+            e[0].description, "t.ini:2: [listener a] listen: port range '0.0.0.0:5099-5000' is reversed; write the lower port first (5099-5000 → 5000-5099)")
     }
 
     func testPortZeroInRange() {
@@ -102,8 +109,10 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
     func testOverlappingRangesInOneListener() {
         let e = errors("[listener a]\nlisten = 127.0.0.1:5000-5099, 127.0.0.1:5050-5149\n")
         XCTAssertEqual(e.count, 1)
-        XCTAssertEqual(e[0].description, "t.ini:2: [listener a] listen: '127.0.0.1:5050-5149' overlaps '127.0.0.1:5000-5099' at 127.0.0.1:5050; "
-                       + "each address and port may be listed once")
+        XCTAssertEqual(
+            e[0].description,
+            "t.ini:2: [listener a] listen: '127.0.0.1:5050-5149' overlaps '127.0.0.1:5000-5099' at 127.0.0.1:5050; "
+                + "each address and port may be listed once")
         let single = errors("[listener a]\nlisten = [::1]:6000-6009, [::1]:6005\n")
         XCTAssertTrue(single.first?.message.hasPrefix("'[::1]:6005' overlaps '[::1]:6000-6009' at [::1]:6005") ?? false, "\(single)")
         // Two single addresses keep their message.
@@ -120,8 +129,10 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
         let w = errors("[listener a]\nlisten = 127.0.0.1:5000-5009\n[listener b]\nmode = echo\nlisten = 0.0.0.0:5005-5104\n")
         XCTAssertEqual(w.count, 1)
         XCTAssertEqual(w[0].line, 5)
-        XCTAssertEqual(w[0].message, "0.0.0.0:5005 overlaps 127.0.0.1:5005 of listener 'a' (and 4 more of its addresses overlap); "
-                       + "each address and port may belong to one listener")
+        XCTAssertEqual(
+            w[0].message,
+            "0.0.0.0:5005 overlaps 127.0.0.1:5005 of listener 'a' (and 4 more of its addresses overlap); "
+                + "each address and port may belong to one listener")
         // Within one listener a specific address inside a wildcard range of its family overlaps too.
         let own = errors("[listener a]\nlisten = 0.0.0.0:5000-5099, 127.0.0.1:5050\n")
         XCTAssertTrue(own.first?.message.hasPrefix("127.0.0.1:5050 overlaps 0.0.0.0:5050 of listener 'a'") ?? false, "\(own)")
@@ -140,9 +151,11 @@ final class PortRangeTests: XCTestCase, ConfigFileTests {
             _ = try ConfigLoader.load(path: main.path)
             XCTFail("expected an overlap error")
         } catch {
-            XCTAssertEqual(error.errors.map(\.description), [
-                "\(dir.path)/more.ini:3: [listener b] listen: 127.0.0.1:5099 overlaps listener 'a'; each address and port may belong to one listener",
-            ])
+            XCTAssertEqual(
+                error.errors.map(\.description),
+                [
+                    "\(dir.path)/more.ini:3: [listener b] listen: 127.0.0.1:5099 overlaps listener 'a'; each address and port may belong to one listener"
+                ])
         }
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import TestSupport
+import XCTest
 
 /// The README's quick start works after `make run` alone: every program its
 /// commands run is installed by `make run` (or is part of any Debian system), and the address
@@ -20,7 +20,10 @@ final class QuickStartTests: XCTestCase {
         var commands: [String] = []
         var inCode = false
         for line in section[..<end].split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.hasPrefix("```") { inCode.toggle(); continue }
+            if line.hasPrefix("```") {
+                inCode.toggle()
+                continue
+            }
             guard inCode else { continue }
             let command = (line.range(of: " #").map { line[..<$0.lowerBound] } ?? line).trimmingCharacters(in: .whitespaces)
             if !command.isEmpty && !command.hasPrefix("#") { commands.append(command) }
@@ -60,8 +63,9 @@ final class QuickStartTests: XCTestCase {
             // socat - UDP:127.0.0.1:7007 / UDP6:[::1]:7007
             let target = try XCTUnwrap(command.split(separator: " ").last { $0.hasPrefix("UDP") })
             let address = target.drop { $0 != ":" }.dropFirst()
-            XCTAssertTrue(example.split(separator: "\n").contains { $0.hasPrefix("listen = ") && $0.contains(address) },
-                          "\(command): config/udprelayd.ini does not listen on \(address)")
+            XCTAssertTrue(
+                example.split(separator: "\n").contains { $0.hasPrefix("listen = ") && $0.contains(address) },
+                "\(command): config/udprelayd.ini does not listen on \(address)")
         }
     }
 }

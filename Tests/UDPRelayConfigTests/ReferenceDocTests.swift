@@ -1,5 +1,6 @@
-import XCTest
 import TestSupport
+import XCTest
+
 @testable import UDPRelayConfig
 
 /// config/README.md is the configuration reference, and udprelayd.ini(5) is generated from it

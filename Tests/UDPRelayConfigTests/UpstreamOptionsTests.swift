@@ -1,5 +1,6 @@
-import XCTest
 import TestSupport
+import XCTest
+
 @testable import UDPRelayConfig
 
 /// `upstream = HOST:PORT [weight=N] [drain] [backup], ...`: one syntax, keywords in any case,
@@ -18,8 +19,9 @@ final class UpstreamOptionsTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(u.map(\.backup), [false, false, true, false])
         XCTAssertEqual(u[2].optionsText, "weight=1000 backup")
         // Without options nothing changes: the endpoint equals one built without them.
-        XCTAssertEqual(try parse(balance("192.0.2.1:53, 192.0.2.2:53")).listeners[0].upstreams[0],
-                       UpstreamEndpoint(host: .address(.v4(0xC000_0201)), port: 53))
+        XCTAssertEqual(
+            try parse(balance("192.0.2.1:53, 192.0.2.2:53")).listeners[0].upstreams[0],
+            UpstreamEndpoint(host: .address(.v4(0xC000_0201)), port: 53))
     }
 
     func testBadOptionsNameFileLineAndKey() {
@@ -46,8 +48,9 @@ final class UpstreamOptionsTests: XCTestCase, ConfigFileTests {
 
     func testOptionsOnlyWhereTheyMeanSomething() {
         let forward = errors(balance("192.0.2.1:53 weight=2", mode: "forward"))
-        XCTAssertEqual(forward.map(\.description),
-                       ["t.ini:4: [listener a] upstream: upstream options (192.0.2.1:53 weight=2) are only valid with mode = balance, not with mode = forward"])
+        XCTAssertEqual(
+            forward.map(\.description),
+            ["t.ini:4: [listener a] upstream: upstream options (192.0.2.1:53 weight=2) are only valid with mode = balance, not with mode = forward"])
         let mirror = errors(balance("192.0.2.1:53, 192.0.2.2:53 backup", mode: "mirror"))
         XCTAssertTrue(mirror.first?.message.contains("only valid with mode = balance, not with mode = mirror") ?? false, "\(mirror)")
         let first = errors(balance("192.0.2.1:53 weight=3, 192.0.2.2:53", algorithm: "first"))

@@ -1,5 +1,6 @@
-import XCTest
 import TestSupport
+import XCTest
+
 @testable import UDPRelayConfig
 
 /// One rule for how values are spelled: keywords and units in any case,
@@ -30,7 +31,7 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
         case (_, "health_expect"), (_, "health_interval"), (_, "health_fails"):
             return listener + "mode = balance\nupstream = 192.0.2.1:53, 192.0.2.2:53\nhealth_probe = x\n\(key) = \(value)\n"
         case (_, "resolve_interval"), (_, "max_fails"), (_, "fail_timeout"), (_, "health_probe"), (_, "session_timeout"),
-             (_, "max_sessions"), (_, "session_max_replies"), (_, "balance"):
+            (_, "max_sessions"), (_, "session_max_replies"), (_, "balance"):
             return listener + "mode = balance\nupstream = 192.0.2.1:53, 192.0.2.2:53\n\(key) = \(value)\n"
         case (_, "rate_burst"):
             return listener + "rate_limit = 100/s\nrate_burst = \(value)\n"
@@ -63,8 +64,10 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
     }
 
     func testEveryExampleInAnErrorMessageIsAccepted() throws {
-        let tables: [(String, [String])] = [("daemon", Schema.daemon.map(\.name)), ("status", Schema.status.map(\.name)),
-                                            ("listener", Schema.listener.map(\.name))]
+        let tables: [(String, [String])] = [
+            ("daemon", Schema.daemon.map(\.name)), ("status", Schema.status.map(\.name)),
+            ("listener", Schema.listener.map(\.name)),
+        ]
         var checked = 0
         for (kind, keys) in tables {
             for key in keys {
@@ -73,8 +76,9 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
                     for message in messages(file(kind, key, bad)) { found += examples(in: message, key: key) }
                 }
                 for example in found {
-                    XCTAssertNoThrow(try parse(file(kind, example.key, example.value)),
-                                     "[\(kind)] \(key): the example '\(example.key) = \(example.value)' is refused")
+                    XCTAssertNoThrow(
+                        try parse(file(kind, example.key, example.value)),
+                        "[\(kind)] \(key): the example '\(example.key) = \(example.value)' is refused")
                     checked += 1
                 }
             }
@@ -92,38 +96,41 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
     func testTheMaxDatagramMessageNoLongerOffersAValueItRefuses() {
         let m = messages("[listener a]\nlisten = 127.0.0.1:0\nmax_datagram = 64KiB\n")
         XCTAssertEqual(m, ["expected a size from 1 to 65535 bytes (e.g. 1400, 9000, 63KiB), got '64KiB'"])
-        XCTAssertEqual(messages("[listener a]\nlisten = 127.0.0.1:0\nbusy_poll = 1s\n"),
-                       ["must be at most 10ms, got '1s'"])
-        XCTAssertEqual(messages("[listener a]\nlisten = 127.0.0.1:0\nbusy_poll = soon\n"),
-                       ["expected a duration such as 0, 50us or 1ms, got 'soon'"])
+        XCTAssertEqual(
+            messages("[listener a]\nlisten = 127.0.0.1:0\nbusy_poll = 1s\n"),
+            ["must be at most 10ms, got '1s'"])
+        XCTAssertEqual(
+            messages("[listener a]\nlisten = 127.0.0.1:0\nbusy_poll = soon\n"),
+            ["expected a duration such as 0, 50us or 1ms, got 'soon'"])
     }
 
     func testKeywordsAndUnitsAreCaseInsensitiveEverywhere() throws {
-        let c = try parse("""
-        [daemon]
-        log_level = Warning
-        [status]
-        listen = OFF
-        [listener a]
-        listen = 127.0.0.1:0
-        mode = Balance
-        upstream = 192.0.2.1:53, 192.0.2.2:53
-        balance = Round-Robin
-        max_datagram = 63kib
-        rcvbuf = 4m
-        sndbuf = 64K
-        session_timeout = 30S
-        fail_timeout = 250MS
-        resolve_interval = 1M
-        busy_poll = 50US
-        workers = AUTO
-        udp_gso = No
-        loop_guard = TRUE
-        rate_limit = 1000/S
-        rate_limit_total = 60/M
-        deny_source_ports = NONE
-        health_probe = 0X0D0A
-        """)
+        let c = try parse(
+            """
+            [daemon]
+            log_level = Warning
+            [status]
+            listen = OFF
+            [listener a]
+            listen = 127.0.0.1:0
+            mode = Balance
+            upstream = 192.0.2.1:53, 192.0.2.2:53
+            balance = Round-Robin
+            max_datagram = 63kib
+            rcvbuf = 4m
+            sndbuf = 64K
+            session_timeout = 30S
+            fail_timeout = 250MS
+            resolve_interval = 1M
+            busy_poll = 50US
+            workers = AUTO
+            udp_gso = No
+            loop_guard = TRUE
+            rate_limit = 1000/S
+            rate_limit_total = 60/M
+            deny_source_ports = NONE
+            health_probe = 0X0D0A
+            """)
         XCTAssertEqual(c.daemon.logLevel, .warning)
         XCTAssertNil(c.status.listen)
         let l = c.listeners[0]
@@ -143,8 +150,9 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(l.protection.denySourcePorts?.isEmpty, true)
         XCTAssertEqual(l.health.probe, [0x0d, 0x0a])
         // Messages quote the value as written.
-        XCTAssertEqual(messages("[listener a]\nlisten = 127.0.0.1:0\nrate_limit = 10/X\n"),
-                       ["expected a rate such as 1000/s, 60/m or 3600/h, got '10/X'"])
+        XCTAssertEqual(
+            messages("[listener a]\nlisten = 127.0.0.1:0\nrate_limit = 10/X\n"),
+            ["expected a rate such as 1000/s, 60/m or 3600/h, got '10/X'"])
     }
 
     func testKBAndMBAreRefusedAsAmbiguous() {

@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// Every mode applies the same admission policy, in the same order (`SocketWorker.admits`).

@@ -1,10 +1,12 @@
 import Logging
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// A log handler that keeps messages.
 final class CapturedLog: LogHandler, @unchecked Sendable {
@@ -18,7 +20,13 @@ final class CapturedLog: LogHandler, @unchecked Sendable {
         set { metadata[key] = newValue }
     }
     func log(event: LogEvent) {
-        lock.lock(); stored.append("\(event.level) \(event.message)"); lock.unlock()
+        lock.lock()
+        stored.append("\(event.level) \(event.message)")
+        lock.unlock()
     }
-    var lines: [String] { lock.lock(); defer { lock.unlock() }; return stored }
+    var lines: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
 }

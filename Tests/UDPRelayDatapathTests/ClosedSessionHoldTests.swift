@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// A closed relay session keeps its socket for a while, so a reply still on its way cannot
 /// reach a newer session that the kernel gave the same ephemeral port (and so another client).

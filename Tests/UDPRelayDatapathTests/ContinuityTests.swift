@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// What the datapath does for continuity: a restart (listener sockets from systemd's store,
 /// sessions from the previous process) and a reload that rebuilds a listener, both in process.
@@ -47,8 +49,9 @@ final class ContinuityTests: XCTestCase, ConfigFileTests {
         let carried = zip(archive.entries, handed).map { HandedOverSession(entry: $0, fd: $1.fd) }
 
         // The next process: the file now names the port the first one was given.
-        let next = try Datapath(configuration: try configuration(forward("\(address)", to: upstream.address)), logger: Logger(label: "test"),
-                                stored: store)
+        let next = try Datapath(
+            configuration: try configuration(forward("\(address)", to: upstream.address)), logger: Logger(label: "test"),
+            stored: store)
         let taken = await next.takeOver(carried)
         XCTAssertEqual(taken.adopted, 1)
         XCTAssertEqual(taken.refused, 0)
@@ -68,8 +71,9 @@ final class ContinuityTests: XCTestCase, ConfigFileTests {
         let stray = try UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: 0))
         defer { close(stray) }
         let strayAddress = try UDPSocket.localAddress(stray)
-        let datapath = try Datapath(configuration: try configuration("[listener echo]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"),
-                                    stored: [strayAddress: [stray]])
+        let datapath = try Datapath(
+            configuration: try configuration("[listener echo]\nlisten = 127.0.0.1:0\n"), logger: Logger(label: "test"),
+            stored: [strayAddress: [stray]])
         await datapath.start()
         XCTAssertFalse(datapath.ownSocketGroups().contains { $0.address == strayAddress })
         await datapath.stop()
@@ -77,8 +81,9 @@ final class ContinuityTests: XCTestCase, ConfigFileTests {
 
     func testAReloadThatRebuildsAForwardListenerKeepsItsSessionsAndCounters() async throws {
         let upstream = try UpstreamServer(reply: { Array("re:".utf8) + $0 })
-        let datapath = try Datapath(configuration: try configuration(forward("127.0.0.1:0", to: upstream.address, extra: "workers = 2\n")),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration(forward("127.0.0.1:0", to: upstream.address, extra: "workers = 2\n")),
+            logger: Logger(label: "test"))
         await datapath.start()
         let address = try XCTUnwrap(datapath.listener(named: "fwd")).boundAddresses[0]
         let clients = try (0..<8).map { _ in try UDPClient() }
@@ -90,8 +95,11 @@ final class ContinuityTests: XCTestCase, ConfigFileTests {
         let before = try XCTUnwrap(datapath.listener(named: "fwd")).counters()
 
         // Changed: the timeout, a rate limit and the workers stay; the listener is rebuilt.
-        let changes = try await datapath.apply(try configuration(forward("\(address)", to: upstream.address,
-                                                                        extra: "workers = 2\nsession_timeout = 90s\nrate_limit = 5000/s\n")))
+        let changes = try await datapath.apply(
+            try configuration(
+                forward(
+                    "\(address)", to: upstream.address,
+                    extra: "workers = 2\nsession_timeout = 90s\nrate_limit = 5000/s\n")))
         XCTAssertEqual(changes.changed, ["fwd"])
         for (i, c) in clients.enumerated() {
             c.send(Array("b\(i)".utf8), to: address)

@@ -1,7 +1,8 @@
 import Foundation
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// Each counter has one name, from one table, and the lists the log, `/status`, `/metrics` and

@@ -1,11 +1,13 @@
-import XCTest
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `DatagramSender` on real loopback sockets: runs of equal-sized datagrams go out as one UDP
 /// GSO send and arrive as the same datagrams, in order; everything else goes out as before.
@@ -87,7 +89,8 @@ final class DatagramSenderTests: XCTestCase {
         // 5 x 100 then a shorter 60 (one run of 6); 3 x 200 ended by a longer 900 (too short a
         // run), the 900 with the shorter 50 after it (too short); 7 x 50 (a run) ended by a
         // longer 70; 70 and 10 (too short).
-        let sizes = Array(repeating: 100, count: 5) + [60] + Array(repeating: 200, count: 3) + [900]
+        let sizes =
+            Array(repeating: 100, count: 5) + [60] + Array(repeating: 200, count: 3) + [900]
             + Array(repeating: 50, count: 7) + [70, 10]
         let (outcome, _) = try send(sizes)
         XCTAssertEqual(outcome.sent, sizes.count)
@@ -111,7 +114,8 @@ final class DatagramSenderTests: XCTestCase {
         let a = try UDPClient(), b = try UDPClient()
         let fd = try UDPSocket.open(family: AF_INET)
         addTeardownBlock { close(fd) }
-        let to: [SocketAddress] = Array(repeating: a.localAddress, count: 5) + Array(repeating: b.localAddress, count: 5)
+        let to: [SocketAddress] =
+            Array(repeating: a.localAddress, count: 5) + Array(repeating: b.localAddress, count: 5)
             + Array(repeating: a.localAddress, count: 2)
         let sent = payloads(Array(repeating: 300, count: to.count))
         let v = Vector(sent, to: to)
@@ -153,7 +157,8 @@ final class DatagramSenderTests: XCTestCase {
         let receiver = try UDPClient()
         let fd = try connectedSender(to: receiver)
         var one: Int32 = 1
-        XCTAssertEqual(setsockopt(fd, SOL_SOCKET, 11 /* SO_NO_CHECK */, &one, 4), 0)
+        let soNoCheck: Int32 = 11  // SO_NO_CHECK
+        XCTAssertEqual(setsockopt(fd, SOL_SOCKET, soNoCheck, &one, 4), 0)
         var sender = DatagramSender(segmentation: true)
         defer { sender.deallocate() }
         var expected: [[UInt8]] = []

@@ -1,6 +1,7 @@
 import Dispatch
 import NIOConcurrencyHelpers
 import UDPRelayConfig
+
 @testable import UDPRelayDatapath
 
 /// `start`, `stop` and `apply` for the synchronous tests (and `defer` blocks): they wait on the

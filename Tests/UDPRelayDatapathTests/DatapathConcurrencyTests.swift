@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// `start`, `stop`, `apply` and `probe` suspend instead of blocking a Swift-concurrency thread: the
@@ -16,8 +17,9 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
         let release = DispatchSemaphore(value: 0)
         var stops: [Task<Void, Never>] = []
         for _ in 0..<count {
-            let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
-                                        logger: Logger(label: "test"))
+            let datapath = try Datapath(
+                configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+                logger: Logger(label: "test"))
             await datapath.start()
             datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }
             stops.append(Task { await datapath.stop() })
@@ -36,8 +38,9 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
         // More reloads than the pool has threads: the first waits to drain a worker queue that
         // is busy until `release` is signalled 3 s from now, the others wait for the first.
         let count = ProcessInfo.processInfo.activeProcessorCount + 1
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+            logger: Logger(label: "test"))
         await datapath.start()
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }
@@ -59,8 +62,9 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
     }
 
     func testProbeReturnsAsSoonAsEveryQueueAnswered() async throws {
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
+            logger: Logger(label: "test"))
         await datapath.start()
         let started = ContinuousClock.now
         let problems = await datapath.probe(timeout: .seconds(10))
@@ -73,8 +77,9 @@ final class DatapathConcurrencyTests: XCTestCase, ConfigFileTests {
     /// `stop` no longer holds the reload lock while it waits, so a reload that comes during a
     /// stop waits for the stop's sockets to close instead of closing them a second time.
     func testAReloadDuringAStopWaitsUntilTheStopHasClosedItsSockets() async throws {
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+            logger: Logger(label: "test"))
         await datapath.start()
         let release = DispatchSemaphore(value: 0)
         datapath.listener(named: "a")!.workers[0].queue.async { release.wait() }

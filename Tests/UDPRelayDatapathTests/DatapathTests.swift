@@ -1,12 +1,14 @@
+import CUDPRelay
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 final class DatapathTests: XCTestCase {
     func testSyscallMapsEAGAINToWouldBlockAndNamesTheCallOnError() throws {
@@ -16,10 +18,12 @@ final class DatapathTests: XCTestCase {
         let r = try syscall("recv") { recv(fd, &byte, 1, 0) }
         guard case .wouldBlock = r else { return XCTFail("an empty non-blocking socket must report wouldBlock") }
 
-        XCTAssertThrowsError(try syscallNoWait("connect") { () -> Int32 in
-            var (s, l) = SocketAddress(ip: .v6(high: 0, low: 1), port: 9).storage()
-            return withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, l) } }
-        }) { error in
+        XCTAssertThrowsError(
+            try syscallNoWait("connect") { () -> Int32 in
+                var (s, l) = SocketAddress(ip: .v6(high: 0, low: 1), port: 9).storage()
+                return withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, l) } }
+            }
+        ) { error in
             let e = error as! SyscallError
             XCTAssertEqual(e.call, "connect")
             XCTAssertEqual(e.errno, EAFNOSUPPORT)

@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// `drain` and `backup` on live traffic, and each upstream's live-session count: a reload that
@@ -58,8 +59,9 @@ final class DrainTests: XCTestCase, ConfigFileTests {
     func testABackupTakesNewClientsOnlyWhileNoPrimaryIsUp() async throws {
         let primary = try UpstreamServer(reply: { Array("p:".utf8) + $0 })
         let backup = try UpstreamServer(reply: { Array("b:".utf8) + $0 })
-        let datapath = try Datapath(configuration: try configuration(balance("127.0.0.1:0", primary, backup, bOptions: "backup")),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration(balance("127.0.0.1:0", primary, backup, bOptions: "backup")),
+            logger: Logger(label: "test"))
         await datapath.start()
         let address = try XCTUnwrap(datapath.listener(named: "lb")).boundAddresses[0]
         for _ in 0..<4 {

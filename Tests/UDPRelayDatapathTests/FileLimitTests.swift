@@ -1,9 +1,11 @@
 import Logging
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import UDPRelayDatapath
 
 /// The open-file limit relay sessions need.
 final class FileLimitTests: XCTestCase {

@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// A relay whose upstream is itself (in any spelling) or another
 /// relay listener of the daemon must not loop until descriptors run out. The configurations are
@@ -19,8 +21,9 @@ final class LoopBreakerTests: XCTestCase {
     }
 
     func relay(_ name: String, listen: String, upstream: String, mode: ListenerMode = .forward) throws -> ListenerConfiguration {
-        ListenerConfiguration(name: name, listen: [try SocketAddress(parsing: listen)], mode: mode,
-                              upstreams: [try UpstreamEndpoint(parsing: upstream)])
+        ListenerConfiguration(
+            name: name, listen: [try SocketAddress(parsing: listen)], mode: mode,
+            upstreams: [try UpstreamEndpoint(parsing: upstream)])
     }
 
     func waitFor(_ deadline: Double = 10, _ condition: () -> Bool) -> Bool {

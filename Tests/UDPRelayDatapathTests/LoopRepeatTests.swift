@@ -1,5 +1,6 @@
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// Issue 13 item 3, the loop breaker "whatever the configuration": two echo servers on ports
@@ -14,14 +15,18 @@ final class LoopRepeatTests: XCTestCase {
     func echoFilter(mode: ListenerMode = .echo) -> IngressFilter {
         let f = IngressFilter(ProtectionConfiguration(loopGuard: false, rateLimitTotal: Rate(perSecond: 1e12)), mode: mode, now: 0)
         XCTAssertTrue(f.needsClock)
-        f.setLoopContext(LoopContext(listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 37011), false)], interfaces: [],
-                                     ephemeral: 32768...60999))
+        f.setLoopContext(
+            LoopContext(
+                listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 37011), false)], interfaces: [],
+                ephemeral: 32768...60999))
         return f
     }
 
     /// How many of `count` datagrams from `source`, each with `payload(i)`, `f` serves at `now`.
-    func served(_ f: IngressFilter, from source: SocketAddress, _ count: Int, now: UInt64,
-                _ payload: (Int) -> [UInt8]) -> Int {
+    func served(
+        _ f: IngressFilter, from source: SocketAddress, _ count: Int, now: UInt64,
+        _ payload: (Int) -> [UInt8]
+    ) -> Int {
         (0..<count).filter { i in
             payload(i).withUnsafeBytes { f.check(source, payload: $0, now: now) } == nil
         }.count
@@ -39,10 +44,12 @@ final class LoopRepeatTests: XCTestCase {
         let second: UInt64 = 1_000_000_000
         let loop = Array("loop".utf8)
         // The first is new; every later one repeats it, and only the burst passes.
-        XCTAssertEqual(served(f, from: peer, 1000, now: second) { _ in loop }, LoopBreaker.burst + 1,
-                       "a ping-pong with another echo server on a client port ends within the burst")
-        XCTAssertEqual(loop.withUnsafeBytes { f.check(SocketAddress(ip: ip("::ffff:127.0.0.1"), port: 37012), payload: $0, now: second) },
-                       .dropLoop, "mapped form, same flow")
+        XCTAssertEqual(
+            served(f, from: peer, 1000, now: second) { _ in loop }, LoopBreaker.burst + 1,
+            "a ping-pong with another echo server on a client port ends within the burst")
+        XCTAssertEqual(
+            loop.withUnsafeBytes { f.check(SocketAddress(ip: ip("::ffff:127.0.0.1"), port: 37012), payload: $0, now: second) },
+            .dropLoop, "mapped form, same flow")
         // Over the next second, 10 repeats every 10 ms: the cap lets about 100 through, not 1000.
         let later = (1...100).map { step in served(f, from: peer, 10, now: second + UInt64(step) * 10_000_000) { _ in loop } }
         XCTAssertTrue((99...101).contains(later.reduce(0, +)), "\(later.reduce(0, +)) repeats served in the next second")
@@ -50,12 +57,13 @@ final class LoopRepeatTests: XCTestCase {
         XCTAssertEqual(served(f, from: peer, 100_000, now: 2 * second) { self.bytes($0) }, 100_000)
         // Payloads that differ only in their last bytes (past the fingerprint's head) or in
         // their length are not repeats either.
-        XCTAssertEqual(served(f, from: peer, 1000, now: 2 * second) { i in
-            var b = [UInt8](repeating: 7, count: 1400)
-            b[1399] = UInt8(truncatingIfNeeded: i)
-            b[1398] = UInt8(truncatingIfNeeded: i >> 8)
-            return b
-        }, 1000)
+        XCTAssertEqual(
+            served(f, from: peer, 1000, now: 2 * second) { i in
+                var b = [UInt8](repeating: 7, count: 1400)
+                b[1399] = UInt8(truncatingIfNeeded: i)
+                b[1398] = UInt8(truncatingIfNeeded: i >> 8)
+                return b
+            }, 1000)
         XCTAssertEqual(served(f, from: peer, 1000, now: 2 * second) { i in [UInt8](repeating: 7, count: 1 + i % 500) }, 1000)
     }
 
@@ -65,15 +73,17 @@ final class LoopRepeatTests: XCTestCase {
         // Another host repeating itself is a client (or a remote echo, the reflector rules' job).
         XCTAssertEqual(served(f, from: SocketAddress(ip: ip("198.51.100.1"), port: 37012), 1000, now: 0) { _ in again }, 1000)
         // Each local flow has its own cap: a second flow starts with its own burst.
-        XCTAssertEqual(served(f, from: SocketAddress(ip: ip("127.0.0.1"), port: 37013), 1000, now: 0) { _ in again },
-                       LoopBreaker.burst + 1)
+        XCTAssertEqual(
+            served(f, from: SocketAddress(ip: ip("127.0.0.1"), port: 37013), 1000, now: 0) { _ in again },
+            LoopBreaker.burst + 1)
         XCTAssertEqual(served(f, from: SocketAddress(ip: ip("::1"), port: 37013), 1000, now: 0) { _ in again }, LoopBreaker.burst + 1)
         // Relays do not answer the source: no repeat cap.
         let relay = echoFilter(mode: .forward)
         XCTAssertEqual(served(relay, from: SocketAddress(ip: ip("127.0.0.1"), port: 37012), 1000, now: 0) { _ in again }, 1000)
         // A local server port stays capped whatever its payloads.
-        XCTAssertEqual(served(f, from: SocketAddress(ip: ip("127.0.0.1"), port: 7008), 1000, now: 0) { self.bytes($0) },
-                       LoopBreaker.burst)
+        XCTAssertEqual(
+            served(f, from: SocketAddress(ip: ip("127.0.0.1"), port: 7008), 1000, now: 0) { self.bytes($0) },
+            LoopBreaker.burst)
     }
 
     func testFingerprintCoversLengthHeadAndTail() {

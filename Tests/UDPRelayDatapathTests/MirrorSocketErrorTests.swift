@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 /// The mirror's upstream sockets: what cannot be opened or connected is logged (once a minute
@@ -12,12 +13,14 @@ final class MirrorSocketErrorTests: XCTestCase, ConfigFileTests {
         let good = try UpstreamServer(reply: nil)
         let log = CapturedLog()
         // connect(2) to the broadcast address without SO_BROADCAST fails (EACCES); nothing is sent.
-        let datapath = try Datapath(configuration: try configuration("""
-        [listener m]
-        listen = 127.0.0.1:0
-        mode = mirror
-        upstream = 255.255.255.255:9, \(good.address)
-        """), logger: Logger(label: "test") { _ in log })
+        let datapath = try Datapath(
+            configuration: try configuration(
+                """
+                [listener m]
+                listen = 127.0.0.1:0
+                mode = mirror
+                upstream = 255.255.255.255:9, \(good.address)
+                """), logger: Logger(label: "test") { _ in log })
         datapath.startBlocking()
         defer { datapath.stopBlocking() }
         let mirror = try XCTUnwrap(datapath.listener(named: "m"))

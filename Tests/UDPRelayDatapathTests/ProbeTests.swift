@@ -1,12 +1,14 @@
+import CUDPRelay
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 final class ProbeTests: XCTestCase {
     func testProbeReportsAWedgedQueueAndPassesHealthyOnes() async throws {

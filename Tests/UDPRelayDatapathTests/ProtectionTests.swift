@@ -1,5 +1,6 @@
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayDatapath
 
 final class ProtectionTests: XCTestCase {
@@ -8,12 +9,13 @@ final class ProtectionTests: XCTestCase {
     let second: UInt64 = 1_000_000_000
 
     func testAccessListLongestMatchWinsAndDenyWinsTies() {
-        let acl = AccessList(allow: cidrs(["10.0.0.0/8", "10.1.2.3", "2001:db8::/32"]),
-                             deny: cidrs(["10.1.0.0/16", "2001:db8:bad::/48", "10.9.0.0/16"]))
-        XCTAssertTrue(acl.permits(ip("10.2.3.4")))          // allow /8
-        XCTAssertFalse(acl.permits(ip("10.1.9.9")))         // deny /16 beats allow /8
-        XCTAssertTrue(acl.permits(ip("10.1.2.3")))          // allow /32 beats deny /16
-        XCTAssertFalse(acl.permits(ip("192.0.2.1")))        // allow rules exist: no match -> denied
+        let acl = AccessList(
+            allow: cidrs(["10.0.0.0/8", "10.1.2.3", "2001:db8::/32"]),
+            deny: cidrs(["10.1.0.0/16", "2001:db8:bad::/48", "10.9.0.0/16"]))
+        XCTAssertTrue(acl.permits(ip("10.2.3.4")))  // allow /8
+        XCTAssertFalse(acl.permits(ip("10.1.9.9")))  // deny /16 beats allow /8
+        XCTAssertTrue(acl.permits(ip("10.1.2.3")))  // allow /32 beats deny /16
+        XCTAssertFalse(acl.permits(ip("192.0.2.1")))  // allow rules exist: no match -> denied
         XCTAssertTrue(acl.permits(ip("2001:db8::1")))
         XCTAssertFalse(acl.permits(ip("2001:db8:bad::1")))
         XCTAssertFalse(acl.permits(ip("::1")))
@@ -28,8 +30,8 @@ final class ProtectionTests: XCTestCase {
     func testTokenBucketRefillsAtItsRateUpToBurst() {
         var b = TokenBucket(rate: 10, burst: 5, now: 0)
         XCTAssertEqual((0..<8).filter { _ in b.take(now: 0) }.count, 5, "burst")
-        XCTAssertFalse(b.take(now: second / 20))           // 0.5 token after 50 ms
-        XCTAssertTrue(b.take(now: second / 10))            // 1 token after 100 ms
+        XCTAssertFalse(b.take(now: second / 20))  // 0.5 token after 50 ms
+        XCTAssertTrue(b.take(now: second / 10))  // 1 token after 100 ms
         XCTAssertEqual((0..<100).filter { _ in b.take(now: 100 * second) }.count, 5, "never above burst")
         var slow = TokenBucket(rate: 0.5, burst: 1, now: 0)
         XCTAssertTrue(slow.take(now: 0))
@@ -40,7 +42,9 @@ final class ProtectionTests: XCTestCase {
     func testSourceLimiterIsPerAddressAndBoundedWithLRUEviction() {
         let l = SourceRateLimiter(rate: Rate(perSecond: 1), burst: 2, capacity: 3)
         let a = ip("192.0.2.1"), b = ip("192.0.2.2"), c = ip("2001:db8::3"), d = ip("192.0.2.4")
-        XCTAssertTrue(l.admit(a, now: 0)); XCTAssertTrue(l.admit(a, now: 0)); XCTAssertFalse(l.admit(a, now: 0))
+        XCTAssertTrue(l.admit(a, now: 0))
+        XCTAssertTrue(l.admit(a, now: 0))
+        XCTAssertFalse(l.admit(a, now: 0))
         XCTAssertTrue(l.admit(b, now: 0), "another source has its own bucket")
         XCTAssertTrue(l.admit(c, now: 0))
         XCTAssertFalse(l.admit(a, now: 1), "a is touched: now the most recent")
@@ -60,13 +64,16 @@ final class ProtectionTests: XCTestCase {
     func testFilterOrderAndDefaults() {
         let p = ProtectionConfiguration(deny: cidrs(["192.0.2.0/24"]), rateLimit: Rate(perSecond: 1), rateBurst: 1)
         let f = IngressFilter(p, now: 0)
-        f.setLoopContext(LoopContext(listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 7007), false)], interfaces: [],
-                                     ephemeral: 32768...60999))
+        f.setLoopContext(
+            LoopContext(
+                listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 7007), false)], interfaces: [],
+                ephemeral: 32768...60999))
         XCTAssertEqual(f.check(SocketAddress(ip: ip("198.51.100.1"), port: 19), now: 0), .dropSourcePort)
         XCTAssertEqual(f.check(SocketAddress(ip: ip("198.51.100.1"), port: 0), now: 0), .dropSourcePort)
         XCTAssertEqual(f.check(SocketAddress(ip: ip("127.0.0.1"), port: 7007), now: 0), .dropLoop)
-        XCTAssertEqual(f.check(SocketAddress(ip: ip("127.0.0.2"), port: 7007), now: 0), .dropLoop,
-                       "echo: our port on another local address is another echo server answering us")
+        XCTAssertEqual(
+            f.check(SocketAddress(ip: ip("127.0.0.2"), port: 7007), now: 0), .dropLoop,
+            "echo: our port on another local address is another echo server answering us")
         XCTAssertNil(f.check(SocketAddress(ip: ip("198.51.100.2"), port: 7007), now: 0), "our port on another host: not us")
         XCTAssertEqual(f.check(SocketAddress(ip: ip("192.0.2.9"), port: 40000), now: 0), .dropDenied)
         XCTAssertNil(f.check(SocketAddress(ip: ip("198.51.100.1"), port: 40000), now: 0))
@@ -86,18 +93,19 @@ final class ProtectionTests: XCTestCase {
     }
 
     func testConfigKeys() throws {
-        let c = try ConfigLoader.parse("""
-        [listener a]
-        listen = 127.0.0.1:0
-        allow = 10.0.0.0/8, ::1
-        deny = 10.1.0.0/16
-        deny_source_ports = 7, 19, 1000-1002
-        loop_guard = no
-        rate_limit = 600/m
-        rate_burst = 20
-        rate_limit_total = 5000/s
-        rate_limit_sources = 1024
-        """, file: "t.ini")
+        let c = try ConfigLoader.parse(
+            """
+            [listener a]
+            listen = 127.0.0.1:0
+            allow = 10.0.0.0/8, ::1
+            deny = 10.1.0.0/16
+            deny_source_ports = 7, 19, 1000-1002
+            loop_guard = no
+            rate_limit = 600/m
+            rate_burst = 20
+            rate_limit_total = 5000/s
+            rate_limit_sources = 1024
+            """, file: "t.ini")
         let p = c.listeners[0].protection
         XCTAssertEqual(p.allow.map(\.description), ["10.0.0.0/8", "::1/128"])
         XCTAssertEqual(p.deny.map(\.description), ["10.1.0.0/16"])
@@ -111,8 +119,9 @@ final class ProtectionTests: XCTestCase {
         let d = try ConfigLoader.parse("[listener a]\nlisten = 127.0.0.1:0\ndeny_source_ports = none\nrate_limit = 50/s\n", file: "t.ini")
         XCTAssertEqual(d.listeners[0].protection.denySourcePorts?.isEmpty, true)
         XCTAssertEqual(d.listeners[0].protection.rateBurst, 50, "burst defaults to one second of the rate")
-        XCTAssertEqual(try ConfigLoader.parse("[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini").listeners[0].protection,
-                       ProtectionConfiguration(), "safe defaults")
+        XCTAssertEqual(
+            try ConfigLoader.parse("[listener a]\nlisten = 127.0.0.1:0\n", file: "t.ini").listeners[0].protection,
+            ProtectionConfiguration(), "safe defaults")
 
         for (line, expected) in [
             ("rate_limit = fast", "expected a rate such as 1000/s"),
@@ -139,7 +148,7 @@ final class ProtectionTests: XCTestCase {
         let sources = (1...17).map { IPAddress.v4(0xC000_0200 | UInt32($0)) }
         var admitted = 0
         var now: UInt64 = 0
-        let sent = 170_000   // 17 sources x 10,000, one every 50 us: 8.5 s
+        let sent = 170_000  // 17 sources x 10,000, one every 50 us: 8.5 s
         for i in 0..<sent {
             if l.admit(sources[i % sources.count], now: now) { admitted += 1 }
             now += 50_000
@@ -158,18 +167,24 @@ final class ProtectionTests: XCTestCase {
     /// Wildcard listeners own their port on every local address: all of
     /// 127.0.0.0/8, every interface address, and the IPv4-mapped forms.
     func testLoopGuardCoversTheWholeLoopbackRangeInterfacesAndMappedForms() {
-        let loop = LoopContext(listeners: [(SocketAddress(ip: ip("0.0.0.0"), port: 30001), false),
-                                           (SocketAddress(ip: ip("::"), port: 30002), false),
-                                           (SocketAddress(ip: ip("127.0.0.1"), port: 30003), true)],
-                               interfaces: [ip("192.0.2.10"), ip("2001:db8::10")], ephemeral: 32768...60999)
+        let loop = LoopContext(
+            listeners: [
+                (SocketAddress(ip: ip("0.0.0.0"), port: 30001), false),
+                (SocketAddress(ip: ip("::"), port: 30002), false),
+                (SocketAddress(ip: ip("127.0.0.1"), port: 30003), true),
+            ],
+            interfaces: [ip("192.0.2.10"), ip("2001:db8::10")], ephemeral: 32768...60999)
         for mode in [ListenerMode.echo, .forward] {
             let f = IngressFilter(ProtectionConfiguration(), mode: mode, now: 0)
             f.setLoopContext(loop)
-            for (source, port) in [("127.0.0.5", 30002), ("127.255.255.254", 30001), ("::ffff:127.0.0.5", 30001),
-                                   ("192.0.2.10", 30001), ("::ffff:192.0.2.10", 30002), ("2001:db8::10", 30002),
-                                   ("::1", 30001), ("127.0.0.1", 30003)] {
-                XCTAssertEqual(f.check(SocketAddress(ip: ip(source), port: UInt16(port)), now: 0), .dropLoop,
-                               "\(mode): \(source):\(port) is this daemon")
+            for (source, port) in [
+                ("127.0.0.5", 30002), ("127.255.255.254", 30001), ("::ffff:127.0.0.5", 30001),
+                ("192.0.2.10", 30001), ("::ffff:192.0.2.10", 30002), ("2001:db8::10", 30002),
+                ("::1", 30001), ("127.0.0.1", 30003),
+            ] {
+                XCTAssertEqual(
+                    f.check(SocketAddress(ip: ip(source), port: UInt16(port)), now: 0), .dropLoop,
+                    "\(mode): \(source):\(port) is this daemon")
             }
             for (source, port) in [("198.51.100.7", 30001), ("192.0.2.11", 30002), ("127.0.0.5", 40000)] {
                 XCTAssertNil(f.check(SocketAddress(ip: ip(source), port: UInt16(port)), now: 0), "\(mode): \(source):\(port)")
@@ -183,8 +198,9 @@ final class ProtectionTests: XCTestCase {
         XCTAssertTrue(relay.isOwnRelayListener(SocketAddress(ip: ip("::ffff:127.0.0.1"), port: 30003)))
         XCTAssertFalse(relay.isOwnRelayListener(SocketAddress(ip: ip("127.0.0.53"), port: 30003)))
         XCTAssertFalse(relay.isOwnRelayListener(SocketAddress(ip: ip("127.0.0.1"), port: 30001)), "an echo listener: not a relay")
-        let wildcardRelay = LoopContext(listeners: [(SocketAddress(ip: ip("0.0.0.0"), port: 30001), true)],
-                                        interfaces: [ip("192.0.2.10")], ephemeral: 32768...60999)
+        let wildcardRelay = LoopContext(
+            listeners: [(SocketAddress(ip: ip("0.0.0.0"), port: 30001), true)],
+            interfaces: [ip("192.0.2.10")], ephemeral: 32768...60999)
         relay.setLoopContext(wildcardRelay)
         for upstream in ["127.0.0.1", "127.0.0.9", "::ffff:127.0.0.1", "192.0.2.10"] {
             XCTAssertTrue(relay.isOwnRelayListener(SocketAddress(ip: ip(upstream), port: 30001)), "relay to itself via \(upstream)")
@@ -197,8 +213,10 @@ final class ProtectionTests: XCTestCase {
     /// echo servers is dropped within the burst; clients' ports and other hosts are not capped.
     func testEchoLoopBreakerCapsLocalServerPortsOnly() {
         let f = IngressFilter(ProtectionConfiguration(loopGuard: false), mode: .echo, now: 0)
-        f.setLoopContext(LoopContext(listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 7007), false)], interfaces: [],
-                                     ephemeral: 32768...60999))
+        f.setLoopContext(
+            LoopContext(
+                listeners: [(SocketAddress(ip: ip("127.0.0.1"), port: 7007), false)], interfaces: [],
+                ephemeral: 32768...60999))
         let peer = SocketAddress(ip: ip("127.0.0.1"), port: 7008)
         let served = (0..<1000).prefix { _ in f.check(peer, now: 0) == nil }.count
         XCTAssertLessThanOrEqual(served, LoopBreaker.burst + 1, "a ping-pong with another echo server ends within the burst")
@@ -212,15 +230,19 @@ final class ProtectionTests: XCTestCase {
 
     /// IPv4 rules and rate-limit keys apply to IPv4-mapped sources.
     func testIPv4MappedSourcesMeetIPv4Rules() {
-        let f = IngressFilter(ProtectionConfiguration(deny: cidrs(["127.0.0.0/8", "::ffff:10.0.0.0/104"]),
-                                                      rateLimit: Rate(perSecond: 1), rateBurst: 1), mode: .forward, now: 0)
+        let f = IngressFilter(
+            ProtectionConfiguration(
+                deny: cidrs(["127.0.0.0/8", "::ffff:10.0.0.0/104"]),
+                rateLimit: Rate(perSecond: 1), rateBurst: 1), mode: .forward, now: 0)
         XCTAssertEqual(f.check(SocketAddress(ip: ip("::ffff:127.0.0.1"), port: 40000), now: 0), .dropDenied)
         XCTAssertEqual(f.check(SocketAddress(ip: ip("10.1.2.3"), port: 40000), now: 0), .dropDenied, "a mapped rule is an IPv4 rule")
         XCTAssertNil(f.check(SocketAddress(ip: ip("192.0.2.1"), port: 40000), now: 0))
-        XCTAssertEqual(f.check(SocketAddress(ip: ip("::ffff:192.0.2.1"), port: 40001), now: 0), .dropRateLimited,
-                       "one bucket for an IPv4 source in either form")
-        XCTAssertEqual(f.check(SocketAddress(ip: ip("::ffff:192.0.2.9"), port: 123), now: 0), nil,
-                       "relay modes let NTP's source port through")
+        XCTAssertEqual(
+            f.check(SocketAddress(ip: ip("::ffff:192.0.2.1"), port: 40001), now: 0), .dropRateLimited,
+            "one bucket for an IPv4 source in either form")
+        XCTAssertEqual(
+            f.check(SocketAddress(ip: ip("::ffff:192.0.2.9"), port: 123), now: 0), nil,
+            "relay modes let NTP's source port through")
         let echo = IngressFilter(ProtectionConfiguration(), mode: .echo, now: 0)
         XCTAssertEqual(echo.check(SocketAddress(ip: ip("::ffff:192.0.2.9"), port: 123), now: 0), .dropSourcePort)
         XCTAssertFalse(AccessList(allow: [], deny: cidrs(["::/0"])).permits(ip("192.0.2.1")), "::/0 covers mapped sources")
@@ -236,17 +258,18 @@ final class ProtectionTests: XCTestCase {
             XCTAssertFalse(Defaults.denySourcePorts(for: .balance).contains(port), "\(port)")
             XCTAssertTrue(Defaults.denySourcePorts(for: .echo).contains(port), "\(port)")
         }
-        let c = try ConfigLoader.parse("""
-        [listener f]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = 127.0.0.1:9
-        [listener g]
-        listen = 127.0.0.1:0
-        mode = mirror
-        upstream = 127.0.0.1:9
-        deny_source_ports = 123
-        """, file: "t.ini")
+        let c = try ConfigLoader.parse(
+            """
+            [listener f]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = 127.0.0.1:9
+            [listener g]
+            listen = 127.0.0.1:0
+            mode = mirror
+            upstream = 127.0.0.1:9
+            deny_source_ports = 123
+            """, file: "t.ini")
         XCTAssertEqual(c.listeners[0].protection.denySourcePorts(for: .forward).description, "0, 7, 13, 17, 19, 37")
         XCTAssertEqual(c.listeners[1].protection.denySourcePorts(for: .mirror).description, "123")
     }
@@ -264,7 +287,6 @@ final class ProtectionTests: XCTestCase {
         XCTAssertLessThanOrEqual(written, 20 * 6)
         XCTAssertGreaterThanOrEqual(written, 20 * 5)
     }
-
 
     func testLogFloodGateBoundsEachKindAndCountsWhatItLeavesOut() {
         let gate = LogFloodGate(lines: 5, per: .seconds(1), kinds: 2)

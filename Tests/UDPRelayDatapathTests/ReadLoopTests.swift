@@ -1,13 +1,15 @@
 import Dispatch
 import Logging
 import Synchronization
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The worker runtime (`WaitSet`, `SocketWorker.serveTurn`): a worker that keeps its thread
 /// while traffic flows must still run the other work of its queue in bounded time, serve every
@@ -100,12 +102,13 @@ final class ReadLoopTests: XCTestCase {
     /// all come back.
     func testForwardRoundTripsThroughTheWaitSet() throws {
         let upstream = try UpstreamServer()
-        let config = try ConfigLoader.parse("""
-        [listener f]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.address)
-        """, file: "t.ini")
+        let config = try ConfigLoader.parse(
+            """
+            [listener f]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            """, file: "t.ini")
         let datapath = try Datapath(configuration: config, logger: Logger(label: "test"))
         datapath.startBlocking()
         defer { datapath.stopBlocking() }

@@ -3,6 +3,7 @@ import Logging
 import TestSupport
 import UDPRelayConfig
 import XCTest
+
 @testable import UDPRelayDatapath
 
 /// Refused datagrams are logged once, then at most once a window with how many were refused in
@@ -30,16 +31,18 @@ final class RefusalLogTests: XCTestCase {
         var tuning = DatapathTuning()
         tuning.refusalLogInterval = 300_000_000
         let text = "[listener e]\nlisten = 127.0.0.1:0\ndeny = 127.0.0.0/8\n"
-        let datapath = try Datapath(configuration: try ConfigLoader.parse(text, file: "t.ini"),
-                                    logger: Logger(label: "t") { _ in log }, tuning: tuning)
+        let datapath = try Datapath(
+            configuration: try ConfigLoader.parse(text, file: "t.ini"),
+            logger: Logger(label: "t") { _ in log }, tuning: tuning)
         datapath.startBlocking()
         defer { datapath.stopBlocking() }
         let listener = try XCTUnwrap(datapath.listener(named: "e"))
         let client = try UDPClient()
         for i in 0..<5 { client.send([UInt8(i)], to: listener.boundAddresses[0]) }
         XCTAssertTrue(waitUntil(5) { listener.counters()[.dropDenied] == 5 }, "all five refused")
-        XCTAssertTrue(waitUntil(5) { log.lines.contains { $0.hasPrefix("datagrams refused since the last line ") } },
-                      "the count is written once the window ends, with no further refusal: \(log.lines)")
+        XCTAssertTrue(
+            waitUntil(5) { log.lines.contains { $0.hasPrefix("datagrams refused since the last line ") } },
+            "the count is written once the window ends, with no further refusal: \(log.lines)")
         let refusals = log.lines.filter { $0.contains("refused") }
         guard refusals.count == 2 else { return XCTFail("one line at once and one with the count: \(refusals)") }
         XCTAssertTrue(refusals[0].hasPrefix("datagram refused ") && refusals[0].contains("refused.since_last=0"), refusals[0])
@@ -62,7 +65,13 @@ private final class MetadataLog: LogHandler, @unchecked Sendable {
     func log(event: LogEvent) {
         let all = metadata.merging(event.metadata ?? [:]) { $1 }
         let line = "\(event.message) " + all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " ")
-        lock.lock(); stored.append(line); lock.unlock()
+        lock.lock()
+        stored.append(line)
+        lock.unlock()
     }
-    var lines: [String] { lock.lock(); defer { lock.unlock() }; return stored }
+    var lines: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
 }

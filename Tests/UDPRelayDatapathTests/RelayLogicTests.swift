@@ -1,10 +1,12 @@
 import Logging
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The pure pieces of the relay: session key, LRU/idle list, balancer, health state machine.
 /// Time is a plain number (nanoseconds) advanced by the test.
@@ -68,7 +70,9 @@ final class RelayLogicTests: XCTestCase {
             XCTAssertEqual(withUnsafeBytes(of: &storage) { ClientKey(sockaddr: $0.baseAddress!) }, expected, text)
             // The kernel's names in a batch need no alignment for the key either.
             var bytes = [UInt8](repeating: 0, count: MemoryLayout<sockaddr_storage>.size + 1)
-            withUnsafeBytes(of: &storage) { raw in bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: 1).copyMemory(from: raw.baseAddress!, byteCount: raw.count) } }
+            withUnsafeBytes(of: &storage) { raw in
+                bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: 1).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+            }
             let odd = bytes.withUnsafeBytes { ClientKey(sockaddr: $0.baseAddress!.advanced(by: 1)) }
             XCTAssertEqual(odd, expected, text)
             XCTAssertEqual(odd?.stableHash, expected.stableHash, text)

@@ -1,13 +1,15 @@
 import Dispatch
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// `Datapath.apply`: reload as a diff, in process.
 final class ReloadTests: XCTestCase, ConfigFileTests {
@@ -188,12 +190,16 @@ final class ReloadTests: XCTestCase, ConfigFileTests {
         defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let holder = try UDPClient()
-        XCTAssertThrowsError(try datapath.applyBlocking(try configuration("""
-        [listener b]
-        listen = 127.0.0.1:0
-        [listener busy]
-        listen = \(holder.localAddress)
-        """))) { error in
+        XCTAssertThrowsError(
+            try datapath.applyBlocking(
+                try configuration(
+                    """
+                    [listener b]
+                    listen = 127.0.0.1:0
+                    [listener busy]
+                    listen = \(holder.localAddress)
+                    """))
+        ) { error in
             XCTAssertEqual((error as? BindError)?.listener, "busy")
         }
         XCTAssertEqual(datapath.listeners.map(\.name), ["a"])

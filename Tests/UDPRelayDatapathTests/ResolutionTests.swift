@@ -1,11 +1,13 @@
 import Foundation
 import Logging
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// Upstream hostnames are looked up all at once and a start waits for them at most
 /// `UpstreamTable.resolveWait` (before, getaddrinfo ran in line, one name after
@@ -23,7 +25,9 @@ final class ResolutionTests: XCTestCase {
         init(delay: Double) { self.delay = delay }
 
         func resolve(_ host: String, _ port: UInt16) -> Result<SocketAddress, UpstreamTable.ResolveError> {
-            lock.lock(); calls += 1; lock.unlock()
+            lock.lock()
+            calls += 1
+            lock.unlock()
             if host.hasPrefix("slow-"), release.wait(timeout: .now() + delay) == .timedOut {
                 return .failure(UpstreamTable.ResolveError("Temporary failure in name resolution"))
             }
@@ -36,10 +40,12 @@ final class ResolutionTests: XCTestCase {
 
     func table(slow: Int, fast: Int, resolver: SlowResolver, log: CapturedLog) throws -> UpstreamTable {
         let names = (0..<slow).map { "slow-\($0).test:53" } + (0..<fast).map { "fast-\($0).test:53" }
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
-                                       upstreams: try names.map { try UpstreamEndpoint(parsing: $0) })
-        return UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
-                             resolver: { resolver.resolve($0, $1) })
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+            upstreams: try names.map { try UpstreamEndpoint(parsing: $0) })
+        return UpstreamTable(
+            configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
+            resolver: { resolver.resolve($0, $1) })
     }
 
     func testHangingNamesHoldTheStartAtMostTheBoundAndResolveLater() throws {

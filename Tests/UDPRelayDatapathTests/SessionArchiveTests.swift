@@ -1,19 +1,23 @@
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 final class SessionArchiveTests: XCTestCase {
     private func address(_ s: String) -> SocketAddress { try! SocketAddress(parsing: s) }
 
     private var sample: SessionArchive {
         SessionArchive(entries: [
-            .init(listener: "dns", socket: 0, client: address("127.0.0.1:40000"), local: nil, interface: 0,
-                  upstream: address("127.0.0.2:53"), idleMilliseconds: 29_500, requests: 3, replies: 2),
-            .init(listener: "game-6", socket: 1, client: address("[2001:db8::7]:5000"), local: address("[2001:db8::1]:27015"),
-                  interface: 4, upstream: address("[::1]:27016"), idleMilliseconds: 1, requests: .max, replies: 0),
+            .init(
+                listener: "dns", socket: 0, client: address("127.0.0.1:40000"), local: nil, interface: 0,
+                upstream: address("127.0.0.2:53"), idleMilliseconds: 29_500, requests: 3, replies: 2),
+            .init(
+                listener: "game-6", socket: 1, client: address("[2001:db8::7]:5000"), local: address("[2001:db8::1]:27015"),
+                interface: 4, upstream: address("[::1]:27016"), idleMilliseconds: 1, requests: .max, replies: 0),
         ])
     }
 
@@ -35,7 +39,10 @@ final class SessionArchiveTests: XCTestCase {
         var name = Array("/tmp/udprelayd-archive-XXXXXX".utf8CString)
         let fd = mkstemp(&name)
         XCTAssertGreaterThanOrEqual(fd, 0)
-        defer { close(fd); unlink(name) }
+        defer {
+            close(fd)
+            unlink(name)
+        }
         let bytes = sample.encoded()
         XCTAssertEqual(bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, bytes.count)
         XCTAssertThrowsError(try SessionArchive(sealedMemoryFile: fd)) { XCTAssertEqual($0 as? SessionArchive.DecodingError, .damaged("not a sealed memfd")) }

@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// Relay sessions handed from one worker to another, as a reload that rebuilds a listener (or
 /// a restart) does: the upstream keeps seeing the same source port, and replies keep reaching
@@ -138,8 +140,9 @@ final class SessionHandoverTests: XCTestCase, ConfigFileTests {
         defer { new.stopBlocking() }
         let client = try UDPClient()
         func entry(_ client: SocketAddress) -> SessionArchive.Entry {
-            SessionArchive.Entry(listener: "fwd", socket: 0, client: client, local: nil, interface: 0, upstream: upstream.address,
-                                 idleMilliseconds: 0, requests: 1, replies: 0)
+            SessionArchive.Entry(
+                listener: "fwd", socket: 0, client: client, local: nil, interface: 0, upstream: upstream.address,
+                idleMilliseconds: 0, requests: 1, replies: 0)
         }
         // A UDP socket connected to another address than the entry's upstream.
         let connectedElsewhere = try UDPSocket.open(family: AF_INET)

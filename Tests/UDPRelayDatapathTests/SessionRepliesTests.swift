@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// `session_max_replies` counts replies per request (nginx `proxy_responses` per
 /// `proxy_requests`): a client that sends a second query before the first answer (dnsperf,

@@ -1,9 +1,11 @@
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The relay's session table on its own: made-up descriptors, a closer that records what it
 /// closes, and time as a plain number (nanoseconds) the test advances. No sockets, no sleeps.
@@ -42,11 +44,14 @@ final class SessionTableTests: XCTestCase {
         tags = []
     }
 
-    func table(maxSessions: Int, timeout: Duration = .seconds(60), maxReplies: Int? = nil,
-               hold: UInt64 = SessionTableTests.hold) -> SessionTable {
+    func table(
+        maxSessions: Int, timeout: Duration = .seconds(60), maxReplies: Int? = nil,
+        hold: UInt64 = SessionTableTests.hold
+    ) -> SessionTable {
         let fds = self.fds
-        return SessionTable(settings: SessionSettings(timeout: timeout, maxSessions: maxSessions, maxReplies: maxReplies),
-                            holdNanos: hold, closer: { fds.close($0) })
+        return SessionTable(
+            settings: SessionSettings(timeout: timeout, maxSessions: maxSessions, maxReplies: maxReplies),
+            holdNanos: hold, closer: { fds.close($0) })
     }
 
     func key(_ i: Int) -> ClientKey { ClientKey(high: UInt64(0x0A00_0000 + i), low: 0, rest: UInt64(AF_INET) | 5353 << 16) }
@@ -239,10 +244,11 @@ final class SessionTableTests: XCTestCase {
         try mustAdmit(0, to: &t, now: 0)
         try mustAdmit(1, to: &t, now: 0)
         var calls = 0
-        XCTAssertThrowsError(try t.opening(now: 10 * Self.hold) { () throws(SyscallError) -> Int32 in
-            calls += 1
-            throw SyscallError(call: "connect", errno: ENETUNREACH)
-        })
+        XCTAssertThrowsError(
+            try t.opening(now: 10 * Self.hold) { () throws(SyscallError) -> Int32 in
+                calls += 1
+                throw SyscallError(call: "connect", errno: ENETUNREACH)
+            })
         XCTAssertEqual(calls, 1, "the upstream's fault: not retried")
         XCTAssertEqual(fds.closed, [])
         XCTAssertEqual(t.heldCount, 1)
@@ -251,9 +257,10 @@ final class SessionTableTests: XCTestCase {
     func testAFailedRegistrationClosesTheSocketAndAddsNothing() throws {
         var t = table(maxSessions: 8)
         let fd = try fds.opener()
-        XCTAssertThrowsError(try t.open(Session(fd: fd, key: key(0), upstream: 0), now: 0) { (_) throws(SyscallError) in
-            throw SyscallError(call: "epoll_ctl", errno: ENOMEM)
-        })
+        XCTAssertThrowsError(
+            try t.open(Session(fd: fd, key: key(0), upstream: 0), now: 0) { (_) throws(SyscallError) in
+                throw SyscallError(call: "epoll_ctl", errno: ENOMEM)
+            })
         XCTAssertEqual(fds.closed, [fd])
         XCTAssertFalse(isLive(0, in: t))
         XCTAssertEqual(t.liveCount, 0)
@@ -384,9 +391,11 @@ final class SessionTableTests: XCTestCase {
 
         var u = table(maxSessions: 8)
         let unregistered = try handed(3)
-        XCTAssertThrowsError(try u.adopt(unregistered, lastUsed: 0, now: 0) { (_) throws(SyscallError) in
-            throw SyscallError(call: "epoll_ctl", errno: ENOMEM)
-        }) {
+        XCTAssertThrowsError(
+            try u.adopt(unregistered, lastUsed: 0, now: 0) { (_) throws(SyscallError) in
+                throw SyscallError(call: "epoll_ctl", errno: ENOMEM)
+            }
+        ) {
             XCTAssertEqual($0 as? SessionTable.AdoptionRefusal, .register(SyscallError(call: "epoll_ctl", errno: ENOMEM)))
         }
         XCTAssertEqual(fds.closed.last, unregistered.fd)

@@ -1,9 +1,11 @@
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The one reader and writer of kernel socket addresses (`SocketAddress+Storage.swift`).
 final class SocketAddressStorageTests: XCTestCase {

@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// Relay session sockets get the listener's `rcvbuf`/`sndbuf`, and datagrams the kernel drops
 /// for a full receive buffer are counted (`receive_buffer_full`) on listener and session
@@ -28,8 +30,9 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
     }
 
     func start(_ text: String, name: String) throws -> (Datapath, Listener) {
-        let datapath = try Datapath(configuration: try configuration(text),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration(text),
+            logger: Logger(label: "test"))
         datapath.startBlocking()
         return (datapath, try XCTUnwrap(datapath.listener(named: name)))
     }
@@ -38,13 +41,14 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
     /// session. Returns the upstream's view of the session's address.
     func relay(extra: String) throws -> (Datapath, Listener, UDPClient, UDPClient, SocketAddress) {
         let upstream = try UDPClient()
-        let (datapath, fwd) = try start("""
-        [listener fwd]
-        listen = 127.0.0.1:0
-        mode = forward
-        upstream = \(upstream.localAddress)
-        \(extra)
-        """, name: "fwd")
+        let (datapath, fwd) = try start(
+            """
+            [listener fwd]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.localAddress)
+            \(extra)
+            """, name: "fwd")
         let client = try UDPClient()
         client.send(Array("request".utf8), to: fwd.boundAddresses[0])
         let session = try XCTUnwrap(upstream.receive(), "the request reaches the upstream").from
@@ -77,17 +81,19 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
         // The kernel reports the count with the next datagram the socket receives.
         upstream.send(Array("tail".utf8), to: session)
         XCTAssertEqual(client.receive().map(\.bytes), Array("tail".utf8))
-        XCTAssertTrue(waitUntil(5) { fwd.counters()[.dropReceiveBufferFull] == UInt64(50 - delivered) },
-                      "\(fwd.counters()[.dropReceiveBufferFull]) counted, \(50 - delivered) lost")
+        XCTAssertTrue(
+            waitUntil(5) { fwd.counters()[.dropReceiveBufferFull] == UInt64(50 - delivered) },
+            "\(fwd.counters()[.dropReceiveBufferFull]) counted, \(50 - delivered) lost")
     }
 
     func testDatagramsTheKernelDropsOnAListenerSocketAreCounted() throws {
-        let (datapath, echo) = try start("""
-        [listener e]
-        listen = 127.0.0.1:0
-        max_datagram = 65507
-        rcvbuf = 4KiB
-        """, name: "e")
+        let (datapath, echo) = try start(
+            """
+            [listener e]
+            listen = 127.0.0.1:0
+            max_datagram = 65507
+            rcvbuf = 4KiB
+            """, name: "e")
         defer { datapath.stopBlocking() }
         let client = try UDPClient()
         whileStalled(echo.workers[0]) {
@@ -97,7 +103,8 @@ final class SocketBufferTests: XCTestCase, ConfigFileTests {
         XCTAssertLessThan(echoed, 50, "the burst overflows a 4 KiB buffer")
         client.send(Array("tail".utf8), to: echo.boundAddresses[0])
         XCTAssertEqual(client.receive().map(\.bytes), Array("tail".utf8))
-        XCTAssertTrue(waitUntil(5) { echo.counters()[.dropReceiveBufferFull] == UInt64(50 - echoed) },
-                      "\(echo.counters()[.dropReceiveBufferFull]) counted, \(50 - echoed) lost")
+        XCTAssertTrue(
+            waitUntil(5) { echo.counters()[.dropReceiveBufferFull] == UInt64(50 - echoed) },
+            "\(echo.counters()[.dropReceiveBufferFull]) counted, \(50 - echoed) lost")
     }
 }

@@ -1,11 +1,13 @@
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// `SocketDescriptor`: a descriptor closes exactly once, unless handed over; the datapath's
 /// error paths leave nothing open and its owners never close a descriptor twice.
@@ -32,7 +34,10 @@ final class SocketDescriptorTests: XCTestCase, ConfigFileTests {
     func testCloseClosesAtOnceAndNotAgainAtTheEndOfScope() throws {
         let fd = try Syscall.datagramSocket(family: AF_INET)
         let other = try Syscall.datagramSocket(family: AF_INET)
-        defer { close(other); close(fd) }
+        defer {
+            close(other)
+            close(fd)
+        }
         do {
             let socket = SocketDescriptor(fd)
             socket.close()
@@ -74,11 +79,14 @@ final class SocketDescriptorTests: XCTestCase, ConfigFileTests {
         let taken = try UDPSocket.localAddress(first)
         // The first address gets its three sockets and workers (each with an epoll set), then
         // the second cannot bind.
-        let lc = try XCTUnwrap(try configuration("""
-            [listener x]
-            listen = 127.0.0.1:0, 127.0.0.1:\(taken.port)
-            workers = 3
-            """).listeners.first)
+        let lc = try XCTUnwrap(
+            try configuration(
+                """
+                [listener x]
+                listen = 127.0.0.1:0, 127.0.0.1:\(taken.port)
+                workers = 3
+                """
+            ).listeners.first)
         let before = try openDescriptors()
         XCTAssertThrowsError(try Listener(lc, logger: Logger(label: "test"))) { error in
             XCTAssertEqual((error as? BindError)?.underlying.errno, EADDRINUSE)
@@ -87,8 +95,9 @@ final class SocketDescriptorTests: XCTestCase, ConfigFileTests {
     }
 
     func testReloadAfterStopClosesNoDescriptorItDoesNotOwn() throws {
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\n"),
+            logger: Logger(label: "test"))
         let old = Set(datapath.listeners.flatMap(\.workers).flatMap { [$0.fd, $0.waitSet.fd] })
         datapath.startBlocking()
         datapath.stopBlocking()
@@ -102,7 +111,7 @@ final class SocketDescriptorTests: XCTestCase, ConfigFileTests {
         XCTAssertTrue(old.isSubset(of: mine))
         // The reload replaces listener "a", which has been closed already by `stop`.
         try datapath.applyBlocking(try configuration("[listener b]\nlisten = 127.0.0.1:0\n"))
-        defer { datapath.listeners.forEach { $0.discard() } }
+        defer { for l in datapath.listeners { l.discard() } }
         for fd in mine {
             XCTAssertTrue(isOpen(fd), "descriptor \(fd), no longer the datapath's, was closed by the reload")
         }

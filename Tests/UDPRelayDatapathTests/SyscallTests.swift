@@ -1,10 +1,12 @@
+import CUDPRelay
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The named wrappers of `Syscall.swift`: each names its call in errors and keeps the
 /// non-blocking contract (`.wouldBlock`, not an error, on an empty socket).

@@ -1,12 +1,14 @@
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// The upstream state the datapath reads without a lock has one owner: a mark-down decided
 /// later is never replaced by one decided earlier, whichever worker queue stores last.
@@ -27,9 +29,10 @@ final class UpstreamFlagsTests: XCTestCase {
     /// Workers on two threads record failures at times that interleave: the time the datapath
     /// reads is the one the health state machine holds, after every mix of orders.
     func testConcurrentFailuresLeaveTheReadTimeEqualToTheHealthState() throws {
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
-                                       upstreams: [try UpstreamEndpoint(parsing: "127.0.0.1:9")],
-                                       health: HealthSettings(maxFails: 1, failTimeout: .nanoseconds(10)))
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
+            upstreams: [try UpstreamEndpoint(parsing: "127.0.0.1:9")],
+            health: HealthSettings(maxFails: 1, failTimeout: .nanoseconds(10)))
         let table = UpstreamTable(configuration: lc, workers: 2, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         defer {
             let done = DispatchGroup()
@@ -65,9 +68,10 @@ final class UpstreamFlagsTests: XCTestCase {
     /// upstream down. (Before, the older failure looked like one a whole window after the newer,
     /// restarted the count, and the upstream kept taking sessions.)
     func testFailuresRecordedOutOfClockOrderStillMarkTheUpstreamDown() throws {
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
-                                       upstreams: [try UpstreamEndpoint(parsing: "127.0.0.1:9")],
-                                       health: HealthSettings(maxFails: 2, failTimeout: .seconds(10)))
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
+            upstreams: [try UpstreamEndpoint(parsing: "127.0.0.1:9")],
+            health: HealthSettings(maxFails: 2, failTimeout: .seconds(10)))
         let table = UpstreamTable(configuration: lc, workers: 2, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         defer {
             let done = DispatchGroup()

@@ -1,10 +1,12 @@
 import Logging
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 final class UpstreamResolutionTests: XCTestCase {
     func testResolvesNamesAndReportsFailures() {
@@ -20,8 +22,9 @@ final class UpstreamResolutionTests: XCTestCase {
     }
 
     func testUnresolvableUpstreamTakesNoSessionsAndIsLogged() throws {
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
-                                       upstreams: [try UpstreamEndpoint(parsing: "no-such-host.invalid:53"), try UpstreamEndpoint(parsing: "127.0.0.1:9")])
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+            upstreams: [try UpstreamEndpoint(parsing: "no-such-host.invalid:53"), try UpstreamEndpoint(parsing: "127.0.0.1:9")])
         let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "test"))
         table.awaitInitialResolution()
         XCTAssertNil(table.address(0))
@@ -42,11 +45,13 @@ final class UpstreamResolutionTests: XCTestCase {
 
     func testReResolutionKeepsLastGoodAddressLogsOnceAndBumpsGenerationOnChange() throws {
         let answers = ResolverScript([.success("192.0.2.1"), .failure, .failure, .success("192.0.2.1"), .success("192.0.2.2")])
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
-                                       upstreams: [try UpstreamEndpoint(parsing: "dns.example:53")])
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .forward,
+            upstreams: [try UpstreamEndpoint(parsing: "dns.example:53")])
         let log = CapturedLog()
-        let table = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
-                                  resolver: { _, port in answers.next(port: port) })
+        let table = UpstreamTable(
+            configuration: lc, workers: 1, logger: Logger(label: "t") { _ in log },
+            resolver: { _, port in answers.next(port: port) })
         table.awaitInitialResolution()
         XCTAssertEqual(table.address(0)?.description, "192.0.2.1:53")
         let g0 = table.generation[0]
@@ -67,12 +72,16 @@ final class UpstreamResolutionTests: XCTestCase {
 /// Scripted resolver answers, one per call.
 final class ResolverScript: @unchecked Sendable {
     // @unchecked: `answers` is guarded by `lock`.
-    enum Answer { case success(String), failure }
+    enum Answer {
+        case success(String)
+        case failure
+    }
     private let lock = NSLock()
     private var answers: [Answer]
     init(_ answers: [Answer]) { self.answers = answers }
     func next(port: UInt16) -> Result<SocketAddress, UpstreamTable.ResolveError> {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         switch answers.removeFirst() {
         case .success(let ip): return .success(SocketAddress(ip: IPAddress(literal: ip)!, port: port))
         case .failure: return .failure(UpstreamTable.ResolveError("Temporary failure in name resolution"))

@@ -1,6 +1,7 @@
 import Dispatch
 import Logging
 import XCTest
+
 @testable import UDPRelayConfig
 @testable import UDPRelayDatapath
 
@@ -8,8 +9,9 @@ import XCTest
 /// the live sessions per upstream summed over every worker's counters.
 final class UpstreamSessionsGaugeTests: XCTestCase {
     func testSnapshotSumsLiveSessionsOverWorkersAndCarriesTheOptions() throws {
-        let lc = ListenerConfiguration(name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
-                                       upstreams: try Values.upstreams("127.0.0.1:9 weight=2, 127.0.0.1:10 drain backup"))
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+            upstreams: try Values.upstreams("127.0.0.1:9 weight=2, 127.0.0.1:10 drain backup"))
         let table = UpstreamTable(configuration: lc, workers: 2, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         defer {
             let done = DispatchGroup()

@@ -1,9 +1,11 @@
+import XCTest
+
+@testable import UDPRelayConfig
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import XCTest
-@testable import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// Upstream options in the balancer: `weight=N` for every algorithm that spreads, `drain`
 /// (no new sessions) and `backup` (only while no primary is up). Pure: no sockets.
@@ -80,8 +82,9 @@ final class WeightedBalancerTests: XCTestCase {
             var new = Balancer(algorithm: algorithm, upstreams: weighted, seed: 9)
             for c in 0..<5000 {
                 let up: (Int) -> Bool = { $0 != c % 5 }
-                XCTAssertEqual(old.pick(clientHash: key(c).stableHash, isUp: up).index,
-                               new.pick(clientHash: key(c).stableHash, isUp: up).index, "\(algorithm), client \(c)")
+                XCTAssertEqual(
+                    old.pick(clientHash: key(c).stableHash, isUp: up).index,
+                    new.pick(clientHash: key(c).stableHash, isUp: up).index, "\(algorithm), client \(c)")
             }
         }
     }

@@ -1,13 +1,15 @@
+import CUDPRelay
 import Foundation
 import Logging
+import TestSupport
+import UDPRelayConfig
 import XCTest
+
+@testable import UDPRelayDatapath
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import TestSupport
-import UDPRelayConfig
-@testable import UDPRelayDatapath
 
 /// `workers = N`: N sockets per address with SO_REUSEPORT, each with its own worker.
 final class WorkersTests: XCTestCase, ConfigFileTests {
@@ -16,8 +18,9 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
     }
 
     func testEachAddressGetsNSocketsOnThePortTheFirstLearned() throws {
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0, [::1]:0\nworkers = 3\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0, [::1]:0\nworkers = 3\n"),
+            logger: Logger(label: "test"))
         datapath.startBlocking()
         defer { datapath.stopBlocking() }
         let a = try XCTUnwrap(datapath.listener(named: "a"))
@@ -106,8 +109,9 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
         let passed = try UDPSocket.bound(to: SocketAddress(ip: .v4(0x7F00_0001), port: 0))
         defer { close(passed) }
         let address = try UDPSocket.localAddress(passed)
-        let datapath = try Datapath(configuration: try configuration("[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n"),
-                                    logger: Logger(label: "test"), inherited: ["act": [passed]])
+        let datapath = try Datapath(
+            configuration: try configuration("[listener act]\nlisten = 127.0.0.1:9\nworkers = 4\n"),
+            logger: Logger(label: "test"), inherited: ["act": [passed]])
         datapath.startBlocking()
         defer { datapath.stopBlocking() }
         let act = try XCTUnwrap(datapath.listener(named: "act"))
@@ -117,8 +121,9 @@ final class WorkersTests: XCTestCase, ConfigFileTests {
     }
 
     func testAWedgedWorkerIsNamedByItsNumber() async throws {
-        let datapath = try Datapath(configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
-                                    logger: Logger(label: "test"))
+        let datapath = try Datapath(
+            configuration: try configuration("[listener a]\nlisten = 127.0.0.1:0\nworkers = 2\n"),
+            logger: Logger(label: "test"))
         await datapath.start()
         let a = try XCTUnwrap(datapath.listener(named: "a"))
         let release = DispatchSemaphore(value: 0)

@@ -1,7 +1,8 @@
 import Foundation
 import NIOHTTP1
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 final class FormatTests: XCTestCase {

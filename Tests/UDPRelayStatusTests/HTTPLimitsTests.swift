@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP1
 import XCTest
+
 @testable import UDPRelayStatus
 
 /// One parsed HTTP response from raw bytes.
@@ -57,8 +58,9 @@ final class HTTPLimitsTests: XCTestCase {
 
     func connect() throws {
         let channel = EmbeddedChannel()
-        let routes = StatusRoutes(source: FixedSource(value: Fixtures.snapshot()), history: RateHistory(),
-                                  counters: { ServerCounters() }, monotonicNow: { 0 })
+        let routes = StatusRoutes(
+            source: FixedSource(value: Fixtures.snapshot()), history: RateHistory(),
+            counters: { ServerCounters() }, monotonicNow: { 0 })
         try ServerState.addHTTPHandlers(channel.pipeline.syncOperations, limits: limits, routes: routes, requestAnswered: {})
         try channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
         self.channel = channel
@@ -82,7 +84,9 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testPipelinedRequestsAreAnsweredInOrderAndHEADHasNoBody() throws {
         try connect()
-        try send("GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        try send(
+            "GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         let responses = parseResponses(try sent(), headOnly: [2])
         XCTAssertEqual(responses.map(\.status), [200, 404, 200, 200])
         XCTAssertTrue(responses[0].body.contains("\"schema_version\": 1"))
@@ -277,8 +281,9 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testUpgradeRequestIsAnsweredAndClosedEvenWithAPipelinedSecondRequest() throws {
         try connect()
-        try send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
-                 + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        try send(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+                + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         let r = parseResponses(try sent())
         XCTAssertEqual(r.first?.status, 200)
         XCTAssertEqual(r.first?.headers["connection"], "close")
@@ -297,8 +302,10 @@ final class HTTPLimitsTests: XCTestCase {
     // MARK: Host (issue 13 item 13)
 
     func testHTTP11WithoutOrWithTwoHostHeadersGets400() throws {
-        for head in ["GET /metrics HTTP/1.1\r\n\r\n", "GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                     "GET /healthz HTTP/1.1\r\nUser-Agent: x\r\n\r\n"] {
+        for head in [
+            "GET /metrics HTTP/1.1\r\n\r\n", "GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+        ] {
             try connect()
             try send(head)
             let r = parseResponses(try sent())
@@ -320,14 +327,15 @@ final class HTTPLimitsTests: XCTestCase {
     func testHTTP2PrefaceIsRefusedWithHTTP11RequiredOnTheClientsStream() throws {
         try connect()
         var bytes = HTTP2Preface.preface
-        bytes += [0, 0, 0, 4, 0, 0, 0, 0, 0]                          // SETTINGS, empty
+        bytes += [0, 0, 0, 4, 0, 0, 0, 0, 0]  // SETTINGS, empty
         bytes += [0, 0, 4, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41]  // HEADERS on stream 1
         try channel.writeInbound(ByteBuffer(bytes: bytes))
         var out = try XCTUnwrap(channel.readOutbound(as: IOData.self)).byteBuffer
         let frames = Array(out.readBytes(length: out.readableBytes) ?? [])
         XCTAssertEqual(Array(frames.prefix(9)), [0, 0, 0, 4, 0, 0, 0, 0, 0], "our SETTINGS first")
-        XCTAssertEqual(Array(frames.dropFirst(9)), [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 0xD],
-                       "RST_STREAM(1, HTTP_1_1_REQUIRED)")
+        XCTAssertEqual(
+            Array(frames.dropFirst(9)), [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 0xD],
+            "RST_STREAM(1, HTTP_1_1_REQUIRED)")
         XCTAssertTrue(channel.isActive, "left open until the client closes, so it reads the frames")
         advance(.seconds(3))
         XCTAssertFalse(channel.isActive)
@@ -356,8 +364,9 @@ final class HTTPLimitsTests: XCTestCase {
 
     func testRequestsBeforeAHalfCloseAreAnsweredThenTheConnectionCloses() throws {
         try connect()
-        try send("GET /metrics HTTP/1.0\r\n\r\n".replacingOccurrences(of: "1.0", with: "1.1").replacingOccurrences(of: "\r\n\r\n", with: "\r\nHost: x\r\n\r\n")
-                 + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        try send(
+            "GET /metrics HTTP/1.0\r\n\r\n".replacingOccurrences(of: "1.0", with: "1.1").replacingOccurrences(of: "\r\n\r\n", with: "\r\nHost: x\r\n\r\n")
+                + "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         channel.embeddedEventLoop.run()
         XCTAssertEqual(parseResponses(try sent()).map(\.status), [200, 200])

@@ -1,5 +1,6 @@
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 /// A listener with a port range of 100 addresses: the page shows the range on one line and
@@ -9,11 +10,13 @@ final class PortRangeStatusTests: XCTestCase {
         let range = (5000...5099).map { "0.0.0.0:\($0)" }
         XCTAssertEqual(Format.addressRuns(range), ["0.0.0.0:5000-5099 (100 ports)"])
         XCTAssertEqual(Format.addressRuns(["127.0.0.1:53", "[::1]:53"]), ["127.0.0.1:53", "[::1]:53"])
-        XCTAssertEqual(Format.addressRuns(["127.0.0.1:7000"] + range + (6000...6009).map { "[::1]:\($0)" } + ["[::1]:6011", "127.0.0.1:5100"]),
-                       ["127.0.0.1:7000", "0.0.0.0:5000-5099 (100 ports)", "[::1]:6000-6009 (10 ports)", "[::1]:6011", "127.0.0.1:5100"])
+        XCTAssertEqual(
+            Format.addressRuns(["127.0.0.1:7000"] + range + (6000...6009).map { "[::1]:\($0)" } + ["[::1]:6011", "127.0.0.1:5100"]),
+            ["127.0.0.1:7000", "0.0.0.0:5000-5099 (100 ports)", "[::1]:6000-6009 (10 ports)", "[::1]:6011", "127.0.0.1:5100"])
         // A gap, a different address or a descending order breaks a run.
-        XCTAssertEqual(Format.addressRuns(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.2:3", "127.0.0.2:2"]),
-                       ["127.0.0.1:1-2 (2 ports)", "127.0.0.2:3", "127.0.0.2:2"])
+        XCTAssertEqual(
+            Format.addressRuns(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.2:3", "127.0.0.2:2"]),
+            ["127.0.0.1:1-2 (2 ports)", "127.0.0.2:3", "127.0.0.2:2"])
         XCTAssertEqual(Format.addressRuns(["[::1]:65534", "[::1]:65535"]), ["[::1]:65534-65535 (2 ports)"])
     }
 
@@ -36,7 +39,8 @@ final class PortRangeStatusTests: XCTestCase {
         XCTAssertFalse(html.contains("UNBOUND"))
         let rows = html.split(separator: "\n").filter { $0.hasPrefix("<tr class=\"worker\">") }.map(String.init)
         XCTAssertEqual(rows.count, 2, "200 sockets: one row per worker number")
-        XCTAssertTrue(rows[0].contains("worker 1 of 2") && rows[0].contains("<code>on 100 addresses</code>") && rows[0].contains("75.0% of datagrams in"), rows[0])
+        XCTAssertTrue(
+            rows[0].contains("worker 1 of 2") && rows[0].contains("<code>on 100 addresses</code>") && rows[0].contains("75.0% of datagrams in"), rows[0])
         XCTAssertTrue(rows[0].contains("300 pkt"), rows[0])
         XCTAssertTrue(rows[1].contains("worker 2 of 2") && rows[1].contains("25.0% of datagrams in"), rows[1])
 

@@ -1,7 +1,8 @@
 import Foundation
 import NIOHTTP1
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 final class PrometheusTextTests: XCTestCase {
@@ -10,7 +11,8 @@ final class PrometheusTextTests: XCTestCase {
         XCTAssertTrue(text.hasSuffix("\n"))
         var typed: [String: String] = [:]
         var helped: Set<String> = []
-        let sample = try NSRegularExpression(pattern: #"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$"#)
+        let sample = try NSRegularExpression(
+            pattern: #"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$"#)
         for line in text.split(separator: "\n").map(String.init) {
             if line.hasPrefix("# HELP ") {
                 helped.insert(String(line.split(separator: " ")[2]))
@@ -74,36 +76,36 @@ final class PrometheusTextTests: XCTestCase {
         let text = PrometheusText.render(Fixtures.snapshot(), server: Fixtures.server)
         // Every socket of every listener, in `workers` order; `worker` counts from 1 per address.
         let block = """
-        # HELP udprelayd_worker_packets_received_total Datagrams received by one socket's worker.
-        # TYPE udprelayd_worker_packets_received_total counter
-        udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 60
-        udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 40
-        udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="1"} 0
-        udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="2"} 18446744073709551515
-        udprelayd_worker_packets_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
-        # HELP udprelayd_worker_bytes_received_total Payload bytes received by one socket's worker.
-        # TYPE udprelayd_worker_bytes_received_total counter
-        udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 6000
-        udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 4000
-        udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="1"} 0
-        udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="2"} 990000
-        udprelayd_worker_bytes_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
-        # HELP udprelayd_worker_packets_sent_total Datagrams sent by one socket's worker.
-        # TYPE udprelayd_worker_packets_sent_total counter
-        udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 4
-        udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 3
-        udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
-        udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
-        udprelayd_worker_packets_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
-        # HELP udprelayd_worker_bytes_sent_total Payload bytes sent by one socket's worker.
-        # TYPE udprelayd_worker_bytes_sent_total counter
-        udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 400
-        udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 300
-        udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
-        udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
-        udprelayd_worker_bytes_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+            # HELP udprelayd_worker_packets_received_total Datagrams received by one socket's worker.
+            # TYPE udprelayd_worker_packets_received_total counter
+            udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 60
+            udprelayd_worker_packets_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 40
+            udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="1"} 0
+            udprelayd_worker_packets_received_total{listener="dns",address="[::1]:53",worker="2"} 18446744073709551515
+            udprelayd_worker_packets_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+            # HELP udprelayd_worker_bytes_received_total Payload bytes received by one socket's worker.
+            # TYPE udprelayd_worker_bytes_received_total counter
+            udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="1"} 6000
+            udprelayd_worker_bytes_received_total{listener="dns",address="127.0.0.1:53",worker="2"} 4000
+            udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="1"} 0
+            udprelayd_worker_bytes_received_total{listener="dns",address="[::1]:53",worker="2"} 990000
+            udprelayd_worker_bytes_received_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+            # HELP udprelayd_worker_packets_sent_total Datagrams sent by one socket's worker.
+            # TYPE udprelayd_worker_packets_sent_total counter
+            udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 4
+            udprelayd_worker_packets_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 3
+            udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
+            udprelayd_worker_packets_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
+            udprelayd_worker_packets_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
+            # HELP udprelayd_worker_bytes_sent_total Payload bytes sent by one socket's worker.
+            # TYPE udprelayd_worker_bytes_sent_total counter
+            udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="1"} 400
+            udprelayd_worker_bytes_sent_total{listener="dns",address="127.0.0.1:53",worker="2"} 300
+            udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="1"} 0
+            udprelayd_worker_bytes_sent_total{listener="dns",address="[::1]:53",worker="2"} 0
+            udprelayd_worker_bytes_sent_total{listener="game-relay",address="0.0.0.0:27015",worker="1"} 0
 
-        """
+            """
         XCTAssertTrue(text.contains("\n" + block), text)
         // Between the listener's session families and the upstream families.
         let sessions = try XCTUnwrap(text.range(of: "# HELP udprelayd_sessions_evicted_total"))

@@ -1,13 +1,15 @@
 import Foundation
 import NIOHTTP1
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 final class RateHistoryTests: XCTestCase {
     func listener(_ packets: UInt64) -> ListenerStatus {
-        ListenerStatus(name: "a", mode: "echo", addresses: [], received: Traffic(packets: packets, bytes: packets * 100),
-                       sent: Traffic(packets: packets, bytes: packets * 100), drops: [DropCount(reason: "too_large", count: packets / 10)])
+        ListenerStatus(
+            name: "a", mode: "echo", addresses: [], received: Traffic(packets: packets, bytes: packets * 100),
+            sent: Traffic(packets: packets, bytes: packets * 100), drops: [DropCount(reason: "too_large", count: packets / 10)])
     }
 
     func testRatesOverTheWindowFromTheOldestSampleInIt() throws {

@@ -1,13 +1,15 @@
 import Foundation
 import NIOHTTP1
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 final class RoutesTests: XCTestCase {
     func routes(health: [String] = []) -> StatusRoutes {
-        StatusRoutes(source: FixedSource(value: Fixtures.snapshot(), health: health), history: RateHistory(),
-                     counters: { ServerCounters() }, monotonicNow: { 0 })
+        StatusRoutes(
+            source: FixedSource(value: Fixtures.snapshot(), health: health), history: RateHistory(),
+            counters: { ServerCounters() }, monotonicNow: { 0 })
     }
 
     func testEndpointsAndErrors() async {

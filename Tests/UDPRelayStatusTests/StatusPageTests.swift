@@ -1,8 +1,9 @@
 import Foundation
 import NIOHTTP1
 import TestSupport
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 final class StatusPageTests: XCTestCase {
@@ -22,21 +23,27 @@ final class StatusPageTests: XCTestCase {
             s.listeners[i].addresses.append("[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535")
             if s.listeners[i].sessions != nil {
                 s.listeners[i].sessions = SessionCounters(active: big, created: big, expired: big, evicted: big)
-                s.listeners[i].counters = ["sessions_closed", "sessions_failed", "session_errors", "fail_open", "sampled_out",
-                                           "replies_ignored", "rate_limit_evictions"].map { NamedCounter($0, big) }
+                s.listeners[i].counters = [
+                    "sessions_closed", "sessions_failed", "session_errors", "fail_open", "sampled_out",
+                    "replies_ignored", "rate_limit_evictions",
+                ].map { NamedCounter($0, big) }
             }
         }
         s.listeners[1].name = "a-listener-with-a-long-name-0123456789"
         var rates: [String: ListenerRates] = [:]
         for l in s.listeners {
-            rates[l.name] = ListenerRates(receivedPackets: 987_654_321, receivedBytes: 9.87e12, sentPackets: 987_654_321,
-                                          sentBytes: 9.87e12, drops: 123_456, window: 10)
+            rates[l.name] = ListenerRates(
+                receivedPackets: 987_654_321, receivedBytes: 9.87e12, sentPackets: 987_654_321,
+                sentBytes: 9.87e12, drops: 123_456, window: 10)
         }
         var server = Fixtures.server
         server.acceptErrors = big
-        return StatusPage.render(s, server: server, rates: rates,
-                                 problems: ["listener 'a-listener-with-a-long-name-0123456789': 1 of 3 addresses bound",
-                                            "queue for [2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535 did not answer within 1 s"])
+        return StatusPage.render(
+            s, server: server, rates: rates,
+            problems: [
+                "listener 'a-listener-with-a-long-name-0123456789': 1 of 3 addresses bound",
+                "queue for [2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535 did not answer within 1 s",
+            ])
     }
 
     /// Issue 12 item 13: no horizontal overflow at 1920, 1400, 1024 and 400 px, in headless
@@ -47,8 +54,10 @@ final class StatusPageTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let page = dir.appendingPathComponent("worst-case.html")
         try Self.worstCasePage().write(to: page, atomically: true, encoding: .utf8)
-        let (status, text) = try runCommand(["/usr/bin/python3", Self.repository.appendingPathComponent("Tests/EndToEndTests/status_e2e.py").path,
-                                             "--fit-page", page.path, "--screenshot-dir", dir.path])
+        let (status, text) = try runCommand([
+            "/usr/bin/python3", Self.repository.appendingPathComponent("Tests/EndToEndTests/status_e2e.py").path,
+            "--fit-page", page.path, "--screenshot-dir", dir.path,
+        ])
         XCTAssertEqual(status, 0, text)
         for width in [1920, 1400, 1024, 400] {
             XCTAssertTrue(text.contains("\(width) px: page "), text)
@@ -86,22 +95,25 @@ final class StatusPageTests: XCTestCase {
         XCTAssertEqual(rows.count, 4, "one row per socket of dns, none for game-relay's single worker")
         XCTAssertTrue(rows[0].contains("worker 1 of 2") && rows[0].contains("<code>127.0.0.1:53</code>"), rows[0])
         XCTAssertTrue(rows[0].contains("30.0% of datagrams in") && rows[0].contains("style=\"width:30.0%\""), rows[0])
-        XCTAssertTrue(rows[0].contains("<td data-label=\"Received\">60 pkt<br><span class=\"sub\">5.86 KiB</span></td><td data-label=\"Sent\">4 pkt<br>"), rows[0])
+        XCTAssertTrue(
+            rows[0].contains("<td data-label=\"Received\">60 pkt<br><span class=\"sub\">5.86 KiB</span></td><td data-label=\"Sent\">4 pkt<br>"), rows[0])
         XCTAssertTrue(rows[1].contains("worker 2 of 2") && rows[1].contains("20.0% of datagrams in"), rows[1])
         XCTAssertTrue(rows[2].contains("worker 1 of 2") && rows[2].contains("<code>[::1]:53</code>") && rows[2].contains("0.0% of"), rows[2])
         XCTAssertTrue(rows[3].contains("50.0% of datagrams in"), rows[3])
         let dnsRow = try XCTUnwrap(html.range(of: "id=\"listener-dns\"")), relayRow = try XCTUnwrap(html.range(of: "id=\"listener-game-relay\""))
         let first = try XCTUnwrap(html.range(of: rows[0])), last = try XCTUnwrap(html.range(of: rows[3]))
-        XCTAssertTrue(dnsRow.lowerBound < first.lowerBound && last.lowerBound < relayRow.lowerBound,
-                      "worker rows follow their listener's row")
+        XCTAssertTrue(
+            dnsRow.lowerBound < first.lowerBound && last.lowerBound < relayRow.lowerBound,
+            "worker rows follow their listener's row")
 
         s.listeners[0].received = Traffic()
         let idle = StatusPage.render(s, server: ServerCounters(), rates: [:], problems: [])
         XCTAssertTrue(idle.contains("<td data-label=\"\" colspan=\"4\" class=\"muted\">no datagrams yet</td>"))
 
         s.listeners[0].workers = [WorkerStatus(address: "127.0.0.1:53"), WorkerStatus(address: "[::1]:53")]
-        XCTAssertFalse(StatusPage.render(s, server: ServerCounters(), rates: [:], problems: []).contains("class=\"worker\""),
-                       "one socket per address: no split")
+        XCTAssertFalse(
+            StatusPage.render(s, server: ServerCounters(), rates: [:], problems: []).contains("class=\"worker\""),
+            "one socket per address: no split")
     }
 
     func testHealthyPage() {

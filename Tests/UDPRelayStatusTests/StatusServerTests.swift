@@ -1,19 +1,23 @@
 import Foundation
 import Logging
-import XCTest
 import TestSupport
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 /// The real server on loopback port 0, with a fixed source.
 final class StatusServerTests: XCTestCase {
-    func start(allow: [CIDR] = Defaults.allNetworks, limits: StatusLimits = StatusLimits(), health: [String] = [],
-               listen: String = "127.0.0.1:0") async throws -> StatusServer {
+    func start(
+        allow: [CIDR] = Defaults.allNetworks, limits: StatusLimits = StatusLimits(), health: [String] = [],
+        listen: String = "127.0.0.1:0"
+    ) async throws -> StatusServer {
         var logger = Logger(label: "test")
         logger.logLevel = .warning
-        let server = try await StatusServer.start(listen: try SocketAddress(parsing: listen), allow: allow,
-                                                  source: FixedSource(value: Fixtures.snapshot(), health: health),
-                                                  limits: limits, logger: logger)
+        let server = try await StatusServer.start(
+            listen: try SocketAddress(parsing: listen), allow: allow,
+            source: FixedSource(value: Fixtures.snapshot(), health: health),
+            limits: limits, logger: logger)
         addTeardownBlock { await server.stop() }
         XCTAssertNotEqual(server.localAddress.port, 0, "the bound port is known")
         return server
@@ -24,7 +28,10 @@ final class StatusServerTests: XCTestCase {
     func eventually(_ what: String, timeout: Double = 5, _ condition: () -> Bool) {
         let deadline = Date().addingTimeInterval(timeout)
         while !condition() {
-            if Date() > deadline { XCTFail("timed out waiting for: \(what)"); return }
+            if Date() > deadline {
+                XCTFail("timed out waiting for: \(what)")
+                return
+            }
             usleep(2000)
         }
     }
@@ -144,8 +151,9 @@ final class StatusServerTests: XCTestCase {
     func testBindFailureNamesTheAddress() async throws {
         let server = try await start()
         do {
-            _ = try await StatusServer.start(listen: server.localAddress, allow: [], source: FixedSource(value: Fixtures.snapshot()),
-                                             logger: Logger(label: "test"))
+            _ = try await StatusServer.start(
+                listen: server.localAddress, allow: [], source: FixedSource(value: Fixtures.snapshot()),
+                logger: Logger(label: "test"))
             XCTFail("binding a taken port must fail")
         } catch let error as StatusServerError {
             XCTAssertTrue("\(error)".contains("cannot listen on \(server.localAddress)"), "\(error)")
@@ -224,9 +232,15 @@ final class StatusServerTests: XCTestCase {
         var offset = 0
         while sentRequests < 20_000 && Date() < deadline {
             let n = request[offset...].withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { usleep(1000); continue }
+            if n <= 0 {
+                usleep(1000)
+                continue
+            }
             offset += n
-            if offset == request.count { offset = 0; sentRequests += 1000 }
+            if offset == request.count {
+                offset = 0
+                sentRequests += 1000
+            }
         }
         // Wait until the server stops answering (its count is stable for a second), bounded.
         var last = server.counters.requests
@@ -235,7 +249,10 @@ final class StatusServerTests: XCTestCase {
         while Date().timeIntervalSince(stableSince) < 1 && Date() < settle {
             usleep(50_000)
             let now = server.counters.requests
-            if now != last { last = now; stableSince = Date() }
+            if now != last {
+                last = now
+                stableSince = Date()
+            }
         }
         // Before the fix every request was answered into memory (20,000 answers, about 100 MB);
         // now answers stop once the unread ones fill the socket buffers.
@@ -253,8 +270,9 @@ final class StatusServerTests: XCTestCase {
         empty.listeners = []
         var logger = Logger(label: "test")
         logger.logLevel = .warning
-        let server = try await StatusServer.start(listen: try SocketAddress(parsing: "127.0.0.1:0"), allow: Defaults.allNetworks,
-                                                  source: FixedSource(value: empty), logger: logger)
+        let server = try await StatusServer.start(
+            listen: try SocketAddress(parsing: "127.0.0.1:0"), allow: Defaults.allNetworks,
+            source: FixedSource(value: empty), logger: logger)
         addTeardownBlock { await server.stop() }
         let c = try TCPClient(to: server.localAddress)
         c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -1,6 +1,7 @@
 import Foundation
-import XCTest
 import UDPRelayConfig
+import XCTest
+
 @testable import UDPRelayStatus
 
 /// A draining upstream and its live sessions, as `/status`, `/metrics` and `/` show them.

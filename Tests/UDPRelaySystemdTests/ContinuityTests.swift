@@ -1,14 +1,16 @@
 import CUDPRelay
 import Foundation
 import Logging
-import XCTest
-#if canImport(Glibc)
-import Glibc
-#endif
 import TestSupport
 import UDPRelayConfig
 import UDPRelayDatapath
+import XCTest
+
 @testable import UDPRelaySystemd
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `Continuity` against a fake notification socket standing in for systemd's store: what goes
 /// in at a stop comes back at the next start, and a damaged table starts the daemon clean.
@@ -41,8 +43,9 @@ final class ContinuitySystemdTests: XCTestCase, ConfigFileTests {
         setenv("NOTIFY_SOCKET", sock.path, 1)
         let continuity = Continuity(notifier: SystemdNotifier(logger: Logger(label: "test")), logger: Logger(label: "test"))
         let entries = (0..<3).map { i in
-            SessionArchive.Entry(listener: "fwd", socket: UInt16(i % 2), client: address("127.0.0.1:\(40000 + i)"), local: nil, interface: 0,
-                                 upstream: address("127.0.0.2:53"), idleMilliseconds: UInt32(100 * i), requests: 2, replies: 1)
+            SessionArchive.Entry(
+                listener: "fwd", socket: UInt16(i % 2), client: address("127.0.0.1:\(40000 + i)"), local: nil, interface: 0,
+                upstream: address("127.0.0.2:53"), idleMilliseconds: UInt32(100 * i), requests: 2, replies: 1)
         }
         let handed = entries.map { HandedOverSession(entry: $0, fd: udpSocket(), kernelDrops: 7) }
         continuity.storeSessions(handed)
@@ -73,8 +76,11 @@ final class ContinuitySystemdTests: XCTestCase, ConfigFileTests {
         XCTAssertFalse(isOpen(damaged))
 
         // A table in a file nothing sealed (not what this daemon stores) is refused the same way.
-        let good = SessionArchive(entries: [.init(listener: "fwd", socket: 0, client: address("127.0.0.1:1"), local: nil, interface: 0,
-                                                  upstream: address("127.0.0.2:53"), idleMilliseconds: 0, requests: 1, replies: 0)]).encoded()
+        let good = SessionArchive(entries: [
+            .init(
+                listener: "fwd", socket: 0, client: address("127.0.0.1:1"), local: nil, interface: 0,
+                upstream: address("127.0.0.2:53"), idleMilliseconds: 0, requests: 1, replies: 0)
+        ]).encoded()
         var path = Array("/tmp/udprelayd-continuity-XXXXXX".utf8CString)
         let plain = mkstemp(&path)
         unlink(path)

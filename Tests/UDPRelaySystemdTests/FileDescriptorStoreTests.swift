@@ -1,12 +1,14 @@
 import CUDPRelay
 import Foundation
 import Logging
+import TestSupport
 import XCTest
+
+@testable import UDPRelaySystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-@testable import UDPRelaySystemd
 
 final class FileDescriptorStoreTests: XCTestCase {
     override func tearDown() {
@@ -41,7 +43,10 @@ final class FileDescriptorStoreTests: XCTestCase {
         setenv("NOTIFY_SOCKET", sock.path, 1)
         let notifier = SystemdNotifier(logger: Logger(label: "test"))
         let a = try boundUDPSocket(), b = try boundUDPSocket()
-        defer { close(a.fd); close(b.fd) }
+        defer {
+            close(a.fd)
+            close(b.fd)
+        }
         let name = FileDescriptorStore.listenerName(address: "127.0.0.1:\(a.port)")
         XCTAssertTrue(notifier.store([a.fd, b.fd], name: name))
         let got = try XCTUnwrap(sock.receiveWithDescriptors())

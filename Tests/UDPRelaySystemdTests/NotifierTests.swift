@@ -1,11 +1,13 @@
 import Foundation
 import Logging
+import TestSupport
 import XCTest
+
+@testable import UDPRelaySystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-@testable import UDPRelaySystemd
 
 final class NotifierTests: XCTestCase {
     override func tearDown() {

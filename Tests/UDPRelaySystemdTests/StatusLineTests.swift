@@ -1,11 +1,13 @@
 import Foundation
 import Logging
+import TestSupport
 import XCTest
+
+@testable import UDPRelaySystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-@testable import UDPRelaySystemd
 
 final class StatusLineTests: XCTestCase {
     func testRendersListenersRatesGenerationAndReload() {
@@ -23,14 +25,16 @@ final class StatusLineTests: XCTestCase {
     }
 
     func testSessionsAreShownForRelayListeners() {
-        XCTAssertEqual(StatusLine(listeners: 1, sockets: 1, sessions: 3, generation: 1).render(rates: nil),
-                       "1 listener (1 socket), 3 sessions; config gen 1")
+        XCTAssertEqual(
+            StatusLine(listeners: 1, sockets: 1, sessions: 3, generation: 1).render(rates: nil),
+            "1 listener (1 socket), 3 sessions; config gen 1")
     }
 
     func testCountersGoingBackwardsAreNotNegativeRates() {
         let r = StatusLine.rates(from: .init(received: 500, sent: 500, dropped: 0, at: 1), to: .init(received: 20, sent: 20, dropped: 0, at: 2))
         XCTAssertEqual(r.received, 0)
-        XCTAssertEqual(StatusLine(listeners: 1, sockets: 1, generation: 1).render(rates: (0.25, 1234.4, 0)),
-                       "1 listener (1 socket), 0.2 pkt/s in, 1234 pkt/s out, 0 drops/s; config gen 1")
+        XCTAssertEqual(
+            StatusLine(listeners: 1, sockets: 1, generation: 1).render(rates: (0.25, 1234.4, 0)),
+            "1 listener (1 socket), 0.2 pkt/s in, 1234 pkt/s out, 0 drops/s; config gen 1")
     }
 }

@@ -1,11 +1,13 @@
 import Foundation
 import Logging
+import TestSupport
 import XCTest
+
+@testable import UDPRelaySystemd
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import TestSupport
-@testable import UDPRelaySystemd
 
 final class WatchdogTests: XCTestCase {
     override func tearDown() {
@@ -34,8 +36,10 @@ final class WatchdogTests: XCTestCase {
         let healthy = Flag(true)
         // Signalled each time the service runs a probe that fails.
         let failedProbe = DispatchSemaphore(value: 0)
-        let w = WatchdogService(interval: .milliseconds(200), notifier: SystemdNotifier(logger: Logger(label: "t")),
-                                logger: Logger(label: "t")) { _ in
+        let w = WatchdogService(
+            interval: .milliseconds(200), notifier: SystemdNotifier(logger: Logger(label: "t")),
+            logger: Logger(label: "t")
+        ) { _ in
             if healthy.value { return [] }
             failedProbe.signal()
             return ["listener 'x' queue did not answer"]

@@ -1,9 +1,10 @@
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import UDPRelayConfig
 
 /// Picks the upstream of a new session. Pure: health comes in as a predicate and randomness from
 /// a seedable generator, so tests control both. Called once per session, never per datagram,
@@ -69,7 +70,8 @@ struct Balancer {
         precondition(!seeds.isEmpty)
         if let i = choose(clientHash: clientHash, tier: .primary, isUp: isUp) { return (i, false) }
         if let i = choose(clientHash: clientHash, tier: .backup, isUp: isUp) { return (i, false) }
-        let open = choose(clientHash: clientHash, tier: .primary, isUp: { _ in true })
+        let open =
+            choose(clientHash: clientHash, tier: .primary, isUp: { _ in true })
             ?? choose(clientHash: clientHash, tier: .backup, isUp: { _ in true })
         return (open ?? 0, true)
     }

@@ -1,7 +1,8 @@
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// A client's address and port as a fixed-size value built from `sockaddr` bytes: the session
 /// table key. Building, hashing and comparing it allocates nothing.

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A non-blocking UDP socket connected to one upstream address, with what reads it: the one
 /// way the mirror's upstream sockets and the upstream table's health probes are opened,
@@ -107,22 +108,29 @@ struct ConnectedSocket {
     /// Logs `problem` of the socket towards `upstream`, unless `limiter` leaves it out; the line
     /// says how many were left out since the last. `what` names the socket ("health probe",
     /// "mirror").
-    static func log(_ problem: Problem, what: String, upstream: UpstreamEndpoint, logger: Logger,
-                    limiter: inout LogLimiter, now: UInt64) {
-        let (level, message, error): (Logger.Level, Logger.Message, SyscallError) = switch problem {
-        case .reopened(let e): (.debug, "\(what) socket reopened", e)
-        case .cannotOpen(let e): (.warning, "cannot open \(what) socket", e)
-        case .unwatched(let e): (.warning, "\(what) socket not watched; its replies are not read", e)
-        }
+    static func log(
+        _ problem: Problem, what: String, upstream: UpstreamEndpoint, logger: Logger,
+        limiter: inout LogLimiter, now: UInt64
+    ) {
+        let (level, message, error): (Logger.Level, Logger.Message, SyscallError) =
+            switch problem {
+            case .reopened(let e): (.debug, "\(what) socket reopened", e)
+            case .cannotOpen(let e): (.warning, "cannot open \(what) socket", e)
+            case .unwatched(let e): (.warning, "\(what) socket not watched; its replies are not read", e)
+            }
         log(level, message, error: error, upstream: upstream, logger: logger, limiter: &limiter, now: now)
     }
 
     /// Logs an error of a socket towards `upstream` at `level`, unless `limiter` leaves it out.
-    static func log(_ level: Logger.Level, _ message: Logger.Message, error: any Error, upstream: UpstreamEndpoint,
-                    logger: Logger, limiter: inout LogLimiter, now: UInt64) {
+    static func log(
+        _ level: Logger.Level, _ message: Logger.Message, error: any Error, upstream: UpstreamEndpoint,
+        logger: Logger, limiter: inout LogLimiter, now: UInt64
+    ) {
         guard logger.logLevel <= level, let skipped = limiter.admit(now: now) else { return }
-        logger.log(level: level, message, metadata: [
-            "upstream": "\(upstream)", "error": "\(error)", "log.suppressed": "\(skipped)",
-        ])
+        logger.log(
+            level: level, message,
+            metadata: [
+                "upstream": "\(upstream)", "error": "\(error)", "log.suppressed": "\(skipped)",
+            ])
     }
 }

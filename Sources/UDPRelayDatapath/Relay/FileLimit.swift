@@ -1,8 +1,9 @@
+import Logging
+import NIOConcurrencyHelpers
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Logging
-import NIOConcurrencyHelpers
 
 /// Each relay session holds one descriptor, so `max_sessions` needs a matching RLIMIT_NOFILE.
 /// The soft limit (often 1024) is raised to the hard limit, as daemons do, the first time a
@@ -39,10 +40,13 @@ enum FileLimit {
             return true
         }
         if warn {
-            logger.warning("max_sessions exceeds the open-file limit; sessions beyond it fail (session_errors)", metadata: [
-                "listener.name": "\(listener)", "files.needed": "\(needed)", "files.limit": "\(limit)",
-                "hint": "raise the hard limit to \(needed) (LimitNOFILE= in the systemd unit, ulimit -n, or /etc/security/limits.conf) or lower max_sessions or workers",
-            ])
+            logger.warning(
+                "max_sessions exceeds the open-file limit; sessions beyond it fail (session_errors)",
+                metadata: [
+                    "listener.name": "\(listener)", "files.needed": "\(needed)", "files.limit": "\(limit)",
+                    "hint":
+                        "raise the hard limit to \(needed) (LimitNOFILE= in the systemd unit, ulimit -n, or /etc/security/limits.conf) or lower max_sessions or workers",
+                ])
         }
         return limit
     }

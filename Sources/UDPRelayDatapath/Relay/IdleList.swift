@@ -67,7 +67,10 @@ struct IdleList {
     var slots: [Int32] {
         var out: [Int32] = []
         var s = head
-        while s >= 0 { out.append(s); s = next[Int(s)] }
+        while s >= 0 {
+            out.append(s)
+            s = next[Int(s)]
+        }
         return out
     }
 

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `mirror`: every datagram (or one in `sample` N) is copied to every upstream, each from a
 /// connected non-blocking socket of its own, with one `DatagramSender` call per upstream per
@@ -32,8 +33,10 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     /// Bounds the log lines of upstream socket errors: one a minute per worker.
     private var socketErrorLog = LogLimiter(lines: 1, per: .seconds(60))
 
-    init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
-         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning) throws(SyscallError) {
+    init(
+        fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
+        upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning
+    ) throws(SyscallError) {
         self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: false)
         self.lastCount = tuning.batchSize
         self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 1, withControl: false)
@@ -80,8 +83,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 // Unwatched: copies are still sent; replies are not read (they count as kernel drops).
                 if case .unwatched = problem { counters.add(.receiveErrors) }
                 // No socket: its copies count as send drops until the next address change.
-                ConnectedSocket.log(problem, what: "mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
-                                    limiter: &socketErrorLog, now: SystemClock.monotonicNanos())
+                ConnectedSocket.log(
+                    problem, what: "mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
+                    limiter: &socketErrorLog, now: SystemClock.monotonicNanos())
             }
         }
     }

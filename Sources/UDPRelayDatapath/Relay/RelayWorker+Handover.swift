@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Relay sessions handed from one worker to another: a reload that rebuilds a listener, or a
 /// restart through systemd's file descriptor store (see `SessionArchive`).
@@ -57,9 +58,10 @@ extension RelayWorker {
                 continue
             }
             let idle = UInt32(clamping: (now > lastUsed ? now - lastUsed : 0) / 1_000_000)
-            let entry = SessionArchive.Entry(listener: listenerName, socket: socket, client: client, local: session.localAddress,
-                                             interface: session.ifindex, upstream: upstream, idleMilliseconds: idle,
-                                             requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops)
+            let entry = SessionArchive.Entry(
+                listener: listenerName, socket: socket, client: client, local: session.localAddress,
+                interface: session.ifindex, upstream: upstream, idleMilliseconds: idle,
+                requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops)
             out.append(HandedOverSession(entry: entry, fd: session.fd, kernelDrops: session.kernelDrops))
         }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
@@ -117,7 +119,8 @@ extension RelayWorker {
                 continue
             }
             guard e.client.ip.isIPv6 == localAddress.ip.isIPv6, (e.local?.ip.isIPv6 ?? e.client.ip.isIPv6) == e.client.ip.isIPv6,
-                  Self.isSessionSocket(h.fd, connectedTo: e.upstream) else {
+                Self.isSessionSocket(h.fd, connectedTo: e.upstream)
+            else {
                 if h.fd >= 0 { Syscall.close(h.fd) }
                 counters.add(.sessionErrors)
                 result.unusable += 1
@@ -167,10 +170,12 @@ extension RelayWorker {
         }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         if result.refused > 0 {
-            logger.notice("handed-over sessions refused: closed", metadata: [
-                "sessions.adopted": "\(result.adopted)", "upstream_removed": "\(result.upstreamRemoved)",
-                "unusable": "\(result.unusable)", "no_room": "\(result.noRoom)", "client_has_session": "\(result.clientHasSession)",
-            ])
+            logger.notice(
+                "handed-over sessions refused: closed",
+                metadata: [
+                    "sessions.adopted": "\(result.adopted)", "upstream_removed": "\(result.upstreamRemoved)",
+                    "unusable": "\(result.unusable)", "no_room": "\(result.noRoom)", "client_has_session": "\(result.clientHasSession)",
+                ])
         } else if result.adopted > 0 {
             logger.info("sessions taken over", metadata: ["sessions.adopted": "\(result.adopted)"])
         }
@@ -181,10 +186,11 @@ extension RelayWorker {
     /// non-blocking and close-on-exec when it is (a descriptor from elsewhere may not be).
     static func isSessionSocket(_ fd: Int32, connectedTo upstream: SocketAddress) -> Bool {
         guard fd >= 0,
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_TYPE)) == Int32(SOCK_DGRAM.rawValue),
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_DOMAIN)) == upstream.family,
-              (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_PROTOCOL)) == Int32(IPPROTO_UDP),
-              peerAddress(fd) == upstream else { return false }
+            (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_TYPE)) == Int32(SOCK_DGRAM.rawValue),
+            (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_DOMAIN)) == upstream.family,
+            (try? UDPSocket.getIntOption(fd, SOL_SOCKET, SO_PROTOCOL)) == Int32(IPPROTO_UDP),
+            peerAddress(fd) == upstream
+        else { return false }
         guard (try? Syscall.setNonBlocking(fd)) != nil else { return false }
         try? Syscall.setCloseOnExec(fd)
         return true

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `forward` and `balance`: datagrams from each client go to that client's session socket;
 /// replies go back to the client from the listener's socket. Everything (listener socket,
@@ -62,8 +63,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var sessionSocketFailing = false
     /// Session events clients cause are logged at most 20 a second each (opened, closed: debug),
     /// and the start and end of a shortage of session sockets at most 4 times in 10 s.
-    private var sessionLogs = (opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
-                               episodes: LogLimiter(lines: 4, per: .seconds(10)))
+    private var sessionLogs = (
+        opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
+        episodes: LogLimiter(lines: 4, per: .seconds(10))
+    )
     /// The listener's `rcvbuf`/`sndbuf`, applied to every session socket; whether the FORCE
     /// options work (see `UDPSocket.setBuffers(_:receive:send:force:)`).
     let receiveBuffer: Int
@@ -74,8 +77,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Set by `handSessionsOverAtStop`: where `stopMembers` sends the live sessions instead of
     /// closing them, and which of the listener's sockets they are recorded under.
     var handOverAtStop: (socket: UInt16, sink: @Sendable ([HandedOverSession]) -> Void)?
-    init(fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
-         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger) throws(SyscallError) {
+    init(
+        fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
+        upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning, logger: Logger
+    ) throws(SyscallError) {
         // On failure `fd` stays the caller's to close.
         self.usesPacketInfo = localAddress.ip.isWildcard
         self.controlCapacity = (cur_pktinfo_space() + 7) & ~7
@@ -97,8 +102,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.listenerName = configuration.name
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
-        self.balancer = Balancer(algorithm: configuration.mode == .balance ? configuration.balance : .first,
-                                 upstreams: configuration.upstreams)
+        self.balancer = Balancer(
+            algorithm: configuration.mode == .balance ? configuration.balance : .first,
+            upstreams: configuration.upstreams)
         var log = logger
         log[metadataKey: "listener.name"] = "\(configuration.name)"
         self.logger = log
@@ -182,7 +188,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             let socket: (fd: Int32, upstream: Int)
             switch openSessionSocket(clientHash: key.stableHash, now: now) {
             case .opened(let fd, let upstream): socket = (fd, upstream)
-            case .failed: counters.add(.dropNoSession); continue
+            case .failed:
+                counters.add(.dropNoSession)
+                continue
             case .loop: continue  // counted as `loop` where it was found
             }
             if sessions.isFull {
@@ -282,9 +290,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         // Closed on every way out but the last, which hands it to the session.
         let socket: SocketDescriptor
         do {
-            socket = SocketDescriptor(try sessions.opening(now: SystemClock.monotonicNanos()) { () throws(SyscallError) in
-                try UDPSocket.open(family: address.family)
-            })
+            socket = SocketDescriptor(
+                try sessions.opening(now: SystemClock.monotonicNanos()) { () throws(SyscallError) in
+                    try UDPSocket.open(family: address.family)
+                })
         } catch {
             sessionSocketsFail(error)
             return .failed
@@ -312,8 +321,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     /// Makes a session of a socket from `openSessionSocket` for the client of message `m`:
     /// a slot, the client's addresses, the epoll set. Returns the slot, or nil (counted).
-    private func addSession(_ socket: (fd: Int32, upstream: Int), key: ClientKey,
-                            message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64) -> Int32? {
+    private func addSession(
+        _ socket: (fd: Int32, upstream: Int), key: ClientKey,
+        message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64
+    ) -> Int32? {
         if sessionSocketFailing {
             sessionSocketFailing = false
             if let skipped = sessionLogs.episodes.admit(now: now) {
@@ -333,10 +344,12 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         upCounters[socket.upstream].sessionOpened()
         if logger.logLevel <= .debug, let skipped = sessionLogs.opened.admit(now: now) {
-            logger.debug("session opened", metadata: [
-                "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[socket.upstream])",
-                "log.suppressed": "\(skipped)",
-            ])
+            logger.debug(
+                "session opened",
+                metadata: [
+                    "peer.address": "\(clientDescription(slot))", "upstream": "\(upstreams.endpoints[socket.upstream])",
+                    "log.suppressed": "\(skipped)",
+                ])
         }
         return slot
     }
@@ -355,22 +368,25 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Counts and logs a session the table has closed.
     private func sessionClosed(_ slot: Int32, _ reason: SessionTable.CloseReason) {
         dispatchPrecondition(condition: .onQueue(queue))
-        let counter: Counter? = switch reason {
-        case .evicted: .sessionsEvicted
-        case .expired: .sessionsExpired
-        case .answered: .sessionsClosed
-        case .failed, .refused: .sessionsFailed
-        case .shutdown: nil
-        }
+        let counter: Counter? =
+            switch reason {
+            case .evicted: .sessionsEvicted
+            case .expired: .sessionsExpired
+            case .answered: .sessionsClosed
+            case .failed, .refused: .sessionsFailed
+            case .shutdown: nil
+            }
         if let counter { counters.add(counter) }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         upCounters[Int(sessions[slot].upstream)].sessionEnded()
         if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: SystemClock.monotonicNanos()) {
-            logger.debug("session closed", metadata: [
-                "peer.address": "\(clientDescription(slot))",
-                "reason": "\(counter.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[slot].replies)",
-                "log.suppressed": "\(skipped)",
-            ])
+            logger.debug(
+                "session closed",
+                metadata: [
+                    "peer.address": "\(clientDescription(slot))",
+                    "reason": "\(counter.map { "\($0)" } ?? "shutdown")", "replies": "\(sessions[slot].replies)",
+                    "log.suppressed": "\(skipped)",
+                ])
         }
     }
 
@@ -399,7 +415,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         let up = upCounters[Int(session.upstream)]
         for _ in 0..<tuning.maxBatchesPerWakeup {
             guard let received = try? replyBatch.receive(from: session.fd, resetting: replyBatch.capacity),
-                  received > 0 else { return }
+                received > 0
+            else { return }
             repliesFilled = received
             countKernelDrops(slot, received)
             var bytes: UInt64 = 0
@@ -418,18 +435,21 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         counters.add(.sessionErrors)
         guard !sessionSocketFailing else { return }
         sessionSocketFailing = true
-        let hint = switch error?.errno {
-        case nil: "too many sessions closed in the last \(sessions.holdNanos / 1_000_000) ms: each keeps its socket that long (see max_sessions)"
-        case EAGAIN: "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
-        default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
-        }
+        let hint =
+            switch error?.errno {
+            case nil: "too many sessions closed in the last \(sessions.holdNanos / 1_000_000) ms: each keeps its socket that long (see max_sessions)"
+            case EAGAIN: "every local port in net.ipv4.ip_local_port_range is taken: widen the range or lower max_sessions"
+            default: "raise the file limit (LimitNOFILE=) or lower max_sessions"
+            }
         // Clients can make this flap at the limit: at most 4 lines (with the other) per 10 s.
         guard let skipped = sessionLogs.episodes.admit(now: SystemClock.monotonicNanos()) else { return }
-        logger.warning("cannot open session sockets; datagrams from new clients are dropped (no_session)", metadata: [
-            "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessions.budget))")",
-            "hint": "\(hint)", "sessions.active": "\(sessions.liveCount)", "sessions.held": "\(sessions.heldCount)",
-            "log.suppressed": "\(skipped)",
-        ])
+        logger.warning(
+            "cannot open session sockets; datagrams from new clients are dropped (no_session)",
+            metadata: [
+                "error": "\(error.map { "\($0)" } ?? "live and held session sockets at their limit (\(sessions.budget))")",
+                "hint": "\(hint)", "sessions.active": "\(sessions.liveCount)", "sessions.held": "\(sessions.heldCount)",
+                "log.suppressed": "\(skipped)",
+            ])
     }
 
     // MARK: upstream -> client

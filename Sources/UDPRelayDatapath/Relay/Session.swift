@@ -1,8 +1,9 @@
+import CUDPRelay
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import UDPRelayConfig
 
 /// One client session of a forward/balance listener: a connected, non-blocking upstream socket
 /// on an ephemeral port and where its replies go. Kept small and plain (no object, no Dispatch

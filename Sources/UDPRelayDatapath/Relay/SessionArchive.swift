@@ -1,8 +1,9 @@
+import CUDPRelay
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CUDPRelay
-import UDPRelayConfig
 
 /// The relay sessions one process hands to the next across a restart: what each session is
 /// (client, upstream, where replies leave from, how long it may stay idle, its counts), in a
@@ -35,8 +36,10 @@ public struct SessionArchive: Equatable, Sendable {
         /// drops already counted are not counted again.
         public var kernelDrops: UInt32
 
-        public init(listener: String, socket: UInt16, client: SocketAddress, local: SocketAddress?, interface: UInt32,
-                    upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32, kernelDrops: UInt32 = 0) {
+        public init(
+            listener: String, socket: UInt16, client: SocketAddress, local: SocketAddress?, interface: UInt32,
+            upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32, kernelDrops: UInt32 = 0
+        ) {
             self.listener = listener
             self.socket = socket
             self.client = client
@@ -123,18 +126,22 @@ public struct SessionArchive: Equatable, Sendable {
         entries.reserveCapacity(Int(count))
         for i in 0..<Int(count) {
             guard let nameLength = r.u8(), let name = r.bytes(Int(nameLength)), let socket = r.u16(), let client = r.address(),
-                  let hasLocal = r.u8(), hasLocal <= 1 else { throw .damaged("session \(i) is cut short or malformed") }
+                let hasLocal = r.u8(), hasLocal <= 1
+            else { throw .damaged("session \(i) is cut short or malformed") }
             var local: SocketAddress?
             if hasLocal == 1 {
                 guard let l = r.address() else { throw .damaged("session \(i) is cut short or malformed") }
                 local = l
             }
             guard let interface = r.u32(), let upstream = r.address(), let idle = r.u32(), let requests = r.u32(),
-                  let replies = r.u32(), let kernelDrops = r.u32(), r.offset <= body else { throw .damaged("session \(i) is cut short or malformed") }
+                let replies = r.u32(), let kernelDrops = r.u32(), r.offset <= body
+            else { throw .damaged("session \(i) is cut short or malformed") }
             guard let listener = String(validating: name, as: UTF8.self) else { throw .damaged("session \(i): listener name is not UTF-8") }
-            entries.append(Entry(listener: listener, socket: socket, client: client, local: local, interface: interface,
-                                 upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies,
-                                 kernelDrops: kernelDrops))
+            entries.append(
+                Entry(
+                    listener: listener, socket: socket, client: client, local: local, interface: interface,
+                    upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies,
+                    kernelDrops: kernelDrops))
         }
         guard r.offset == body else { throw .damaged("\(body - r.offset) bytes after the last session") }
         self.entries = entries

@@ -1,8 +1,9 @@
+import DequeModule
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import DequeModule
-import UDPRelayConfig
 
 /// The sessions of one relay worker: which client has which slot, the slots themselves (a flat
 /// array of `Session`), the free slots, the least-recently-used order (`IdleList`) and the held
@@ -106,7 +107,8 @@ struct SessionTable {
     func slot(forTag tag: UInt64) -> Int32? {
         let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
         guard slot >= 0, Int(slot) < sessions.count, sessions[Int(slot)].fd >= 0,
-              sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32) else { return nil }
+            sessions[Int(slot)].generation == UInt32(truncatingIfNeeded: tag >> 32)
+        else { return nil }
         return slot
     }
 
@@ -148,8 +150,10 @@ struct SessionTable {
     /// client at `now`, in a free slot or a new one, with a new generation. `register` gets the
     /// session's epoll tag; when it throws, the socket is closed and nothing is added. When
     /// `isFull`, call `evictLeastRecentlyUsed` first.
-    mutating func open(_ session: Session, now: UInt64,
-                       register: (UInt64) throws(SyscallError) -> Void) throws(SyscallError) -> Int32 {
+    mutating func open(
+        _ session: Session, now: UInt64,
+        register: (UInt64) throws(SyscallError) -> Void
+    ) throws(SyscallError) -> Int32 {
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -285,8 +289,10 @@ struct SessionTable {
     /// room, as for a new client), when its client already has a live session, or when
     /// `register` throws.
     @discardableResult
-    mutating func adopt(_ session: Session, lastUsed: UInt64, now: UInt64,
-                        register: (UInt64) throws(SyscallError) -> Void) throws(AdoptionRefusal) -> Int32 {
+    mutating func adopt(
+        _ session: Session, lastUsed: UInt64, now: UInt64,
+        register: (UInt64) throws(SyscallError) -> Void
+    ) throws(AdoptionRefusal) -> Int32 {
         guard table[session.key] == nil else {
             closer(session.fd)
             throw .clientHasSession
@@ -321,8 +327,9 @@ struct SessionTable {
     /// Of `received` replies, how many may still go to the session's client.
     @inline(__always)
     func repliesAllowed(_ slot: Int32, _ received: Int) -> Int {
-        Self.repliesAllowed(received, maxReplies: maxReplies, requests: sessions[Int(slot)].requests,
-                            replies: sessions[Int(slot)].replies)
+        Self.repliesAllowed(
+            received, maxReplies: maxReplies, requests: sessions[Int(slot)].requests,
+            replies: sessions[Int(slot)].replies)
     }
 
     /// `forwarded` replies went to the session's client at `now`. When that was the last one

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Active health checks of an upstream table: one connected UDP socket per upstream, a probe
 /// every `health_interval`, all on `controlQueue`.
@@ -12,9 +13,12 @@ extension UpstreamTable {
         dispatchPrecondition(condition: .onQueue(controlQueue))
         probeBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
         probeSockets = (0..<count).map { i in
-            ConnectedSocket(watch: .source(controlQueue, closed: probeClosed, onReadable: { [unowned self] fd in
-                probeReadable(i, fd: fd)
-            }))
+            ConnectedSocket(
+                watch: .source(
+                    controlQueue, closed: probeClosed,
+                    onReadable: { [unowned self] fd in
+                        probeReadable(i, fd: fd)
+                    }))
         }
         let interval = DispatchTimeInterval.nanoseconds(Int(clamping: settings.interval.nanoseconds))
         let t = DispatchSource.makeTimerSource(queue: controlQueue)
@@ -44,8 +48,9 @@ extension UpstreamTable {
                 _ = try payload.withUnsafeBytes { bytes in Result { () throws(SyscallError) in try Syscall.send(fd, bytes) } }.get()
             } catch {
                 // ECONNREFUSED: an earlier probe was refused; this one goes unanswered and counts.
-                ConnectedSocket.log(.info, "health probe not sent", error: error, upstream: endpoints[i], logger: logger,
-                                    limiter: &probeErrorLog, now: now)
+                ConnectedSocket.log(
+                    .info, "health probe not sent", error: error, upstream: endpoints[i], logger: logger,
+                    limiter: &probeErrorLog, now: now)
             }
         }
         probeGeneration = gen
@@ -56,8 +61,9 @@ extension UpstreamTable {
     private func connectProbeSocket(_ i: Int) {
         guard let address = address(i) else { return }
         probeSockets[i].connect(to: address) { problem in
-            ConnectedSocket.log(problem, what: "health probe", upstream: endpoints[i], logger: logger,
-                                limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
+            ConnectedSocket.log(
+                problem, what: "health probe", upstream: endpoints[i], logger: logger,
+                limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
         }
     }
 
@@ -72,8 +78,9 @@ extension UpstreamTable {
             } catch {
                 // ECONNREFUSED: nobody listens; the unanswered probe marks it down at the next tick.
                 if error.errno != ECONNREFUSED {
-                    ConnectedSocket.log(.info, "health probe reply not read", error: error, upstream: endpoints[i], logger: logger,
-                                        limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
+                    ConnectedSocket.log(
+                        .info, "health probe reply not read", error: error, upstream: endpoints[i], logger: logger,
+                        limiter: &probeErrorLog, now: SystemClock.monotonicNanos())
                 }
                 continue
             }

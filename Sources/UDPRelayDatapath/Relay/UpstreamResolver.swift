@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CUDPRelay
 import Dispatch
 import Logging
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Hostname resolution of an upstream table: lookups on threads of their own, results applied
 /// on `resolveQueue`.
@@ -52,9 +53,11 @@ extension UpstreamTable {
             guard !reportedSlowNames else { return }
             reportedSlowNames = true
             for (i, e) in endpoints.enumerated() where resolving[i] && address(i) == nil {
-                logger.warning("upstream not resolved in time; it takes no traffic until it resolves", metadata: [
-                    "upstream": "\(e)", "waited": "\(Self.resolveWait)",
-                ])
+                logger.warning(
+                    "upstream not resolved in time; it takes no traffic until it resolves",
+                    metadata: [
+                        "upstream": "\(e)", "waited": "\(Self.resolveWait)",
+                    ])
             }
         }
     }
@@ -84,9 +87,11 @@ extension UpstreamTable {
             lock.withLockedValue { $0.lastError[i] = .unresolved(message.description) }
             if !resolveFailing[i] {
                 let kept = address(i)
-                logger.error("cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")", metadata: [
-                    "upstream": "\(e)", "error": "\(message)", "upstream.address": "\(kept.map { "\($0)" } ?? "none")",
-                ])
+                logger.error(
+                    "cannot resolve upstream\(kept == nil ? "; it takes no traffic until it resolves" : "; keeping its last address")",
+                    metadata: [
+                        "upstream": "\(e)", "error": "\(message)", "upstream.address": "\(kept.map { "\($0)" } ?? "none")",
+                    ])
             }
             resolveFailing[i] = true
         }
@@ -130,11 +135,13 @@ enum ResolverThread {
     static func run(_ body: @escaping @Sendable () -> Void) {
         let work = Unmanaged.passRetained(Work(body)).toOpaque()
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { context in
-            let work = Unmanaged<Work>.fromOpaque(context!).takeRetainedValue()
-            work.body()
-            return nil
-        }, work)
+        let rc = pthread_create(
+            &thread, nil,
+            { context in
+                let work = Unmanaged<Work>.fromOpaque(context!).takeRetainedValue()
+                work.body()
+                return nil
+            }, work)
         if rc == 0 {
             pthread_detach(thread)
         } else {

@@ -1,7 +1,8 @@
+import UDPRelayConfig
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UDPRelayConfig
 
 /// What the datapath reads about each upstream without a lock, one named atomic per fact and
 /// upstream (relaxed loads, any thread).

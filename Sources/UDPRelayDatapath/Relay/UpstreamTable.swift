@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import UDPRelayConfig
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The upstreams of one relay listener, shared by its workers: resolved addresses, health and
 /// per-worker counters. Resolution and active probes run on a control queue of their own.
@@ -62,8 +63,10 @@ final class UpstreamTable: @unchecked Sendable {
     typealias Resolver = @Sendable (String, UInt16) -> Result<SocketAddress, ResolveError>
     let resolver: Resolver
 
-    init(configuration: ListenerConfiguration, workers: Int, logger: Logger,
-         resolver: @escaping Resolver = { UpstreamTable.resolve(host: $0, port: $1) }) {
+    init(
+        configuration: ListenerConfiguration, workers: Int, logger: Logger,
+        resolver: @escaping Resolver = { UpstreamTable.resolve(host: $0, port: $1) }
+    ) {
         self.resolver = resolver
         endpoints = configuration.upstreams
         settings = configuration.health
@@ -74,10 +77,13 @@ final class UpstreamTable: @unchecked Sendable {
         self.logger = log
         let n = endpoints.count
         counters = (0...workers).map { _ in (0..<n).map { _ in UpstreamCounterSet() } }
-        let health = HealthState(maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds,
-                                 probeFails: configuration.health.probeFails)
-        lock = NIOLockedValueBox(UpstreamLockedState(addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n),
-                                        lastError: Array(repeating: nil, count: n)))
+        let health = HealthState(
+            maxFails: configuration.health.maxFails, failTimeout: configuration.health.failTimeout.nanoseconds,
+            probeFails: configuration.health.probeFails)
+        lock = NIOLockedValueBox(
+            UpstreamLockedState(
+                addresses: endpoints.map(\.literal), health: Array(repeating: health, count: n),
+                lastError: Array(repeating: nil, count: n)))
         let flags = UpstreamFlags(count: n)
         for i in 0..<n where endpoints[i].literal != nil { flags.resolved[i] = 1 }
         self.flags = flags
@@ -124,10 +130,12 @@ final class UpstreamTable: @unchecked Sendable {
         }
         guard marked else { return }
         if !wasDown {
-            logger.warning("upstream down", metadata: [
-                "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
-                "down_for": "\(settings.failTimeout)",
-            ])
+            logger.warning(
+                "upstream down",
+                metadata: [
+                    "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
+                    "down_for": "\(settings.failTimeout)",
+                ])
         }
         controlQueue.async { [self] in schedulePassiveEnd(i, until: until) }
     }
@@ -146,10 +154,12 @@ final class UpstreamTable: @unchecked Sendable {
         }
         let up = lock.withLockedValue { l in l.health[i].downUntil == until && !l.health[i].isDown(now: now) }
         guard up else { return }
-        logger.notice("upstream up", metadata: [
-            "upstream": "\(endpoints[i])",
-            "reason": "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again",
-        ])
+        logger.notice(
+            "upstream up",
+            metadata: [
+                "upstream": "\(endpoints[i])",
+                "reason": "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again",
+            ])
     }
 
     // MARK: start / stop (resolve timer, probes)
@@ -198,11 +208,11 @@ final class UpstreamTable: @unchecked Sendable {
             for row in counters {
                 for k in UpstreamCounter.allCases { c[k] &+= row[i].value(k) }
             }
-            return UpstreamSnapshot(endpoint: endpoints[i].description, address: addresses[i],
-                                    down: isDown(i, now: now), counters: c,
-                                    lastError: errors[i].map { $0.describe(interval: settings.interval) },
-                                    draining: endpoints[i].drain, backup: endpoints[i].backup, weight: endpoints[i].weight)
+            return UpstreamSnapshot(
+                endpoint: endpoints[i].description, address: addresses[i],
+                down: isDown(i, now: now), counters: c,
+                lastError: errors[i].map { $0.describe(interval: settings.interval) },
+                draining: endpoints[i].drain, backup: endpoints[i].backup, weight: endpoints[i].weight)
         }
     }
 }
-
