@@ -52,17 +52,7 @@ extension Values {
         guard let portStart, close.map({ $0 < portStart }) ?? true,
             let dash = item[portStart...].firstIndex(of: "-")
         else {
-            do {
-                let a = try SocketAddress(parsing: item)
-                try refuseMapped(a.ip, port: a.port)
-                return [a]
-            } catch let e as ValueErrorMessage {
-                throw ValueError(e.message)
-            } catch let e as ValueError {
-                throw e
-            } catch {
-                throw ValueError("\(error)")
-            }
+            return [try socketAddress(item)]
         }
         let lowText = item[portStart..<dash], highText = item[item.index(after: dash)...]
         let first: SocketAddress

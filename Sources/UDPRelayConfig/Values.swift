@@ -122,22 +122,25 @@ enum Values {
         return items
     }
 
+    /// One `ADDRESS:PORT` (IPv4-mapped IPv6 refused).
+    static func socketAddress(_ item: Substring) throws(ValueError) -> SocketAddress {
+        let a: SocketAddress
+        do {
+            a = try SocketAddress(parsing: item)
+        } catch {
+            throw ValueError(error.message)
+        }
+        try refuseMapped(a.ip, port: a.port)
+        return a
+    }
+
     static func socketAddresses(_ s: String) throws(ValueError) -> [SocketAddress] {
         var out: [SocketAddress] = []
         var seen: Set<SocketAddress> = []
         for item in try words(s) {
-            do {
-                let a = try SocketAddress(parsing: item)
-                try refuseMapped(a.ip, port: a.port)
-                if !seen.insert(a).inserted { throw ValueError("address \(a) is listed twice") }
-                out.append(a)
-            } catch let e as ValueErrorMessage {
-                throw ValueError(e.message)
-            } catch let e as ValueError {
-                throw e
-            } catch {
-                throw ValueError("\(error)")
-            }
+            let a = try socketAddress(item)
+            if !seen.insert(a).inserted { throw ValueError("address \(a) is listed twice") }
+            out.append(a)
         }
         return out
     }
