@@ -82,6 +82,30 @@ final class ProxyProtocolEndToEndTests: XCTestCase {
         XCTAssertEqual(daemon.stop(), 0)
     }
 
+    func testBalanceSendsEachSessionsClientToTheUpstreamItPicked() throws {
+        let first = try proxyReadingUpstream(), second = try proxyReadingUpstream()
+        let (_, bound) = try startDaemon(
+            """
+            [listener spread]
+            listen = 127.0.0.1:0
+            mode = balance
+            upstream = \(first.address), \(second.address)
+            proxy_protocol = v2
+            """)
+        let address = try XCTUnwrap(bound["spread"]?.first)
+        let clients = try (0..<4).map { _ in try UDPClient() }
+        for (i, client) in clients.enumerated() {
+            XCTAssertEqual(echo(client, address, "q\(i)"), "plain:q\(i)")
+        }
+        // Round robin: two sessions on each upstream, each datagram naming its own client.
+        let seen = (first.datagrams + second.datagrams).compactMap { Self.parse($0.bytes) }
+        XCTAssertEqual(first.datagrams.count, 2)
+        XCTAssertEqual(second.datagrams.count, 2)
+        XCTAssertEqual(
+            Set(seen.map { "\($0.source) \($0.destination) \(String(decoding: $0.payload, as: UTF8.self))" }),
+            Set(clients.enumerated().map { "\($1.localAddress) \(address) q\($0)" }))
+    }
+
     /// A burst of equal-sized datagrams from one client, which `udp_gso` would send as one
     /// segmented send: each arrives with its own header and whole payload.
     func testABurstFromOneClientCarriesOneHeaderPerDatagram() throws {
