@@ -21,6 +21,9 @@ if [ "$what" = test ]; then
   # The status endpoint's end-to-end test: the clients our users script with, a real
   # Prometheus text parser, a JSON Schema validator and a headless browser for the page.
   packages+=(python3-requests python3-prometheus-client python3-jsonschema chromium)
+  # proxy_protocol = v2 checked against a PROXY v2 receiver nobody here wrote: dnsdist
+  # (setProxyProtocolACL) answers DNS queries according to the client the header names.
+  packages+=(dnsdist)
 fi
 # The Debian package (`make deb`, and its tests in `make test`): dpkg-dev and debhelper build it,
 # lintian checks it, python3/groff-base/man-db generate and check the man pages.

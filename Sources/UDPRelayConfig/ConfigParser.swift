@@ -63,6 +63,7 @@ struct ListenerDraft {
     var busyPoll: Duration?
     var workers: WorkerCount?
     var segmentation: Bool?
+    var proxyProtocol: ProxyProtocolVersion?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -150,6 +151,7 @@ enum Schema {
         KeySpec("health_expect", modes: Schema.relayModes) { d, v in d.healthExpect = try Values.payload(v) },
         KeySpec("health_interval", modes: Schema.relayModes) { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
         KeySpec("health_fails", modes: Schema.relayModes) { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
+        KeySpec("proxy_protocol", modes: Schema.relayModes) { d, v in d.proxyProtocol = try Values.oneOf(v, ProxyProtocolVersion.self) },
         KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
@@ -384,7 +386,8 @@ struct ConfigParser {
                     protection: d.protection.configuration,
                     busyPoll: d.busyPoll ?? Defaults.busyPoll,
                     workers: d.workers ?? Defaults.workers,
-                    segmentation: d.segmentation ?? Defaults.segmentation
+                    segmentation: d.segmentation ?? Defaults.segmentation,
+                    proxyProtocol: d.proxyProtocol ?? Defaults.proxyProtocol
                 ))
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")

@@ -102,6 +102,9 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var workers: WorkerCount
     /// Send runs of equal-sized datagrams to one destination as one UDP GSO send (`udp_gso`).
     public var segmentation: Bool
+    /// Relay modes: what each datagram to an upstream starts with (`proxy_protocol`): nothing,
+    /// or a PROXY protocol v2 header naming the client and the address it sent to.
+    public var proxyProtocol: ProxyProtocolVersion
 
     public init(
         name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
@@ -111,7 +114,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
         resolveInterval: Duration = Defaults.resolveInterval,
         sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
         protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
-        workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation
+        workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation,
+        proxyProtocol: ProxyProtocolVersion = Defaults.proxyProtocol
     ) {
         self.name = name
         self.line = line
@@ -130,6 +134,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.busyPoll = busyPoll
         self.workers = workers
         self.segmentation = segmentation
+        self.proxyProtocol = proxyProtocol
     }
 }
 
@@ -177,6 +182,8 @@ public enum Defaults {
     /// UDP GSO halves the relay's CPU per datagram in bursts (see BENCHMARKS.md); the kernel
     /// splits the datagrams before they leave, so receivers see no difference.
     public static let segmentation = true
+    /// Upstreams get the datagrams as the clients sent them.
+    public static let proxyProtocol = ProxyProtocolVersion.off
     /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
     public static let maxFails = 3
     /// Passive health: the failure window and how long an upstream stays down.

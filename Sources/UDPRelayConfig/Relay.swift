@@ -141,6 +141,16 @@ public enum BalanceAlgorithm: String, CaseIterable, Sendable {
     case first
 }
 
+/// `proxy_protocol`: whether datagrams to upstreams carry a PROXY protocol header (HAProxy's
+/// specification; version 2, the binary one, is the only one defined for UDP).
+public enum ProxyProtocolVersion: String, CaseIterable, Sendable {
+    /// Plain datagrams, as the client sent them.
+    case off
+    /// Each datagram starts with a PROXY v2 header: command PROXY, INET or INET6 over DGRAM,
+    /// the client's address and port, then the address and port it sent to.
+    case v2
+}
+
 /// Session limits of `forward` and `balance` listeners.
 public struct SessionSettings: Sendable, Equatable {
     /// A session without traffic either way for this long is closed.

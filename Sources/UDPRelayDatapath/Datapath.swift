@@ -181,6 +181,8 @@ public struct ListenerSnapshot: Sendable {
     /// Each socket's worker with its own counters, in the order of `Listener.workers` (one per
     /// address unless `workers` is above 1); `counters` is their sum.
     public var workers: [WorkerSnapshot] = []
+    /// `proxy_protocol`: `off` or `v2`.
+    public var proxyProtocol = ProxyProtocolVersion.off.rawValue
 }
 
 /// One socket of a listener and the counters of the worker that serves it.
@@ -202,7 +204,7 @@ extension Datapath {
             return ListenerSnapshot(
                 name: l.name, mode: l.configuration.mode.rawValue,
                 addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
-                upstreams: l.upstreamSnapshots(), workers: workers)
+                upstreams: l.upstreamSnapshots(), workers: workers, proxyProtocol: l.configuration.proxyProtocol.rawValue)
         }
     }
 

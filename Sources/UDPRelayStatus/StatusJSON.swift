@@ -144,6 +144,7 @@ public enum StatusJSON {
         .object([
             ("name", .string(l.name)),
             ("mode", .string(l.mode)),
+            ("proxy_protocol", .string(l.proxyProtocol)),
             ("addresses", .array(l.addresses.map { .string($0) })),
             ("received", traffic(l.received)),
             ("sent", traffic(l.sent)),

@@ -70,7 +70,12 @@ public enum StatusPage {
             let unbound = l.addresses.count < l.configuredAddresses
             h += "<tr class=\"listener\" id=\"listener-\(Format.html(l.name))\">"
             h += "<td class=\"l name\">\(Format.html(l.name))\(unbound ? " <span class=\"pill bad small\">UNBOUND</span>" : "")</td>"
-            h += "<td class=\"l\"><span class=\"mode\">\(Format.html(l.mode))</span></td>"
+            h += "<td class=\"l\"><span class=\"mode\">\(Format.html(l.mode))</span>"
+            if l.sendsProxyProtocol {
+                h += "<br><span class=\"sub\" title=\"proxy_protocol: each datagram to an upstream starts with a PROXY header\">"
+                h += "PROXY \(Format.html(l.proxyProtocol))</span>"
+            }
+            h += "</td>"
             h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)
             h += rateCell(r?.receivedBytes) { Format.bytes($0) + "/s" }

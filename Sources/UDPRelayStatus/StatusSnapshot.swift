@@ -219,12 +219,15 @@ public struct ListenerStatus: Sendable, Equatable {
     public var counters: [NamedCounter]
     /// Each socket's worker, in order; the listener's totals are their sum.
     public var workers: [WorkerStatus]
+    /// What datagrams to upstreams start with (`proxy_protocol`): `off`, or `v2` for a PROXY
+    /// protocol v2 header.
+    public var proxyProtocol: String
 
     public init(
         name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
         received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
         drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
-        counters: [NamedCounter] = [], workers: [WorkerStatus] = []
+        counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off"
     ) {
         self.name = name
         self.mode = mode
@@ -238,7 +241,11 @@ public struct ListenerStatus: Sendable, Equatable {
         self.upstreams = upstreams
         self.counters = counters
         self.workers = workers
+        self.proxyProtocol = proxyProtocol
     }
+
+    /// Whether datagrams to its upstreams carry a PROXY protocol header.
+    public var sendsProxyProtocol: Bool { proxyProtocol != "off" }
 
     /// Sum of all drop counters.
     public var dropped: UInt64 { drops.reduce(0) { $0 &+ $1.count } }

@@ -54,7 +54,8 @@ struct DaemonStatusSource: StatusSource {
                     address: "\(w.address)", number: w.place.number, of: w.place.of,
                     received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
                     sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
-            }
+            },
+            proxyProtocol: l.proxyProtocol
         )
     }
 

@@ -22,6 +22,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private let scratch: UnsafeMutablePointer<cur_mmsghdr>
     /// Sends each upstream's copies (segmented where it applies).
     private var sender: DatagramSender
+    /// `proxy_protocol = v2`: one header per copied datagram of a batch, sent in front of it
+    /// to every upstream; nil when off.
+    private let proxyHeaders: ProxyHeaders?
     private let sampleEvery: Int
     private var sampleCounter = 0
     let upstreams: UpstreamTable
@@ -37,12 +40,17 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         fd: Int32, localAddress: SocketAddress, label: String, configuration: ListenerConfiguration,
         upstreams: UpstreamTable, workerIndex: Int, tuning: DatapathTuning
     ) throws(SyscallError) {
-        self.batch = MessageBatch(capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: false)
+        let proxy = configuration.proxyProtocol == .v2
+        // Packet info (the address a client sent to) is needed only for the PROXY header.
+        self.batch = MessageBatch(
+            capacity: tuning.batchSize, bufferSize: configuration.maxDatagram, withControl: proxy && localAddress.ip.isWildcard)
         self.lastCount = tuning.batchSize
         self.replyBatch = MessageBatch(capacity: tuning.batchSize, bufferSize: 1, withControl: false)
         self.scratch = .allocate(capacity: tuning.batchSize)
         self.scratch.initialize(repeating: cur_mmsghdr(), count: tuning.batchSize)
-        self.sender = DatagramSender(segmentation: configuration.segmentation)
+        // Each datagram carries its own header, so none go out as one segmented send.
+        self.sender = DatagramSender(segmentation: configuration.segmentation && !proxy)
+        self.proxyHeaders = proxy ? ProxyHeaders(capacity: tuning.batchSize, listener: localAddress) : nil
         self.sampleEvery = configuration.sampleEvery
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -55,6 +63,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     deinit {
         scratch.deallocate()
         sender.deallocate()
+        proxyHeaders?.deallocate()
     }
 
     override func start(registered: DispatchGroup) {
@@ -136,6 +145,10 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             scratch[n].msg_hdr.msg_namelen = 0
             scratch[n].msg_hdr.msg_control = nil
             scratch[n].msg_hdr.msg_controllen = 0
+            if let proxyHeaders {
+                proxyHeaders.write(n, from: m.pointee.msg_hdr)
+                proxyHeaders.prepend(n, to: &scratch[n].msg_hdr, slot: n)
+            }
             n += 1
         }
         countReceived(count, bytes: bytes)

@@ -43,6 +43,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private let sessionOf: UnsafeMutablePointer<Int32>
     /// Sends runs of datagrams to one destination (segmented where it applies).
     private var sender: DatagramSender
+    /// `proxy_protocol = v2`: the header in front of every datagram to an upstream (one per
+    /// group, written from the session's addresses); nil when off.
+    private let proxyHeaders: ProxyHeaders?
     /// Replies: the client address and packet-info control data of the session being served.
     private let replyName: UnsafeMutablePointer<sockaddr_in6>
     private let replyControl: UnsafeMutableRawPointer
@@ -95,7 +98,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.replyName = .allocate(capacity: 1)
         self.replyName.initialize(to: sockaddr_in6())
         self.replyControl = .allocate(byteCount: controlCapacity, alignment: 8)
-        self.sender = DatagramSender(segmentation: configuration.segmentation)
+        // Each datagram carries its own header, so none go out as one segmented send.
+        self.sender = DatagramSender(segmentation: configuration.segmentation && configuration.proxyProtocol == .off)
+        self.proxyHeaders = configuration.proxyProtocol == .v2 ? ProxyHeaders(capacity: tuning.batchSize, listener: localAddress) : nil
         self.sessions = SessionTable(settings: configuration.sessions, holdNanos: tuning.closedSessionHold)
         self.receiveBuffer = configuration.receiveBuffer
         self.sendBuffer = configuration.sendBuffer
@@ -117,6 +122,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         replyName.deallocate()
         replyControl.deallocate()
         sender.deallocate()
+        proxyHeaders?.deallocate()
     }
 
     override var hasMembers: Bool { true }
@@ -219,6 +225,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 i += 1
                 continue
             }
+            if let proxyHeaders { writeProxyHeader(proxyHeaders, for: slot) }
             var n = 0
             for j in i..<end where sessionOf[j] == slot {
                 scratch[n] = batch.messages[j]
@@ -226,11 +233,26 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 scratch[n].msg_hdr.msg_namelen = 0
                 scratch[n].msg_hdr.msg_control = nil
                 scratch[n].msg_hdr.msg_controllen = 0
+                proxyHeaders?.prepend(0, to: &scratch[n].msg_hdr, slot: n)
                 n += 1
                 sessionOf[j] = -1
             }
             sendToUpstream(slot, count: n)
             i += 1
+        }
+    }
+
+    /// Writes the PROXY v2 header of the session in `slot` (its client, and the address the
+    /// client sent to) as header 0 of `proxy`, in front of each datagram of its group.
+    @inline(__always)
+    private func writeProxyHeader(_ proxy: ProxyHeaders, for slot: Int32) {
+        let session = sessions[slot]
+        withUnsafeBytes(of: session.client) { client in
+            guard session.local.sin6_family != 0 else {
+                proxy.write(0, client: client.baseAddress!, local: nil)
+                return
+            }
+            withUnsafeBytes(of: session.local) { proxy.write(0, client: client.baseAddress!, local: $0.baseAddress!) }
         }
     }
 
