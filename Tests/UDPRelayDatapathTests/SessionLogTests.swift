@@ -140,6 +140,14 @@ final class SessionLogTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(log.records.count, 0, "session_log is off by default: \(log.lines)")
     }
 
+    func testTheStartIsWrittenInUTCWithMilliseconds() {
+        XCTAssertEqual(SessionRecord.timestamp(wallNanos: 1_795_000_000_007_900_000), "2026-11-18T11:06:40.007Z")
+        XCTAssertEqual(SessionRecord.timestamp(wallNanos: 0), "1970-01-01T00:00:00.000Z")
+        // The start of a handed-over session from its age; an age beyond the clock is clamped.
+        XCTAssertEqual(SessionRecord.started(ageMilliseconds: 5, now: 9_000_000), 4_000_000)
+        XCTAssertEqual(SessionRecord.started(ageMilliseconds: .max, now: 9_000_000), 0)
+    }
+
     // MARK: handover
 
     /// Stops `datapath` with its worker's live sessions handed over instead of closed.
@@ -228,7 +236,9 @@ final class SessionLogTests: XCTestCase, ConfigFileTests {
             }, "the flood is read: \(relay.counters()[.receivedPackets])")
         let created = relay.counters()[.sessionsCreated], evicted = relay.counters()[.sessionsEvicted]
         XCTAssertEqual(evicted, created - 8, "all but the last 8 are evicted")
-        XCTAssertGreaterThan(created, UInt64(clients / 2), "most of the flood opened sessions")
+        // Without the forced 16 MiB receive buffer (not root) the kernel may drop part of the
+        // flood: what gets through must still be far beyond the rate.
+        XCTAssertGreaterThan(created, UInt64(20 * rate), "the flood opened sessions")
         // Every evicted session is in a record or in a count, once the last count is written.
         func suppressed() -> UInt64 {
             log.entries.filter { $0.message == "session records left out" }.reduce(0) { $0 + (UInt64($1.metadata["log.suppressed"] ?? "") ?? 0) }
