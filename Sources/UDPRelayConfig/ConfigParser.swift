@@ -54,6 +54,8 @@ struct ListenerDraft {
     var sessionTimeout: Duration?
     var maxSessions: Int?
     var sessionMaxReplies: Int?
+    var sessionLog: Bool?
+    var sessionLogRate: Int?
     var maxFails: Int?
     var failTimeout: Duration?
     var healthProbe: [UInt8]?
@@ -145,6 +147,8 @@ enum Schema {
         KeySpec("session_timeout", modes: Schema.sessionModes) { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
         KeySpec("max_sessions", modes: Schema.sessionModes) { d, v in d.maxSessions = try Values.integer(v, in: 1...(1 << 24)) },
         KeySpec("session_max_replies", modes: Schema.sessionModes) { d, v in d.sessionMaxReplies = try Values.integer(v, in: 1...Int(Int32.max)) },
+        KeySpec("session_log", modes: Schema.sessionModes) { d, v in d.sessionLog = try Values.bool(v) },
+        KeySpec("session_log_rate", modes: Schema.sessionModes) { d, v in d.sessionLogRate = try Values.integer(v, in: 1...100_000) },
         KeySpec("max_fails", modes: Schema.relayModes) { d, v in d.maxFails = try Values.integer(v, in: 0...1_000_000) },
         KeySpec("fail_timeout", modes: Schema.relayModes) { d, v in d.failTimeout = try Values.duration(v, min: .milliseconds(10)) },
         KeySpec("health_probe", modes: Schema.relayModes) { d, v in d.healthProbe = try Values.payload(v) },
@@ -376,7 +380,8 @@ struct ConfigParser {
                     sessions: SessionSettings(
                         timeout: d.sessionTimeout ?? Defaults.sessionTimeout,
                         maxSessions: d.maxSessions ?? Defaults.maxSessions,
-                        maxReplies: d.sessionMaxReplies),
+                        maxReplies: d.sessionMaxReplies, log: d.sessionLog ?? false,
+                        logRate: d.sessionLogRate ?? Defaults.sessionLogRate),
                     health: HealthSettings(
                         maxFails: d.maxFails ?? Defaults.maxFails,
                         failTimeout: d.failTimeout ?? Defaults.failTimeout,

@@ -173,6 +173,9 @@ public enum Defaults {
     public static let resolveInterval = Duration.seconds(30)
     public static let sessionTimeout = Duration.seconds(60)
     public static let maxSessions = 65536
+    /// Session records a second per worker (`session_log_rate`): enough for every session of a
+    /// normal load, few enough that a flood of new clients cannot fill the journal.
+    public static let sessionLogRate = 100
     /// Off: a worker sleeps in `epoll_wait` as soon as its sockets run dry, which costs what a
     /// C epoll server costs at every rate; spinning costs a CPU at everyday rates for a few µs
     /// of round trip (see BENCHMARKS.md).

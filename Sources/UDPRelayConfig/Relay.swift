@@ -160,11 +160,21 @@ public struct SessionSettings: Sendable, Equatable {
     public var maxSessions: Int
     /// Close a session after this many replies (nil: no limit), as nginx `proxy_responses`.
     public var maxReplies: Int?
+    /// `session_log`: one record per ended session (see `RelayWorker`).
+    public var log: Bool
+    /// `session_log_rate`: at most this many records a second per worker; the ones left out
+    /// are counted in one line a second.
+    public var logRate: Int
 
-    public init(timeout: Duration = Defaults.sessionTimeout, maxSessions: Int = Defaults.maxSessions, maxReplies: Int? = nil) {
+    public init(
+        timeout: Duration = Defaults.sessionTimeout, maxSessions: Int = Defaults.maxSessions, maxReplies: Int? = nil,
+        log: Bool = false, logRate: Int = Defaults.sessionLogRate
+    ) {
         self.timeout = timeout
         self.maxSessions = maxSessions
         self.maxReplies = maxReplies
+        self.log = log
+        self.logRate = logRate
     }
 }
 

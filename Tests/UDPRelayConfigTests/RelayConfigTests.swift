@@ -19,6 +19,8 @@ final class RelayConfigTests: XCTestCase, ConfigFileTests {
             session_timeout = 250ms
             max_sessions = 100
             session_max_replies = 1
+            session_log = yes
+            session_log_rate = 500
             resolve_interval = 5m
             max_fails = 0
             fail_timeout = 30s
@@ -37,13 +39,13 @@ final class RelayConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(f.upstreams, [UpstreamEndpoint(host: .name("dns.example."), port: 53)])
         XCTAssertNil(f.upstreams[0].literal)
         XCTAssertEqual(f.balance, .roundRobin)
-        XCTAssertEqual(f.sessions, SessionSettings(timeout: .seconds(60), maxSessions: 65536, maxReplies: nil))
+        XCTAssertEqual(f.sessions, SessionSettings(timeout: .seconds(60), maxSessions: 65536, maxReplies: nil, log: false, logRate: 100))
         XCTAssertEqual(f.health, HealthSettings(maxFails: 3, failTimeout: .seconds(10), probe: nil, expect: [], interval: .seconds(5), probeFails: 1))
         XCTAssertEqual(f.resolveInterval, .seconds(30))
         XCTAssertEqual(b.upstreams.map(\.description), ["192.0.2.1:53", "[2001:db8::1]:53", "resolver-2.example:5353"])
         XCTAssertEqual(b.upstreams[0].literal?.description, "192.0.2.1:53")
         XCTAssertEqual(b.balance, .hash)
-        XCTAssertEqual(b.sessions, SessionSettings(timeout: .milliseconds(250), maxSessions: 100, maxReplies: 1))
+        XCTAssertEqual(b.sessions, SessionSettings(timeout: .milliseconds(250), maxSessions: 100, maxReplies: 1, log: true, logRate: 500))
         XCTAssertEqual(b.resolveInterval, .seconds(300))
         XCTAssertEqual(
             b.health,
@@ -130,6 +132,26 @@ final class RelayConfigTests: XCTestCase, ConfigFileTests {
         XCTAssertTrue(e[8].message.contains("expected '1/N'"), e[8].message)
         XCTAssertTrue(e[9].message.contains("only valid with mode = forward|balance, not with mode = mirror"), e[9].message)
         XCTAssertTrue(e[10].message.contains("IPv6 addresses need brackets"), e[10].message)
+    }
+
+    func testSessionLogKeysAreCheckedAndOnlyForSessions() {
+        let e = errors(
+            """
+            [listener a]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = 192.0.2.1:53
+            session_log = maybe
+            session_log_rate = 0
+            [listener m]
+            listen = 127.0.0.1:0
+            mode = mirror
+            upstream = 192.0.2.1:53
+            session_log = yes
+            """)
+        XCTAssertEqual(e.map(\.line), [5, 6, 11])
+        XCTAssertTrue(e[1].message.contains("from 1 to 100000"), e[1].message)
+        XCTAssertTrue(e[2].message.contains("only valid with mode = forward|balance, not with mode = mirror"), e[2].message)
     }
 
     func testUpstreamEndpointParsing() throws {

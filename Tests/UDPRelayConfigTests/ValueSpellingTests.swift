@@ -31,7 +31,7 @@ final class ValueSpellingTests: XCTestCase, ConfigFileTests {
         case (_, "health_expect"), (_, "health_interval"), (_, "health_fails"):
             return listener + "mode = balance\nupstream = 192.0.2.1:53, 192.0.2.2:53\nhealth_probe = x\n\(key) = \(value)\n"
         case (_, "resolve_interval"), (_, "max_fails"), (_, "fail_timeout"), (_, "health_probe"), (_, "session_timeout"),
-            (_, "max_sessions"), (_, "session_max_replies"), (_, "balance"):
+            (_, "max_sessions"), (_, "session_max_replies"), (_, "session_log"), (_, "session_log_rate"), (_, "balance"):
             return listener + "mode = balance\nupstream = 192.0.2.1:53, 192.0.2.2:53\n\(key) = \(value)\n"
         case (_, "rate_burst"):
             return listener + "rate_limit = 100/s\nrate_burst = \(value)\n"

@@ -102,7 +102,9 @@ final class ClosedSessionHoldTests: XCTestCase, ConfigFileTests {
     }
 
     func testTheHoldFlagCostsNoMemoryPerSession() {
-        // 100,000 sessions must fit in 64 MiB (BENCHMARKS.md): the session record stays 112 bytes.
-        XCTAssertLessThanOrEqual(MemoryLayout<Session>.stride, 112)
+        // 100,000 sessions must fit in 64 MiB (BENCHMARKS.md): the session record stays 144
+        // bytes (112 before the session log's bytes each way, start and source port: 14.4 MB
+        // for 100,000 sessions, 3.2 MB more).
+        XCTAssertLessThanOrEqual(MemoryLayout<Session>.stride, 144)
     }
 }

@@ -14,7 +14,8 @@ final class SessionArchiveTests: XCTestCase {
         SessionArchive(entries: [
             .init(
                 listener: "dns", socket: 0, client: address("127.0.0.1:40000"), local: nil, interface: 0,
-                upstream: address("127.0.0.2:53"), idleMilliseconds: 29_500, requests: 3, replies: 2),
+                upstream: address("127.0.0.2:53"), idleMilliseconds: 29_500, requests: 3, replies: 2,
+                ageMilliseconds: 86_400_123, requestBytes: 5_000_000_000, replyBytes: 77),
             .init(
                 listener: "game-6", socket: 1, client: address("[2001:db8::7]:5000"), local: address("[2001:db8::1]:27015"),
                 interface: 4, upstream: address("[::1]:27016"), idleMilliseconds: 1, requests: .max, replies: 0),
@@ -23,6 +24,9 @@ final class SessionArchiveTests: XCTestCase {
 
     func testATableComesBackAsItWasStored() throws {
         XCTAssertEqual(try SessionArchive(decoding: sample.encoded()), sample)
+        // The session log's start and byte counts too, beyond 32 bits.
+        let first = try XCTUnwrap(try SessionArchive(decoding: sample.encoded()).entries.first)
+        XCTAssertEqual([first.ageMilliseconds, first.requestBytes, first.replyBytes], [86_400_123, 5_000_000_000, 77])
         XCTAssertEqual(try SessionArchive(decoding: SessionArchive().encoded()), SessionArchive())
     }
 

@@ -37,7 +37,9 @@ extension RelayWorker {
     /// Entries carry this listener's name, `socket` (which of the listener's sockets this
     /// worker serves: the caller knows), the upstream the socket is connected to, the idle time
     /// at `now` (from the last datagram either way), the requests and replies so far, and the
-    /// kernel's drop count last seen. Least recently used first.
+    /// kernel's drop count last seen, its age and bytes each way (for its record in the session
+    /// log, which comes where it ends: a handed-over session has not ended). Least recently
+    /// used first.
     ///
     /// Runs on `queue`, once the listener has stopped reading (the caller sees to it: a datagram
     /// read afterwards opens a new session). Held sessions stay: they close after their hold,
@@ -61,7 +63,9 @@ extension RelayWorker {
             let entry = SessionArchive.Entry(
                 listener: listenerName, socket: socket, client: client, local: session.localAddress,
                 interface: session.ifindex, upstream: upstream, idleMilliseconds: idle,
-                requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops)
+                requests: session.requests, replies: session.replies, kernelDrops: session.kernelDrops,
+                ageMilliseconds: (now > session.started ? now - session.started : 0) / 1_000_000,
+                requestBytes: session.requestBytes, replyBytes: session.replyBytes)
             out.append(HandedOverSession(entry: entry, fd: session.fd, kernelDrops: session.kernelDrops))
         }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
@@ -96,6 +100,8 @@ extension RelayWorker {
     /// its last use (`now` minus its idle time; older first keeps the order exact), is evicted,
     /// and counts replies against `session_max_replies` with the requests and replies it brought.
     /// Not counted in `sessions_created`, nor in its upstream's `sessions`: it was created before.
+    /// With `session_log`, each one refused is a session that ends here, and gets its record
+    /// (`upstream_removed`, `evicted`, `replaced`, `unusable`).
     ///
     /// Runs on `queue`, before the worker serves (a client that sent meanwhile has a newer session
     /// here, which stays). Upstream hostnames are matched by the addresses they have now: call
@@ -111,8 +117,11 @@ extension RelayWorker {
         var beyondRoom = ordered.count - max(0, sessions.maxSessions - sessions.liveCount)
         for h in ordered {
             let e = h.entry
+            let sourcePort = sessionRecords != nil ? Self.sourcePort(h.fd) : 0
+            func ended(_ end: SessionEnd) { recordSessionEnd(SessionRecord(e, sourcePort: sourcePort, now: now), end) }
             if beyondRoom > 0 {
                 beyondRoom -= 1
+                ended(.evicted)
                 if h.fd >= 0 { Syscall.close(h.fd) }
                 counters.add(.sessionsEvicted)
                 result.noRoom += 1
@@ -121,12 +130,14 @@ extension RelayWorker {
             guard e.client.ip.isIPv6 == localAddress.ip.isIPv6, (e.local?.ip.isIPv6 ?? e.client.ip.isIPv6) == e.client.ip.isIPv6,
                 Self.isSessionSocket(h.fd, connectedTo: e.upstream)
             else {
+                ended(.unusable)
                 if h.fd >= 0 { Syscall.close(h.fd) }
                 counters.add(.sessionErrors)
                 result.unusable += 1
                 continue
             }
             guard let upstream = addresses.firstIndex(of: e.upstream) else {
+                ended(.upstreamRemoved)
                 Syscall.close(h.fd)
                 counters.add(.sessionsClosed)
                 result.upstreamRemoved += 1
@@ -138,6 +149,7 @@ extension RelayWorker {
             session.setAddresses(client: e.client, local: usesPacketInfo ? e.local : nil, interface: e.interface)
             // The key a datagram from this client gets (`forward`), from the same bytes.
             guard let key = withUnsafeBytes(of: session.client, { ClientKey(sockaddr: $0.baseAddress!) }) else {
+                ended(.unusable)
                 Syscall.close(h.fd)
                 counters.add(.sessionErrors)
                 result.unusable += 1
@@ -147,6 +159,10 @@ extension RelayWorker {
             session.requests = e.requests
             session.replies = e.replies
             session.kernelDrops = h.kernelDrops
+            session.requestBytes = e.requestBytes
+            session.replyBytes = e.replyBytes
+            session.started = SessionRecord.started(ageMilliseconds: e.ageMilliseconds, now: now)
+            session.sourcePort = sourcePort
             let idle = UInt64(e.idleMilliseconds) * 1_000_000
             do {
                 try sessions.adopt(session, lastUsed: now > idle ? now - idle : 0, now: now) { (tag) throws(SyscallError) in
@@ -157,12 +173,15 @@ extension RelayWorker {
             } catch {
                 switch error {
                 case .full:
+                    ended(.evicted)
                     counters.add(.sessionsEvicted)
                     result.noRoom += 1
                 case .clientHasSession:
+                    ended(.replaced)
                     counters.add(.sessionsClosed)
                     result.clientHasSession += 1
                 case .register:
+                    ended(.unusable)
                     counters.add(.sessionErrors)
                     result.unusable += 1
                 }

@@ -70,6 +70,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         opened: LogLimiter(lines: 20, per: .seconds(1)), closed: LogLimiter(lines: 20, per: .seconds(1)),
         episodes: LogLimiter(lines: 4, per: .seconds(10))
     )
+    /// `session_log`: the records of ended sessions, at most `session_log_rate` a second (see
+    /// `recordSessionEnd`); nil when off.
+    var sessionRecords: LogLimiter?
     /// The listener's `rcvbuf`/`sndbuf`, applied to every session socket; whether the FORCE
     /// options work (see `UDPSocket.setBuffers(_:receive:send:force:)`).
     let receiveBuffer: Int
@@ -105,6 +108,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.receiveBuffer = configuration.receiveBuffer
         self.sendBuffer = configuration.sendBuffer
         self.listenerName = configuration.name
+        if configuration.sessions.log { self.sessionRecords = LogLimiter(lines: configuration.sessions.logRate, per: .seconds(1)) }
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
         self.balancer = Balancer(
@@ -155,6 +159,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         for slot in sessions.liveSlots { closeSession(slot, .shutdown, now: SystemClock.monotonicNanos()) }
         sessions.releaseAllHeld()
+        flushSessionRecordsAtStop()
     }
 
     // MARK: client -> upstream
@@ -269,7 +274,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
-        sessions.recordRequests(slot, outcome.sent)
+        sessions.recordRequests(slot, outcome.sent, bytes: outcome.bytes)
         if failure != 0 { upstreamFailed(slot, errno: failure, now: SystemClock.monotonicNanos()) }
     }
 
@@ -355,6 +360,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         var session = Session(fd: socket.fd, key: key, upstream: socket.upstream)
         session.setAddresses(from: m.pointee.msg_hdr, packetInfo: usesPacketInfo)
+        if sessionRecords != nil { session.sourcePort = Self.sourcePort(socket.fd) }
         let slot: Int32
         do {
             slot = try sessions.open(session, now: now) { (tag) throws(SyscallError) in try waitSet.add(socket.fd, tag: tag) }
@@ -401,6 +407,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         if let counter { counters.add(counter) }
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         upCounters[Int(sessions[slot].upstream)].sessionEnded()
+        recordSessionEnd(SessionRecord(sessions[slot], upstream: upstreams.address(Int(sessions[slot].upstream))), SessionEnd(reason))
         if logger.logLevel <= .debug, let skipped = sessionLogs.closed.admit(now: SystemClock.monotonicNanos()) {
             logger.debug(
                 "session closed",
@@ -428,6 +435,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         while let slot = sessions.expire(now: now) { sessionClosed(slot, .expired) }
         sessions.releaseHeld(now: now)
+        flushSessionRecords(now: now)
     }
 
     /// A late reply (or an ICMP error) on a held socket: read and counted, never forwarded.
@@ -505,9 +513,10 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             }
             let allowed = sessions.repliesAllowed(slot, received)
             // Every datagram from the upstream counts in its `received_*`, ignored ones too.
-            var bytes: UInt64 = 0
+            var bytes: UInt64 = 0, forwardedBytes: UInt64 = 0
             for k in 0..<received { bytes &+= UInt64(replyBatch.messages[k].msg_len) }
             for k in 0..<allowed {
+                forwardedBytes &+= UInt64(replyBatch.messages[k].msg_len)
                 scratch[k] = replyBatch.messages[k]
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
@@ -519,7 +528,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             up.add(.receivedBytes, bytes)
             if allowed < received { counters.add(.repliesIgnored, UInt64(received - allowed)) }
             sendToClient(count: allowed)
-            if sessions.recordReplies(slot, allowed, now: SystemClock.monotonicNanos()) {
+            if sessions.recordReplies(slot, allowed, bytes: forwardedBytes, now: SystemClock.monotonicNanos()) {
                 sessionClosed(slot, .answered)
                 return
             }

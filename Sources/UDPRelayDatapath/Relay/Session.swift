@@ -22,6 +22,11 @@ struct Session {
     var replies: UInt32 = 0
     /// The kernel's drop count of the socket last seen (SO_RXQ_OVFL).
     var kernelDrops: UInt32 = 0
+    /// Bytes sent to the upstream and forwarded to the client, and when the session opened
+    /// (monotonic nanoseconds): what its record says when it ends (`session_log`).
+    var requestBytes: UInt64 = 0
+    var replyBytes: UInt64 = 0
+    var started: UInt64 = 0
     var key = ClientKey(high: 0, low: 0, rest: 0)
     /// The client's address (an IPv4 `sockaddr_in` fits): the destination of replies.
     var client = sockaddr_in6()
@@ -32,6 +37,9 @@ struct Session {
     /// Index of its upstream (at most 64). Here and `held` last, where they fit in the padding
     /// of the fields above, so the record does not grow.
     var upstream: UInt16 = 0
+    /// The local port of its socket (the source port the upstream sees), for its record; 0
+    /// when not looked up (`session_log` off).
+    var sourcePort: UInt16 = 0
     /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
     var held = false
 

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// The relay sessions one process hands to the next across a restart: what each session is
-/// (client, upstream, where replies leave from, how long it may stay idle, its counts), in a
+/// (client, upstream, where replies leave from, how long it may stay idle, its age and counts), in a
 /// small binary form that goes into a sealed memfd in systemd's file descriptor store beside
 /// the session sockets themselves (names: `FileDescriptorStore` in the systemd module).
 ///
@@ -35,10 +35,17 @@ public struct SessionArchive: Equatable, Sendable {
         /// The kernel's drop count of the session socket last seen (SO_RXQ_OVFL), so that
         /// drops already counted are not counted again.
         public var kernelDrops: UInt32
+        /// Milliseconds since the session opened, and the bytes sent to the upstream and
+        /// forwarded to the client so far: its record (`session_log`) counts from its start,
+        /// wherever it ends.
+        public var ageMilliseconds: UInt64
+        public var requestBytes: UInt64
+        public var replyBytes: UInt64
 
         public init(
             listener: String, socket: UInt16, client: SocketAddress, local: SocketAddress?, interface: UInt32,
-            upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32, kernelDrops: UInt32 = 0
+            upstream: SocketAddress, idleMilliseconds: UInt32, requests: UInt32, replies: UInt32, kernelDrops: UInt32 = 0,
+            ageMilliseconds: UInt64 = 0, requestBytes: UInt64 = 0, replyBytes: UInt64 = 0
         ) {
             self.listener = listener
             self.socket = socket
@@ -50,6 +57,9 @@ public struct SessionArchive: Equatable, Sendable {
             self.requests = requests
             self.replies = replies
             self.kernelDrops = kernelDrops
+            self.ageMilliseconds = ageMilliseconds
+            self.requestBytes = requestBytes
+            self.replyBytes = replyBytes
         }
     }
 
@@ -106,6 +116,9 @@ public struct SessionArchive: Equatable, Sendable {
             w.u32(e.requests)
             w.u32(e.replies)
             w.u32(e.kernelDrops)
+            w.u64(e.ageMilliseconds)
+            w.u64(e.requestBytes)
+            w.u64(e.replyBytes)
         }
         w.u64(Self.checksum(w.out))
         return w.out
@@ -134,14 +147,15 @@ public struct SessionArchive: Equatable, Sendable {
                 local = l
             }
             guard let interface = r.u32(), let upstream = r.address(), let idle = r.u32(), let requests = r.u32(),
-                let replies = r.u32(), let kernelDrops = r.u32(), r.offset <= body
+                let replies = r.u32(), let kernelDrops = r.u32(), let age = r.u64(), let requestBytes = r.u64(),
+                let replyBytes = r.u64(), r.offset <= body
             else { throw .damaged("session \(i) is cut short or malformed") }
             guard let listener = String(validating: name, as: UTF8.self) else { throw .damaged("session \(i): listener name is not UTF-8") }
             entries.append(
                 Entry(
                     listener: listener, socket: socket, client: client, local: local, interface: interface,
                     upstream: upstream, idleMilliseconds: idle, requests: requests, replies: replies,
-                    kernelDrops: kernelDrops))
+                    kernelDrops: kernelDrops, ageMilliseconds: age, requestBytes: requestBytes, replyBytes: replyBytes))
         }
         guard r.offset == body else { throw .damaged("\(body - r.offset) bytes after the last session") }
         self.entries = entries

@@ -147,8 +147,8 @@ struct SessionTable {
     }
 
     /// Makes `session` (its socket opened, its key and addresses set) the live session of its
-    /// client at `now`, in a free slot or a new one, with a new generation. `register` gets the
-    /// session's epoll tag; when it throws, the socket is closed and nothing is added. When
+    /// client, started at `now`, in a free slot or a new one, with a new generation. `register`
+    /// gets the session's epoll tag; when it throws, the socket is closed and nothing is added. When
     /// `isFull`, call `evictLeastRecentlyUsed` first.
     mutating func open(
         _ session: Session, now: UInt64,
@@ -167,6 +167,9 @@ struct SessionTable {
         s.requests = 0
         s.replies = 0
         s.kernelDrops = 0
+        s.requestBytes = 0
+        s.replyBytes = 0
+        s.started = now
         do {
             try register(s.tag(slot: slot))
         } catch {
@@ -273,7 +276,7 @@ struct SessionTable {
     }
 
     /// Makes `session`, handed over from another worker or process (its socket open and
-    /// connected; key, addresses, upstream, requests and replies set), a live session here,
+    /// connected; key, addresses, upstream, counts and start set), a live session here,
     /// last used at `lastUsed`, in a free slot or a new one, with a new generation. `register`
     /// gets its epoll tag. From then on it is like any session opened here: it expires
     /// `session_timeout` after `lastUsed`, is evicted in its turn, counts its replies against
@@ -304,6 +307,7 @@ struct SessionTable {
         var stamp = min(lastUsed, now)
         if idle.head >= 0 { stamp = max(stamp, idle.lastUsed(idle.head)) }
         let requests = session.requests, replies = session.replies, kernelDrops = session.kernelDrops
+        let requestBytes = session.requestBytes, replyBytes = session.replyBytes, started = session.started
         let slot: Int32
         do {
             slot = try open(session, now: stamp, register: register)
@@ -313,15 +317,19 @@ struct SessionTable {
         sessions[Int(slot)].requests = requests
         sessions[Int(slot)].replies = replies
         sessions[Int(slot)].kernelDrops = kernelDrops
+        sessions[Int(slot)].requestBytes = requestBytes
+        sessions[Int(slot)].replyBytes = replyBytes
+        sessions[Int(slot)].started = started
         return slot
     }
 
     // MARK: requests and replies
 
-    /// `sent` datagrams went to the session's upstream.
+    /// `sent` datagrams (`bytes` in all) went to the session's upstream.
     @inline(__always)
-    mutating func recordRequests(_ slot: Int32, _ sent: Int) {
+    mutating func recordRequests(_ slot: Int32, _ sent: Int, bytes: UInt64 = 0) {
         sessions[Int(slot)].requests = Self.saturatingAdd(sessions[Int(slot)].requests, sent)
+        sessions[Int(slot)].requestBytes &+= bytes
     }
 
     /// Of `received` replies, how many may still go to the session's client.
@@ -332,12 +340,13 @@ struct SessionTable {
             replies: sessions[Int(slot)].replies)
     }
 
-    /// `forwarded` replies went to the session's client at `now`. When that was the last one
-    /// `session_max_replies` allows for the requests so far, the session is closed
-    /// (`answered`) and the result is true.
+    /// `forwarded` replies (`bytes` in all) went to the session's client at `now`. When that
+    /// was the last one `session_max_replies` allows for the requests so far, the session is
+    /// closed (`answered`) and the result is true.
     @inline(__always)
-    mutating func recordReplies(_ slot: Int32, _ forwarded: Int, now: UInt64) -> Bool {
+    mutating func recordReplies(_ slot: Int32, _ forwarded: Int, bytes: UInt64 = 0, now: UInt64) -> Bool {
         sessions[Int(slot)].replies = Self.saturatingAdd(sessions[Int(slot)].replies, forwarded)
+        sessions[Int(slot)].replyBytes &+= bytes
         idle.touch(slot, now: now)
         guard repliesAllowed(slot, 1) == 0 else { return false }
         return close(slot, reason: .answered, now: now)
