@@ -95,6 +95,18 @@ final class HashContractTests: XCTestCase {
         }
     }
 
+    /// An upstream's seed is its canonical text: two spellings of one address are one upstream.
+    func testSpellingsOfOneAddressPickAlike() throws {
+        let upper = try Values.upstreams("[2001:DB8::0:10]:53, 10.0.0.1:53")
+        let lower = try Values.upstreams("[2001:db8::10]:53, 10.0.0.1:53")
+        var a = Balancer(algorithm: .hash, upstreams: upper)
+        var b = Balancer(algorithm: .hash, upstreams: lower)
+        let keys = try (0..<500).map { try client("192.0.2.\($0 % 250 + 1):\(2000 + $0)") }
+        XCTAssertEqual(
+            keys.map { a.pick(clientHash: a.clientHash($0), isUp: { _ in true }).index },
+            keys.map { b.pick(clientHash: b.clientHash($0), isUp: { _ in true }).index })
+    }
+
     /// `hash_key = address`: a client whose NAT rebinds its port keeps its upstream; with the
     /// default `address_port` the port is part of the choice.
     func testAddressKeyKeepsTheUpstreamWhenTheClientPortChanges() throws {
