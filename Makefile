@@ -35,6 +35,7 @@ test: test-deps
 	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build-test.log
 	scripts/check-warnings.sh < .build-test.log
 	scripts/check-format.sh
+	scripts/check-fleet-examples.sh .build/debug/udprelayd
 	$(SWIFT) test --skip-build --disable-swift-testing
 	scripts/systemd-e2e.sh
 	scripts/check-version.sh .build/debug/udprelayd

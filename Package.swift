@@ -126,7 +126,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: ["UDPRelayConfig", "TestSupport"],
             // Run by StatusEndToEndTests with Debian's python3.
-            exclude: ["status_e2e.py"]
+            exclude: ["status_e2e.py", "fleet_ecmp.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -24,6 +24,8 @@ if [ "$what" = test ]; then
   # proxy_protocol = v2 checked against a PROXY v2 receiver nobody here wrote: dnsdist
   # (setProxyProtocolACL) answers DNS queries according to the client the header names.
   packages+=(dnsdist)
+  # scripts/check-fleet-examples.sh: pip, for the `kubernetes` client from PyPI (below).
+  packages+=(python3-pip)
 fi
 # The Debian package (`make deb`, and its tests in `make test`): dpkg-dev and debhelper build it,
 # lintian checks it, python3/groff-base/man-db generate and check the man pages.
@@ -41,8 +43,7 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
+if [ ${#missing[@]} -gt 0 ]; then
 echo "installing: ${missing[*]}" >&2
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -51,3 +52,17 @@ export DEBIAN_FRONTEND=noninteractive
 lock=(-o DPkg::Lock::Timeout=600)
 $sudo apt-get "${lock[@]}" update -qq
 $sudo apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PyPI packages of the test set, pinned, into .build/python (never into the system Python,
+# whose Debian modules they would shadow); scripts/check-fleet-examples.sh puts it on
+# PYTHONPATH. Nothing is fetched when the pinned version is there.
+if [ "$what" = test ]; then
+  target="$(cd "$(dirname "$0")/.." && pwd)/.build/python"
+  kubernetes=37.0.2
+  if ! PYTHONPATH="$target" /usr/bin/python3 -c "import sys, kubernetes; sys.exit(kubernetes.__version__ != '$kubernetes')" 2>/dev/null; then
+    echo "installing from PyPI into $target: kubernetes==$kubernetes" >&2
+    /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+      --upgrade --target "$target" "kubernetes==$kubernetes"
+  fi
+fi

@@ -49,6 +49,7 @@ struct ListenerDraft {
     var sendBuffer: Int?
     var upstreams: [UpstreamEndpoint]?
     var balance: BalanceAlgorithm?
+    var hashKey: HashKey?
     var sampleEvery: Int?
     var resolveInterval: Duration?
     var sessionTimeout: Duration?
@@ -142,6 +143,7 @@ enum Schema {
         KeySpec("udp_gso") { d, v in d.segmentation = try Values.bool(v) },
         KeySpec("upstream", modes: Schema.relayModes) { d, v in d.upstreams = try Values.upstreams(v) },
         KeySpec("balance", modes: [.balance], note: "with several upstreams") { d, v in d.balance = try Values.oneOf(v, BalanceAlgorithm.self) },
+        KeySpec("hash_key", modes: [.balance], note: "with balance = hash") { d, v in d.hashKey = try Values.oneOf(v, HashKey.self) },
         KeySpec("sample", modes: [.mirror]) { d, v in d.sampleEvery = try Values.sample(v) },
         KeySpec("resolve_interval", modes: Schema.relayModes) { d, v in d.resolveInterval = try Values.duration(v, min: .seconds(1)) },
         KeySpec("session_timeout", modes: Schema.sessionModes) { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
@@ -375,6 +377,7 @@ struct ConfigParser {
                     sendBuffer: d.sendBuffer ?? Defaults.socketBuffer,
                     upstreams: d.upstreams ?? [],
                     balance: d.balance ?? Defaults.balance,
+                    hashKey: d.hashKey ?? Defaults.hashKey,
                     sampleEvery: d.sampleEvery ?? 1,
                     resolveInterval: d.resolveInterval ?? Defaults.resolveInterval,
                     sessions: SessionSettings(
@@ -483,6 +486,12 @@ struct ConfigParser {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
             checkUpstreamOptions(upstreams, mode: mode, balance: d.balance ?? Defaults.balance, line: line("upstream"), section: section)
+        }
+        if mode == .balance, let key = d.hashKey, (d.balance ?? Defaults.balance) != .hash {
+            let balance = (d.balance ?? Defaults.balance).rawValue
+            error(
+                line("hash_key"), section, "hash_key",
+                "hash_key = \(key.rawValue) has no effect with balance = \(balance); it sets what balance = hash hashes")
         }
         if d.healthProbe == nil && d.keyLines["health_probe"] == nil {
             for key in ["health_expect", "health_interval", "health_fails"] where d.keyLines[key] != nil && mode.isRelay {

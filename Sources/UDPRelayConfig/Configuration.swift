@@ -84,6 +84,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var upstreams: [UpstreamEndpoint]
     /// `balance` mode: how a new session picks its upstream.
     public var balance: BalanceAlgorithm
+    /// `balance = hash`: the client's address and port, or its address only (`hash_key`).
+    public var hashKey: HashKey
     /// `mirror` mode: copy one datagram in `sampleEvery` (`sample = 1/N`); 1 copies all.
     public var sampleEvery: Int
     /// How often upstream hostnames are resolved again (literal addresses never are).
@@ -110,7 +112,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
         maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
         sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
-        balance: BalanceAlgorithm = Defaults.balance, sampleEvery: Int = 1,
+        balance: BalanceAlgorithm = Defaults.balance, hashKey: HashKey = Defaults.hashKey, sampleEvery: Int = 1,
         resolveInterval: Duration = Defaults.resolveInterval,
         sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
         protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
@@ -126,6 +128,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.sendBuffer = sendBuffer
         self.upstreams = upstreams
         self.balance = balance
+        self.hashKey = hashKey
         self.sampleEvery = sampleEvery
         self.resolveInterval = resolveInterval
         self.sessions = sessions
@@ -170,6 +173,8 @@ public enum Defaults {
     /// SO_RCVBUFFORCE/SO_SNDBUFFORCE when permitted, otherwise capped by net.core.[rw]mem_max.
     public static let socketBuffer = 4 << 20
     public static let balance = BalanceAlgorithm.roundRobin
+    /// Address and port, as `balance = hash` hashed before `hash_key` existed.
+    public static let hashKey = HashKey.addressPort
     public static let resolveInterval = Duration.seconds(30)
     public static let sessionTimeout = Duration.seconds(60)
     public static let maxSessions = 65536

@@ -151,6 +151,16 @@ public enum ProxyProtocolVersion: String, CaseIterable, Sendable {
     case v2
 }
 
+/// What `balance = hash` hashes to choose a client's upstream (`hash_key`). The session table is
+/// keyed by address and port whatever this says; only the balancer's input changes.
+public enum HashKey: String, CaseIterable, Sendable {
+    /// The client's address only: a client whose NAT rebinds its port keeps its upstream, and
+    /// every client behind one address shares one upstream.
+    case address
+    /// The client's address and port (the default, as before the key existed).
+    case addressPort = "address_port"
+}
+
 /// Session limits of `forward` and `balance` listeners.
 public struct SessionSettings: Sendable, Equatable {
     /// A session without traffic either way for this long is closed.

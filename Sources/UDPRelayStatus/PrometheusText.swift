@@ -14,6 +14,8 @@ public enum PrometheusText {
         out.sample("udprelayd_build_info", [("version", s.daemon.version)], UInt64(1))
         out.family("process_start_time_seconds", .gauge, "Start time of the process since the Unix epoch, in seconds.")
         out.sample("process_start_time_seconds", [], s.daemon.startTime)
+        out.family("udprelayd_draining", .gauge, "1 while the instance drains (SIGUSR1; /healthz answers 503, traffic is still served), 0 otherwise.")
+        out.sample("udprelayd_draining", [], UInt64(s.daemon.draining ? 1 : 0))
 
         out.family("udprelayd_config_generation", .gauge, "Generation of the running configuration: 1 at start, +1 per successful reload.")
         out.sample("udprelayd_config_generation", [], Double(s.config.generation))

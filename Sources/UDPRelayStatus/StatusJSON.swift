@@ -96,6 +96,7 @@ public enum StatusJSON {
                     ("start_time", .string(Format.rfc3339(s.daemon.startTime))),
                     ("start_time_unix", .double(s.daemon.startTime)),
                     ("uptime_seconds", .double(max(0, s.time - s.daemon.startTime))),
+                    ("draining", .bool(s.daemon.draining)),
                 ])
             ),
             (

@@ -72,11 +72,17 @@ public struct StatusRoutes: Sendable {
         }
         switch path {
         case "/healthz":
-            return .afterProbe { [source] problems in
-                let problems = Self.withListenerCheck(problems, source.snapshot())
-                return problems.isEmpty
-                    ? .text(.ok, "ok\n")
-                    : .text(.serviceUnavailable, problems.map { $0 + "\n" }.joined())
+            var name: String?
+            for (key, value) in query where key == "listener" { name = value }
+            if let name {
+                let snapshot = source.snapshot()
+                guard snapshot.listener(named: name) != nil else {
+                    let known = snapshot.listeners.map(\.name).joined(separator: ", ")
+                    return .now(.text(.notFound, "no listener named '\(name)'; listeners: \(known)\n"))
+                }
+            }
+            return .afterProbe { [source, name] problems in
+                Self.health(problems, source.snapshot(), listener: name)
             }
         case "/status":
             var name: String?
@@ -95,7 +101,7 @@ public struct StatusRoutes: Sendable {
         default:  // "/"
             return .afterProbe { [source, history, counters, now] problems in
                 let snapshot = source.snapshot()
-                let problems = Self.withListenerCheck(problems, snapshot)
+                let problems = Self.unhealthy(problems, snapshot, listener: nil)
                 let t = now()
                 var rates: [String: ListenerRates] = [:]
                 for l in snapshot.listeners { rates[l.name] = history.rates(of: l, now: t) }
@@ -104,6 +110,29 @@ public struct StatusRoutes: Sendable {
                     StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
             }
         }
+    }
+
+    /// `/healthz`: 200 `ok` only while the instance is not draining and every listener (or the
+    /// one named) has all its addresses bound and its queues answering; else 503, one line per
+    /// reason. Problems about a listener start with `listener 'NAME'`, which is how the
+    /// per-listener form keeps only its own.
+    static func health(_ problems: [String], _ snapshot: StatusSnapshot, listener name: String?) -> StatusResponse {
+        let reasons = unhealthy(problems, snapshot, listener: name)
+        return reasons.isEmpty ? .text(.ok, "ok\n") : .text(.serviceUnavailable, reasons.map { $0 + "\n" }.joined())
+    }
+
+    /// Why `/healthz` fails, one line each (the `/` page's badge shows the same).
+    static func unhealthy(_ problems: [String], _ snapshot: StatusSnapshot, listener name: String?) -> [String] {
+        var reasons: [String]
+        if let name {
+            reasons = problems.filter { $0.hasPrefix("listener '\(name)':") || $0.hasPrefix("listener '\(name)' ") }
+        } else {
+            reasons = withListenerCheck(problems, snapshot)
+        }
+        if snapshot.daemon.draining {
+            reasons.insert("draining: this instance takes no new flows from its load balancer (SIGUSR2 ends it); it still serves all traffic", at: 0)
+        }
+        return reasons
     }
 
     /// A daemon with no listener serves nothing: that is a problem, whatever the probe says.

@@ -30,11 +30,15 @@ public struct DaemonInfo: Sendable, Equatable {
     public var pid: Int32
     /// Process start, seconds since the epoch.
     public var startTime: Double
+    /// The instance is draining (SIGUSR1 until SIGUSR2): `/healthz` answers 503 so a load
+    /// balancer sends new flows elsewhere, while everything is still served.
+    public var draining: Bool
 
-    public init(version: String, pid: Int32, startTime: Double) {
+    public init(version: String, pid: Int32, startTime: Double, draining: Bool = false) {
         self.version = version
         self.pid = pid
         self.startTime = startTime
+        self.draining = draining
     }
 }
 

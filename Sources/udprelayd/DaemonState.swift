@@ -28,6 +28,8 @@ final class DaemonState: Sendable {
         var loadedAt: Double
         /// The last reload attempt, nil if there was none.
         var lastReload: LoadResult?
+        /// Draining (SIGUSR1 until SIGUSR2): `/healthz` fails, traffic is still served.
+        var draining = false
     }
 
     let pid: Int32 = getpid()
@@ -55,6 +57,14 @@ final class DaemonState: Sendable {
     func reloadFailed(_ errors: [String], total: Int) {
         let now = SystemClock.wallSeconds()
         state.withLockedValue { $0.lastReload = LoadResult(ok: false, at: now, errors: errors, errorCount: total) }
+    }
+
+    /// Starts or ends draining; returns whether that changed anything.
+    func setDraining(_ on: Bool) -> Bool {
+        state.withLockedValue { s in
+            defer { s.draining = on }
+            return s.draining != on
+        }
     }
 
     /// Kept only for `StatusService.swift` until it calls `SystemClock.wallSeconds()` itself;

@@ -13,7 +13,7 @@ struct DaemonStatusSource: StatusSource {
     func snapshot() -> StatusSnapshot {
         let d = state.snapshot
         return StatusSnapshot(
-            daemon: DaemonInfo(version: BuildInfo.version, pid: state.pid, startTime: state.startTime),
+            daemon: DaemonInfo(version: BuildInfo.version, pid: state.pid, startTime: state.startTime, draining: d.draining),
             config: ConfigInfo(
                 path: d.configPath, generation: d.generation, loadedAt: d.loadedAt,
                 lastReload: d.lastReload.map { ReloadInfo(ok: $0.ok, at: $0.at, errors: $0.errors) }),

@@ -104,6 +104,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
         let daemonState = DaemonState(configPath: config)
         // Registered before READY=1: systemd may send SIGHUP (ExecReload) right after it.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let drainSignals = await UnixSignalsSequence(trapping: .sigusr1, .sigusr2)
         let systemd = SystemdService(
             configPath: config, datapath: datapath, state: daemonState, notifier: notifier,
             hangups: hangups, logger: logger, running: RunningConfiguration(configuration),
@@ -122,6 +123,7 @@ struct UDPRelayCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: datapathService),
             .init(service: systemd),
+            .init(service: DrainService(state: daemonState, signals: drainSignals, logger: logger)),
         ]
         // Bound before READY=1 (sent when the datapath service starts), so a ready daemon answers.
         do {

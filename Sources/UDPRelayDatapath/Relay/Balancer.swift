@@ -16,6 +16,8 @@ import Darwin
 /// weights existed.
 struct Balancer {
     let algorithm: BalanceAlgorithm
+    /// What a client's hash covers (`hash_key`): see `clientHash(_:)`.
+    let hashKey: HashKey
     /// One per upstream, from its configured text: rendezvous weights depend on the upstream's
     /// identity, not its position, so removing one leaves the others' weights unchanged.
     let seeds: [UInt64]
@@ -37,8 +39,12 @@ struct Balancer {
     private enum Tier { case primary, backup }
 
     /// Upstreams with options (`weight`, `drain`, `backup`) as configured.
-    init(algorithm: BalanceAlgorithm, upstreams: [UpstreamEndpoint], seed: UInt64 = UInt64.random(in: .min ... .max)) {
+    init(
+        algorithm: BalanceAlgorithm, upstreams: [UpstreamEndpoint], hashKey: HashKey = Defaults.hashKey,
+        seed: UInt64 = UInt64.random(in: .min ... .max)
+    ) {
         self.algorithm = algorithm
+        self.hashKey = hashKey
         self.seeds = upstreams.map { Mix.fnv1a($0.description) }
         self.weights = upstreams.map(\.weight)
         self.backup = upstreams.map(\.backup)
@@ -51,6 +57,7 @@ struct Balancer {
     /// Upstreams by their configured text only: equal weights, every one a primary.
     init(algorithm: BalanceAlgorithm, upstreams: [String], seed: UInt64 = UInt64.random(in: .min ... .max)) {
         self.algorithm = algorithm
+        self.hashKey = Defaults.hashKey
         self.seeds = upstreams.map { Mix.fnv1a($0) }
         self.weights = Array(repeating: 1, count: upstreams.count)
         self.backup = Array(repeating: false, count: upstreams.count)
@@ -61,6 +68,14 @@ struct Balancer {
     }
 
     var count: Int { seeds.count }
+
+    /// The `clientHash` that `pick` takes for `client`: of its address and port, or of its
+    /// address only (`hash_key = address`). Process-independent, so every instance with the
+    /// same upstream list picks the same upstream for a client.
+    @inline(__always)
+    func clientHash(_ client: ClientKey) -> UInt64 {
+        client.stableHash(hashKey)
+    }
 
     /// The upstream for a client whose key hashes to `clientHash`, skipping those `isUp` says
     /// are down: a primary that is up, else a backup that is up. When none is up it picks as if

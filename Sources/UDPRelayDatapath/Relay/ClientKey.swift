@@ -41,6 +41,18 @@ struct ClientKey: Hashable, Sendable {
     var stableHash: UInt64 {
         Mix.hash(Mix.hash(high ^ Mix.hash(low)) ^ rest)
     }
+
+    /// As `stableHash`, of the address alone (family and IPv6 scope kept, port left out):
+    /// `hash_key = address`, for clients whose NAT may rebind their port.
+    var stableAddressHash: UInt64 {
+        Mix.hash(Mix.hash(high ^ Mix.hash(low)) ^ (rest & ~0xFFFF_0000))
+    }
+
+    /// The balancer's input for `hash_key`.
+    @inline(__always)
+    func stableHash(_ key: HashKey) -> UInt64 {
+        key == .address ? stableAddressHash : stableHash
+    }
 }
 
 /// Deterministic 64-bit mixing (splitmix64 finaliser) and FNV-1a for strings.

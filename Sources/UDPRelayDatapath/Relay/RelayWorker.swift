@@ -113,7 +113,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.upCounters = upstreams.counters[workerIndex]
         self.balancer = Balancer(
             algorithm: configuration.mode == .balance ? configuration.balance : .first,
-            upstreams: configuration.upstreams)
+            upstreams: configuration.upstreams, hashKey: configuration.hashKey)
         var log = logger
         log[metadataKey: "listener.name"] = "\(configuration.name)"
         self.logger = log
@@ -197,7 +197,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             // The new socket first: a client refused for want of a port or a descriptor must
             // not cost another client its session.
             let socket: (fd: Int32, upstream: Int)
-            switch openSessionSocket(clientHash: key.stableHash, now: now) {
+            switch openSessionSocket(clientHash: balancer.clientHash(key), now: now) {
             case .opened(let fd, let upstream): socket = (fd, upstream)
             case .failed:
                 counters.add(.dropNoSession)
