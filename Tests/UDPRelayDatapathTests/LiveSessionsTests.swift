@@ -91,4 +91,37 @@ final class LiveSessionsTests: XCTestCase, ConfigFileTests {
         let echoOnly = await datapath.liveSessions(listener: "plain", limit: 100)
         XCTAssertEqual(echoOnly.sessions.count + echoOnly.unanswered.count, 0, "an echo listener keeps no sessions")
     }
+
+    func testAWorkerThatDoesNotAnswerInTimeIsNamedAndTheOthersAnswer() async throws {
+        let upstream = try UpstreamServer()
+        defer { upstream.stop() }
+        let text = """
+            [listener busy]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            [listener free]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(upstream.address)
+            """
+        let datapath = try Datapath(configuration: try configuration(text), logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() })
+        await datapath.start()
+        let free = try XCTUnwrap(datapath.listener(named: "free"))
+        let client = try UDPClient()
+        XCTAssertEqual(echo(client, free.boundAddresses[0], "x"), "x")
+        // The busy listener's queue is held until the answer is in (or 10 s, bounded).
+        let release = DispatchSemaphore(value: 0)
+        let busy = try XCTUnwrap(datapath.listener(named: "busy"))
+        busy.workers[0].queue.async { _ = release.wait(timeout: .now() + 10) }
+
+        let started = ContinuousClock.now
+        let found = await datapath.liveSessions(limit: 10, timeout: .milliseconds(100))
+        let waited = ContinuousClock.now - started
+        release.signal()
+        XCTAssertEqual(found.unanswered, ["listener 'busy' queue for \(busy.boundAddresses[0]) did not answer within 0.1 seconds"])
+        XCTAssertEqual(found.sessions.map(\.client), [client.localAddress], "the answering worker's sessions are there")
+        XCTAssertLessThan(waited, .seconds(2), "the deadline, not the busy queue, ends the wait")
+        await datapath.stop()
+    }
 }

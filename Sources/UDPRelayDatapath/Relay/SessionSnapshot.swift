@@ -48,23 +48,25 @@ public struct LiveSessions: Sendable {
 }
 
 extension RelayWorker {
-    /// At most `limit` live sessions of this worker, most recently used first, taken on its
-    /// queue (a walk of `limit` entries of the idle list, copying plain values) and passed to
-    /// `reply` there.
-    func liveSessions(limit: Int, reply: @escaping @Sendable ([LiveSession]) -> Void) {
+    /// At most `limit` live sessions of this worker, most recently used first, with the time
+    /// they were taken: copied on its queue (a walk of `limit` entries of the idle list, plain
+    /// values, no formatting) and passed to `reply` there; `describe` formats them off the queue.
+    func liveSessions(limit: Int, reply: @escaping @Sendable (_ found: [(session: Session, lastUsed: UInt64)], _ now: UInt64) -> Void) {
         queue.async { [self] in
-            let now = SystemClock.monotonicNanos()
-            let out = sessions.mostRecentSessions(limit: limit).map { s, lastUsed in
-                LiveSession(
-                    listener: listenerName, client: s.clientAddress,
-                    upstream: upstreams.endpoints[Int(s.upstream)].description,
-                    ageNanos: now &- min(now, s.started), idleNanos: now &- min(now, lastUsed),
-                    lastActiveNanos: lastUsed,
-                    requests: UInt64(s.requests), requestBytes: s.requestBytes,
-                    replies: UInt64(s.replies), replyBytes: s.replyBytes)
-            }
-            reply(out)
+            reply(sessions.mostRecentSessions(limit: limit), SystemClock.monotonicNanos())
         }
+    }
+
+    /// A session `liveSessions` found at `now`, as `/sessions` shows it. Reads only what does
+    /// not change while the worker runs, so any thread may call it.
+    func describe(_ s: Session, lastUsed: UInt64, now: UInt64) -> LiveSession {
+        LiveSession(
+            listener: listenerName, client: s.clientAddress,
+            upstream: upstreams.endpoints[Int(s.upstream)].description,
+            ageNanos: now &- min(now, s.started), idleNanos: now &- min(now, lastUsed),
+            lastActiveNanos: lastUsed,
+            requests: UInt64(s.requests), requestBytes: s.requestBytes,
+            replies: UInt64(s.replies), replyBytes: s.replyBytes)
     }
 }
 
@@ -78,23 +80,26 @@ extension Datapath {
         let workers = listeners.filter { $0.configuration.mode.hasSessions && (listener == nil || $0.name == listener) }
             .flatMap { l in zip(l.workers, l.workerPlaces).compactMap { w, place in (w as? RelayWorker).map { (l.name, $0, place.suffix) } } }
         guard !workers.isEmpty, limit > 0 else { return LiveSessions(sessions: [], unanswered: []) }
-        let answers = NIOLockedValueBox([[LiveSession]?](repeating: nil, count: workers.count))
+        let answers = NIOLockedValueBox([(found: [(session: Session, lastUsed: UInt64)], now: UInt64)?](repeating: nil, count: workers.count))
         let tally = ProbeTally(count: workers.count)
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let resume = ResumeOnce(c)
             for (index, (_, worker, _)) in workers.enumerated() {
-                worker.liveSessions(limit: limit) { found in
-                    answers.withLockedValue { $0[index] = found }
+                worker.liveSessions(limit: limit) { found, now in
+                    answers.withLockedValue { $0[index] = (found, now) }
                     if tally.mark(index) { resume() }
                 }
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: timeout.nanoseconds))) { resume() }
         }
         let lists = answers.withLockedValue { $0 }
-        let merged = lists.compactMap { $0 }.joined().sorted { $0.lastActiveNanos > $1.lastActiveNanos }
+        // Merged on last use (the workers' clocks are one), then only the first `limit` formatted.
+        let merged = lists.indices.flatMap { i in (lists[i]?.found ?? []).map { (worker: i, entry: $0) } }
+            .sorted { $0.entry.lastUsed > $1.entry.lastUsed }.prefix(limit)
+            .map { m in workers[m.worker].1.describe(m.entry.session, lastUsed: m.entry.lastUsed, now: lists[m.worker]!.now) }
         let unanswered = lists.indices.filter { lists[$0] == nil }.map { i in
             "listener '\(workers[i].0)' queue for \(workers[i].1.localAddress)\(workers[i].2) did not answer within \(timeout)"
         }
-        return LiveSessions(sessions: Array(merged.prefix(limit)), unanswered: unanswered)
+        return LiveSessions(sessions: merged, unanswered: unanswered)
     }
 }
