@@ -89,6 +89,14 @@ final class StatusHTTPHandler: ChannelInboundHandler {
                 let problems = (try? result.get()) ?? ["health probe did not complete"]
                 self.write(context, head: head, build(problems))
             }
+        case .later(let build):
+            let promise = context.eventLoop.makePromise(of: StatusResponse.self)
+            promise.completeWithTask { await build() }
+            promise.futureResult.assumeIsolated().whenComplete { result in
+                // Never throws; an error here means the task was cancelled.
+                let response = (try? result.get()) ?? .text(.serviceUnavailable, "request did not complete\n")
+                self.write(context, head: head, response)
+            }
         }
     }
 

@@ -6,9 +6,10 @@ public enum StatusPage {
     /// - Parameters:
     ///   - rates: per-second rates of each listener by name (missing: not enough history yet).
     ///   - problems: health problems, empty when healthy.
+    ///   - busiest: the busiest live sessions of each relay listener by name (see `busiest(_:)`).
     public static func render(
         _ s: StatusSnapshot, server: ServerCounters, rates: [String: ListenerRates],
-        problems: [String]
+        problems: [String], busiest: [String: [SessionStatus]] = [:]
     ) -> String {
         var h = ""
         h += """
@@ -125,6 +126,7 @@ public enum StatusPage {
         // its column's name.
         h.replaceSubrange(bodyStart..., with: labelCells(String(h[bodyStart...])))
         h += "</tbody></table>\n"
+        h += busiestSection(s, busiest)
 
         h += "<footer>"
         h += window.map { "Rates over the last \(Format.fixed($0, 0)) s." } ?? "Rates appear after a second or two."
@@ -136,8 +138,43 @@ public enum StatusPage {
         if server.acceptErrors > 0 {
             h += ", <span class=\"badtext\">\(Format.grouped(server.acceptErrors)) not accepted for lack of file descriptors</span>"
         }
-        h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
+        h += ". Machine-readable: <a href=\"/status\">/status</a> \u{00B7} <a href=\"/sessions\">/sessions</a>"
+        h += " \u{00B7} <a href=\"/metrics\">/metrics</a> \u{00B7} <a href=\"/healthz\">/healthz</a>"
         h += "</footer>\n</body></html>\n"
+        return h
+    }
+
+    /// Sessions shown per relay listener on the page.
+    static let busiestRows = 5
+
+    /// Of `sessions` (the most recently active, as `/sessions` gives them), the `busiestRows`
+    /// with the most datagrams both ways, per listener.
+    public static func busiest(_ sessions: [SessionStatus]) -> [String: [SessionStatus]] {
+        Dictionary(grouping: sessions, by: \.listener).mapValues { list in
+            Array(
+                list.enumerated().sorted { a, b in
+                    let x = a.element.toUpstream.packets &+ a.element.toClient.packets
+                    let y = b.element.toUpstream.packets &+ b.element.toClient.packets
+                    return x != y ? x > y : a.offset < b.offset
+                }.prefix(busiestRows).map(\.element))
+        }
+    }
+
+    /// The busiest sessions of each relay listener that has some, one line each (wraps on
+    /// narrow screens); nothing when none has.
+    static func busiestSection(_ s: StatusSnapshot, _ busiest: [String: [SessionStatus]]) -> String {
+        var h = ""
+        for l in s.listeners where l.sessions != nil {
+            guard let list = busiest[l.name], !list.isEmpty else { continue }
+            h += "<section class=\"busiest\" id=\"sessions-\(Format.html(l.name))\"><h2>Busiest sessions \u{2014} \(Format.html(l.name))</h2><ul>"
+            for x in list {
+                h += "<li><code>\(Format.html(x.client))</code> \u{2192} <code>\(Format.html(x.upstream))</code>"
+                h += " \u{00B7} \(nowrap("\(Format.grouped(x.toUpstream.packets)) pkt / \(Format.bytes(Double(x.toUpstream.bytes))) up"))"
+                h += " \u{00B7} \(nowrap("\(Format.grouped(x.toClient.packets)) pkt / \(Format.bytes(Double(x.toClient.bytes))) down"))"
+                h += " \u{00B7} \(nowrap("age \(Format.duration(x.ageSeconds))")) \u{00B7} \(nowrap("idle \(Format.duration(x.idleSeconds))"))</li>"
+            }
+            h += "</ul></section>\n"
+        }
         return h
     }
 
@@ -275,6 +312,9 @@ public enum StatusPage {
         .sub.badtext{color:var(--bad)}
         .drop{display:inline-block;background:#ffebe9;color:var(--bad);border-radius:6px;padding:0 6px;margin:1px 0;font-weight:600;font-size:13px}
         footer{margin:0 24px 24px;color:var(--muted);font-size:13px}
+        .busiest{margin:0 24px 16px;font-size:14px;overflow-wrap:anywhere}
+        .busiest h2{font-size:15px;margin:0 0 4px}
+        .busiest ul{margin:0;padding-left:20px}
         a{color:#0969da}
         @media (max-width:1100px){
         header{padding:10px 14px;gap:6px 14px}
@@ -296,6 +336,7 @@ public enum StatusPage {
         tr.listener td.name::before{content:none}
         .bar{width:80px}
         footer{margin:0 14px 18px}
+        .busiest{margin:0 14px 12px}
         }
         """
 }

@@ -30,11 +30,13 @@ public struct StatusResponse: Sendable {
 public enum PlannedResponse: Sendable {
     case now(StatusResponse)
     case afterProbe(@Sendable ([String]) -> StatusResponse)
+    /// Built by an async step that suspends (`/sessions` waits for the datapath's queues).
+    case later(@Sendable () async -> StatusResponse)
 }
 
 /// The endpoints and how each one answers; no sockets involved, so tests call it directly.
 public struct StatusRoutes: Sendable {
-    public static let paths = ["/", "/healthz", "/status", "/metrics"]
+    public static let paths = ["/", "/healthz", "/status", "/sessions", "/metrics"]
     public static let allow = "GET, HEAD"
 
     let source: any StatusSource
@@ -96,18 +98,22 @@ public struct StatusRoutes: Sendable {
                         "{\"error\": \(Format.json("no listener named '\(name)'; listeners: \(known)"))}\n"))
             }
             return .now(StatusResponse(.ok, "application/json", StatusJSON.render(snapshot, server: counters(), only: name)))
+        case "/sessions":
+            return sessions(query)
         case "/metrics":
             return .now(StatusResponse(.ok, PrometheusText.contentType, PrometheusText.render(source.snapshot(), server: counters())))
         default:  // "/"
-            return .afterProbe { [source, history, counters, now] problems in
+            return .later { [source, history, counters, now] in
+                let health = await source.problems()
+                let busiest = StatusPage.busiest(await source.sessions(listener: nil, limit: SessionsJSON.maxLimit).sessions)
                 let snapshot = source.snapshot()
-                let problems = Self.unhealthy(problems, snapshot, listener: nil)
+                let problems = Self.unhealthy(health, snapshot, listener: nil)
                 let t = now()
                 var rates: [String: ListenerRates] = [:]
                 for l in snapshot.listeners { rates[l.name] = history.rates(of: l, now: t) }
                 return StatusResponse(
                     .ok, "text/html; charset=utf-8",
-                    StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems))
+                    StatusPage.render(snapshot, server: counters(), rates: rates, problems: problems, busiest: busiest))
             }
         }
     }
@@ -145,6 +151,33 @@ public struct StatusRoutes: Sendable {
         switch plan(method: method, uri: uri) {
         case .now(let r): return r
         case .afterProbe(let build): return build(await source.problems())
+        case .later(let build): return await build()
+        }
+    }
+
+    /// `/sessions?listener=NAME&limit=N`: 400 for a bad query, 404 for an unknown listener,
+    /// 503 when a datapath queue did not answer in time.
+    func sessions(_ query: [(String, String)]) -> PlannedResponse {
+        let parsed: (listener: String?, limit: Int)
+        switch SessionsJSON.query(query) {
+        case .success(let q): parsed = q
+        case .failure(let e): return .now(StatusResponse(.badRequest, "application/json", SessionsJSON.error(e.message)))
+        }
+        if let name = parsed.listener {
+            let snapshot = source.snapshot()
+            if snapshot.listener(named: name) == nil {
+                let known = snapshot.listeners.map(\.name).joined(separator: ", ")
+                return .now(StatusResponse(.notFound, "application/json", SessionsJSON.error("no listener named '\(name)'; listeners: \(known)")))
+            }
+        }
+        return .later { [source] in
+            let answer = await source.sessions(listener: parsed.listener, limit: parsed.limit)
+            guard answer.unanswered.isEmpty else {
+                return StatusResponse(.serviceUnavailable, "application/json", SessionsJSON.error(answer.unanswered.joined(separator: "; ")))
+            }
+            return StatusResponse(
+                .ok, "application/json",
+                SessionsJSON.render(answer, time: source.snapshot().time, listener: parsed.listener, limit: parsed.limit))
         }
     }
 }

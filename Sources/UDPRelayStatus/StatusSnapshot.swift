@@ -276,6 +276,9 @@ public protocol StatusSource: Sendable {
     /// Health problems, one line each; empty when healthy. May take up to about a second (a
     /// liveness probe of every datapath queue).
     func problems() async -> [String]
+    /// At most `limit` live relay sessions (of `listener`, or of all), most recently active
+    /// first, taken without stalling the datapath; may take up to a fraction of a second.
+    func sessions(listener: String?, limit: Int) async -> SessionsAnswer
 }
 
 /// Counters of the status server itself (connections, rejections), shown next to the daemon's.

@@ -59,6 +59,22 @@ struct DaemonStatusSource: StatusSource {
         )
     }
 
+    /// Live relay sessions, each worker's taken on its own queue (at most 200 ms each, all at
+    /// once); a worker that did not answer is reported, not waited for.
+    func sessions(listener: String?, limit: Int) async -> SessionsAnswer {
+        let found = await datapath.liveSessions(listener: listener, limit: limit, timeout: .milliseconds(200))
+        return SessionsAnswer(sessions: found.sessions.map(Self.sessionStatus), unanswered: found.unanswered)
+    }
+
+    /// One datapath session as the status module sees it.
+    static func sessionStatus(_ s: LiveSession) -> SessionStatus {
+        SessionStatus(
+            listener: s.listener, client: s.client.map { "\($0)" } ?? "?", upstream: s.upstream,
+            ageSeconds: Double(s.ageNanos) / 1e9, idleSeconds: Double(s.idleNanos) / 1e9,
+            toUpstream: Traffic(packets: s.requests, bytes: s.requestBytes),
+            toClient: Traffic(packets: s.replies, bytes: s.replyBytes))
+    }
+
     func problems() async -> [String] {
         var problems: [String] = []
         for l in datapath.listeners where l.boundAddresses.count < l.configuration.listen.count {

@@ -63,6 +63,19 @@ struct IdleList {
         return now >= stamp && now - stamp >= timeout ? tail : nil
     }
 
+    /// At most `limit` slots from the most recent, each with its last use: a bounded walk
+    /// (for `/sessions`, which must not hold the worker's queue for a whole large table).
+    func mostRecent(_ limit: Int) -> [(slot: Int32, lastUsed: UInt64)] {
+        var out: [(slot: Int32, lastUsed: UInt64)] = []
+        out.reserveCapacity(min(limit, count))
+        var s = head
+        while s >= 0, out.count < limit {
+            out.append((s, stamps[Int(s)]))
+            s = next[Int(s)]
+        }
+        return out
+    }
+
     /// Slots from most to least recent (for tests and shutdown).
     var slots: [Int32] {
         var out: [Int32] = []

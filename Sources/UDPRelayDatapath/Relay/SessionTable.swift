@@ -115,6 +115,12 @@ struct SessionTable {
     /// Live sessions by slot, for shutdown.
     var liveSlots: [Int32] { sessions.indices.compactMap { isLive(Int32($0)) ? Int32($0) : nil } }
 
+    /// At most `limit` live sessions, most recently used first, each with its last use: plain
+    /// copies, for `/sessions` (see `RelayWorker.liveSessions`). Walks no further than `limit`.
+    func mostRecentSessions(limit: Int) -> [(session: Session, lastUsed: UInt64)] {
+        idle.mostRecent(limit).map { (sessions[Int($0.slot)], $0.lastUsed) }
+    }
+
     // MARK: opening
 
     /// Whether one more socket fits in `budget`. When it does not, the held sockets whose hold
