@@ -11,7 +11,8 @@ four upstreams (each instance lists them in another order). 200 clients send thr
 service address and record which upstream answered. Then instance 1 is drained (SIGUSR1: its
 /healthz must answer 503 while its clients go on in their sessions) and its route withdrawn, and instance 2 is
 killed and its route withdrawn, as a routing daemon would: every client must still reach the
-same upstream as before, and every datagram must be answered.
+same upstream as before, and every datagram must be answered; and the drained instance's
+sessions, no longer routed to, must finish (expire) on their own.
 
 Usage (root): fleet_ecmp.py /path/to/udprelayd. Exit 0 when every check passed.
 """
@@ -31,6 +32,9 @@ UPSTREAMS = [f"198.18.3.{h}" for h in range(2, 6)]
 CLIENTS = 200
 started = []  # processes this script started (killed by PID at the end)
 failures = []
+
+
+SESSION_TIMEOUT = 5
 
 
 def sh(*args, netns=None, check=True):
@@ -131,12 +135,16 @@ def healthz(k):
     return int(out or 0)
 
 
-def sessions_created(k):
+def session_count(k, which):
     out = sh("curl", "-s", "--max-time", "3", "http://127.0.0.1:9180/status", netns=k, check=False)
     try:
-        return json.loads(out)["listeners"][0]["sessions"]["created"]
+        return json.loads(out)["listeners"][0]["sessions"][which]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
+
+
+def sessions_created(k):
+    return session_count(k, "created")
 
 
 def wait_for(what, check, timeout=15):
@@ -161,7 +169,9 @@ def main():
         with open(path, "w") as f:
             f.write("[status]\nlisten = 127.0.0.1:9180\n[listener svc]\n"
                     f"listen = {SERVICE}:5353\nmode = balance\nbalance = hash\n"
-                    f"upstream = {', '.join(a + ':53' for a in order)}\n")
+                    f"upstream = {', '.join(a + ':53' for a in order)}\n"
+                    # Short, so the drained instance's sessions are seen to finish.
+                    f"session_timeout = {SESSION_TIMEOUT}s\n")
         log = open(os.path.join(work, f"i{i}.log"), "w")
         daemons[i] = start(f"i{i}", [binary, "--config", path], stdout=log, stderr=log)
     for i in (1, 2, 3):
@@ -218,6 +228,12 @@ def main():
         failures.append(f"instance 3 took {moved_in} new sessions, fewer than the {created[1]} + {created[2]} clients of 1 and 2")
     if healthz("i3") != 200:
         failures.append("instance 3 is not healthy at the end")
+    # The drained instance's sessions, no longer routed to, finish on their own (idle timeout),
+    # as a drained instance's sessions do before it is stopped.
+    if wait_for("instance 1's sessions to finish", lambda: session_count("i1", "active") == 0, timeout=SESSION_TIMEOUT * 3 + 5):
+        print(f"instance 1: its {created[1]} sessions finished ({session_count('i1', 'expired')} expired)")
+    if (session_count("i1", "expired") or 0) < (created[1] or 0):
+        failures.append(f"instance 1's sessions did not finish by expiring: {session_count('i1', 'expired')} of {created[1]}")
 
 
 try:
