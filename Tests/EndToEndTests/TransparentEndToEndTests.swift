@@ -186,6 +186,7 @@ final class TransparentEndToEndTests: XCTestCase {
     /// is served at once, with its own address. The same client through a second transparent
     /// listener to the same upstream cannot have a second socket with that address and port:
     /// it is refused, counted as a session error and logged, and the daemon keeps serving.
+    /// `/status` and `/metrics` say the listener is transparent.
     func testAReturningClientIsServedDuringTheHoldAndASecondListenerForTheSameClientIsRefused() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to make network namespaces and to bind clients' addresses (CI runs as root)") }
         let topology = try Topology()
@@ -199,8 +200,8 @@ final class TransparentEndToEndTests: XCTestCase {
             let b = try UDPClient(bind: SocketAddress(parsing: "\(Self.clientV4):0"))
             try Self.enter(topology.relay)
             let d = try DaemonProcess(
-                config: Self.config(
-                    """
+                config: "[status]\nlisten = 127.0.0.1:0\n"
+                    + """
                     [listener one]
                     listen = \(Self.relayClientSideV4):0
                     mode = forward
@@ -213,12 +214,17 @@ final class TransparentEndToEndTests: XCTestCase {
                     mode = forward
                     upstream = \(up.address)
                     transparent = yes
-                    """),
+                    """,
                 arguments: ["--log-level", "debug"])
             defer { d.stop() }
             let bound = try d.waitUntilReady()
             let one = try XCTUnwrap(bound["one"]?.first)
             let two = try XCTUnwrap(bound["two"]?.first)
+            // From this thread, in the relay's namespace, where the endpoint listens.
+            let statusLine = try XCTUnwrap(d.log.first { $0.contains(" status listening ") })
+            let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: statusLine)))
+            XCTAssertEqual(try Self.listenerStatus(status, "one")["transparent"] as? Bool, true)
+            XCTAssertTrue(try Self.httpBody("/metrics", from: status).contains("\nudprelayd_listener_transparent{listener=\"one\"} 1\n"))
 
             a.send(Array("a1".utf8), to: one)
             XCTAssertEqual(a.receive()?.bytes, Array("a1".utf8))
