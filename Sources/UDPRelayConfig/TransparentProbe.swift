@@ -14,7 +14,7 @@ public enum TransparentProbe {
     public static let ipv4FreeBind: (level: Int32, name: Int32) = (0, 15)  // SOL_IP, IP_FREEBIND
     /// The message when the capability is missing, after the failed option's name.
     public static let needsCapability =
-        "transparent = yes needs CAP_NET_ADMIN; grant it (systemd: the drop-in systemd/transparent.conf) or set transparent = no"
+        "transparent = yes needs CAP_NET_ADMIN (the kernel also accepts CAP_NET_RAW); grant it (systemd: the drop-in systemd/transparent.conf) or set transparent = no"
 
     /// The transparent option of `family`.
     public static func option(family: Int32) -> (level: Int32, name: Int32) {
