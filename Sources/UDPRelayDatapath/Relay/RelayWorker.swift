@@ -488,9 +488,6 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
     }
 
-    /// A session socket could not be opened or bound for want of descriptors or ports (`error`),
-    /// or live and held sockets fill the table's budget (nil): counted, and logged once per
-    /// episode with what to change.
     /// A transparent session socket could not take its client's address and port (counted as
     /// `session_errors`, logged at most 4 times in 10 s): EADDRINUSE when another socket has
     /// them (the same client relayed to the same upstream by another listener, or a local
@@ -514,6 +511,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             ])
     }
 
+    /// A session socket could not be opened or bound for want of descriptors or ports (`error`),
+    /// or live and held sockets fill the table's budget (nil): counted, and logged once per
+    /// episode with what to change.
     private func sessionSocketsFail(_ error: SyscallError?) {
         counters.add(.sessionErrors)
         guard !sessionSocketFailing else { return }
