@@ -67,6 +67,7 @@ struct ListenerDraft {
     var workers: WorkerCount?
     var segmentation: Bool?
     var proxyProtocol: ProxyProtocolVersion?
+    var transparent: Bool?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -158,6 +159,7 @@ enum Schema {
         KeySpec("health_interval", modes: Schema.relayModes) { d, v in d.healthInterval = try Values.duration(v, min: .milliseconds(10)) },
         KeySpec("health_fails", modes: Schema.relayModes) { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
         KeySpec("proxy_protocol", modes: Schema.relayModes) { d, v in d.proxyProtocol = try Values.oneOf(v, ProxyProtocolVersion.self) },
+        KeySpec("transparent", modes: Schema.sessionModes) { d, v in d.transparent = try Values.bool(v) },
         KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
@@ -395,8 +397,12 @@ struct ConfigParser {
                     busyPoll: d.busyPoll ?? Defaults.busyPoll,
                     workers: d.workers ?? Defaults.workers,
                     segmentation: d.segmentation ?? Defaults.segmentation,
-                    proxyProtocol: d.proxyProtocol ?? Defaults.proxyProtocol
+                    proxyProtocol: d.proxyProtocol ?? Defaults.proxyProtocol,
+                    transparent: d.transparent ?? Defaults.transparent
                 ))
+            if d.transparent == true, let missing = TransparentProbe.missing(for: listen) {
+                error(d.keyLines["transparent"] ?? d.line, "listener \(d.name)", "transparent", missing)
+            }
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")
             }

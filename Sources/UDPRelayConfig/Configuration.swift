@@ -107,6 +107,10 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// Relay modes: what each datagram to an upstream starts with (`proxy_protocol`): nothing,
     /// or a PROXY protocol v2 header naming the client and the address it sent to.
     public var proxyProtocol: ProxyProtocolVersion
+    /// `forward`/`balance`: each session's upstream socket is bound to its client's own address
+    /// and port (`transparent`), so upstreams see the client (needs CAP_NET_ADMIN and the
+    /// policy routing that brings replies back to this host).
+    public var transparent: Bool
 
     public init(
         name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
@@ -117,7 +121,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
         sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
         protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
         workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation,
-        proxyProtocol: ProxyProtocolVersion = Defaults.proxyProtocol
+        proxyProtocol: ProxyProtocolVersion = Defaults.proxyProtocol,
+        transparent: Bool = Defaults.transparent
     ) {
         self.name = name
         self.line = line
@@ -138,6 +143,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.workers = workers
         self.segmentation = segmentation
         self.proxyProtocol = proxyProtocol
+        self.transparent = transparent
     }
 }
 
@@ -192,6 +198,8 @@ public enum Defaults {
     public static let segmentation = true
     /// Upstreams get the datagrams as the clients sent them.
     public static let proxyProtocol = ProxyProtocolVersion.off
+    /// Upstreams see the relay's own address.
+    public static let transparent = false
     /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
     public static let maxFails = 3
     /// Passive health: the failure window and how long an upstream stays down.

@@ -183,6 +183,8 @@ public struct ListenerSnapshot: Sendable {
     public var workers: [WorkerSnapshot] = []
     /// `proxy_protocol`: `off` or `v2`.
     public var proxyProtocol = ProxyProtocolVersion.off.rawValue
+    /// `transparent`: whether session sockets take their client's address and port.
+    public var transparent = false
 }
 
 /// One socket of a listener and the counters of the worker that serves it.
@@ -204,7 +206,8 @@ extension Datapath {
             return ListenerSnapshot(
                 name: l.name, mode: l.configuration.mode.rawValue,
                 addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
-                upstreams: l.upstreamSnapshots(), workers: workers, proxyProtocol: l.configuration.proxyProtocol.rawValue)
+                upstreams: l.upstreamSnapshots(), workers: workers, proxyProtocol: l.configuration.proxyProtocol.rawValue,
+                transparent: l.configuration.transparent)
         }
     }
 

@@ -79,6 +79,23 @@ enum Syscall {
         }
     }
 
+    /// bind(2) to a `sockaddr` as received (`length` bytes at `address`).
+    static func bind(_ fd: Int32, toRaw address: UnsafeRawPointer, length: socklen_t) throws(SyscallError) {
+        _ = try syscallNoWait("bind") { Glibc.bind(fd, address.assumingMemoryBound(to: sockaddr.self), length) }
+    }
+
+    /// IP_TRANSPARENT (AF_INET) or IPV6_TRANSPARENT (AF_INET6): `fd` may bind an address that
+    /// is not this host's and receive what is sent to it (needs CAP_NET_ADMIN; EPERM without).
+    static func setTransparent(_ fd: Int32, family: Int32) throws(SyscallError) {
+        let (level, name) = TransparentProbe.option(family: family)
+        try setIntOption(fd, level, name, 1, call: family == AF_INET6 ? "setsockopt(IPV6_TRANSPARENT)" : "setsockopt(IP_TRANSPARENT)")
+    }
+
+    /// IP_FREEBIND: `fd` may bind an address no interface has (applies to IPv6 sockets too).
+    static func setFreeBind(_ fd: Int32) throws(SyscallError) {
+        try setIntOption(fd, TransparentProbe.ipv4FreeBind.level, TransparentProbe.ipv4FreeBind.name, 1, call: "setsockopt(IP_FREEBIND)")
+    }
+
     /// connect(2) to `address` (for a datagram socket: sets its peer, sends nothing).
     static func connect(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
         try address.withSockaddr { (sa, length) throws(SyscallError) in

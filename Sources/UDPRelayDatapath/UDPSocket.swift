@@ -54,6 +54,18 @@ public enum UDPSocket {
         return socket
     }
 
+    /// `transparent = yes`: makes `fd` (not yet bound) able to take a client's own address and
+    /// port as its source: IP_TRANSPARENT or IPV6_TRANSPARENT, and IP_FREEBIND.
+    public static func makeTransparent(_ fd: Int32, family: Int32) throws(SyscallError) {
+        try Syscall.setTransparent(fd, family: family)
+        try Syscall.setFreeBind(fd)
+    }
+
+    /// Binds `fd` to the `sockaddr` of `length` bytes at `address` (a client's, as received).
+    public static func bind(_ fd: Int32, toRaw address: UnsafeRawPointer, length: socklen_t) throws(SyscallError) {
+        try Syscall.bind(fd, toRaw: address, length: length)
+    }
+
     /// Sets SO_RCVBUF/SO_SNDBUF, using the FORCE variants (which ignore net.core.[rw]mem_max)
     /// when the process may; otherwise the kernel caps the value. Returns the sizes in effect.
     @discardableResult

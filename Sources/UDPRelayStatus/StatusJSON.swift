@@ -146,6 +146,7 @@ public enum StatusJSON {
             ("name", .string(l.name)),
             ("mode", .string(l.mode)),
             ("proxy_protocol", .string(l.proxyProtocol)),
+            ("transparent", .bool(l.transparent)),
             ("addresses", .array(l.addresses.map { .string($0) })),
             ("received", traffic(l.received)),
             ("sent", traffic(l.sent)),

@@ -76,6 +76,9 @@ public enum StatusPage {
                 h += "<br><span class=\"sub\" title=\"proxy_protocol: each datagram to an upstream starts with a PROXY header\">"
                 h += "PROXY \(Format.html(l.proxyProtocol))</span>"
             }
+            if l.transparent {
+                h += "<br><span class=\"sub\" title=\"transparent: upstreams see each client's own address and port\">transparent</span>"
+            }
             h += "</td>"
             h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)

@@ -226,12 +226,15 @@ public struct ListenerStatus: Sendable, Equatable {
     /// What datagrams to upstreams start with (`proxy_protocol`): `off`, or `v2` for a PROXY
     /// protocol v2 header.
     public var proxyProtocol: String
+    /// Whether session sockets take their client's address and port (`transparent`).
+    public var transparent: Bool
 
     public init(
         name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
         received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
         drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
-        counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off"
+        counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off",
+        transparent: Bool = false
     ) {
         self.name = name
         self.mode = mode
@@ -246,6 +249,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.counters = counters
         self.workers = workers
         self.proxyProtocol = proxyProtocol
+        self.transparent = transparent
     }
 
     /// Whether datagrams to its upstreams carry a PROXY protocol header.

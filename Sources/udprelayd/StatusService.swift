@@ -55,7 +55,8 @@ struct DaemonStatusSource: StatusSource {
                     received: Traffic(packets: w.counters[.receivedPackets], bytes: w.counters[.receivedBytes]),
                     sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
             },
-            proxyProtocol: l.proxyProtocol
+            proxyProtocol: l.proxyProtocol,
+            transparent: l.transparent
         )
     }
 

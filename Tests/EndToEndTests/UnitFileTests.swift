@@ -32,6 +32,33 @@ final class UnitFileTests: XCTestCase {
         XCTAssertLessThanOrEqual(score, 1.5, "hardening regressed:\n\(output.split(separator: "\n").filter { $0.contains("✗") }.joined(separator: "\n"))")
     }
 
+    /// The transparent drop-in adds CAP_NET_ADMIN and nothing else: with it the score is 1.6
+    /// (as the README says), and its only new finding is that capability.
+    func testTransparentDropInAddsOnlyCapNetAdmin() throws {
+        try requireSystemdAnalyze()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("units-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("udprelayd.service.d"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let service = dir.appendingPathComponent("udprelayd.service").path
+        try FileManager.default.copyItem(atPath: Self.service, toPath: service)
+        func findings() throws -> (score: String, failed: Set<String>) {
+            let (_, output) = try run(["systemd-analyze", "security", "--offline=true", "--no-pager", service])
+            let lines = output.split(separator: "\n")
+            let overall = try XCTUnwrap(lines.first { $0.contains("Overall exposure level for udprelayd.service:") }, output)
+            let score = String(overall.split(separator: ":").last?.split(separator: " ").first ?? "")
+            return (score, Set(lines.filter { $0.hasPrefix("✗") }.map { String($0.split(separator: " ")[1]) }))
+        }
+        let without = try findings()
+        try FileManager.default.copyItem(
+            atPath: Self.root.appendingPathComponent("systemd/transparent.conf").path,
+            toPath: dir.appendingPathComponent("udprelayd.service.d/transparent.conf").path)
+        let with = try findings()
+        XCTAssertEqual(without.score, "1.5")
+        XCTAssertEqual(with.score, "1.6")
+        XCTAssertEqual(with.failed.subtracting(without.failed), ["CapabilityBoundingSet=~CAP_NET_ADMIN"])
+        XCTAssertEqual(without.failed.subtracting(with.failed), [])
+    }
+
     func testUnitsVerifyWithoutAnyMessage() throws {
         try requireSystemdAnalyze()
         // verify needs ExecStart= to exist: point the copies at the binary this test run built.

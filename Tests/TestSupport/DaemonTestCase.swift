@@ -57,6 +57,11 @@ extension XCTestCase {
 
     /// The body of `GET path` from the status endpoint at `status`.
     public func httpBody(_ path: String, from status: SocketAddress) throws -> String {
+        try Self.httpBody(path, from: status)
+    }
+
+    /// `httpBody` for code without a test case at hand (a thread in a network namespace).
+    public static func httpBody(_ path: String, from status: SocketAddress) throws -> String {
         let tcp = try TCPClient(to: status)
         tcp.send("GET \(path) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         let response = try XCTUnwrap(tcp.readResponse(), "no answer from \(path)")
@@ -65,6 +70,11 @@ extension XCTestCase {
 
     /// The object of listener `name` in the status endpoint's `GET /status`.
     public func listenerStatus(_ status: SocketAddress, _ name: String) throws -> [String: Any] {
+        try Self.listenerStatus(status, name)
+    }
+
+    /// `listenerStatus` for code without a test case at hand (a thread in a network namespace).
+    public static func listenerStatus(_ status: SocketAddress, _ name: String) throws -> [String: Any] {
         let body = try httpBody("/status", from: status)
         let doc = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         let listeners = try XCTUnwrap(doc["listeners"] as? [[String: Any]])

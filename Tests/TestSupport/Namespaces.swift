@@ -14,6 +14,18 @@ public enum Namespaces {
         return unsafeBitCast(symbol, to: Unshare.self)(flags) == 0
     }
 
+    /// setns(2) of the calling thread into the named network namespace (`ip netns add NAME`,
+    /// /run/netns/NAME). Sockets keep the namespace they were made in, and children the one
+    /// of the thread that started them.
+    public static func enter(named name: String) -> Bool {
+        typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+        guard let symbol = dlsym(nil, "setns") else { return false }
+        let fd = open("/run/netns/\(name)", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return unsafeBitCast(symbol, to: SetNS.self)(fd, newNetwork) == 0
+    }
+
     /// Sets IFF_UP on `lo` of the calling thread's network namespace.
     public static func bringLoopbackUp() -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)

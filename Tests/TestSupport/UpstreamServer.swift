@@ -19,8 +19,14 @@ public final class UpstreamServer: @unchecked Sendable {
 
     /// - Parameter reply: what to send back for each datagram (nil: no answer to this one);
     ///   nil for a silent receiver.
-    public init(ipv6: Bool = false, reply: (@Sendable ([UInt8]) -> [UInt8]?)? = { $0 }) throws {
-        let client = try UDPClient(ipv6: ipv6)
+    public convenience init(ipv6: Bool = false, reply: (@Sendable ([UInt8]) -> [UInt8]?)? = { $0 }) throws {
+        try self.init(bind: ipv6 ? SocketAddress(ip: .v6(high: 0, low: 1), port: 0) : SocketAddress(ip: .v4(0x7F00_0001), port: 0), reply: reply)
+    }
+
+    /// A server bound to `bind` (port 0: a free one), e.g. an address of a network namespace
+    /// the socket is made in.
+    public init(bind: SocketAddress, reply: (@Sendable ([UInt8]) -> [UInt8]?)? = { $0 }) throws {
+        let client = try UDPClient(bind: bind)
         // Take over the client's socket: dup so UDPClient's deinit does not close ours.
         fd = dup(client.fd)
         address = client.localAddress

@@ -119,6 +119,33 @@ final class SessionTableTests: XCTestCase {
         XCTAssertEqual(t.liveCount, 1)
     }
 
+    /// `transparent = yes`: a client whose session was evicted comes back while its old socket
+    /// (bound to the client's own address and port) is held: only that client's held sockets
+    /// are released, at once; other clients' holds stay.
+    func testAReturningClientsOwnHeldSocketIsReleasedEarlyAndNoOneElses() throws {
+        var t = table(maxSessions: 1)
+        let a = try mustAdmit(0, to: &t, now: 0)
+        let fdA = t[a].fd
+        let b = try mustAdmit(1, to: &t, now: Self.ms)  // evicts client 0
+        let fdB = t[b].fd
+        try mustAdmit(2, to: &t, now: 2 * Self.ms)  // evicts client 1
+        XCTAssertEqual(t.heldCount, 2)
+
+        XCTAssertEqual(t.releaseHeld(of: key(0)), 1)
+        XCTAssertEqual(fds.closed, [fdA], "client 0's own held socket, long before its hold is over")
+        XCTAssertEqual(t.heldCount, 1)
+        XCTAssertTrue(t.isHeld(b), "client 1's socket stays held: its late replies must reach no one else")
+        XCTAssertEqual(t.releaseHeld(of: key(0)), 0, "nothing more to release")
+        XCTAssertEqual(t.releaseHeld(of: key(2)), 0, "a live session is not held")
+        XCTAssertEqual(t.liveCount, 1)
+
+        t.releaseHeld(now: 2 * Self.ms + Self.hold - 1)
+        XCTAssertEqual(fds.closed, [fdA], "client 1's hold is not cut short")
+        t.releaseHeld(now: 2 * Self.ms + Self.hold)
+        XCTAssertEqual(fds.closed, [fdA, fdB], "the rest of the holds run their course")
+        XCTAssertEqual(t.heldCount, 0)
+    }
+
     func testRefusedAndStoppedSessionsCloseAtOnceOtherFailuresAreHeld() throws {
         var t = table(maxSessions: 8)
         let refused = try mustAdmit(0, to: &t, now: 0)

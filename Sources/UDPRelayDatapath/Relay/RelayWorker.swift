@@ -64,6 +64,11 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     private var repliesFilled: Int
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
+    /// `transparent = yes`: each session socket is bound to its client's address and port.
+    let transparent: Bool
+    /// Transparent binds that fail (another socket has the client's address and port for the
+    /// same upstream: the same client through another listener): at most 4 lines in 10 s.
+    private var transparentLogs = LogLimiter(lines: 4, per: .seconds(10))
     /// Session events clients cause are logged at most 20 a second each (opened, closed: debug),
     /// and the start and end of a shortage of session sockets at most 4 times in 10 s.
     private var sessionLogs = (
@@ -108,6 +113,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         self.receiveBuffer = configuration.receiveBuffer
         self.sendBuffer = configuration.sendBuffer
         self.listenerName = configuration.name
+        self.transparent = configuration.transparent
+        if configuration.transparent {
+            // The self-test where the listener opens (the configuration's was at load): a
+            // scratch socket must take the option, or the listener does not start.
+            let scratch = SocketDescriptor(try UDPSocket.open(family: localAddress.family))
+            try UDPSocket.makeTransparent(scratch.rawValue, family: localAddress.family)
+            scratch.close()
+        }
         if configuration.sessions.log { self.sessionRecords = LogLimiter(lines: configuration.sessions.logRate, per: .seconds(1)) }
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -197,7 +210,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             // The new socket first: a client refused for want of a port or a descriptor must
             // not cost another client its session.
             let socket: (fd: Int32, upstream: Int)
-            switch openSessionSocket(clientHash: balancer.clientHash(key), now: now) {
+            switch openSessionSocket(key: key, client: batch.names + i, clientLength: m.pointee.msg_hdr.msg_namelen, now: now) {
             case .opened(let fd, let upstream): socket = (fd, upstream)
             case .failed:
                 counters.add(.dropNoSession)
@@ -297,12 +310,19 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// be handed to this session, and a late reply meant for the held session's client would
     /// then reach this one's. An upstream that is a relay listener of this daemon is a loop:
     /// the datagram is dropped and counted as `loop`.
-    private func openSessionSocket(clientHash: UInt64, now: UInt64) -> SessionSocket {
+    ///
+    /// `transparent = yes`: the socket is bound to the client's own address and port (`client`,
+    /// as received) before it connects. A held socket of the same client's earlier session is
+    /// released first (it has that address and port; see `SessionTable.releaseHeld(of:)`).
+    private func openSessionSocket(
+        key: ClientKey, client: UnsafeMutablePointer<sockaddr_storage>, clientLength: socklen_t, now: UInt64
+    ) -> SessionSocket {
+        if transparent { sessions.releaseHeld(of: key) }
         guard sessions.makeRoom(now: SystemClock.monotonicNanos()) else {
             sessionSocketsFail(nil)
             return .failed
         }
-        let pick = balancer.pick(clientHash: clientHash, isUp: { upstreams.isUp($0, now: now) })
+        let pick = balancer.pick(clientHash: balancer.clientHash(key), isUp: { upstreams.isUp($0, now: now) })
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)
@@ -330,6 +350,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         // default of 208 KiB), and the kernel's drop count on every reply.
         UDPSocket.setBuffers(fd, receive: receiveBuffer, send: sendBuffer, force: &forceBuffers)
         UDPSocket.enableDropCount(fd)
+        if transparent {
+            do {
+                try UDPSocket.makeTransparent(fd, family: address.family)
+                try UDPSocket.bind(fd, toRaw: client, length: clientLength)
+            } catch {
+                socket.close()
+                transparentBindFailed(error, client: client)
+                return .failed
+            }
+        }
         do {
             try sessions.opening(now: SystemClock.monotonicNanos()) { () throws(SyscallError) in try UDPSocket.connect(fd, to: address) }
         } catch {
@@ -456,6 +486,29 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             counters.add(.repliesIgnored, UInt64(received))
             if received < replyBatch.capacity { return }
         }
+    }
+
+    /// A transparent session socket could not take its client's address and port (counted as
+    /// `session_errors`, logged at most 4 times in 10 s): EADDRINUSE when another socket has
+    /// them (the same client relayed to the same upstream by another listener, or a local
+    /// socket on the client's port), EAFNOSUPPORT/EINVAL when the client's family is not the
+    /// upstream's.
+    private func transparentBindFailed(_ error: SyscallError, client: UnsafeMutablePointer<sockaddr_storage>) {
+        counters.add(.sessionErrors)
+        guard let skipped = transparentLogs.admit(now: SystemClock.monotonicNanos()) else { return }
+        let hint =
+            switch error.errno {
+            case EADDRINUSE:
+                "another socket has the client's address and port (the same client through another transparent listener, or a local socket on that port)"
+            case EAFNOSUPPORT, EINVAL: "the client's address family is not the upstream's: a transparent session keeps the client's address"
+            default: "see transparent in udprelayd.ini(5)"
+            }
+        logger.warning(
+            "cannot bind a transparent session socket to the client's address; datagram dropped (no_session)",
+            metadata: [
+                "peer.address": "\(SocketAddress(sockaddr: UnsafeRawPointer(client)).map { "\($0)" } ?? "?")",
+                "error": "\(error)", "hint": "\(hint)", "log.suppressed": "\(skipped)",
+            ])
     }
 
     /// A session socket could not be opened or bound for want of descriptors or ports (`error`),

@@ -237,6 +237,29 @@ struct SessionTable {
         }
     }
 
+    /// Releases the held sockets of `key`'s earlier sessions at once, whatever their hold;
+    /// returns how many. For `transparent = yes`, where a session's socket is bound to its
+    /// client's own address and port: a held one would keep the client's next session from
+    /// binding them. The hold protects other clients from replies meant for this one; a reply
+    /// to a released socket of this client can only ever be this client's, so releasing it
+    /// early sends no one else's reply anywhere.
+    @discardableResult
+    mutating func releaseHeld(of key: ClientKey) -> Int {
+        var released = 0
+        var i = heldSlots.startIndex
+        while i < heldSlots.endIndex {
+            let slot = heldSlots[i].slot
+            if sessions[Int(slot)].key == key {
+                heldSlots.remove(at: i)
+                release(slot)
+                released += 1
+            } else {
+                i += 1
+            }
+        }
+        return released
+    }
+
     /// Releases every held socket, whatever its hold (the worker stops).
     mutating func releaseAllHeld() {
         while let oldest = heldSlots.popFirst() { release(oldest.slot) }
