@@ -30,6 +30,13 @@ public enum ProxyProtocolV2 {
     /// Room a header may need.
     public static let maxSize = inet6Size
 
+    /// The header of a datagram the relay sends on its own behalf (health probes): version 2,
+    /// command LOCAL, family UNSPEC, no addresses. A receiver that requires a header accepts it
+    /// and uses the real source of the datagram.
+    public static let localHeader: [UInt8] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00,
+    ]
+
     /// Writes the header for a datagram from `source` to `destination` into `out` (at least
     /// `maxSize` bytes) and returns its length. Both are `sockaddr_in` or `sockaddr_in6` (an
     /// IPv4 `sockaddr_in` may sit in a `sockaddr_in6`'s storage, as sessions keep it);

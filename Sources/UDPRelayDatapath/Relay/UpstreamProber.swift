@@ -30,7 +30,7 @@ extension UpstreamTable {
 
     private func probeTick() {
         dispatchPrecondition(condition: .onQueue(controlQueue))
-        guard let payload = settings.probe else { return }
+        guard let payload = probePayload else { return }
         let now = SystemClock.monotonicNanos()
         let gen = generation[0]
         let row = counters[counters.count - 1]

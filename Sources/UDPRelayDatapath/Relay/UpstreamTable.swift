@@ -18,6 +18,9 @@ final class UpstreamTable: @unchecked Sendable {
     // (`resolveFailing`, `resolving`, `resolveStopped`, `reportedSlowNames`).
     let endpoints: [UpstreamEndpoint]
     let settings: HealthSettings
+    /// What a health probe sends: `health_probe`, after a PROXY v2 LOCAL header when the
+    /// listener speaks PROXY v2.
+    let probePayload: [UInt8]?
     let resolveInterval: Duration
     let listenerName: String
     let logger: Logger
@@ -70,6 +73,9 @@ final class UpstreamTable: @unchecked Sendable {
         self.resolver = resolver
         endpoints = configuration.upstreams
         settings = configuration.health
+        // With proxy_protocol = v2 the upstream expects a header on every datagram: probes get
+        // the LOCAL one (replies are plain, as for relayed datagrams).
+        probePayload = configuration.health.probe.map { (configuration.proxyProtocol == .v2 ? ProxyProtocolV2.localHeader : []) + $0 }
         resolveInterval = configuration.resolveInterval
         listenerName = configuration.name
         var log = logger
