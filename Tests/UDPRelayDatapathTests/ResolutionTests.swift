@@ -69,7 +69,9 @@ final class ResolutionTests: XCTestCase {
         // The lookups go on; when they answer, the upstreams take traffic.
         resolver.releaseAll(12)
         let deadline = Date().addingTimeInterval(5)
-        while (0..<12).contains(where: { t.address($0) == nil }) && Date() < deadline { usleep(2000) }
+        // The address is published before its "upstream resolved" line is logged: wait for both.
+        func resolvedLines() -> Int { log.lines.filter { $0.contains("upstream resolved") }.count }
+        while ((0..<12).contains(where: { t.address($0) == nil }) || resolvedLines() < 16) && Date() < deadline { usleep(2000) }
         XCTAssertTrue((0..<16).allSatisfy { t.isUp($0, now: 1) }, "every upstream up once resolved")
         XCTAssertEqual(log.lines.filter { $0.contains("upstream resolved") }.count, 16)
     }
