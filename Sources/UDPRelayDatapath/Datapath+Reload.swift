@@ -66,12 +66,8 @@ extension Datapath {
             // The old listeners stay in the set (and in `probe()`) until they have drained
             // and closed: a queue wedged now must still stop the watchdog pings.
             let replaced = Dictionary(uniqueKeysWithValues: opened.compactMap { l in byName[l.name].map { (l.name, ($0, l)) } })
-            let handedOver = NIOLockedValueBox<[HandedOverSession]>([])
-            for (old, new) in replaced.values where old.configuration.mode.hasSessions && new.configuration.mode.hasSessions {
-                for (index, w) in old.workers.enumerated() {
-                    (w as? RelayWorker)?.handSessionsOverAtStop(socket: UInt16(index)) { s in handedOver.withLockedValue { $0 += s } }
-                }
-            }
+            let handedOver = Self.handSessionsOverAtStop(
+                replaced.values.filter { $0.0.configuration.mode.hasSessions && $0.1.configuration.mode.hasSessions }.map(\.0))
             await stop(retired).completion()
             for (old, new) in replaced.values { Self.carryCounters(from: old, to: new) }
             let sessions = handedOver.withLockedValue { $0 }

@@ -118,17 +118,25 @@ public final class Datapath: Sendable {
     /// returned, sockets open (the caller owns them), for the next process (see
     /// `SessionArchive`). Held sessions close as usual.
     public func stopHandingOverSessions() async -> [HandedOverSession] {
-        let handedOver = NIOLockedValueBox<[HandedOverSession]>([])
         await reloading.enter()
-        for l in listeners where l.configuration.mode.hasSessions {
-            for (index, w) in l.workers.enumerated() {
-                (w as? RelayWorker)?.handSessionsOverAtStop(socket: UInt16(index)) { s in handedOver.withLockedValue { $0 += s } }
-            }
-        }
+        let handedOver = Self.handSessionsOverAtStop(listeners.filter { $0.configuration.mode.hasSessions })
         let done = beginStop()
         reloading.leave()
         await done.completion()
         return handedOver.withLockedValue { $0 }
+    }
+
+    /// Has the relay workers of `listeners` hand their live sessions over at stop instead of
+    /// closing them (`RelayWorker.handSessionsOverAtStop`, each under its socket index); the box
+    /// holds them all once the stop is done.
+    static func handSessionsOverAtStop(_ listeners: [Listener]) -> NIOLockedValueBox<[HandedOverSession]> {
+        let handedOver = NIOLockedValueBox<[HandedOverSession]>([])
+        for l in listeners {
+            for (index, w) in l.workers.enumerated() {
+                (w as? RelayWorker)?.handSessionsOverAtStop(socket: UInt16(index)) { s in handedOver.withLockedValue { $0 += s } }
+            }
+        }
+        return handedOver
     }
 
     /// Gives relay sessions an earlier process handed over (`stopHandingOverSessions`) to the

@@ -104,22 +104,18 @@ public final class Continuity: Sendable {
     /// After start and after every reload.
     public func storeListeners(of datapath: Datapath) {
         guard notifier.isEnabled else { return }
-        let groups = datapath.ownSocketGroups()
-        let current = Set(groups.map { FileDescriptorStore.listenerName(address: "\($0.address)") })
+        let groups = datapath.ownSocketGroups().map { (name: FileDescriptorStore.listenerName(address: "\($0.address)"), fds: $0.fds) }
         let previous = storedNames.withLockedValue { $0 }
         // Removed first, even names stored again: a group's sockets may have changed (a reload
         // with other `workers`), and systemd must not keep one the datapath closed.
         for name in previous.sorted() { notifier.removeStored(name: name) }
         var stored = Set<String>()
-        for g in groups {
-            let name = FileDescriptorStore.listenerName(address: "\(g.address)")
-            if notifier.store(g.fds, name: name) { stored.insert(name) }
-        }
+        for g in groups where notifier.store(g.fds, name: g.name) { stored.insert(g.name) }
         storedNames.withLockedValue { $0 = stored }
-        if stored.count < current.count {
+        if stored.count < groups.count {
             logger.warning(
                 "some listener sockets could not go to systemd's file descriptor store; a restart will rebind them",
-                metadata: ["stored": "\(stored.count)", "listener.groups": "\(current.count)"])
+                metadata: ["stored": "\(stored.count)", "listener.groups": "\(groups.count)"])
         }
     }
 
