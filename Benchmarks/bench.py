@@ -24,6 +24,8 @@ Environment:
   BENCH_BIN       directory with loadgen, openloop, refserver, mallocount.so (default .build/bench)
   BENCH_OPEN_SECONDS  seconds per open-loop measurement (default 5)
   BENCH_OPEN      0 to skip the open-loop section (default 1; "open" in BENCH_ONLY runs only it)
+  BENCH_SESSIONS_READ  live sessions for the /sessions read-cost measurement (default 1000; part of "extras")
+  BENCH_SESSIONS_READ_RATE  datagrams/s offered during it (default 10000)
 """
 import json
 import os
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +52,8 @@ CLK = os.sysconf("SC_CLK_TCK")
 LOADGEN = os.path.join(BIN, "loadgen")
 OPENLOOP = os.path.join(BIN, "openloop")
 OPEN_SECONDS = float(os.environ.get("BENCH_OPEN_SECONDS", "5"))
+SESSIONS_READ = int(os.environ.get("BENCH_SESSIONS_READ", "1000"))
+SESSIONS_READ_RATE = int(os.environ.get("BENCH_SESSIONS_READ_RATE", "10000"))
 # Offered rates of the open-loop section (datagrams per second), per mode.
 OPEN_RATES = {"echo": (1000, 10000, 50000), "forward": (1000, 10000, 25000)}
 OPEN_SERVERS = ("udprelayd", "cref", "nginx")
@@ -61,6 +66,9 @@ SERVER_CPU, CLIENT_CPU = ("1", "0") if NCPU >= 2 else (None, None)
 # work on a shared machine from preempting them mid-measurement; the kernel's RT throttling
 # (95% of each second by default) still leaves the rest of the machine some time.
 RT = os.environ.get("BENCH_RT", "1" if os.geteuid() == 0 else "0") == "1"
+
+# mallocount.so reports on this signal (udprelayd uses SIGUSR1 and SIGUSR2 for drain).
+MALLOCOUNT_SIGNAL = signal.SIGRTMIN + 7
 
 
 def pinned(cpu, argv):
@@ -427,10 +435,10 @@ def measure_allocations(tmp, mode, relay_port=None):
         for window, count in ((64, 200000), (1, 20000)):
             loadgen(port, window, 64, seconds=0.5)  # warm up: sessions, caches, lazy start-up work
             lines_before = len(wait_file_lines(out, 0))
-            os.kill(s.pid, signal.SIGUSR2)
+            os.kill(s.pid, MALLOCOUNT_SIGNAL)
             a = parse_counts(wait_file_lines(out, lines_before + 1)[-1])
             r = loadgen(port, window, 64, seconds=30, extra=("-n", str(count)))
-            os.kill(s.pid, signal.SIGUSR2)
+            os.kill(s.pid, MALLOCOUNT_SIGNAL)
             b = parse_counts(wait_file_lines(out, lines_before + 2)[-1])
             allocs = b["allocs"] - a["allocs"]
             figures[window] = {"allocs": allocs, "replies": r["replies"], "per_datagram": allocs / r["replies"]}
@@ -487,6 +495,103 @@ def measure_sessions(tmp, servers):
         finally:
             srv.stop()
     return out
+
+
+def free_tcp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(port, path, timeout=5.0):
+    """One GET over a new connection; (status, body bytes)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def measure_sessions_read(tmp):
+    """What reading /sessions costs the datapath: a forwarder holding SESSIONS_READ live sessions
+    carries open-loop traffic at a fixed rate with and without a client reading
+    /sessions?limit=1000 back to back; reps interleave the two."""
+    up = free_port()
+    upstream = Server("sessions-read-upstream", [REFSERVER, "echo", f"127.0.0.1:{up}"], up, tmp)
+    port, status = free_port(), free_tcp_port()
+    path = os.path.join(tmp, "sessions-read.ini")
+    with open(path, "w") as f:
+        f.write(f"[daemon]\nlog_level = warning\n\n[status]\nlisten = 127.0.0.1:{status}\n\n"
+                f"[listener s]\nlisten = 127.0.0.1:{port}\nmode = forward\nupstream = 127.0.0.1:{up}\n"
+                f"session_timeout = 600s\nmax_sessions = {SESSIONS_READ * 2}\n")
+    srv = Server("sessions-read", [UDPRELAYD, "--config", path], port, tmp)
+    try:
+        if wait_echo(up) is None or wait_echo(port) is None:
+            raise RuntimeError(f"sessions-read servers did not start; see {srv.err.name}")
+        # The live sessions: that many loopback source addresses, one datagram each.
+        loadgen(port, 64, 64, seconds=15, extra=("-n", str(SESSIONS_READ), "-a", str(SESSIONS_READ), "-s", "1", "-T", "300"))
+        code, body = http_get(status, "/sessions?limit=1000")
+        if code != 200:
+            raise RuntimeError(f"/sessions answered {code}")
+        listed = len(json.loads(body)["sessions"])
+        # Seconds between the starts of two reads: none, one a second (an operator's watch or a
+        # scraper), back to back (the worst a local client can do).
+        kinds = {"idle": None, "every_second": 1.0, "back_to_back": 0.0}
+        runs = {kind: [] for kind in kinds}
+        for rep in range(REPS):
+            for kind, every in kinds.items():
+                stop, reads = threading.Event(), []
+
+                def reader(every=every, stop=stop, reads=reads):
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        c, b = http_get(status, "/sessions?limit=1000")
+                        reads.append((c, time.perf_counter() - t0, len(b)))
+                        stop.wait(max(0.0, every - (time.perf_counter() - t0)))
+
+                t = threading.Thread(target=reader) if every is not None else None
+                cpu0 = cpu_seconds(srv.pid)
+                if t:
+                    t.start()
+                argv = pinned(CLIENT_CPU, [OPENLOOP, "-t", f"127.0.0.1:{port}", "-r", str(SESSIONS_READ_RATE),
+                                           "-d", str(OPEN_SECONDS), "-s", "8", "-p", "64"])
+                t0 = time.perf_counter()
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=OPEN_SECONDS + 30)
+                wall = time.perf_counter() - t0
+                stop.set()
+                if t:
+                    t.join()
+                if r.returncode == 2 or not r.stdout.strip():
+                    raise RuntimeError(f"openloop failed: {r.stderr.strip()}")
+                o = json.loads(r.stdout)
+                o["cpu"], o["wall"], o["reads"] = cpu_seconds(srv.pid) - cpu0, wall, reads
+                runs[kind].append(o)
+                ok = sum(1 for c, _, _ in reads if c == 200)
+                log(f"rep {rep + 1}/{REPS} sessions-read {kind:12} CPU {o['cpu'] / wall * 100:5.1f}% p99 {o['p99_us']:.0f} µs "
+                    f"lost {o['lost']} reads {ok}/{len(reads)}")
+        out = {"sessions": listed, "rate": SESSIONS_READ_RATE}
+        for kind, os_ in runs.items():
+            out[kind] = {"cpu_pct": median([o["cpu"] / o["wall"] * 100 for o in os_]),
+                         "p50": median([o["p50_us"] for o in os_]), "p99": median([o["p99_us"] for o in os_]),
+                         "lost": sum(o["lost"] for o in os_), "corrupt": sum(o["corrupt"] + o["duplicate"] for o in os_)}
+            reads = [x for o in os_ for x in o["reads"]]
+            good = [x for x in reads if x[0] == 200]
+            out[kind].update({"reads": len(good), "failed_reads": len(reads) - len(good),
+                              "reads_per_s": len(good) / sum(o["wall"] for o in os_)})
+        good = [x for o in runs["back_to_back"] for x in o["reads"] if x[0] == 200]
+        out["read_ms"] = median([d * 1000 for _, d, _ in good]) if good else 0
+        out["read_bytes"] = median([n for _, _, n in good]) if good else 0
+        extra_cpu = sum(o["cpu"] for o in runs["back_to_back"]) - sum(o["cpu"] for o in runs["idle"])
+        out["cpu_ms_per_read"] = extra_cpu / len(good) * 1000 if good else 0
+        return out
+    finally:
+        srv.stop()
+        upstream.stop()
 
 
 def max_open_files(pid):
@@ -548,6 +653,8 @@ def main():
                         extra["alloc_forward"] = measure_allocations(tmp, "forward", servers["upstream"].port)
                     extra["startup"] = measure_startup(tmp)
                 extra["sessions"] = measure_sessions(tmp, servers)
+                if "udprelayd" in SERVERS and relay:
+                    extra["sessions_read"] = measure_sessions_read(tmp)
         finally:
             for s in servers.values():
                 s.stop()
@@ -562,7 +669,8 @@ def main():
             if os.path.exists(findings):
                 f.write("\n" + open(findings).read())
         log(f"wrote {out}")
-    bad = [r for r in rows + extra.get("open", []) if r.get("lost") or r.get("corrupt")]
+    bad = [r for r in rows + extra.get("open", []) + [extra["sessions_read"][k] for k in ("idle", "every_second", "back_to_back") if "sessions_read" in extra]
+           if r.get("lost") or r.get("corrupt")]
     if bad:
         log("some datagrams were lost or corrupted: see the lost / corrupt column")
         sys.exit(1)
@@ -613,6 +721,24 @@ def render(info, rows, extra, relay, elapsed):
               "offered is two received and two sent by the relay). \"vs C ref\" divides by the C reference's "
               "median at the same rate in this run. Round-trip times are from each datagram's scheduled send time.",
               "", open_table(extra["open"]), ""]
+    if "sessions_read" in extra:
+        sr = extra["sessions_read"]
+        L += ["## What a `/sessions` read costs the datapath", "",
+              f"A forwarder holds {sr['sessions']:,} live sessions (listed by `/sessions?limit=1000`) and carries "
+              f"open-loop traffic at {sr['rate']:,} datagrams/s ({OPEN_SECONDS:g} s, {REPS} repetitions, medians) while "
+              "a client reads `/sessions?limit=1000` over new connections: never, once a second, or back to back; "
+              "the three interleave. CPU is the whole daemon's (status thread included). The daemon is pinned to "
+              "one CPU here, so its status thread renders the JSON on the worker's CPU (at the same real-time "
+              "priority when BENCH_RT is on): the p99 column shows that sharing, which a daemon with a CPU "
+              "to spare does not pay.", "",
+              "| reader | reads answered (not 200) | reads/s | server CPU % | p50 µs | p99 µs | lost / corrupt |",
+              "|---|---|---|---|---|---|---|"]
+        for kind, label in (("idle", "none"), ("every_second", "once a second"), ("back_to_back", "back to back")):
+            k = sr[kind]
+            L.append(f"| {label} | {k['reads']} ({k['failed_reads']}) | {k['reads_per_s']:.1f} | {k['cpu_pct']:.1f} "
+                     f"| {k['p50']:.0f} | {k['p99']:.0f} | {k['lost']} / {k['corrupt']} |")
+        L += ["", f"- One read: median {sr['read_ms']:.1f} ms and {sr['read_bytes'] / 1024:.0f} KiB; "
+              f"{sr['cpu_ms_per_read']:.2f} ms of daemon CPU (back-to-back runs minus runs without reads, per read).", ""]
     if not relay:
         L += ["udprelayd's forward rows are n/a: `mode = forward` had not landed when this ran.", ""]
     if "alloc_echo" in extra:

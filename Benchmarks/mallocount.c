@@ -2,12 +2,13 @@
  * mallocount.so: an LD_PRELOAD shim that counts heap calls of the process it is loaded into.
  *
  *   MALLOCOUNT_OUT=/tmp/counts LD_PRELOAD=./mallocount.so udprelayd ...
- *   kill -USR2 PID     # appends one line of totals so far to $MALLOCOUNT_OUT (or stderr)
+ *   kill -s RTMIN+7 PID   # appends one line of totals so far to $MALLOCOUNT_OUT (or stderr)
  *
  * Counts calls to malloc, calloc, realloc, free and the aligned allocators (posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc) from every thread with relaxed atomic increments and
  * forwards them to glibc's __libc_* entry points (no dlsym, so no recursion at start-up).
- * On SIGUSR2 and at exit it writes:
+ * On SIGRTMIN+7 (a real-time signal: udprelayd uses SIGUSR1 and SIGUSR2 for drain) and at exit
+ * it writes:
  *   mallocount allocs=N frees=N reallocs=N
  * where allocs counts every call that returns new memory (malloc, calloc, the aligned ones and
  * realloc). The difference between two snapshots taken around a steady-state window, divided by
@@ -101,7 +102,7 @@ __attribute__((constructor)) static void mallocount_init(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_usr2;
     sa.sa_flags = SA_RESTART;
-    sigaction(SIGUSR2, &sa, NULL);
+    sigaction(SIGRTMIN + 7, &sa, NULL);
 }
 
 __attribute__((destructor)) static void mallocount_fini(void) { report(); }
