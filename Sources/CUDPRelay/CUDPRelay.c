@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <netinet/udp.h>
 
 #ifndef UDP_SEGMENT
@@ -152,6 +153,10 @@ int cur_received_destination(const struct msghdr *msg, struct sockaddr_storage *
 
 int cur_epoll_create(void) {
     return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int cur_eventfd(void) {
+    return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 }
 
 int cur_epoll_add(int epfd, int fd, uint64_t tag) {

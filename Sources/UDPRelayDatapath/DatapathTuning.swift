@@ -7,9 +7,9 @@ public struct DatapathTuning: Sendable {
     /// A worker's turn on its thread (see `WaitSet`) ends when nothing arrived for this long
     /// (nanoseconds)...
     public var idleHold: UInt64 = 5_000_000
-    /// ...or after this long in all, so that other work on the worker's queue (stop, reload,
-    /// liveness probes, timers) waits at most about this long.
-    public var turnLimit: UInt64 = 20_000_000
+    /// ...or after this long in all, so that work on the worker's queue that does not ring the
+    /// wait set's doorbell (the refusal log's flush) waits at most about this long.
+    public var turnLimit: UInt64 = 250_000_000
     /// How long a closed relay session keeps its socket (nanoseconds), so that a reply still on
     /// its way is dropped and counted instead of reaching a newer session that the kernel gave
     /// the same ephemeral port. See `RelayWorker`.

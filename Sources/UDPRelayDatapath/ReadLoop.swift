@@ -24,10 +24,14 @@ import Glibc
 /// datagram costs what it costs a C epoll server: one `epoll_wait`, one `recvmmsg`, one send.
 /// The source stays disarmed meanwhile, so libdispatch's event thread sleeps. The turn ends,
 /// and the thread goes back to Dispatch, when nothing arrived for `DatapathTuning.idleHold`,
-/// or after `DatapathTuning.turnLimit` in all, so that other work queued on the worker's
-/// serial queue (stop, reload, liveness probes, the session expiry timer) waits at most that
-/// long. An idle worker therefore makes no wakeups at all, and a steady stream costs one
-/// Dispatch wakeup per `turnLimit` (about 50 a second) instead of one per datagram.
+/// when the wait set's doorbell rings, or after `DatapathTuning.turnLimit` in all. Work that
+/// other threads queue on the worker's serial queue (stop, reload, liveness probes,
+/// `/sessions` snapshots, the session handover) goes through `SocketWorker.submit`, which
+/// rings the doorbell (an eventfd in the set), so it waits for one batch, not for the turn;
+/// the relay's session expiry runs inside the turn when due (`turnTick`). `turnLimit` bounds
+/// only what nothing rings for (the refusal log's flush). An idle worker therefore makes no
+/// wakeups at all, and a steady stream costs one Dispatch wakeup per `turnLimit` instead of
+/// one per datagram.
 ///
 /// `busy_poll` (off by default) adds a spin before the wait: for up to that long after the
 /// last datagram the loop polls without blocking (yielding the CPU in between), which shaves
@@ -44,12 +48,32 @@ final class WaitSet {
     static let capacity = 64
     /// The tag of the listener socket while it is a member (during a turn).
     static let listenerTag = UInt64.max
+    /// The tag of the doorbell, a member for good.
+    static let doorbellTag = UInt64.max - 1
+    /// The doorbell: an eventfd that `ring` makes readable, so a turn waiting in the set
+    /// returns to its queue. Closed with the set object, after every thread that could ring it
+    /// has let go of the worker.
+    private let doorbell: SocketDescriptor
 
     init() throws(SyscallError) {
-        fd = try Syscall.epollCreate()
-        owned = SocketDescriptor(fd)
+        let epoll = SocketDescriptor(try Syscall.epollCreate())
+        let bell = SocketDescriptor(try Syscall.eventCreate())
+        try Syscall.epollAdd(epoll.rawValue, bell.rawValue, tag: WaitSet.doorbellTag)
+        fd = epoll.rawValue
+        owned = consume epoll
+        doorbell = consume bell
         ready = .allocate(capacity: WaitSet.capacity)
         ready.initialize(repeating: cur_ready(), count: WaitSet.capacity)
+    }
+
+    /// Makes the set readable until a turn answers: any thread, any time.
+    func ring() {
+        Syscall.eventSignal(doorbell.rawValue)
+    }
+
+    /// Silences the doorbell (on the worker's queue, when a turn saw it).
+    func answer() {
+        Syscall.eventReset(doorbell.rawValue)
     }
 
     deinit { ready.deallocate() }
@@ -88,8 +112,8 @@ final class WaitSet {
 
 extension SocketWorker {
     /// One turn of the worker on its queue: serves the listener and the wait set's members
-    /// until nothing arrived for `tuning.idleHold`, or for at most `tuning.turnLimit`
-    /// (see `WaitSet`). With `holding` false (the last pass of `stop`), serves only what is
+    /// until nothing arrived for `tuning.idleHold`, the doorbell rang, or for at most
+    /// `tuning.turnLimit` (see `WaitSet`). With `holding` false (the last pass of `stop`), serves only what is
     /// already waiting and returns as soon as all is empty.
     final func serveTurn(holding: Bool) {
         dispatchPrecondition(condition: .onQueue(queue))
@@ -106,12 +130,23 @@ extension SocketWorker {
         var timeout: Int32 = 0
         while true {
             let n = waitSet.wait(timeout: timeout)
+            var rung = false
             for i in 0..<n {
                 let tag = waitSet.ready[i].tag
-                if tag == WaitSet.listenerTag { drainListener() } else { memberReady(tag) }
+                if tag == WaitSet.listenerTag {
+                    drainListener()
+                } else if tag == WaitSet.doorbellTag {
+                    waitSet.answer()
+                    rung = true
+                } else {
+                    memberReady(tag)
+                }
             }
             let now = SystemClock.monotonicNanos()
             if n > 0 { last = now }
+            turnTick(now)
+            // Work is waiting on the queue: let it run (the last pass of `stop` is that work).
+            if rung && holding { return }
             if !holding {
                 // The last pass: never waits, bounded like a turn.
                 if n == 0 || now &- start >= tuning.turnLimit { return }

@@ -191,6 +191,24 @@ enum Syscall {
         _ = cur_epoll_remove(epfd, member)
     }
 
+    /// A non-blocking, close-on-exec eventfd (counter 0): a wait set's doorbell.
+    static func eventCreate() throws(SyscallError) -> Int32 {
+        try syscallNoWait("eventfd") { cur_eventfd() }
+    }
+
+    /// Adds 1 to an eventfd's counter, making it readable. A full counter (never, in practice)
+    /// is readable already, so its error is ignored.
+    static func eventSignal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = try? syscall("write(eventfd)") { Glibc.write(fd, &one, 8) }
+    }
+
+    /// Reads an eventfd's counter back to 0 (nothing to read: already 0).
+    static func eventReset(_ fd: Int32) {
+        var count: UInt64 = 0
+        _ = try? syscall("read(eventfd)") { Glibc.read(fd, &count, 8) }
+    }
+
     /// epoll_wait for up to `timeout` ms (0: not at all): how many entries of `ready` it filled.
     @inline(__always)
     static func epollWait(

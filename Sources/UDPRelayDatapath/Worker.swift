@@ -120,7 +120,7 @@ public class SocketWorker: @unchecked Sendable {
     /// removed or replaced by a reload drains instead of dropping them.
     func stop(done: DispatchGroup) {
         done.enter()
-        queue.async { [self] in
+        submit { [self] in
             if let source {
                 serveTurn(holding: false)
                 source.cancel()
@@ -153,6 +153,24 @@ public class SocketWorker: @unchecked Sendable {
     /// Runs on `queue` at the start of each turn of the read loop.
     func turnStarted() {}
 
+    /// Runs on `queue` after each wait of a turn, with the time: for work due on a schedule
+    /// (the relay's session expiry) while a turn holds the thread.
+    func turnTick(_ now: UInt64) {}
+
+    /// Runs `work` on the worker's queue soon: rings the wait set's doorbell, so a turn in
+    /// progress returns after its current batch instead of at `tuning.turnLimit`. Every block
+    /// other threads queue on a worker goes through here (or `submitAndWait`).
+    final func submit(_ work: @escaping @Sendable () -> Void) {
+        queue.async(execute: work)
+        waitSet.ring()
+    }
+
+    /// Runs `work` on the worker's queue and returns its result, ringing the doorbell first.
+    final func submitAndWait<T>(_ work: () throws -> T) rethrows -> T {
+        waitSet.ring()
+        return try queue.sync(execute: work)
+    }
+
     /// One `recvmmsg` on the listener and what follows: the datagrams received, 0 when the
     /// socket was empty, nil after an error. Runs on `queue`. Subclasses override.
     func receiveBatch() -> Int? {
@@ -164,12 +182,12 @@ public class SocketWorker: @unchecked Sendable {
 
     /// Replaces what the loop guard knows about this daemon's listeners and this host.
     func setLoopContext(_ context: LoopContext) {
-        queue.async { [self] in filter.setLoopContext(context) }
+        submit { [self] in filter.setLoopContext(context) }
     }
 
     /// Runs `reply` on the worker's queue: a liveness probe that a wedged queue never answers.
     public func ping(_ reply: @escaping @Sendable () -> Void) {
-        queue.async(execute: reply)
+        submit(reply)
     }
 
     /// One `recvmmsg` on the listener socket into `batch`, after resetting the `lastCount`

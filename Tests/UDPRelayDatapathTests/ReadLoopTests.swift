@@ -123,6 +123,83 @@ final class ReadLoopTests: XCTestCase {
             if i % 100 == 99 { usleep(30_000) }
         }
     }
+
+    /// Turns that end neither by time nor by a pause in the traffic within any test: only the
+    /// doorbell and the in-turn expiry can make the queue's other work happen once one began.
+    private var longTurns: DatapathTuning {
+        var t = DatapathTuning()
+        t.turnLimit = 60_000_000_000
+        t.idleHold = 60_000_000_000
+        return t
+    }
+
+    /// Work queued on a worker rings its doorbell: a probe, a `/sessions` snapshot and stop
+    /// are served after the current batch, not when the turn ends, even with a turn limit of
+    /// a minute and a client that never lets the turn go idle.
+    func testQueuedWorkRingsTheDoorbellDuringATurn() async throws {
+        let upstream = try UpstreamServer()
+        let config = try ConfigLoader.parse(
+            "[listener f]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(upstream.address)\n", file: "t.ini")
+        let datapath = try Datapath(configuration: config, logger: Logger(label: "test"), tuning: longTurns)
+        datapath.startBlocking()
+        let listener = try XCTUnwrap(datapath.listener(named: "f"))
+        let address = listener.boundAddresses[0]
+        let stop = StopFlag()
+        let busy = keepBusy(address, stop: stop)
+        defer {
+            stop.set()
+            busy.wait()
+        }
+        let started = Date().addingTimeInterval(5)
+        while stop.replies < 10 && Date() < started { usleep(1000) }
+        XCTAssertGreaterThanOrEqual(stop.replies, 10, "no traffic")
+        var slowest = 0.0
+        for _ in 0..<10 {
+            let answered = DispatchSemaphore(value: 0)
+            let t0 = Date()
+            listener.workers[0].ping { answered.signal() }
+            XCTAssertEqual(answered.wait(timeout: .now() + 5), .success, "probe not answered during a turn")
+            slowest = max(slowest, Date().timeIntervalSince(t0))
+        }
+        XCTAssertLessThan(slowest, 0.5, "a probe waited \(slowest) s for the turn")
+        // The snapshot gives up on a queue that does not answer within 200 ms.
+        let found = await datapath.liveSessions(limit: 10)
+        XCTAssertEqual(found.unanswered, [], "the snapshot waited for the turn")
+        XCTAssertEqual(found.sessions.count, 1, "the busy client's session")
+        let t1 = Date()
+        datapath.stopBlocking()
+        XCTAssertLessThan(Date().timeIntervalSince(t1), 2, "stop waited for the turn")
+    }
+
+    /// A relay's idle sessions expire on time while another client keeps the worker's turn
+    /// going (the turn runs the expiry when it is due).
+    func testSessionsExpireDuringALongTurn() throws {
+        let upstream = try UpstreamServer()
+        let config = try ConfigLoader.parse(
+            "[listener f]\nlisten = 127.0.0.1:0\nmode = forward\nupstream = \(upstream.address)\nsession_timeout = 200ms\n",
+            file: "t.ini")
+        let datapath = try Datapath(configuration: config, logger: Logger(label: "test"), tuning: longTurns)
+        datapath.startBlocking()
+        defer { datapath.stopBlocking() }
+        let listener = try XCTUnwrap(datapath.listener(named: "f"))
+        let address = listener.boundAddresses[0]
+        let stop = StopFlag()
+        let busy = keepBusy(address, stop: stop)
+        defer {
+            stop.set()
+            busy.wait()
+        }
+        let started = Date().addingTimeInterval(5)
+        while stop.replies < 10 && Date() < started { usleep(1000) }
+        XCTAssertGreaterThanOrEqual(stop.replies, 10, "no traffic")
+        let quiet = try UDPClient()
+        quiet.send([1], to: address)
+        XCTAssertNotNil(quiet.receive(timeout: 5), "no reply for the quiet client")
+        let t0 = Date()
+        XCTAssertTrue(waitUntil(5) { listener.counters()[.sessionsExpired] >= 1 }, "the quiet client's session never expired")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 1.5, "expired late")
+        XCTAssertGreaterThan(stop.replies, 10)
+    }
 }
 
 /// Ends a background load loop and counts its replies.

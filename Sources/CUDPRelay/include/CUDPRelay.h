@@ -52,6 +52,9 @@ struct cur_ready {
 /// epoll_create1(EPOLL_CLOEXEC).
 int cur_epoll_create(void);
 
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC).
+int cur_eventfd(void);
+
 /// Adds `fd` to `epfd` for EPOLLIN, level-triggered, reported with `tag` (EPOLLERR is always
 /// reported). Returns epoll_ctl's result.
 int cur_epoll_add(int epfd, int fd, uint64_t tag);

@@ -68,7 +68,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
 
     override func start(registered: DispatchGroup) {
         upstreams.awaitInitialResolution()  // as RelayWorker
-        queue.async { [self] in connectUpstreams() }
+        submit { [self] in connectUpstreams() }
         super.start(registered: registered)
     }
 

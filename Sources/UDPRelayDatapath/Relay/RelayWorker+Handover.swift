@@ -78,7 +78,7 @@ extension RelayWorker {
     /// Has `stop` hand the live sessions to `sink` (on `queue`, after the listener's last pass,
     /// see `takeSessions`) instead of closing them; held ones still close. Call before `stop`.
     func handSessionsOverAtStop(socket: UInt16, to sink: @escaping @Sendable ([HandedOverSession]) -> Void) {
-        queue.async { [self] in handOverAtStop = (socket, sink) }
+        submit { [self] in handOverAtStop = (socket, sink) }
     }
 
     /// `adoptSessions` from any thread but `queue`, once the listener's upstream hostnames have
@@ -86,7 +86,7 @@ extension RelayWorker {
     /// `UpstreamTable.resolveWait`): before `start`, or right after it.
     func takeOver(_ handed: [HandedOverSession]) -> Adoption {
         upstreams.awaitInitialResolution()
-        return queue.sync { adoptSessions(handed) }
+        return submitAndWait { adoptSessions(handed) }
     }
 
     /// Takes in sessions handed over by another worker or process. For each: its descriptor must

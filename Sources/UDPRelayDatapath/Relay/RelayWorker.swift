@@ -58,6 +58,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     var sessions: SessionTable
     private var balancer: Balancer
     private var timer: DispatchSourceTimer?
+    /// When `expireIdle` last ran (monotonic nanoseconds).
+    private var lastExpiry: UInt64 = 0
     /// Slots of `batch` and `replyBatch` the last `recvmmsg` filled, to be reset before the next
     /// (not the whole batch per wakeup: at one datagram in flight that is every slot per datagram).
     private var listenerFilled: Int
@@ -144,16 +146,25 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     override var hasMembers: Bool { true }
 
+    /// How often idle sessions are looked for: often enough that a session lives at most about
+    /// 1/4 longer than its timeout, at least every 5 ms, at most every second.
+    var expiryInterval: UInt64 { min(max(sessions.timeoutNanos / 4, 5_000_000), 1_000_000_000) }
+
+    /// The expiry timer runs while no turn holds the thread; a turn that does runs the expiry
+    /// itself when it is due, instead of ending so the timer can.
+    override func turnTick(_ now: UInt64) {
+        if now &- lastExpiry >= expiryInterval { expireIdle(now: now) }
+    }
+
     /// Starts the read source (on the wait set) and the expiry timer.
     override func start(registered: DispatchGroup) {
         // Hostnames: what resolved in time (at most `UpstreamTable.resolveWait` after the
         // listener was made, however many names hang).
         upstreams.awaitInitialResolution()
         super.start(registered: registered)
-        queue.async { [self] in
+        submit { [self] in
             let t = DispatchSource.makeTimerSource(queue: queue)
-            // Check often enough that a session lives at most ~1/4 longer than its timeout.
-            let every = min(max(sessions.timeoutNanos / 4, 5_000_000), 1_000_000_000)
+            let every = expiryInterval
             t.schedule(deadline: .now() + .nanoseconds(Int(every)), repeating: .nanoseconds(Int(every)), leeway: .nanoseconds(Int(every / 10)))
             t.setEventHandler { [unowned self] in expireIdle(now: SystemClock.monotonicNanos()) }
             timer = t
@@ -463,6 +474,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
 
     func expireIdle(now: UInt64) {
         dispatchPrecondition(condition: .onQueue(queue))
+        lastExpiry = now
         while let slot = sessions.expire(now: now) { sessionClosed(slot, .expired) }
         sessions.releaseHeld(now: now)
         flushSessionRecords(now: now)

@@ -52,7 +52,7 @@ extension RelayWorker {
     /// they were taken: copied on its queue (a walk of `limit` entries of the idle list, plain
     /// values, no formatting) and passed to `reply` there; `describe` formats them off the queue.
     func liveSessions(limit: Int, reply: @escaping @Sendable (_ found: [(session: Session, lastUsed: UInt64)], _ now: UInt64) -> Void) {
-        queue.async { [self] in
+        submit { [self] in
             reply(sessions.mostRecentSessions(limit: limit), SystemClock.monotonicNanos())
         }
     }
