@@ -30,6 +30,7 @@ Environment:
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -354,6 +355,7 @@ def run_openloop(servers):
                     log(f"rep {rep + 1}/{REPS} open {mode:7} {rate:>6}/s {name:9} CPU {o['cpu'] / wall * 100:5.1f}% "
                         f"{o['cpu'] / max(o['sent'], 1) * 1e6:6.2f} µs/datagram, {o['cs'] / wall:8.0f} cs/s, "
                         f"lost {o['lost']} corrupt {o['corrupt'] + o['duplicate']}")
+    syscalls = count_syscalls(servers)
     rows = []
     for mode, rates in OPEN_RATES.items():
         for rate in rates:
@@ -370,16 +372,55 @@ def run_openloop(servers):
                              "cs": median([o["cs"] / o["sent"] for o in os_]),
                              "p50": median([o["p50_us"] for o in os_]), "p99": median([o["p99_us"] for o in os_]),
                              "lost": sum(o["lost"] for o in os_),
-                             "corrupt": sum(o["corrupt"] + o["duplicate"] for o in os_)})
+                             "corrupt": sum(o["corrupt"] + o["duplicate"] for o in os_),
+                             "syscalls": syscalls.get((mode, rate, name))})
     return rows
+
+
+def count_syscalls(servers):
+    """System calls per datagram offered, per server and rate: a figure the machine's load
+    does not move (unlike CPU time), counted with `perf stat -e raw_syscalls:sys_enter` over
+    every thread of the server's processes in one extra open-loop run of OPEN_SECONDS. Empty
+    when perf cannot count (not installed, or no permission)."""
+    probe = subprocess.run(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "true"], capture_output=True, text=True) \
+        if shutil.which("perf") else None
+    if probe is None or probe.returncode != 0:
+        log("perf cannot count system calls here: the open-loop table has no system-call column")
+        return {}
+    out = {}
+    for mode, rates in OPEN_RATES.items():
+        for rate in rates:
+            for name in OPEN_SERVERS:
+                s = servers.get((mode, name))
+                if s is None:
+                    continue
+                pids = ",".join(str(p) for p in process_tree(s.pid))
+                perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", pids],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                time.sleep(0.2)  # perf attaches
+                argv = pinned(CLIENT_CPU, [OPENLOOP, "-t", f"127.0.0.1:{s.port}", "-r", str(rate),
+                                           "-d", str(OPEN_SECONDS), "-s", "8", "-p", "64"])
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=OPEN_SECONDS + 30)
+                perf.send_signal(signal.SIGINT)
+                _, err = perf.communicate(timeout=10)
+                counts = [l.split(",")[0] for l in err.splitlines() if "raw_syscalls:sys_enter" in l]
+                if r.returncode == 2 or not r.stdout.strip() or not counts or not counts[0].isdigit():
+                    continue
+                sent = json.loads(r.stdout)["sent"]
+                # perf ran 0.2 s before the client and stops after it: an idle server makes
+                # about no calls then (BENCHMARKS.md, idle wakeups), so the count is the run's.
+                out[(mode, rate, name)] = int(counts[0]) / max(sent, 1)
+                log(f"system calls {mode:7} {rate:>6}/s {name:9} {out[(mode, rate, name)]:.2f} per datagram")
+    return out
 
 
 def open_table(rows):
     lines = ["| mode | offered/s | server | CPU % | CPU µs per datagram | vs C ref | context switches per datagram "
-             "| p50 µs | p99 µs | lost / corrupt |", "|" + "---|" * 10]
+             "| system calls per datagram | p50 µs | p99 µs | lost / corrupt |", "|" + "---|" * 11]
     for r in rows:
+        sc = f"{r['syscalls']:.2f}" if r.get("syscalls") is not None else "n/a"
         lines.append(f"| {r['mode']} | {r['rate']:,} | {r['server']} | {r['cpu_pct']:.1f} | {r['us']:.2f} "
-                     f"| {fmt_ratio(r['ratio'])} | {r['cs']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} "
+                     f"| {fmt_ratio(r['ratio'])} | {r['cs']:.2f} | {sc} | {r['p50']:.0f} | {r['p99']:.0f} "
                      f"| {r['lost']} / {r['corrupt']} |")
     return "\n".join(lines)
 
@@ -719,7 +760,9 @@ def render(info, rows, extra, relay, elapsed):
               "server's utime+stime (all threads and child processes: nginx's workers too) over the window divided by "
               "the wall time (CPU %) and by the datagrams offered (CPU µs per datagram; for forward one datagram "
               "offered is two received and two sent by the relay). \"vs C ref\" divides by the C reference's "
-              "median at the same rate in this run. Round-trip times are from each datagram's scheduled send time.",
+              "median at the same rate in this run. Round-trip times are from each datagram's scheduled send time. "
+              "System calls per datagram come from one more run per rate under `perf stat -e raw_syscalls:sys_enter` "
+              "(all threads and processes of the server): unlike CPU time, the machine's other load does not move them.",
               "", open_table(extra["open"]), ""]
     if "sessions_read" in extra:
         sr = extra["sessions_read"]

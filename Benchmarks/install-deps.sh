@@ -5,7 +5,7 @@
 # Packages are installed without starting their services (no stray nginx on port 80).
 set -euo pipefail
 
-packages=(nginx libnginx-mod-stream socat gcc make util-linux procps python3)
+packages=(nginx libnginx-mod-stream socat gcc make util-linux procps python3 linux-perf)
 
 missing=()
 for p in "${packages[@]}"; do
