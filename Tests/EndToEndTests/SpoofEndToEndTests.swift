@@ -168,6 +168,65 @@ final class SpoofEndToEndTests: XCTestCase {
         }
     }
 
+    /// Raw sockets do not fragment: a copy larger than the MTU of the route to a collector
+    /// (1280 towards collector 2 here) is dropped and counted on that collector only; the other
+    /// collector gets it, and the next copies that fit reach both. IPv4 and IPv6.
+    func testACopyOverTheRoutesMTUIsDroppedAndCountedForThatCollectorOnly() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to make network namespaces and raw sockets (CI runs as root)") }
+        let topology = try Topology()
+        defer { topology.remove() }
+        try T.Topology.ip(["-n", topology.relay, "link", "set", "sr2", "mtu", "1280"])
+        try T.onOwnThread {
+            var collectors: [UpstreamServer] = []  // v4 then v6 of collector 1, then of 2
+            defer { for c in collectors { c.stop() } }
+            for (i, ns) in topology.collectors.enumerated() {
+                try T.enter(ns)
+                collectors.append(try UpstreamServer(bind: SocketAddress(parsing: "\(Self.collectorV4(i + 1)):0"), reply: nil))
+                collectors.append(try UpstreamServer(bind: SocketAddress(parsing: "[\(Self.collectorV6(i + 1))]:0"), reply: nil))
+            }
+            try T.enter(topology.client)
+            let client4 = try UDPClient(bind: SocketAddress(parsing: "\(Self.clientV4):0"))
+            let client6 = try UDPClient(bind: SocketAddress(parsing: "[\(Self.clientV6)]:0"))
+            try T.enter(topology.relay)
+            let d = try DaemonProcess(
+                config: "[status]\nlisten = 127.0.0.1:0\n"
+                    + """
+                    [listener m4]
+                    listen = \(Self.relayClientSideV4):0
+                    mode = mirror
+                    upstream = \(collectors[0].address), \(collectors[2].address)
+                    spoof = yes
+                    [listener m6]
+                    listen = [\(Self.relayClientSideV6)]:0
+                    mode = mirror
+                    upstream = \(collectors[1].address), \(collectors[3].address)
+                    spoof = yes
+                    """)
+            defer { d.stop() }
+            let bound = try d.waitUntilReady()
+            let statusLine = try XCTUnwrap(d.log.first { $0.contains(" status listening ") })
+            let status = try SocketAddress(parsing: try XCTUnwrap(DaemonProcess.field("address", in: statusLine)))
+            for (name, client, first, second) in [
+                ("m4", client4, collectors[0], collectors[2]), ("m6", client6, collectors[1], collectors[3]),
+            ] {
+                let relay = try XCTUnwrap(bound[name]?.first)
+                let big = [UInt8](repeating: 0x5A, count: 1300)
+                client.send(big, to: relay)
+                XCTAssertEqual(first.waitForCount(1, timeout: 5), 1, "\(name): the collector behind MTU 1500 gets the large copy")
+                client.send(Array("small".utf8), to: relay)
+                XCTAssertEqual(first.waitForCount(2, timeout: 5), 2)
+                XCTAssertEqual(second.waitForCount(1, timeout: 5), 1)
+                XCTAssertEqual(first.datagrams.map(\.bytes), [big, Array("small".utf8)], name)
+                XCTAssertEqual(second.datagrams.map(\.bytes), [Array("small".utf8)], "\(name): the large copy is not sent behind MTU 1280")
+                XCTAssertEqual(second.datagrams.map(\.from), [client.localAddress], name)
+                let ups = try XCTUnwrap(try Self.listenerStatus(status, name)["upstreams"] as? [[String: Any]])
+                let drops = ups.map { ($0["counters"] as? [String: Any])?["send_drops"] as? UInt64 }
+                XCTAssertEqual(drops, [0, 1], "\(name): counted on the collector behind the small MTU only")
+            }
+            XCTAssertEqual(d.stop(), 0)
+        }
+    }
+
     /// Without CAP_NET_RAW (all capabilities dropped with setpriv when the runner is root; as
     /// it is otherwise) the daemon refuses a spoofing mirror, naming the file, line, listener
     /// and what is missing: exit 78 at --check-config and at start. Needs no namespace.
