@@ -136,7 +136,7 @@ struct SpoofedSender {
     mutating func add(client: UnsafeRawPointer, payload: iovec) {
         clients[count] = client
         payloads[count] = payload
-        payloadSums[count] = SpoofedHeader.sum(UnsafeRawPointer(payload.iov_base!), count: payload.iov_len)
+        payloadSums[count] = payload.iov_base.map { SpoofedHeader.sum($0, count: payload.iov_len) } ?? 0
         count += 1
     }
 
