@@ -68,6 +68,7 @@ struct ListenerDraft {
     var segmentation: Bool?
     var proxyProtocol: ProxyProtocolVersion?
     var transparent: Bool?
+    var spoof: Bool?
     /// Line of every key set in the section, for cross-field messages.
     var keyLines: [String: Int] = [:]
     var protection = ProtectionDraft()
@@ -160,6 +161,7 @@ enum Schema {
         KeySpec("health_fails", modes: Schema.relayModes) { d, v in d.healthFails = try Values.integer(v, in: 1...1000) },
         KeySpec("proxy_protocol", modes: Schema.relayModes) { d, v in d.proxyProtocol = try Values.oneOf(v, ProxyProtocolVersion.self) },
         KeySpec("transparent", modes: Schema.sessionModes) { d, v in d.transparent = try Values.bool(v) },
+        KeySpec("spoof", modes: [.mirror]) { d, v in d.spoof = try Values.bool(v) },
         KeySpec("allow") { d, v in d.protection.allow = try Values.cidrs(v) },
         KeySpec("deny") { d, v in d.protection.deny = try Values.cidrs(v) },
         KeySpec("deny_source_ports") { d, v in d.protection.denySourcePorts = try Values.portSet(v) },
@@ -398,10 +400,19 @@ struct ConfigParser {
                     workers: d.workers ?? Defaults.workers,
                     segmentation: d.segmentation ?? Defaults.segmentation,
                     proxyProtocol: d.proxyProtocol ?? Defaults.proxyProtocol,
-                    transparent: d.transparent ?? Defaults.transparent
+                    transparent: d.transparent ?? Defaults.transparent,
+                    spoof: d.spoof ?? Defaults.spoof
                 ))
             if d.transparent == true, let missing = TransparentProbe.missing(for: listen) {
                 error(d.keyLines["transparent"] ?? d.line, "listener \(d.name)", "transparent", missing)
+            }
+            if d.spoof == true {
+                let line = d.keyLines["spoof"] ?? d.line
+                if d.proxyProtocol == .v2 {
+                    error(line, "listener \(d.name)", "spoof", "spoof = yes and proxy_protocol = v2 exclude each other (the collectors already see the client)")
+                } else if let missing = SpoofProbe.missing(for: d.upstreams ?? []) {
+                    error(line, "listener \(d.name)", "spoof", missing)
+                }
             }
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")

@@ -111,6 +111,9 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// and port (`transparent`), so upstreams see the client (needs CAP_NET_ADMIN and the
     /// policy routing that brings replies back to this host).
     public var transparent: Bool
+    /// `mirror`: each copy leaves with its client's address and port as its source (`spoof`),
+    /// sent through raw sockets (needs CAP_NET_RAW).
+    public var spoof: Bool
 
     public init(
         name: String, line: Int = 0, listen: [SocketAddress], mode: ListenerMode = .echo,
@@ -122,7 +125,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
         workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation,
         proxyProtocol: ProxyProtocolVersion = Defaults.proxyProtocol,
-        transparent: Bool = Defaults.transparent
+        transparent: Bool = Defaults.transparent, spoof: Bool = Defaults.spoof
     ) {
         self.name = name
         self.line = line
@@ -144,6 +147,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.segmentation = segmentation
         self.proxyProtocol = proxyProtocol
         self.transparent = transparent
+        self.spoof = spoof
     }
 }
 
@@ -200,6 +204,8 @@ public enum Defaults {
     public static let proxyProtocol = ProxyProtocolVersion.off
     /// Upstreams see the relay's own address.
     public static let transparent = false
+    /// Collectors see the relay's own address.
+    public static let spoof = false
     /// Passive health: failures within `failTimeout` that mark an upstream down (0: never).
     public static let maxFails = 3
     /// Passive health: the failure window and how long an upstream stays down.

@@ -96,6 +96,21 @@ enum Syscall {
         try setIntOption(fd, TransparentProbe.ipv4FreeBind.level, TransparentProbe.ipv4FreeBind.name, 1, call: "setsockopt(IP_FREEBIND)")
     }
 
+    /// socket(2): a non-blocking, close-on-exec raw socket of `family` that sends whole IP
+    /// packets (`IPPROTO_RAW`; needs CAP_NET_RAW, EPERM without). It receives nothing.
+    static func rawSocket(family: Int32) throws(SyscallError) -> Int32 {
+        try syscallNoWait("socket(SOCK_RAW)") {
+            Glibc.socket(family, Int32(SOCK_RAW.rawValue) | CUR_SOCK_NONBLOCK | CUR_SOCK_CLOEXEC, SpoofProbe.rawProtocol)
+        }
+    }
+
+    /// IP_HDRINCL (AF_INET) or IPV6_HDRINCL (AF_INET6, Linux 4.5 and later): what is sent on
+    /// the raw socket `fd` starts with its own IP header.
+    static func setHeaderIncluded(_ fd: Int32, family: Int32) throws(SyscallError) {
+        let (level, name) = SpoofProbe.headerIncluded(family: family)
+        try setIntOption(fd, level, name, 1, call: family == AF_INET6 ? "setsockopt(IPV6_HDRINCL)" : "setsockopt(IP_HDRINCL)")
+    }
+
     /// connect(2) to `address` (for a datagram socket: sets its peer, sends nothing).
     static func connect(_ fd: Int32, to address: SocketAddress) throws(SyscallError) {
         try address.withSockaddr { (sa, length) throws(SyscallError) in

@@ -79,6 +79,9 @@ public enum StatusPage {
             if l.transparent {
                 h += "<br><span class=\"sub\" title=\"transparent: upstreams see each client's own address and port\">transparent</span>"
             }
+            if l.spoof {
+                h += "<br><span class=\"sub\" title=\"spoof: copies leave with each client's own address and port\">spoof</span>"
+            }
             h += "</td>"
             h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)

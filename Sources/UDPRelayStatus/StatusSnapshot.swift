@@ -228,13 +228,15 @@ public struct ListenerStatus: Sendable, Equatable {
     public var proxyProtocol: String
     /// Whether session sockets take their client's address and port (`transparent`).
     public var transparent: Bool
+    /// Whether copies leave with their client's address and port as source (`spoof`).
+    public var spoof: Bool
 
     public init(
         name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
         received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
         drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
         counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off",
-        transparent: Bool = false
+        transparent: Bool = false, spoof: Bool = false
     ) {
         self.name = name
         self.mode = mode
@@ -250,6 +252,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.workers = workers
         self.proxyProtocol = proxyProtocol
         self.transparent = transparent
+        self.spoof = spoof
     }
 
     /// Whether datagrams to its upstreams carry a PROXY protocol header.

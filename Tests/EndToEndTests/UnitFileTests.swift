@@ -59,6 +59,33 @@ final class UnitFileTests: XCTestCase {
         XCTAssertEqual(without.failed.subtracting(with.failed), [])
     }
 
+    /// The spoof drop-in sets only the two capability keys, adding CAP_NET_RAW to
+    /// CAP_NET_BIND_SERVICE: the score stays 1.5 with it (as the README says) and no finding
+    /// changes, because systemd already counts CAP_NET_BIND_SERVICE under the one finding,
+    /// CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW), that CAP_NET_RAW falls in.
+    func testSpoofDropInAddsOnlyCapNetRaw() throws {
+        try requireSystemdAnalyze()
+        let dropIn = Self.root.appendingPathComponent("systemd/spoof.conf").path
+        let settings = try String(contentsOfFile: dropIn, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
+        XCTAssertEqual(
+            settings,
+            ["[Service]", "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("units-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("udprelayd.service.d"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let service = dir.appendingPathComponent("udprelayd.service").path
+        try FileManager.default.copyItem(atPath: Self.service, toPath: service)
+        func findings() throws -> [String] {
+            let (_, output) = try run(["systemd-analyze", "security", "--offline=true", "--no-pager", service])
+            return output.split(separator: "\n").filter { $0.hasPrefix("✗") || $0.contains("Overall exposure level") }.map(String.init)
+        }
+        let without = try findings()
+        try FileManager.default.copyItem(atPath: dropIn, toPath: dir.appendingPathComponent("udprelayd.service.d/spoof.conf").path)
+        let with = try findings()
+        XCTAssertTrue(with.contains { $0.contains("Overall exposure level for udprelayd.service: 1.5 ") }, with.joined(separator: "\n"))
+        XCTAssertEqual(with, without)
+    }
+
     func testUnitsVerifyWithoutAnyMessage() throws {
         try requireSystemdAnalyze()
         // verify needs ExecStart= to exist: point the copies at the binary this test run built.

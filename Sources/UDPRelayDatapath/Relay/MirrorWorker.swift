@@ -14,6 +14,10 @@ import Glibc
 /// others'. Replies are read, counted as `repliesIgnored` and dropped: the upstream sockets
 /// sit in the worker's wait set, tagged with their index, and are served by the read loop
 /// (see `WaitSet`) like relay sessions.
+///
+/// `spoof = yes`: the copies go out through `SpoofedSender` instead, with each client's own
+/// address and port as their source, one raw socket per upstream; no UDP socket is opened
+/// (replies, if any, go to the clients).
 final class MirrorWorker: SocketWorker, @unchecked Sendable {
     // @unchecked: as SocketWorker, all mutable state is confined to `queue`.
     private let batch: MessageBatch
@@ -25,6 +29,11 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     /// `proxy_protocol = v2`: one header per copied datagram of a batch, sent in front of it
     /// to every upstream; nil when off.
     private let proxyHeaders: ProxyHeaders?
+    /// `spoof = yes`: the raw sockets and headers that send the copies as their clients; nil
+    /// when off.
+    private var spoofer: SpoofedSender?
+    /// Bounds the log lines of copies a spoofing mirror cannot send (family mismatch).
+    private var mismatchLog = LogLimiter(lines: 1, per: .seconds(60))
     private let sampleEvery: Int
     private var sampleCounter = 0
     let upstreams: UpstreamTable
@@ -51,6 +60,9 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         // Each datagram carries its own header, so none go out as one segmented send.
         self.sender = DatagramSender(segmentation: configuration.segmentation && !proxy)
         self.proxyHeaders = proxy ? ProxyHeaders(capacity: tuning.batchSize, listener: localAddress) : nil
+        self.spoofer =
+            configuration.spoof
+            ? SpoofedSender(capacity: tuning.batchSize, collectors: upstreams.count, sendBuffer: configuration.sendBuffer) : nil
         self.sampleEvery = configuration.sampleEvery
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
@@ -64,6 +76,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         scratch.deallocate()
         sender.deallocate()
         proxyHeaders?.deallocate()
+        spoofer?.deallocate()
     }
 
     override func start(registered: DispatchGroup) {
@@ -77,6 +90,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     /// After the listener's last pass (which may still copy datagrams): closes the upstream sockets.
     override func stopMembers() {
         for i in sockets.indices { sockets[i].close() }
+        spoofer?.closeAll()
     }
 
     /// (Re)connects each upstream socket to its current address; called at start and when a
@@ -88,6 +102,10 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
             // An upstream that is a relay listener of this daemon would copy forever: left
             // unconnected (its copies count as send drops).
             guard let address = upstreams.address(i), !filter.isOwnRelayListener(address) else { continue }
+            if spoofer != nil {
+                connectSpoofed(i, to: address)
+                continue
+            }
             sockets[i].connect(to: address) { problem in
                 // Unwatched: copies are still sent; replies are not read (they count as kernel drops).
                 if case .unwatched = problem { counters.add(.receiveErrors) }
@@ -96,6 +114,18 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                     problem, what: "mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
                     limiter: &socketErrorLog, now: SystemClock.monotonicNanos())
             }
+        }
+    }
+
+    /// Points upstream `i`'s raw socket at `address`; a failure is logged (rate-limited) and
+    /// its copies count as send drops until the next address change.
+    private func connectSpoofed(_ i: Int, to address: SocketAddress) {
+        do throws(SyscallError) {
+            try spoofer?.connect(i, to: address)
+        } catch {
+            ConnectedSocket.log(
+                .cannotOpen(error), what: "spoofing mirror", upstream: upstreams.endpoints[i], logger: upstreams.logger,
+                limiter: &socketErrorLog, now: SystemClock.monotonicNanos())
         }
     }
 
@@ -126,6 +156,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
     private func mirror(_ count: Int) {
         var bytes: UInt64 = 0
         var n = 0
+        spoofer?.reset()
         let now = filter.needsClock ? SystemClock.coarseMonotonicNanos() : 0
         for i in 0..<count {
             let m = batch.messages + i
@@ -140,6 +171,11 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
                 sampleCounter = 0
             }
             m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
+            if spoofer != nil, let client = m.pointee.msg_hdr.msg_name {
+                spoofer?.add(client: client, payload: m.pointee.msg_hdr.msg_iov.pointee)
+                n += 1
+                continue
+            }
             scratch[n] = m.pointee
             scratch[n].msg_hdr.msg_name = nil
             scratch[n].msg_hdr.msg_namelen = 0
@@ -158,7 +194,7 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         var copies = 0
         var copiedBytes: UInt64 = 0
         for u in 0..<sockets.count {
-            let outcome = send(n, toUpstream: u)
+            let outcome = spoofer != nil ? sendSpoofed(toUpstream: u) : send(n, toUpstream: u)
             copies += outcome.sent
             copiedBytes &+= outcome.bytes
         }
@@ -189,6 +225,45 @@ final class MirrorWorker: SocketWorker, @unchecked Sendable {
         up.add(.sentPackets, UInt64(outcome.sent))
         up.add(.sentBytes, outcome.bytes)
         return (outcome.sent, outcome.bytes)
+    }
+
+    /// Sends the batch recorded in `spoofer` to one upstream as its clients; returns the copies
+    /// and payload bytes that went out. Copies it cannot send count as the upstream's send drops.
+    @inline(__always)
+    private func sendSpoofed(toUpstream u: Int) -> (sent: Int, bytes: UInt64) {
+        let up = upCounters[u]
+        guard let count = spoofer?.count else { return (0, 0) }
+        guard let fd = spoofer?.fds[u], fd >= 0 else {
+            up.add(.sendDrops, UInt64(count))
+            return (0, 0)
+        }
+        var failure: Int32 = 0
+        let sent = spoofer?.send(toCollector: u) { err, n in
+            up.add(.sendDrops, UInt64(n))
+            if ErrorPolicy.isUpstreamFailure(errno: err) {
+                up.add(.failures)
+                failure = err
+            }
+        }
+        if failure != 0 { upstreams.recordFailure(u, now: SystemClock.monotonicNanos(), errno: failure) }
+        let outcome = sent ?? SpoofedSender.Outcome()
+        if outcome.mismatched > 0 {
+            up.add(.sendDrops, UInt64(outcome.mismatched))
+            logMismatch(u)
+        }
+        up.add(.sentPackets, UInt64(outcome.sent))
+        up.add(.sentBytes, outcome.bytes)
+        return (outcome.sent, outcome.bytes)
+    }
+
+    /// Logs (at most once a minute per worker) that copies to upstream `u` were dropped because
+    /// their clients have the other address family.
+    private func logMismatch(_ u: Int) {
+        let logger = upstreams.logger
+        guard logger.logLevel <= .warning, let skipped = mismatchLog.admit(now: SystemClock.monotonicNanos()) else { return }
+        logger.warning(
+            "spoofing mirror: copies from clients of the other address family than the upstream are dropped",
+            metadata: ["upstream": "\(upstreams.endpoints[u])", "log.suppressed": "\(skipped)"])
     }
 
     private func drainReplies(_ u: Int, fd ufd: Int32) {

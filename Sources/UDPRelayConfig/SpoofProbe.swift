@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The start-up self-test of `spoof = yes`: whether this process may open the raw sockets
+/// (`SOCK_RAW`, `IPPROTO_RAW`) that send each copy with its client's address and port, tried
+/// once for each family the collectors may have. Run wherever a configuration is loaded
+/// (`--check-config`, start, reload), so a daemon without CAP_NET_RAW refuses the file instead
+/// of sending copies that hide the clients behind the relay's own address.
+public enum SpoofProbe {
+    /// IPPROTO_RAW (netinet/in.h): the socket sends whole IP packets, header included.
+    public static let rawProtocol: Int32 = 255
+    /// IP_HDRINCL (SOL_IP) and IPV6_HDRINCL (SOL_IPV6, Linux 4.5 and later): the header is the
+    /// caller's. IPPROTO_RAW implies both; the datapath sets them anyway.
+    public static let ipv4HeaderIncluded: (level: Int32, name: Int32) = (0, 3)
+    public static let ipv6HeaderIncluded: (level: Int32, name: Int32) = (41, 36)
+    /// The message when the capability is missing, before what failed.
+    public static let needsCapability =
+        "spoof = yes needs CAP_NET_RAW; grant it (systemd: the drop-in systemd/spoof.conf) or set spoof = no"
+
+    /// `missing(families:)` for the families of `collectors`: a literal address's own, both for
+    /// a hostname (it may resolve to either).
+    public static func missing(for collectors: [UpstreamEndpoint]) -> String? {
+        var families: Set<Int32> = []
+        for c in collectors {
+            switch c.host {
+            case .address(let ip): families.insert(ip.isIPv6 ? AF_INET6 : AF_INET)
+            case .name: families.formUnion([AF_INET, AF_INET6])
+            }
+        }
+        return missing(families: families.isEmpty ? [AF_INET] : families)
+    }
+
+    /// The header-included option of `family`.
+    public static func headerIncluded(family: Int32) -> (level: Int32, name: Int32) {
+        family == AF_INET6 ? ipv6HeaderIncluded : ipv4HeaderIncluded
+    }
+
+    /// nil when a raw socket of every family of `families` opens and takes its header-included
+    /// option; otherwise what is missing, for the configuration error. A family this host lacks
+    /// (no IPv6: EAFNOSUPPORT) is not a capability problem and is left to the datapath.
+    public static func missing(families: Set<Int32>) -> String? {
+        for family in families.sorted() {
+            let fd = socket(family, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), rawProtocol)
+            guard fd >= 0 else {
+                let err = errno
+                if err == EAFNOSUPPORT { continue }
+                let what = "opening a raw \(family == AF_INET6 ? "IPv6" : "IPv4") socket: \(String(cString: strerror(err)))"
+                if err == EPERM || err == EACCES { return "\(needsCapability) (\(what))" }
+                return "\(what); spoof = yes cannot work here"
+            }
+            defer { close(fd) }
+            let (level, name) = headerIncluded(family: family)
+            var one: Int32 = 1
+            if setsockopt(fd, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                let option = family == AF_INET6 ? "IPV6_HDRINCL" : "IP_HDRINCL"
+                let reason = String(cString: strerror(errno))
+                return "setting \(option) on a test socket failed: \(reason) (IPv6 needs Linux 4.5 or later); spoof = yes cannot work here"
+            }
+        }
+        return nil
+    }
+}
