@@ -13,7 +13,8 @@ import Glibc
 // owns everything of that socket: its read source, its batches and, for relay listeners, its
 // sessions and session sockets (the private epoll set of a relay worker is read on that queue
 // too). Nothing a worker owns is touched from another thread; other threads reach a worker only
-// by `queue.async` (ping, stop). Counters are the exception that is read elsewhere: a worker
+// through `SocketWorker.submit` (ping, stop, reload, snapshots), which queues the block and rings
+// the worker's doorbell so a turn of its read loop yields (ReadLoop.swift). Counters are the exception that is read elsewhere: a worker
 // writes its own counters (single-writer relaxed atomics) and any thread (snapshots for /status,
 // the totals at shutdown) may read them without a lock. Each relay listener's `UpstreamTable`
 // has two queues of its own: `controlQueue` for health probes and `resolveQueue` for applying
