@@ -193,6 +193,8 @@ public struct ListenerSnapshot: Sendable {
     public var proxyProtocol = ProxyProtocolVersion.off.rawValue
     /// `transparent`: whether session sockets take their client's address and port.
     public var transparent = false
+    /// `accept_proxy_protocol`: `off` or `v2`.
+    public var acceptProxyProtocol = ProxyProtocolVersion.off.rawValue
 }
 
 /// One socket of a listener and the counters of the worker that serves it.
@@ -215,7 +217,8 @@ extension Datapath {
                 name: l.name, mode: l.configuration.mode.rawValue,
                 addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
                 upstreams: l.upstreamSnapshots(), workers: workers, proxyProtocol: l.configuration.proxyProtocol.rawValue,
-                transparent: l.configuration.transparent)
+                transparent: l.configuration.transparent,
+                acceptProxyProtocol: l.configuration.protection.acceptProxyProtocol.rawValue)
         }
     }
 

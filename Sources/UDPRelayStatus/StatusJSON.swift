@@ -147,6 +147,7 @@ public enum StatusJSON {
             ("mode", .string(l.mode)),
             ("proxy_protocol", .string(l.proxyProtocol)),
             ("transparent", .bool(l.transparent)),
+            ("accept_proxy_protocol", .string(l.acceptProxyProtocol)),
             ("addresses", .array(l.addresses.map { .string($0) })),
             ("received", traffic(l.received)),
             ("sent", traffic(l.sent)),

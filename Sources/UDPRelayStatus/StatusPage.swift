@@ -79,6 +79,10 @@ public enum StatusPage {
             if l.transparent {
                 h += "<br><span class=\"sub\" title=\"transparent: upstreams see each client's own address and port\">transparent</span>"
             }
+            if l.acceptProxyProtocol != "off" {
+                h += "<br><span class=\"sub\" title=\"accept_proxy_protocol: datagrams from proxy_protocol_from carry a PROXY header naming the client\">"
+                h += "accepts PROXY \(Format.html(l.acceptProxyProtocol))</span>"
+            }
             h += "</td>"
             h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)

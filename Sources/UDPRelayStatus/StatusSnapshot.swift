@@ -228,13 +228,16 @@ public struct ListenerStatus: Sendable, Equatable {
     public var proxyProtocol: String
     /// Whether session sockets take their client's address and port (`transparent`).
     public var transparent: Bool
+    /// Whether datagrams from `proxy_protocol_from` sources start with a PROXY header that is
+    /// taken off (`accept_proxy_protocol`): `off`, or `v2`.
+    public var acceptProxyProtocol: String
 
     public init(
         name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
         received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
         drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
         counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off",
-        transparent: Bool = false
+        transparent: Bool = false, acceptProxyProtocol: String = "off"
     ) {
         self.name = name
         self.mode = mode
@@ -250,6 +253,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.workers = workers
         self.proxyProtocol = proxyProtocol
         self.transparent = transparent
+        self.acceptProxyProtocol = acceptProxyProtocol
     }
 
     /// Whether datagrams to its upstreams carry a PROXY protocol header.

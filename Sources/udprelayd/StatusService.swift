@@ -56,7 +56,8 @@ struct DaemonStatusSource: StatusSource {
                     sent: Traffic(packets: w.counters[.sentPackets], bytes: w.counters[.sentBytes]))
             },
             proxyProtocol: l.proxyProtocol,
-            transparent: l.transparent
+            transparent: l.transparent,
+            acceptProxyProtocol: l.acceptProxyProtocol
         )
     }
 

@@ -223,7 +223,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 pending = i
                 if let evicted = sessions.evictLeastRecentlyUsed(now: SystemClock.monotonicNanos()) { sessionClosed(evicted, .evicted) }
             }
-            if let slot = addSession(socket, key: key, message: m, now: now) {
+            if let slot = addSession(socket, key: key, message: m, proxy: proxyPeer(i), now: now) {
                 sessionOf[i] = slot
             } else {
                 counters.add(.dropNoSession)
@@ -380,7 +380,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// a slot, the client's addresses, the epoll set. Returns the slot, or nil (counted).
     private func addSession(
         _ socket: (fd: Int32, upstream: Int), key: ClientKey,
-        message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64
+        message m: UnsafeMutablePointer<cur_mmsghdr>, proxy: UnsafeMutablePointer<sockaddr_storage>?, now: UInt64
     ) -> Int32? {
         if sessionSocketFailing {
             sessionSocketFailing = false
@@ -390,6 +390,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         var session = Session(fd: socket.fd, key: key, upstream: socket.upstream)
         session.setAddresses(from: m.pointee.msg_hdr, packetInfo: usesPacketInfo)
+        if let proxy { session.setProxy(proxy) }
         if sessionRecords != nil { session.sourcePort = Self.sourcePort(socket.fd) }
         let slot: Int32
         do {
@@ -573,7 +574,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 scratch[k] = replyBatch.messages[k]
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
-                scratch[k].msg_hdr.msg_namelen = session.clientLength
+                scratch[k].msg_hdr.msg_namelen = replyNameLength
                 scratch[k].msg_hdr.msg_control = replyControlLength > 0 ? replyControl : nil
                 scratch[k].msg_hdr.msg_controllen = replyControlLength
             }
@@ -601,11 +602,14 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Length of the control data in `replyControl` for the session being served.
     private var replyControlLength = 0
 
-    /// Copies the session's client address to `replyName` and writes its packet-info control
-    /// data (wildcard listeners) to `replyControl`.
+    /// Length of the address in `replyName`.
+    private var replyNameLength: socklen_t = 0
+
+    /// Copies the session's reply destination (its client, or the proxy it came through) to
+    /// `replyName` and writes its packet-info control data (wildcard listeners) to `replyControl`.
     @inline(__always)
     private func prepareReply(_ session: Session) {
-        replyName.pointee = session.client
+        (replyName.pointee, replyNameLength) = session.replyDestination
         replyControlLength = 0
         if session.local.sin6_family != 0 {
             replyControlLength = RawSockaddr.withSockaddr(of: session.local) {
