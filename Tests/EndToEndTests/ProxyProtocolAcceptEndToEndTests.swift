@@ -185,4 +185,99 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
         proxy.send(Self.header(client: Self.second, to: address) + Array("new".utf8), to: address)
         XCTAssertEqual(proxy.receive(timeout: 5)?.bytes, Array("new".utf8))
     }
+
+    // MARK: dnsdist
+
+    /// An answer to a DNS query: the query with QR set, one A record (192.0.2.7) after it.
+    static func dnsAnswer(_ q: [UInt8]) -> [UInt8]? {
+        guard q.count >= 12 else { return nil }
+        var r = q
+        r[2] |= 0x80
+        r[3] = 0x80
+        r[6] = 0
+        r[7] = 1
+        return r + [0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]
+    }
+
+    /// dnsdist, a PROXY v2 sender nobody here wrote (`newServer{useProxyProtocol=true}`), in
+    /// front of a udprelayd listener that accepts its headers from 127.0.0.0/8 and relays with
+    /// `proxy_protocol = v2` to a DNS responder. A query to dnsdist is answered; udprelayd's
+    /// session (`/sessions`, `session_log`) and the header its upstream reads name the querier's
+    /// own address and port, not dnsdist's.
+    func testQueriesThroughDnsdistAreAttributedToTheirClient() throws {
+        let dnsdist = "/usr/bin/dnsdist"
+        guard FileManager.default.isExecutableFile(atPath: dnsdist) else {
+            throw XCTSkip("dnsdist is not installed (scripts/install-deps.sh test installs it; apt-get install dnsdist)")
+        }
+        let responder = try UpstreamServer(reply: { d in
+            ProxyProtocolEndToEndTests.parse(d).flatMap { Self.dnsAnswer($0.payload) }
+        })
+        addTeardownBlock { responder.stop() }
+        let (daemon, bound, status) = try startDaemonWithStatus(
+            """
+            [listener dns]
+            listen = 127.0.0.1:0
+            mode = forward
+            upstream = \(responder.address)
+            proxy_protocol = v2
+            accept_proxy_protocol = v2
+            proxy_protocol_from = 127.0.0.0/8
+            session_log = yes
+            session_timeout = 1s
+            """)
+        let relay = try XCTUnwrap(bound["dns"]?.first)
+        let port = try UDPClient().localAddress.port
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-dnsdist-accept-\(getpid())-\(port)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("dnsdist.conf")
+        try """
+        setSecurityPollSuffix('')
+        setLocal('127.0.0.1:\(port)')
+        newServer({address='\(relay)', useProxyProtocol=true})
+        """.write(to: config, atomically: true, encoding: .utf8)
+        let logURL = directory.appendingPathComponent("dnsdist.log")
+        XCTAssertTrue(FileManager.default.createFile(atPath: logURL.path, contents: nil))
+        let log = try FileHandle(forWritingTo: logURL)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: dnsdist)
+        process.arguments = ["--supervised", "--disable-syslog", "-C", config.path]
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let pid = process.processIdentifier
+        addTeardownBlock {
+            kill(pid, SIGTERM)
+            process.waitUntilExit()
+        }
+        func logText() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
+        XCTAssertTrue(
+            waitUntil(20) { logText().contains("Listening on 127.0.0.1:\(port)") || !process.isRunning }, "dnsdist did not start: \(logText())")
+        try XCTSkipUnless(process.isRunning, "dnsdist exited: \(logText())")
+
+        let client = try UDPClient()
+        var reply: [UInt8]?
+        // dnsdist has bound its socket once it logs "Listening on"; retries cover a query that
+        // arrives before its receive thread runs.
+        for id in UInt16(1)...3 where reply == nil {
+            client.send(ProxyProtocolEndToEndTests.query(id: id), to: SocketAddress(ip: .v4(0x7F00_0001), port: port))
+            reply = client.receive(timeout: 3).flatMap { ProxyProtocolEndToEndTests.answer($0.bytes, id: id) }
+        }
+        XCTAssertEqual(reply, [192, 0, 2, 7], "no answer through dnsdist and udprelayd: \(logText())")
+
+        // The header udprelayd sent on names the querier (dnsdist's health checks, if any, come
+        // from dnsdist itself and are left out).
+        let queriers = responder.datagrams.compactMap { ProxyProtocolEndToEndTests.parse($0.bytes)?.source }
+        XCTAssertTrue(queriers.contains(client.localAddress), "the relay's header did not name \(client.localAddress): \(queriers)")
+        let sessions = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(try httpBody("/sessions", from: status).utf8)) as? [String: Any])
+        let clients = try XCTUnwrap(sessions["sessions"] as? [[String: Any]]).compactMap { $0["client"] as? String }
+        XCTAssertTrue(clients.contains("\(client.localAddress)"), "no session of \(client.localAddress) in \(clients)")
+        XCTAssertEqual(try listenerStatus(status, "dns")["drops"].flatMap { ($0 as? [String: Int])?["proxy_header_invalid"] }, 0)
+        // The session's record when it ends names the client too.
+        XCTAssertTrue(
+            waitUntil(10) { daemon.log.contains { $0.contains("session ended") && $0.contains("\(client.localAddress)") } },
+            "no session record of \(client.localAddress): \(daemon.log.suffix(10).joined(separator: "\n"))")
+    }
 }
