@@ -186,6 +186,31 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
         XCTAssertEqual(proxy.receive(timeout: 5)?.bytes, Array("new".utf8))
     }
 
+    /// Mirror: every copy's header names the client the proxy's header named.
+    func testMirrorCopiesNameTheClientBehindTheProxy() throws {
+        let upstreams = try (0..<2).map { _ in try proxyReadingUpstream() }
+        let (_, bound) = try startDaemon(
+            """
+            [listener copy]
+            listen = 127.0.0.1:0
+            mode = mirror
+            upstream = \(upstreams[0].address), \(upstreams[1].address)
+            proxy_protocol = v2
+            accept_proxy_protocol = v2
+            proxy_protocol_from = 127.0.0.2/32
+            """)
+        let address = try XCTUnwrap(bound["copy"]?.first)
+        let proxy = try UDPClient(bind: Self.proxyAddress)
+        proxy.send(Self.header(client: Self.first, to: address) + Array("m1".utf8), to: address)
+        proxy.send(Self.header(client: Self.second, to: address) + Array("m2".utf8), to: address)
+        for u in upstreams {
+            XCTAssertEqual(u.waitForCount(2), 2)
+            let parsed = u.datagrams.map { ProxyProtocolEndToEndTests.parse($0.bytes) }
+            XCTAssertEqual(parsed.map { $0?.source }, [Self.first, Self.second])
+            XCTAssertEqual(parsed.map { $0.map { String(decoding: $0.payload, as: UTF8.self) } }, ["m1", "m2"])
+        }
+    }
+
     // MARK: dnsdist
 
     /// An answer to a DNS query: the query with QR set, one A record (192.0.2.7) after it.
