@@ -59,7 +59,7 @@ extension RelayWorker {
                 counters.add(.sessionErrors)
                 continue
             }
-            guard session.proxy.sin6_family == 0 else {
+            guard !session.proxied else {
                 // Its replies go to the proxy it came through, which an archive entry does not
                 // carry: closed, and the client's next datagram through the proxy opens a new one.
                 Syscall.close(session.fd)

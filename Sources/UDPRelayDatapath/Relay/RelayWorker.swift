@@ -62,6 +62,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// (not the whole batch per wakeup: at one datagram in flight that is every slot per datagram).
     private var listenerFilled: Int
     private var repliesFilled: Int
+    /// `accept_proxy_protocol`: per slot, the proxy the client of a session with `proxied` set
+    /// came through (replies go there); written when such a session opens.
+    private var sessionProxies: [sockaddr_in6] = []
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
     /// `transparent = yes`: each session socket is bound to its client's address and port.
@@ -390,7 +393,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         var session = Session(fd: socket.fd, key: key, upstream: socket.upstream)
         session.setAddresses(from: m.pointee.msg_hdr, packetInfo: usesPacketInfo)
-        if let proxy { session.setProxy(proxy) }
+        session.proxied = proxy != nil
         if sessionRecords != nil { session.sourcePort = Self.sourcePort(socket.fd) }
         let slot: Int32
         do {
@@ -399,6 +402,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             counters.add(.sessionErrors)
             return nil
         }
+        if let proxy { setSessionProxy(slot, proxy) }
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         upCounters[socket.upstream].sessionOpened()
@@ -411,6 +415,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 ])
         }
         return slot
+    }
+
+    /// Keeps the proxy (a `sockaddr_in` or `sockaddr_in6`) that the client of the session in
+    /// `slot` came through, for its replies. Grows `sessionProxies` to the slot when needed.
+    private func setSessionProxy(_ slot: Int32, _ address: UnsafePointer<sockaddr_storage>) {
+        if sessionProxies.count <= Int(slot) { sessionProxies += repeatElement(sockaddr_in6(), count: Int(slot) + 1 - sessionProxies.count) }
+        sessionProxies[Int(slot)] = sockaddr_in6()
+        withUnsafeMutableBytes(of: &sessionProxies[Int(slot)]) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(start: UnsafeRawPointer(address), count: dst.count))
+        }
     }
 
     private func clientDescription(_ slot: Int32) -> String {
@@ -562,7 +576,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             guard received > 0 else { return }
             countKernelDrops(slot, received)
             if !prepared {
-                prepareReply(session)
+                prepareReply(session, slot: slot)
                 prepared = true
             }
             let allowed = sessions.repliesAllowed(slot, received)
@@ -608,8 +622,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Copies the session's reply destination (its client, or the proxy it came through) to
     /// `replyName` and writes its packet-info control data (wildcard listeners) to `replyControl`.
     @inline(__always)
-    private func prepareReply(_ session: Session) {
-        (replyName.pointee, replyNameLength) = session.replyDestination
+    private func prepareReply(_ session: Session, slot: Int32) {
+        if session.proxied {
+            let proxy = sessionProxies[Int(slot)]
+            replyName.pointee = proxy
+            replyNameLength = socklen_t(
+                proxy.sin6_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        } else {
+            replyName.pointee = session.client
+            replyNameLength = session.clientLength
+        }
         replyControlLength = 0
         if session.local.sin6_family != 0 {
             replyControlLength = RawSockaddr.withSockaddr(of: session.local) {

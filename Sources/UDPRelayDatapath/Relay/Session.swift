@@ -34,9 +34,6 @@ struct Session {
     /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
     /// when not needed.
     var local = sockaddr_in6()
-    /// `accept_proxy_protocol`: the proxy that sent the client's datagrams with a PROXY header
-    /// naming `client`; replies go there instead. Family 0 when the client sent directly.
-    var proxy = sockaddr_in6()
     /// Index of its upstream (at most 64). Here and `held` last, where they fit in the padding
     /// of the fields above, so the record does not grow.
     var upstream: UInt16 = 0
@@ -45,6 +42,10 @@ struct Session {
     var sourcePort: UInt16 = 0
     /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
     var held = false
+    /// `accept_proxy_protocol`: the client's datagrams came through a proxy, with a PROXY header
+    /// naming `client`; replies go to the proxy, which the worker keeps beside the table (see
+    /// `RelayWorker.sessionProxies`; the record stays the same size).
+    var proxied = false
 
     init() {}
 
@@ -77,21 +78,6 @@ struct Session {
                 withUnsafeBytes(of: &destination) { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<dst.count])) }
             }
             ifindex = index
-        }
-    }
-
-    /// Where replies go: the proxy when the client came through one, else the client.
-    var replyDestination: (address: sockaddr_in6, length: socklen_t) {
-        guard proxy.sin6_family != 0 else { return (client, clientLength) }
-        let length = proxy.sin6_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
-        return (proxy, socklen_t(length))
-    }
-
-    /// Records the proxy a client's datagrams came through (a `sockaddr_in` or `sockaddr_in6`).
-    mutating func setProxy(_ address: UnsafePointer<sockaddr_storage>) {
-        proxy = sockaddr_in6()
-        withUnsafeMutableBytes(of: &proxy) { dst in
-            dst.copyMemory(from: UnsafeRawBufferPointer(start: UnsafeRawPointer(address), count: dst.count))
         }
     }
 
