@@ -118,7 +118,7 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
         XCTAssertEqual(l["accept_proxy_protocol"] as? String, "v2")
         XCTAssertEqual((l["sessions"] as? [String: Any])?["active"] as? Int, 4)
         XCTAssertTrue(try httpBody("/metrics", from: status).contains("\nudprelayd_listener_accept_proxy_protocol{listener=\"fwd\"} 2\n"))
-        XCTAssertTrue(try httpBody("/", from: status).contains("accepts PROXY v2"))
+        XCTAssertTrue(try httpBody("/", from: status).contains("accepts PROXY (v2)"))
         let totals = try stopAndTotals(daemon, "fwd")
         XCTAssertEqual(DaemonProcess.count("drop.proxy_header_invalid", in: totals), 2, totals)
     }
