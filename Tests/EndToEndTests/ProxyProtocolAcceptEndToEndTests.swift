@@ -186,6 +186,34 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
         XCTAssertEqual(proxy.receive(timeout: 5)?.bytes, Array("new".utf8))
     }
 
+    /// A proxy on IPv6 (`::1/128`), relaying an IPv4 and an IPv6 client to a forward listener
+    /// on a wildcard address: replies reach the proxy from the address it sent to.
+    func testAProxyOverIPv6() throws {
+        let upstream = try proxyReadingUpstream()
+        let (_, bound) = try startDaemon(
+            """
+            [listener six]
+            listen = [::]:0
+            mode = forward
+            upstream = \(upstream.address)
+            proxy_protocol = v2
+            accept_proxy_protocol = v2
+            proxy_protocol_from = ::1/128
+            """)
+        let address = SocketAddress(ip: .v6(high: 0, low: 1), port: try XCTUnwrap(bound["six"]?.first).port)
+        let proxy = try UDPClient(ipv6: true)
+        for (k, client) in [Self.first, Self.third].enumerated() {
+            proxy.send(Self.header(client: client, to: address) + Array("six\(k)".utf8), to: address)
+            let reply = try XCTUnwrap(proxy.receive(timeout: 5), "no reply for \(client)")
+            XCTAssertEqual(String(decoding: reply.bytes, as: UTF8.self), "plain:six\(k)")
+            XCTAssertEqual(reply.from, address)
+        }
+        XCTAssertEqual(upstream.waitForCount(2), 2)
+        // The listener's address is IPv6, so both headers are INET6, the IPv4 client mapped.
+        let mappedFirst = SocketAddress(ip: .v6(high: 0, low: 0xFFFF_C612_0001), port: Self.first.port)
+        XCTAssertEqual(upstream.datagrams.map { ProxyProtocolEndToEndTests.parse($0.bytes)?.source }, [mappedFirst, Self.third])
+    }
+
     /// Mirror: every copy's header names the client the proxy's header named.
     func testMirrorCopiesNameTheClientBehindTheProxy() throws {
         let upstreams = try (0..<2).map { _ in try proxyReadingUpstream() }
