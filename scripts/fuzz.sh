@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds each libFuzzer target with address sanitizer and runs it for a bounded time.
-# Usage: scripts/fuzz.sh [seconds-per-target]   (default 60; the issue's long run used 600)
+# Usage: scripts/fuzz.sh [seconds-per-target] [target...]   (default 60 and every target; the
+# issue's long runs used 600). Targets: config, request-target, status-http, proxy-protocol.
 # Crashes are written to .build-fuzz/crashes/<target>/; turn each into a regression test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
+shift || true
+targets=("$@")
 out=.build-fuzz
 mkdir -p "$out"
 
@@ -20,6 +23,14 @@ build_request_target() {
     -module-name UDPRelayStatus \
     Sources/UDPRelayStatus/RequestTarget.swift Sources/UDPRelayStatus/Formatting.swift Fuzz/FuzzRequestTarget.swift \
     -o "$out/fuzz-request-target"
+}
+
+# The PROXY v2 header parser alone: it depends on Glibc only.
+build_proxy_protocol() {
+  swiftc -parse-as-library -sanitize=fuzzer,address -O -g \
+    -module-name UDPRelayDatapath \
+    Sources/UDPRelayDatapath/ProxyHeaderParser.swift Fuzz/FuzzProxyProtocol.swift \
+    -o "$out/fuzz-proxy-protocol"
 }
 
 # The HTTP request path through the status server's own pipeline needs SwiftNIO: SwiftPM builds
@@ -58,9 +69,9 @@ run() {
     -artifact_prefix="$out/crashes/$name/" -print_final_stats=1 "$out/corpus/$name" 2>&1 | tail -n 25
 }
 
-build_config
-build_request_target
-build_status_http
-run config Fuzz/corpus/config
-run request-target Fuzz/corpus/request-target
-run status-http Fuzz/corpus/status-http
+wanted() { [ ${#targets[@]} -eq 0 ] || [[ " ${targets[*]} " == *" $1 "* ]]; }
+
+if wanted config; then build_config; run config Fuzz/corpus/config; fi
+if wanted request-target; then build_request_target; run request-target Fuzz/corpus/request-target; fi
+if wanted status-http; then build_status_http; run status-http Fuzz/corpus/status-http; fi
+if wanted proxy-protocol; then build_proxy_protocol; run proxy-protocol Fuzz/corpus/proxy-protocol; fi

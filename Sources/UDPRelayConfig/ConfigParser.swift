@@ -83,6 +83,8 @@ struct ProtectionDraft {
     var rateBurst: Int?
     var rateLimitTotal: Rate?
     var rateLimitSources: Int?
+    var acceptProxyProtocol: ProxyProtocolVersion?
+    var proxyProtocolFrom: [CIDR]?
 
     /// Defaults applied, as everywhere, in one place (ProtectionConfiguration.init).
     var configuration: ProtectionConfiguration {
@@ -91,7 +93,8 @@ struct ProtectionDraft {
             denySourcePorts: denySourcePorts,
             loopGuard: loopGuard ?? true, rateLimit: rateLimit, rateBurst: rateBurst,
             rateLimitTotal: rateLimitTotal,
-            rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources)
+            rateLimitSources: rateLimitSources ?? Defaults.rateLimitSources,
+            acceptProxyProtocol: acceptProxyProtocol ?? .off, proxyProtocolFrom: proxyProtocolFrom ?? [])
     }
 }
 
@@ -170,6 +173,10 @@ enum Schema {
         KeySpec("rate_burst") { d, v in d.protection.rateBurst = try Values.integer(v, in: 1...10_000_000) },
         KeySpec("rate_limit_total") { d, v in d.protection.rateLimitTotal = try Values.anyCaseRate(v) },
         KeySpec("rate_limit_sources") { d, v in d.protection.rateLimitSources = try Values.integer(v, in: 16...16_777_216) },
+        KeySpec("accept_proxy_protocol") { d, v in
+            d.protection.acceptProxyProtocol = v.lowercased() == "no" ? .off : try Values.oneOf(v, ProxyProtocolVersion.self)
+        },
+        KeySpec("proxy_protocol_from") { d, v in d.protection.proxyProtocolFrom = try Values.cidrs(v) },
     ]
 
     static let sectionKinds = ["daemon", "status", "listener"]
@@ -413,6 +420,18 @@ struct ConfigParser {
                 } else if let missing = SpoofProbe.missing(for: d.upstreams ?? []) {
                     error(line, "listener \(d.name)", "spoof", missing)
                 }
+            }
+            // An invalid value of either key was already reported: no second error for it.
+            let fromMissing = d.protection.proxyProtocolFrom?.isEmpty ?? (d.keyLines["proxy_protocol_from"] == nil)
+            let acceptMissing = d.protection.acceptProxyProtocol.map { $0 != .v2 } ?? (d.keyLines["accept_proxy_protocol"] == nil)
+            if d.protection.acceptProxyProtocol == .v2, fromMissing {
+                error(
+                    d.keyLines["accept_proxy_protocol"] ?? d.line, "listener \(d.name)", "accept_proxy_protocol",
+                    "accept_proxy_protocol = v2 needs proxy_protocol_from (the CIDRs of the proxies, e.g. proxy_protocol_from = 127.0.0.0/8)")
+            } else if d.protection.proxyProtocolFrom != nil, acceptMissing {
+                error(
+                    d.keyLines["proxy_protocol_from"] ?? d.line, "listener \(d.name)", "proxy_protocol_from",
+                    "proxy_protocol_from needs accept_proxy_protocol = v2")
             }
             if d.protection.rateBurst != nil, d.protection.rateLimit == nil {
                 error(d.keyLines["rate_burst"] ?? d.line, "listener \(d.name)", "rate_burst", "rate_burst needs rate_limit (e.g. rate_limit = 1000/s)")

@@ -69,11 +69,18 @@ public struct ProtectionConfiguration: Sendable, Equatable {
     /// Most source addresses tracked by the per-source limiter; the least recently seen is
     /// forgotten when full (counted).
     public var rateLimitSources: Int
+    /// `accept_proxy_protocol = v2`: datagrams from `proxyProtocolFrom` start with a PROXY v2
+    /// header, whose source is then the client for everything else; `.off` by default.
+    public var acceptProxyProtocol: ProxyProtocolVersion
+    /// The sources whose datagrams must carry that header (`proxy_protocol_from`); others are
+    /// served as they come.
+    public var proxyProtocolFrom: [CIDR]
 
     public init(
         allow: [CIDR] = [], deny: [CIDR] = [], denySourcePorts: PortSet? = nil,
         loopGuard: Bool = true, rateLimit: Rate? = nil, rateBurst: Int? = nil, rateLimitTotal: Rate? = nil,
-        rateLimitSources: Int = Defaults.rateLimitSources
+        rateLimitSources: Int = Defaults.rateLimitSources,
+        acceptProxyProtocol: ProxyProtocolVersion = .off, proxyProtocolFrom: [CIDR] = []
     ) {
         self.allow = allow
         self.deny = deny
@@ -83,6 +90,8 @@ public struct ProtectionConfiguration: Sendable, Equatable {
         self.rateBurst = rateBurst ?? Defaults.rateBurst(for: rateLimit)
         self.rateLimitTotal = rateLimitTotal
         self.rateLimitSources = rateLimitSources
+        self.acceptProxyProtocol = acceptProxyProtocol
+        self.proxyProtocolFrom = proxyProtocolFrom
     }
 
     /// The source ports refused on a listener of `mode`: `deny_source_ports` if set, else the

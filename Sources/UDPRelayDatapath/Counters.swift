@@ -60,6 +60,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     case repliesIgnored
     /// Every mode: sources forgotten by the per-source rate limiter because its table was full.
     case rateLimitEvictions
+    /// `accept_proxy_protocol`: a datagram from a `proxy_protocol_from` source without a valid
+    /// PROXY v2 header (missing, malformed, or cut short).
+    case dropProxyHeaderInvalid
 }
 
 /// What a counter measures, which decides where it is shown.
@@ -112,6 +115,7 @@ extension Counter {
         case .sampledOut: ("sampled_out", .event, .relay)
         case .repliesIgnored: ("replies_ignored", .event, .relay)
         case .rateLimitEvictions: ("rate_limit_evictions", .event, .every)
+        case .dropProxyHeaderInvalid: ("proxy_header_invalid", .drop, .every)
         }
     }
 

@@ -196,6 +196,8 @@ public struct ListenerSnapshot: Sendable {
     public var transparent = false
     /// `spoof`: whether copies leave with their client's address and port.
     public var spoof = false
+    /// `accept_proxy_protocol`: `off` or `v2`.
+    public var acceptProxyProtocol = ProxyProtocolVersion.off.rawValue
 }
 
 /// One socket of a listener and the counters of the worker that serves it.
@@ -218,7 +220,8 @@ extension Datapath {
                 name: l.name, mode: l.configuration.mode.rawValue,
                 addresses: l.boundAddresses, counters: workers.reduce(CounterSnapshot()) { $0 + $1.counters },
                 upstreams: l.upstreamSnapshots(), workers: workers, proxyProtocol: l.configuration.proxyProtocol.rawValue,
-                transparent: l.configuration.transparent, spoof: l.configuration.spoof)
+                transparent: l.configuration.transparent, spoof: l.configuration.spoof,
+                acceptProxyProtocol: l.configuration.protection.acceptProxyProtocol.rawValue)
         }
     }
 

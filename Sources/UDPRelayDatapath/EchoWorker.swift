@@ -54,6 +54,7 @@ final class EchoWorker: SocketWorker, @unchecked Sendable {
                 continue
             }
             m.pointee.msg_hdr.msg_iov.pointee.iov_len = Int(m.pointee.msg_len)
+            restoreProxySender(batch, i)
             if usesPacketInfo {
                 cur_prepare_reply_control(&m.pointee.msg_hdr)
             } else {

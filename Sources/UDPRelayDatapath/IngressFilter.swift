@@ -33,6 +33,9 @@ final class IngressFilter {
     private var total: TokenBucket?
     /// Whether `check` needs the time.
     let needsClock: Bool
+    /// `accept_proxy_protocol = v2`: the sources (`proxy_protocol_from`) whose datagrams start
+    /// with a PROXY v2 header; nil when off.
+    private let proxies: AccessList?
 
     init(_ p: ProtectionConfiguration, mode: ListenerMode = .echo, now: UInt64 = SystemClock.coarseMonotonicNanos()) {
         denyPorts = p.denySourcePorts(for: mode)
@@ -45,6 +48,18 @@ final class IngressFilter {
         perSource = p.rateLimit.map { SourceRateLimiter(rate: $0, burst: p.rateBurst, capacity: p.rateLimitSources, now: now) }
         total = p.rateLimitTotal.map { TokenBucket(rate: $0.perSecond, burst: max(1, $0.perSecond.rounded(.up)), now: now) }
         needsClock = perSource != nil || total != nil
+        proxies = p.acceptProxyProtocol == .v2 ? AccessList(allow: p.proxyProtocolFrom, deny: []) : nil
+    }
+
+    /// Whether datagrams may come with a PROXY v2 header at all (`accept_proxy_protocol`).
+    var acceptsProxyHeaders: Bool { proxies != nil }
+
+    /// Whether a datagram from `raw` (the datagram's real source) must start with a PROXY v2
+    /// header: its source is in `proxy_protocol_from`.
+    @inline(__always)
+    func isTrustedProxy(_ raw: SocketAddress) -> Bool {
+        guard let proxies else { return false }
+        return proxies.permits(raw.unmapped.ip)
     }
 
     /// Sets what the loop guard knows about this daemon's listeners and this host.

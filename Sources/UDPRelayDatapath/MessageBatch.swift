@@ -56,6 +56,8 @@ final class MessageBatch {
     @inline(__always)
     func prepareForReceive(count: Int) {
         for i in 0..<count {
+            // A PROXY header taken off (`SocketWorker.admits`) moved the base past it.
+            iovecs[i].iov_base = buffers + i * bufferSize
             iovecs[i].iov_len = bufferSize
             messages[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
             messages[i].msg_hdr.msg_control = controls.map { $0 + i * controlSize }
@@ -77,8 +79,9 @@ final class MessageBatch {
         }
     }
 
-    /// The payload of slot `i` as received (`msg_len` bytes).
+    /// The payload of slot `i` as received (`msg_len` bytes; after a PROXY header, if one was
+    /// taken off).
     func payload(_ i: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: buffers + i * bufferSize, count: Int(messages[i].msg_len))
+        UnsafeRawBufferPointer(start: iovecs[i].iov_base, count: Int(messages[i].msg_len))
     }
 }

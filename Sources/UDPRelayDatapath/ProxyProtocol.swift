@@ -16,7 +16,7 @@ import Glibc
 /// addresses as the kernel gives them.
 public enum ProxyProtocolV2 {
     /// `\r\n\r\n\0\r\nQUIT\n`.
-    static let signature: (UInt64, UInt32) = (0x0D0A_0D0A_000D_0A51, 0x5549_540A)
+    static let signature = ProxyHeaderParser.signature
     /// Version 2 (high nibble), command PROXY (low nibble).
     static let versionCommand: UInt8 = 0x21
     /// Address family (high nibble) and transport (low nibble): DGRAM = 2.

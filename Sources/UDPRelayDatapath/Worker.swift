@@ -23,7 +23,16 @@ public class SocketWorker: @unchecked Sendable {
     public let counters = CounterSet()
     /// Abuse protection applied to every datagram received on `fd`. Installed before `start`,
     /// afterwards touched only on `queue`.
-    var filter = IngressFilter(ProtectionConfiguration(denySourcePorts: PortSet(), loopGuard: false))
+    var filter = IngressFilter(ProtectionConfiguration(denySourcePorts: PortSet(), loopGuard: false)) {
+        didSet {
+            // `accept_proxy_protocol`: the buffers `stripProxyHeader` uses, once per worker.
+            guard filter.acceptsProxyHeaders, proxyPeers == nil else { return }
+            proxyPeers = .allocate(capacity: tuning.batchSize)
+            proxyPeers!.initialize(repeating: sockaddr_storage(), count: tuning.batchSize)
+            proxyClient = .allocate(capacity: 1)
+            proxyClient!.initialize(to: sockaddr_storage())
+        }
+    }
     /// Where refused datagrams are reported (`noteDrop`); installed with `filter`.
     var dropLogger: Logger?
     /// Per drop reason (indexed by `Counter.rawValue`): the first refusal is logged at once,
@@ -61,6 +70,11 @@ public class SocketWorker: @unchecked Sendable {
             count: Counter.allCases.count)
         self.busyPoll = busyPoll.nanoseconds
         self.queue = DispatchQueue(label: label, qos: .userInteractive)
+    }
+
+    deinit {
+        proxyPeers?.deallocate()
+        proxyClient?.deallocate()
     }
 
     /// Whether the subclass keeps sockets of its own in the wait set (then the set gets a read
@@ -213,8 +227,14 @@ public class SocketWorker: @unchecked Sendable {
     /// Whether datagram `i` of `batch` may be served. A source the ingress filter refuses is
     /// counted under the filter's reason, then a datagram cut short by the buffer as
     /// `drop_too_large`; either is skipped. Every mode applies this one policy, in this order.
+    ///
+    /// First, with `accept_proxy_protocol`, a datagram from a `proxy_protocol_from` source must
+    /// start with a PROXY v2 header (`stripProxyHeader`): the header is taken off and, for
+    /// command PROXY, its source becomes the datagram's source (the client) for everything
+    /// after, while the proxy's own address is kept in `proxyPeer(i)` for replies.
     @inline(__always)
     final func admits(_ batch: MessageBatch, _ i: Int, now: UInt64) -> Bool {
+        if filter.acceptsProxyHeaders, !stripProxyHeader(batch, i) { return false }
         let source = SocketAddress(sockaddr: batch.names + i)
         if let source, let reason = filter.check(source, payload: batch.payload(i), now: now) {
             counters.add(reason)
@@ -227,6 +247,65 @@ public class SocketWorker: @unchecked Sendable {
             return false
         }
         return true
+    }
+
+    /// `accept_proxy_protocol`: where the real source of each datagram of the batch that
+    /// carried a PROXY header is kept (family 0 for the others), one slot per message of a
+    /// listener batch (`tuning.batchSize`); nil when off.
+    private var proxyPeers: UnsafeMutablePointer<sockaddr_storage>?
+    /// Where the parser writes a header's source, before it replaces the datagram's.
+    private var proxyClient: UnsafeMutablePointer<sockaddr_storage>?
+
+    /// The real source (the proxy) of datagram `i` of the last batch when its PROXY header named
+    /// the client that now stands in `batch.names[i]`; nil otherwise. Replies go here.
+    @inline(__always)
+    final func proxyPeer(_ i: Int) -> UnsafeMutablePointer<sockaddr_storage>? {
+        guard let proxyPeers, proxyPeers[i].ss_family != 0 else { return nil }
+        return proxyPeers + i
+    }
+
+    /// Makes datagram `i` of `batch` what it would be had the client sent it directly, when its
+    /// source is a trusted proxy (`proxy_protocol_from`): the PROXY v2 header is parsed in place
+    /// (never past the bytes received) and skipped by moving the slot's iovec past it; for
+    /// command PROXY the header's source replaces the slot's address and the real one goes to
+    /// `proxyPeer(i)`; for LOCAL the real source stands. A source not in the list is left as it
+    /// came. Returns false for a missing or malformed header, counted as
+    /// `proxy_header_invalid`. Allocates nothing.
+    @inline(__always)
+    private func stripProxyHeader(_ batch: MessageBatch, _ i: Int) -> Bool {
+        guard let peers = proxyPeers, let client = proxyClient, i < tuning.batchSize else { return false }
+        peers[i].ss_family = 0
+        guard let real = SocketAddress(sockaddr: batch.names + i), filter.isTrustedProxy(real) else { return true }
+        let m = batch.messages + i
+        let data = batch.iovecs[i].iov_base!
+        let length = ProxyHeaderParser.parse(data, count: min(Int(m.pointee.msg_len), batch.bufferSize), source: client)
+        guard length >= 0 else {
+            counters.add(.dropProxyHeaderInvalid)
+            noteDrop(.dropProxyHeaderInvalid, from: real)
+            return false
+        }
+        batch.iovecs[i].iov_base = data + length
+        m.pointee.msg_len -= UInt32(length)
+        guard client.pointee.ss_family != 0 else { return true }
+        peers[i] = batch.names[i]
+        batch.names[i] = client.pointee
+        m.pointee.msg_hdr.msg_namelen = Self.length(of: client)
+        return true
+    }
+
+    /// Puts back the real source of datagram `i` (the proxy) when a PROXY header replaced it:
+    /// echo answers the datagram's sender, not the client the header named.
+    @inline(__always)
+    final func restoreProxySender(_ batch: MessageBatch, _ i: Int) {
+        guard let peer = proxyPeer(i) else { return }
+        batch.names[i] = peer.pointee
+        batch.messages[i].msg_hdr.msg_namelen = Self.length(of: peer)
+    }
+
+    /// The length of an AF_INET or AF_INET6 address.
+    @inline(__always)
+    private static func length(of address: UnsafePointer<sockaddr_storage>) -> socklen_t {
+        socklen_t(address.pointee.ss_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
     }
 
     /// Logs a refused datagram: the first of each reason at once, then at most once a minute
@@ -281,6 +360,7 @@ public class SocketWorker: @unchecked Sendable {
         case .dropRateLimited: "the source is over rate_limit"
         case .dropRateLimitedTotal: "the listener is over rate_limit_total"
         case .dropTooLarge: "larger than max_datagram"
+        case .dropProxyHeaderInvalid: "from a proxy_protocol_from source without a valid PROXY v2 header"
         default: "refused"
         }
     }

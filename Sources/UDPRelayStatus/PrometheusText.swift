@@ -38,6 +38,12 @@ public enum PrometheusText {
             "udprelayd_listener_spoof", .gauge,
             "1 when the listener's copies leave with each client's own address and port as their source (spoof = yes), 0 otherwise.")
         for l in ls { out.sample("udprelayd_listener_spoof", [("listener", l.name)], UInt64(l.spoof ? 1 : 0)) }
+        out.family(
+            "udprelayd_listener_accept_proxy_protocol", .gauge,
+            "PROXY protocol version of the header that datagrams from proxy_protocol_from sources start with (accept_proxy_protocol); 0 when off.")
+        for l in ls {
+            out.sample("udprelayd_listener_accept_proxy_protocol", [("listener", l.name)], UInt64(l.acceptProxyProtocol == "v2" ? 2 : 0))
+        }
         out.family("udprelayd_listener_bound", .gauge, "One sample per bound address of a listener; the value is always 1.")
         for l in ls {
             for a in l.addresses { out.sample("udprelayd_listener_bound", [("listener", l.name), ("address", a)], UInt64(1)) }

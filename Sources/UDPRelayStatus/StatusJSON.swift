@@ -148,6 +148,7 @@ public enum StatusJSON {
             ("proxy_protocol", .string(l.proxyProtocol)),
             ("transparent", .bool(l.transparent)),
             ("spoof", .bool(l.spoof)),
+            ("accept_proxy_protocol", .string(l.acceptProxyProtocol)),
             ("addresses", .array(l.addresses.map { .string($0) })),
             ("received", traffic(l.received)),
             ("sent", traffic(l.sent)),

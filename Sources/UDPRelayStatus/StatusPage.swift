@@ -82,6 +82,10 @@ public enum StatusPage {
             if l.spoof {
                 h += "<br><span class=\"sub\" title=\"spoof: copies leave with each client's own address and port\">spoof</span>"
             }
+            if l.acceptProxyProtocol != "off" {
+                h += "<br><span class=\"sub\" title=\"accept_proxy_protocol: datagrams from proxy_protocol_from carry a PROXY header naming the client\">"
+                h += "accepts PROXY (\(Format.html(l.acceptProxyProtocol)))</span>"
+            }
             h += "</td>"
             h += "<td class=\"l addr\">\(Format.addressRuns(l.addresses).map { "<code>\(Format.html($0))</code>" }.joined(separator: "<br>"))</td>"
             h += rateCell(r?.receivedPackets, Format.si)

@@ -230,13 +230,16 @@ public struct ListenerStatus: Sendable, Equatable {
     public var transparent: Bool
     /// Whether copies leave with their client's address and port as source (`spoof`).
     public var spoof: Bool
+    /// Whether datagrams from `proxy_protocol_from` sources start with a PROXY header that is
+    /// taken off (`accept_proxy_protocol`): `off`, or `v2`.
+    public var acceptProxyProtocol: String
 
     public init(
         name: String, mode: String, addresses: [String], configuredAddresses: Int? = nil,
         received: Traffic = Traffic(), sent: Traffic = Traffic(), receiveErrors: UInt64 = 0,
         drops: [DropCount] = [], sessions: SessionCounters? = nil, upstreams: [UpstreamStatus] = [],
         counters: [NamedCounter] = [], workers: [WorkerStatus] = [], proxyProtocol: String = "off",
-        transparent: Bool = false, spoof: Bool = false
+        transparent: Bool = false, spoof: Bool = false, acceptProxyProtocol: String = "off"
     ) {
         self.name = name
         self.mode = mode
@@ -253,6 +256,7 @@ public struct ListenerStatus: Sendable, Equatable {
         self.proxyProtocol = proxyProtocol
         self.transparent = transparent
         self.spoof = spoof
+        self.acceptProxyProtocol = acceptProxyProtocol
     }
 
     /// Whether datagrams to its upstreams carry a PROXY protocol header.

@@ -57,7 +57,8 @@ struct DaemonStatusSource: StatusSource {
             },
             proxyProtocol: l.proxyProtocol,
             transparent: l.transparent,
-            spoof: l.spoof
+            spoof: l.spoof,
+            acceptProxyProtocol: l.acceptProxyProtocol
         )
     }
 

@@ -59,6 +59,13 @@ extension RelayWorker {
                 counters.add(.sessionErrors)
                 continue
             }
+            guard !session.proxied else {
+                // Its replies go to the proxy it came through, which an archive entry does not
+                // carry: closed, and the client's next datagram through the proxy opens a new one.
+                Syscall.close(session.fd)
+                recordSessionEnd(SessionRecord(session, upstream: upstream), SessionEnd(.shutdown))
+                continue
+            }
             let idle = UInt32(clamping: (now > lastUsed ? now - lastUsed : 0) / 1_000_000)
             let entry = SessionArchive.Entry(
                 listener: listenerName, socket: socket, client: client, local: session.localAddress,

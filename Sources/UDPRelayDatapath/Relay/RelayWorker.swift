@@ -64,6 +64,9 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// (not the whole batch per wakeup: at one datagram in flight that is every slot per datagram).
     private var listenerFilled: Int
     private var repliesFilled: Int
+    /// `accept_proxy_protocol`: per slot, the proxy the client of a session with `proxied` set
+    /// came through (replies go there); written when such a session opens.
+    private var sessionProxies: [sockaddr_in6] = []
     /// Opening session sockets fails (logged once until it works again).
     private var sessionSocketFailing = false
     /// `transparent = yes`: each session socket is bound to its client's address and port.
@@ -234,7 +237,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 pending = i
                 if let evicted = sessions.evictLeastRecentlyUsed(now: SystemClock.monotonicNanos()) { sessionClosed(evicted, .evicted) }
             }
-            if let slot = addSession(socket, key: key, message: m, now: now) {
+            if let slot = addSession(socket, key: key, message: m, proxy: proxyPeer(i), now: now) {
                 sessionOf[i] = slot
             } else {
                 counters.add(.dropNoSession)
@@ -391,7 +394,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// a slot, the client's addresses, the epoll set. Returns the slot, or nil (counted).
     private func addSession(
         _ socket: (fd: Int32, upstream: Int), key: ClientKey,
-        message m: UnsafeMutablePointer<cur_mmsghdr>, now: UInt64
+        message m: UnsafeMutablePointer<cur_mmsghdr>, proxy: UnsafeMutablePointer<sockaddr_storage>?, now: UInt64
     ) -> Int32? {
         if sessionSocketFailing {
             sessionSocketFailing = false
@@ -401,6 +404,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         }
         var session = Session(fd: socket.fd, key: key, upstream: socket.upstream)
         session.setAddresses(from: m.pointee.msg_hdr, packetInfo: usesPacketInfo)
+        session.proxied = proxy != nil
         if sessionRecords != nil { session.sourcePort = Self.sourcePort(socket.fd) }
         let slot: Int32
         do {
@@ -409,6 +413,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             counters.add(.sessionErrors)
             return nil
         }
+        if let proxy { setSessionProxy(slot, proxy) }
         counters.add(.sessionsCreated)
         counters.set(.sessionsActive, UInt64(sessions.liveCount))
         upCounters[socket.upstream].sessionOpened()
@@ -421,6 +426,16 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 ])
         }
         return slot
+    }
+
+    /// Keeps the proxy (a `sockaddr_in` or `sockaddr_in6`) that the client of the session in
+    /// `slot` came through, for its replies. Grows `sessionProxies` to the slot when needed.
+    private func setSessionProxy(_ slot: Int32, _ address: UnsafePointer<sockaddr_storage>) {
+        if sessionProxies.count <= Int(slot) { sessionProxies += repeatElement(sockaddr_in6(), count: Int(slot) + 1 - sessionProxies.count) }
+        sessionProxies[Int(slot)] = sockaddr_in6()
+        withUnsafeMutableBytes(of: &sessionProxies[Int(slot)]) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(start: UnsafeRawPointer(address), count: dst.count))
+        }
     }
 
     private func clientDescription(_ slot: Int32) -> String {
@@ -573,7 +588,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             guard received > 0 else { return }
             countKernelDrops(slot, received)
             if !prepared {
-                prepareReply(session)
+                prepareReply(session, slot: slot)
                 prepared = true
             }
             let allowed = sessions.repliesAllowed(slot, received)
@@ -585,7 +600,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
                 scratch[k] = replyBatch.messages[k]
                 scratch[k].msg_hdr.msg_iov.pointee.iov_len = Int(scratch[k].msg_len)
                 scratch[k].msg_hdr.msg_name = UnsafeMutableRawPointer(replyName)
-                scratch[k].msg_hdr.msg_namelen = session.clientLength
+                scratch[k].msg_hdr.msg_namelen = replyNameLength
                 scratch[k].msg_hdr.msg_control = replyControlLength > 0 ? replyControl : nil
                 scratch[k].msg_hdr.msg_controllen = replyControlLength
             }
@@ -613,11 +628,22 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     /// Length of the control data in `replyControl` for the session being served.
     private var replyControlLength = 0
 
-    /// Copies the session's client address to `replyName` and writes its packet-info control
-    /// data (wildcard listeners) to `replyControl`.
+    /// Length of the address in `replyName`.
+    private var replyNameLength: socklen_t = 0
+
+    /// Copies the session's reply destination (its client, or the proxy it came through) to
+    /// `replyName` and writes its packet-info control data (wildcard listeners) to `replyControl`.
     @inline(__always)
-    private func prepareReply(_ session: Session) {
-        replyName.pointee = session.client
+    private func prepareReply(_ session: Session, slot: Int32) {
+        if session.proxied {
+            let proxy = sessionProxies[Int(slot)]
+            replyName.pointee = proxy
+            replyNameLength = socklen_t(
+                proxy.sin6_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        } else {
+            replyName.pointee = session.client
+            replyNameLength = session.clientLength
+        }
         replyControlLength = 0
         if session.local.sin6_family != 0 {
             replyControlLength = RawSockaddr.withSockaddr(of: session.local) {

@@ -42,6 +42,10 @@ struct Session {
     var sourcePort: UInt16 = 0
     /// Closed, but its socket is held for a while (see `RelayWorker`): replies are dropped.
     var held = false
+    /// `accept_proxy_protocol`: the client's datagrams came through a proxy, with a PROXY header
+    /// naming `client`; replies go to the proxy, which the worker keeps beside the table (see
+    /// `RelayWorker.sessionProxies`; the record stays the same size).
+    var proxied = false
 
     init() {}
 
