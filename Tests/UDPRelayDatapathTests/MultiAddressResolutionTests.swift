@@ -242,6 +242,23 @@ final class MultiAddressResolutionTests: XCTestCase {
         XCTAssertEqual(f.address(next.index)?.description, "192.0.2.1:53", "then the name's first address")
     }
 
+    /// A mirror copies to each upstream once: a hostname keeps the first address of its answer,
+    /// replaced in place (no second row, nothing drains), with its counters going on.
+    func testAMirrorKeepsTheFirstAddressOfTheAnswer() throws {
+        let dns = SettableResolver(["192.0.2.1", "192.0.2.2"])
+        let t = try table("svc.test:53, 198.51.100.9:53", resolver: dns, mode: .mirror)
+        defer { stop(t) }
+        XCTAssertEqual(t.count, 2, "one slot per entry")
+        XCTAssertEqual(rows(t), ["svc.test:53 192.0.2.1:53", "198.51.100.9:53 198.51.100.9:53"])
+        t.counters[0][0].add(.sentPackets, 5)
+        let g = t.generation[0]
+        dns.set(["192.0.2.3", "192.0.2.1"])
+        t.resolveNames().wait()
+        XCTAssertEqual(rows(t), ["svc.test:53 192.0.2.3:53", "198.51.100.9:53 198.51.100.9:53"])
+        XCTAssertEqual(t.snapshot()[0].counters[.sentPackets], 5)
+        XCTAssertNotEqual(t.generation[0], g, "the mirror's sockets reconnect")
+    }
+
     func stop(_ t: UpstreamTable) {
         let done = DispatchGroup()
         t.stop(done: done)

@@ -110,6 +110,7 @@ extension UpstreamTable {
         case .failure(let message):
             return failed(e, message)
         }
+        if firstAddressOnly { return replace(e, with: answer[0]) }
         let used = Array(answer.prefix(Self.addressesPerName))
         let now = SystemClock.monotonicNanos()
         let changes = lock.withLockedValue { [self] l -> Changes in
@@ -189,6 +190,25 @@ extension UpstreamTable {
         flags.downUntil[i] = 0
         flags.probeDown[i] = 0
         seeds[i] = Balancer.seed(of: address)
+    }
+
+    /// `mirror`: entry `e`'s one address becomes `address` (its row, health and counters go on).
+    private func replace(_ e: Int, with address: SocketAddress) {
+        let changed = lock.withLockedValue { [self] l -> Bool in
+            defer {
+                l.addresses[e] = address
+                seeds[e] = Balancer.seed(of: address)
+                flags.resolved[e] = 1
+            }
+            return l.addresses[e] != address
+        }
+        if changed {
+            generation[0] = generation[0] &+ 1
+            logger.info("upstream resolved", metadata: ["upstream": "\(configured[e])", "upstream.address": "\(address)"])
+        } else if resolveFailing[e] {
+            logger.notice("upstream resolves again", metadata: ["upstream": "\(configured[e])", "upstream.address": "\(address)"])
+        }
+        resolveFailing[e] = false
     }
 
     /// A lookup of entry `e` failed: its addresses stay as they are.

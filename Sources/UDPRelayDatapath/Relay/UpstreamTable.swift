@@ -35,6 +35,8 @@ final class UpstreamTable: @unchecked Sendable {
     let fileOrder: [Int]
     /// Which addresses of a hostname are used (`resolve`).
     let family: ResolveFamily
+    /// `mirror`: each hostname has one slot, its answer's first address.
+    let firstAddressOnly: Bool
     let settings: HealthSettings
     /// What a health probe sends: `health_probe`, after a PROXY v2 LOCAL header when the
     /// listener speaks PROXY v2.
@@ -109,7 +111,10 @@ final class UpstreamTable: @unchecked Sendable {
         family = configuration.resolveFamily
         var entryOf = Array(entries.indices)
         var slotsOf = entries.indices.map { [$0] }
-        for (e, u) in entries.enumerated() where u.literal == nil {
+        // A mirror copies to each upstream once: a hostname there keeps one address, the
+        // first of its answer, replaced in place when it changes (no sessions to drain).
+        firstAddressOnly = configuration.mode == .mirror
+        for (e, u) in entries.enumerated() where u.literal == nil && !firstAddressOnly {
             for _ in 1..<Self.slotsPerName {
                 slotsOf[e].append(entryOf.count)
                 entryOf.append(e)
