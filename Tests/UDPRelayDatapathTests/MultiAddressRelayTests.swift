@@ -122,6 +122,36 @@ final class MultiAddressRelayTests: XCTestCase {
         XCTAssertEqual(l.upstreamSnapshots().compactMap { $0.address.map { "\($0.ip)" } }, ["127.0.0.1", "127.0.0.3"])
     }
 
+    /// Health probes go to every address of the name, and stop for one that left the answer.
+    func testHealthProbesEachAddress() throws {
+        let s = try servers()
+        let dns = SettableResolver(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        let lc = ListenerConfiguration(
+            name: "lb", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+            upstreams: [try UpstreamEndpoint(parsing: "svc.test:\(s[0].address.port)")],
+            health: HealthSettings(probe: Array("ping".utf8), interval: .milliseconds(50)))
+        let t = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "test"), resolver: { dns.resolve($0, $1) })
+        t.awaitInitialResolution()
+        t.start()
+        defer {
+            let done = DispatchGroup()
+            t.stop(done: done)
+            done.wait()
+        }
+        for (k, server) in s.enumerated() { XCTAssertGreaterThanOrEqual(server.waitForCount(2), 2, "address \(k + 1) is probed") }
+        let deadline = Date().addingTimeInterval(10)
+        while t.snapshot().contains(where: { $0.counters[.probesAnswered] == 0 }) && Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(t.snapshot().map { $0.counters[.probesAnswered] > 0 }, [true, true, true], "each address's own probes answered")
+
+        dns.set(["127.0.0.1", "127.0.0.3"])
+        t.resolveNames().wait()
+        let left = s[1].datagrams.count
+        let others = (s[0].datagrams.count, s[2].datagrams.count)
+        XCTAssertGreaterThanOrEqual(s[0].waitForCount(others.0 + 3), others.0 + 3)
+        XCTAssertGreaterThanOrEqual(s[2].waitForCount(others.1 + 3), others.1 + 3)
+        XCTAssertLessThanOrEqual(s[1].datagrams.count, left + 1, "no more probes to the address that left (one may have been on its way)")
+    }
+
     func testAReloadHandsOverSessionsOnAnAddressTheNameNoLongerHas() throws {
         let s = try servers()
         let port = s[0].address.port
