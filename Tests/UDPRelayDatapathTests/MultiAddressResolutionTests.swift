@@ -259,9 +259,51 @@ final class MultiAddressResolutionTests: XCTestCase {
         XCTAssertNotEqual(t.generation[0], g, "the mirror's sockets reconnect")
     }
 
+    /// "upstream down" names the address of the hostname that went down, not only the name.
+    func testHealthLogLinesNameTheAddress() throws {
+        let lines = KeyedLog()
+        let lc = ListenerConfiguration(
+            name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
+            upstreams: try Values.upstreams("svc.test:53, 198.51.100.9:53"))
+        let dns = SettableResolver(["192.0.2.1", "192.0.2.2"])
+        let t = UpstreamTable(configuration: lc, workers: 1, logger: Logger(label: "t") { _ in lines }, resolver: { dns.resolve($0, $1) })
+        t.awaitInitialResolution()
+        defer { stop(t) }
+        let i = try slot(t, "192.0.2.2:53")
+        let now = SystemClock.monotonicNanos()
+        for k in 0..<3 { t.recordFailure(i, now: now + UInt64(k), errno: ECONNREFUSED) }
+        XCTAssertEqual(t.snapshot().map(\.state), ["up", "down", "up"])
+        let down = try XCTUnwrap(lines.entries.first { $0.message == "upstream down" })
+        XCTAssertEqual(down.metadata["upstream"], "svc.test:53")
+        XCTAssertEqual(down.metadata["upstream.address"], "192.0.2.2:53")
+    }
+
     func stop(_ t: UpstreamTable) {
         let done = DispatchGroup()
         t.stop(done: done)
         done.wait()
+    }
+}
+
+/// A log handler that keeps each message with its metadata as text.
+private final class KeyedLog: LogHandler, @unchecked Sendable {
+    // @unchecked: `stored` is guarded by `lock`; the LogHandler value properties are test-only.
+    private let lock = NSLock()
+    private var stored: [(message: String, metadata: [String: String])] = []
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        lock.lock()
+        stored.append(("\(event.message)", (event.metadata ?? [:]).mapValues { "\($0)" }))
+        lock.unlock()
+    }
+    var entries: [(message: String, metadata: [String: String])] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
     }
 }

@@ -112,9 +112,9 @@ extension UpstreamTable {
         if let down = change {
             if down {
                 let missed = settings.probeFails == 1 ? "health probe" : "\(settings.probeFails) health probes in a row"
-                logger.warning("upstream down", metadata: ["upstream": "\(endpoints[i])", "reason": "\(missed) not answered within \(settings.interval)"])
+                logger.warning("upstream down", metadata: logMetadata(i, ["reason": "\(missed) not answered within \(settings.interval)"]))
             } else {
-                logger.notice("upstream up", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe answered"])
+                logger.notice("upstream up", metadata: logMetadata(i, ["reason": "health probe answered"]))
             }
         }
     }

@@ -220,10 +220,8 @@ final class UpstreamTable: @unchecked Sendable {
         if !wasDown {
             logger.warning(
                 "upstream down",
-                metadata: [
-                    "upstream": "\(endpoints[i])", "reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)",
-                    "down_for": "\(settings.failTimeout)",
-                ])
+                metadata: logMetadata(
+                    i, ["reason": "\(settings.maxFails) failure(s) within \(settings.failTimeout)", "down_for": "\(settings.failTimeout)"]))
         }
         controlQueue.async { [self] in schedulePassiveEnd(i, until: until) }
     }
@@ -244,10 +242,21 @@ final class UpstreamTable: @unchecked Sendable {
         guard up else { return }
         logger.notice(
             "upstream up",
-            metadata: [
-                "upstream": "\(endpoints[i])",
-                "reason": "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again",
-            ])
+            metadata: logMetadata(
+                i,
+                [
+                    "reason":
+                        "fail_timeout (\(settings.failTimeout)) over: new sessions use it again; \(settings.maxFails) failure(s) mark it down again"
+                ]))
+    }
+
+    /// Log metadata of slot `i`, with `more`: its entry (`upstream`) and, for an address of a
+    /// hostname, the address (`upstream.address`).
+    func logMetadata(_ i: Int, _ more: Logger.Metadata = [:]) -> Logger.Metadata {
+        var m = more
+        m["upstream"] = "\(endpoints[i])"
+        if endpoints[i].literal == nil, let a = address(i) { m["upstream.address"] = "\(a)" }
+        return m
     }
 
     // MARK: start / stop (resolve timer, probes)
