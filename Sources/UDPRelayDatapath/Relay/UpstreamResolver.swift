@@ -230,13 +230,18 @@ extension UpstreamTable {
     }
 
     /// Frees the slots of addresses that left their answer at least `removalGrace` before
-    /// `now` and have no session left: their rows leave the status (on `resolveQueue`).
+    /// `now` and had no session at this sweep and the one before: their rows leave the status
+    /// (on `resolveQueue`). Two sweeps, because a worker counts a session's end a moment before
+    /// it reads the session's address for its record.
     func sweep(now: UInt64) {
         dispatchPrecondition(condition: .onQueue(resolveQueue))
         let freed = lock.withLockedValue { [self] l -> [(Int, SocketAddress)] in
             var freed: [(Int, SocketAddress)] = []
             for i in l.removedAt.indices {
-                guard let at = l.removedAt[i], now >= at &+ Self.removalGrace, sessionsActive(i) == 0, let a = l.addresses[i] else { continue }
+                guard let at = l.removedAt[i], let a = l.addresses[i] else { continue }
+                let idle = sessionsActive(i) == 0
+                defer { idleAtLastSweep[i] = idle }
+                guard idle, idleAtLastSweep[i], now >= at &+ Self.removalGrace else { continue }
                 l.addresses[i] = nil
                 l.removedAt[i] = nil
                 freed.append((i, a))

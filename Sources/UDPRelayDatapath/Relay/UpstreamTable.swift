@@ -77,6 +77,8 @@ final class UpstreamTable: @unchecked Sendable {
     var resolving: [Bool] = []
     /// Per entry: the answer had more addresses than it has room for, logged once until it fits.
     var reportedNoRoom: [Bool] = []
+    /// Per slot: it drained and had no session at the last sweep (on `resolveQueue`).
+    var idleAtLastSweep: [Bool] = []
     /// `stop` ran: late lookups are not applied (on `resolveQueue`).
     var resolveStopped = false
     /// The names still unresolved after `resolveWait` were logged (on `resolveQueue`).
@@ -152,6 +154,7 @@ final class UpstreamTable: @unchecked Sendable {
         controlQueue = DispatchQueue(label: "udprelayd.upstreams.\(configuration.name)")
         resolveQueue = DispatchQueue(label: "udprelayd.resolve.\(configuration.name)")
         awaiting = Array(repeating: false, count: n)
+        idleAtLastSweep = Array(repeating: false, count: n)
         resolveFailing = Array(repeating: false, count: entries.count)
         resolving = Array(repeating: false, count: entries.count)
         reportedNoRoom = Array(repeating: false, count: entries.count)
