@@ -22,7 +22,8 @@ import Glibc
 final class UpstreamTable: @unchecked Sendable {
     // @unchecked: mutable state is behind `lock`, in atomics, or confined to one queue:
     // `controlQueue` (probe sockets and timer, `awaiting`, `stopped`), `resolveQueue`
-    // (`resolveFailing`, `resolving`, `resolveStopped`, `reportedSlowNames`).
+    // (`resolveFailing`, `resolving`, `reportedNoRoom`, `idleAtLastSweep`, the timers,
+    // `resolveStopped`, `reportedSlowNames`).
     /// The `upstream =` entries as configured.
     let configured: [UpstreamEndpoint]
     /// Per slot: the entry it belongs to (its options, its text in logs).
