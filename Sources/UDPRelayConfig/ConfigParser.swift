@@ -491,7 +491,8 @@ struct ConfigParser {
                     line("upstream"), section, "upstream",
                     "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")
             }
-            if mode == .balance && upstreams.count < 2 {
+            // One hostname is allowed: each of its addresses is an upstream.
+            if mode == .balance && upstreams.count < 2 && upstreams.allSatisfy({ $0.literal != nil }) {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
             checkUpstreamOptions(upstreams, mode: mode, balance: d.balance ?? Defaults.balance, line: line("upstream"), section: section)

@@ -20,6 +20,16 @@ final class ResolveKeyTests: XCTestCase, ConfigFileTests {
         XCTAssertEqual(try parse(mirror).listeners[0].resolveFamily, .ipv4)
     }
 
+    /// `balance` over one hostname: its addresses are the upstreams. One literal address is
+    /// still refused (there is nothing to balance).
+    func testBalanceTakesASingleHostname() throws {
+        let one = "[listener a]\nlisten = 127.0.0.1:0\nmode = balance\nupstream = dns.example:53\n"
+        XCTAssertEqual(try parse(one).listeners[0].upstreams.map(\.description), ["dns.example:53"])
+        let literal = errors("[listener a]\nlisten = 127.0.0.1:0\nmode = balance\nupstream = 192.0.2.1:53\n")
+        XCTAssertEqual(literal.map(\.line), [4])
+        XCTAssertTrue(literal.first?.message.contains("mode = balance needs at least two upstreams") ?? false, "\(literal)")
+    }
+
     func testBadValuesAndPlacesAreRefusedWithFileLineAndKey() {
         let typo = errors(listener("resolve = ipv5\n"))
         XCTAssertEqual(typo.map(\.description), ["t.ini:5: [listener a] resolve: expected one of ipv4|ipv6|any, got 'ipv5' (did you mean 'ipv4'?)"])
