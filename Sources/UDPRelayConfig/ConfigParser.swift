@@ -52,6 +52,7 @@ struct ListenerDraft {
     var hashKey: HashKey?
     var sampleEvery: Int?
     var resolveInterval: Duration?
+    var resolveFamily: ResolveFamily?
     var sessionTimeout: Duration?
     var maxSessions: Int?
     var sessionMaxReplies: Int?
@@ -151,6 +152,7 @@ enum Schema {
         KeySpec("hash_key", modes: [.balance], note: "with balance = hash") { d, v in d.hashKey = try Values.oneOf(v, HashKey.self) },
         KeySpec("sample", modes: [.mirror]) { d, v in d.sampleEvery = try Values.sample(v) },
         KeySpec("resolve_interval", modes: Schema.relayModes) { d, v in d.resolveInterval = try Values.duration(v, min: .seconds(1)) },
+        KeySpec("resolve", modes: Schema.relayModes) { d, v in d.resolveFamily = try Values.oneOf(v, ResolveFamily.self) },
         KeySpec("session_timeout", modes: Schema.sessionModes) { d, v in d.sessionTimeout = try Values.duration(v, min: .milliseconds(10)) },
         KeySpec("max_sessions", modes: Schema.sessionModes) { d, v in d.maxSessions = try Values.integer(v, in: 1...(1 << 24)) },
         KeySpec("session_max_replies", modes: Schema.sessionModes) { d, v in d.sessionMaxReplies = try Values.integer(v, in: 1...Int(Int32.max)) },
@@ -391,6 +393,7 @@ struct ConfigParser {
                     hashKey: d.hashKey ?? Defaults.hashKey,
                     sampleEvery: d.sampleEvery ?? 1,
                     resolveInterval: d.resolveInterval ?? Defaults.resolveInterval,
+                    resolveFamily: d.resolveFamily ?? Defaults.resolveFamily,
                     sessions: SessionSettings(
                         timeout: d.sessionTimeout ?? Defaults.sessionTimeout,
                         maxSessions: d.maxSessions ?? Defaults.maxSessions,
@@ -518,7 +521,8 @@ struct ConfigParser {
                     line("upstream"), section, "upstream",
                     "mode = forward takes one upstream, got \(upstreams.count); use mode = balance to spread over several")
             }
-            if mode == .balance && upstreams.count < 2 {
+            // One hostname is allowed: each of its addresses is an upstream.
+            if mode == .balance && upstreams.count < 2 && upstreams.allSatisfy({ $0.literal != nil }) {
                 error(line("upstream"), section, "upstream", "mode = balance needs at least two upstreams, got \(upstreams.count); use mode = forward for one")
             }
             checkUpstreamOptions(upstreams, mode: mode, balance: d.balance ?? Defaults.balance, line: line("upstream"), section: section)

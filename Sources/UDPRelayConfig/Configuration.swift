@@ -90,6 +90,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var sampleEvery: Int
     /// How often upstream hostnames are resolved again (literal addresses never are).
     public var resolveInterval: Duration
+    /// Which addresses of an upstream hostname are used (`resolve`): IPv4, IPv6 or both.
+    public var resolveFamily: ResolveFamily
     /// `forward`/`balance`: session limits.
     public var sessions: SessionSettings
     /// Passive and active upstream health checks.
@@ -120,7 +122,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         maxDatagram: Int = Defaults.maxDatagram, receiveBuffer: Int = Defaults.socketBuffer,
         sendBuffer: Int = Defaults.socketBuffer, upstreams: [UpstreamEndpoint] = [],
         balance: BalanceAlgorithm = Defaults.balance, hashKey: HashKey = Defaults.hashKey, sampleEvery: Int = 1,
-        resolveInterval: Duration = Defaults.resolveInterval,
+        resolveInterval: Duration = Defaults.resolveInterval, resolveFamily: ResolveFamily = Defaults.resolveFamily,
         sessions: SessionSettings = SessionSettings(), health: HealthSettings = HealthSettings(),
         protection: ProtectionConfiguration = ProtectionConfiguration(), busyPoll: Duration = Defaults.busyPoll,
         workers: WorkerCount = Defaults.workers, segmentation: Bool = Defaults.segmentation,
@@ -139,6 +141,7 @@ public struct ListenerConfiguration: Sendable, Equatable {
         self.hashKey = hashKey
         self.sampleEvery = sampleEvery
         self.resolveInterval = resolveInterval
+        self.resolveFamily = resolveFamily
         self.sessions = sessions
         self.health = health
         self.protection = protection

@@ -215,3 +215,20 @@ public struct HealthSettings: Sendable, Equatable {
         self.interval = interval
     }
 }
+
+/// `resolve`: which addresses of an upstream hostname become upstreams. Each session socket is
+/// opened in its upstream's family, whatever the listener's, so `any` reaches both.
+public enum ResolveFamily: String, CaseIterable, Sendable {
+    /// A records only.
+    case ipv4
+    /// AAAA records only.
+    case ipv6
+    /// Both (the default).
+    case any
+}
+
+extension Defaults {
+    /// `any`: a session socket takes its upstream's family, so an IPv4 listener reaches an
+    /// IPv6 upstream and the reverse; an operator who wants one family says so.
+    public static let resolveFamily = ResolveFamily.any
+}

@@ -44,10 +44,19 @@ public final class Listener: Sendable {
     /// included. Relay listeners start looking up upstream hostnames here; their workers wait
     /// for the answers at most `UpstreamTable.resolveWait` when they start (a failure is logged,
     /// not fatal: the upstream takes no traffic until it resolves).
-    public init(
+    public convenience init(
         _ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
         sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
         logger: Logger
+    ) throws(BindError) {
+        try self.init(configuration, tuning: tuning, sockets: sockets, workersPerSocket: workersPerSocket, logger: logger, resolver: nil)
+    }
+
+    /// `resolver`: how upstream hostnames are looked up (getaddrinfo when nil; tests inject one).
+    init(
+        _ configuration: ListenerConfiguration, tuning: DatapathTuning = DatapathTuning(),
+        sockets: [SocketSource]? = nil, workersPerSocket: Int? = nil,
+        logger: Logger, resolver: UpstreamTable.Resolver?
     ) throws(BindError) {
         self.configuration = configuration
         let perSocket = max(1, workersPerSocket ?? configuration.workers.resolved())
@@ -55,7 +64,7 @@ public final class Listener: Sendable {
         let total = sources.count * perSocket
         let upstreams =
             configuration.mode.isRelay
-            ? UpstreamTable(configuration: configuration, workers: total, logger: logger) : nil
+            ? UpstreamTable(configuration: configuration, workers: total, logger: logger, resolver: resolver) : nil
         self.upstreams = upstreams
         if configuration.mode.hasSessions {
             let held = SessionTable.heldCapacity(maxSessions: configuration.sessions.maxSessions)

@@ -102,15 +102,15 @@ public enum PrometheusText {
 
         out.family("udprelayd_upstream_up", .gauge, "1 if the upstream is up, 0 otherwise.")
         for l in ls {
-            for u in l.upstreams { out.sample("udprelayd_upstream_up", [("listener", l.name), ("upstream", u.address)], UInt64(u.isUp ? 1 : 0)) }
+            for u in l.upstreams { out.sample("udprelayd_upstream_up", u.labels(l.name), UInt64(u.isUp ? 1 : 0)) }
         }
         out.family("udprelayd_upstream_draining", .gauge, "1 if the upstream is draining (drain: no new sessions, its sessions continue), 0 otherwise.")
         for l in ls {
-            for u in l.upstreams { out.sample("udprelayd_upstream_draining", [("listener", l.name), ("upstream", u.address)], UInt64(u.draining ? 1 : 0)) }
+            for u in l.upstreams { out.sample("udprelayd_upstream_draining", u.labels(l.name), UInt64(u.draining ? 1 : 0)) }
         }
         out.family("udprelayd_upstream_sessions_active", .gauge, "Sessions on the upstream now.")
         for l in ls {
-            for u in l.upstreams { out.sample("udprelayd_upstream_sessions_active", [("listener", l.name), ("upstream", u.address)], u.sessionsActive) }
+            for u in l.upstreams { out.sample("udprelayd_upstream_sessions_active", u.labels(l.name), u.sessionsActive) }
         }
         let perUpstream: [(String, String, (UpstreamStatus) -> UInt64)] = [
             ("udprelayd_upstream_packets_sent_total", "Datagrams sent to the upstream.", { $0.sent.packets }),
@@ -122,7 +122,7 @@ public enum PrometheusText {
         for (name, help, value) in perUpstream {
             out.family(name, .counter, help)
             for l in ls {
-                for u in l.upstreams { out.sample(name, [("listener", l.name), ("upstream", u.address)], value(u)) }
+                for u in l.upstreams { out.sample(name, u.labels(l.name), value(u)) }
             }
         }
 
@@ -130,7 +130,7 @@ public enum PrometheusText {
         for l in ls {
             for u in l.upstreams {
                 for c in u.counters {
-                    out.sample("udprelayd_upstream_events_total", [("listener", l.name), ("upstream", u.address), ("event", c.name)], c.value)
+                    out.sample("udprelayd_upstream_events_total", u.labels(l.name) + [("event", c.name)], c.value)
                 }
             }
         }

@@ -171,8 +171,10 @@ public enum StatusJSON {
                     l.upstreams.map { u in
                         .object([
                             ("address", .string(u.address)),
+                            ("resolved", u.resolved.map { .string($0) } ?? .null),
                             ("state", .string(u.state)),
                             ("draining", .bool(u.draining)),
+                            ("removed", .bool(u.removed)),
                             ("backup", .bool(u.backup)),
                             ("weight", .uint(UInt64(u.weight))),
                             ("sessions_active", .uint(u.sessionsActive)),

@@ -110,8 +110,11 @@ public enum StatusPage {
             for u in l.upstreams {
                 let cls = u.isUp ? "ok" : (u.state == "down" ? "bad" : "warn")
                 h += "<tr class=\"upstream\"><td class=\"l\" colspan=\"2\">\u{21B3} upstream</td>"
-                h += "<td class=\"l addr\"><code>\(Format.html(u.address))</code> <span class=\"pill \(cls) small\">\(Format.html(u.state.uppercased()))</span>"
+                h += "<td class=\"l addr\"><code>\(Format.html(u.address))</code>"
+                if let r = u.resolved { h += " \u{2192} <code>\(Format.html(r))</code>" }
+                h += " <span class=\"pill \(cls) small\">\(Format.html(u.state.uppercased()))</span>"
                 if u.draining { h += " <span class=\"pill warn small\">DRAINING</span>" }
+                if u.removed { h += "<br><span class=\"sub\">no longer in the DNS answer: goes once its sessions end</span>" }
                 let options = (u.backup ? ["backup"] : []) + (u.weight != 1 ? ["weight \(u.weight)"] : [])
                 if !options.isEmpty { h += "<br><span class=\"sub\">\(options.joined(separator: " \u{00B7} "))</span>" }
                 h += "</td>"

@@ -151,12 +151,20 @@ public struct UpstreamStatus: Sendable, Equatable {
     public var weight: Int
     /// Sessions on this upstream now, summed over the listener's workers.
     public var sessionsActive: UInt64
+    /// The address this row stands for when `address` is a hostname (each of its addresses has
+    /// a row of its own); nil for a literal address, and for a hostname without any address.
+    public var resolved: String?
+    /// `resolved` left the hostname's answer: it drains (`draining`) and goes once its
+    /// sessions end.
+    public var removed: Bool
 
     public init(
         address: String, state: String, sent: Traffic = Traffic(), received: Traffic = Traffic(), failures: UInt64 = 0,
         counters: [NamedCounter] = [], lastError: String? = nil, draining: Bool = false, backup: Bool = false,
-        weight: Int = 1, sessionsActive: UInt64 = 0
+        weight: Int = 1, sessionsActive: UInt64 = 0, resolved: String? = nil, removed: Bool = false
     ) {
+        self.resolved = resolved
+        self.removed = removed
         self.address = address
         self.state = state
         self.sent = sent
@@ -168,6 +176,12 @@ public struct UpstreamStatus: Sendable, Equatable {
         self.backup = backup
         self.weight = weight
         self.sessionsActive = sessionsActive
+    }
+
+    /// Its labels in `/metrics`: `listener`, `upstream` (as configured), and `address` for
+    /// each address of a hostname, so every address is a series of its own.
+    func labels(_ listener: String) -> [(String, String)] {
+        [("listener", listener), ("upstream", address)] + (resolved.map { [("address", $0)] } ?? [])
     }
 
     /// A counter of `counters` by name, 0 when absent.

@@ -46,7 +46,7 @@ struct DaemonStatusSource: StatusSource {
                     failures: u.counters[.failures],
                     counters: UpstreamCounter.events.map { NamedCounter($0.name, u.counters[$0]) },
                     lastError: u.lastError, draining: u.draining, backup: u.backup, weight: u.weight,
-                    sessionsActive: u.counters[.sessionsActive])
+                    sessionsActive: u.counters[.sessionsActive], resolved: u.hostname ? u.address.map { "\($0)" } : nil, removed: u.removed)
             },
             counters: (mode.map(Counter.events(for:)) ?? []).map { NamedCounter($0.name, c[$0]) },
             workers: l.workers.map { w in

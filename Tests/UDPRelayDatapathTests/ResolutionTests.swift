@@ -24,14 +24,14 @@ final class ResolutionTests: XCTestCase {
         private var calls = 0
         init(delay: Double) { self.delay = delay }
 
-        func resolve(_ host: String, _ port: UInt16) -> Result<SocketAddress, UpstreamTable.ResolveError> {
+        func resolve(_ host: String, _ port: UInt16) -> Result<[SocketAddress], UpstreamTable.ResolveError> {
             lock.lock()
             calls += 1
             lock.unlock()
             if host.hasPrefix("slow-"), release.wait(timeout: .now() + delay) == .timedOut {
                 return .failure(UpstreamTable.ResolveError("Temporary failure in name resolution"))
             }
-            return .success(SocketAddress(ip: .v4(0xC000_0201), port: port))
+            return .success([SocketAddress(ip: .v4(0xC000_0201), port: port)])
         }
 
         /// Lets every waiting lookup answer now.

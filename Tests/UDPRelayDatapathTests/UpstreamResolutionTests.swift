@@ -10,11 +10,12 @@ import Glibc
 
 final class UpstreamResolutionTests: XCTestCase {
     func testResolvesNamesAndReportsFailures() {
-        guard case .success(let a) = UpstreamTable.resolve(host: "localhost", port: 53) else {
+        guard case .success(let all) = UpstreamTable.resolve(host: "localhost", port: 53), let a = all.first else {
             return XCTFail("localhost must resolve")
         }
-        XCTAssertTrue(a.ip.isLoopback, "\(a)")
+        XCTAssertTrue(all.allSatisfy(\.ip.isLoopback), "\(all)")
         XCTAssertEqual(a.port, 53)
+        XCTAssertEqual(Set(all).count, all.count, "each address once")
         guard case .failure(let e) = UpstreamTable.resolve(host: "no-such-host.invalid", port: 53) else {
             return XCTFail("a .invalid name must not resolve")
         }
@@ -63,8 +64,9 @@ final class UpstreamResolutionTests: XCTestCase {
         table.resolveNames().wait()  // same address again
         XCTAssertEqual(table.generation[0], g0, "no change, no reconnect")
         XCTAssertEqual(log.lines.filter { $0.contains("resolves again") }.count, 1)
-        table.resolveNames().wait()  // a new address
-        XCTAssertEqual(table.address(0)?.description, "192.0.2.2:53")
+        table.resolveNames().wait()  // a new address: new sessions take it, the old one drains
+        XCTAssertEqual(table.snapshot().filter { !$0.removed }.map { $0.address?.description }, ["192.0.2.2:53"])
+        XCTAssertEqual(table.snapshot().filter(\.removed).map { $0.address?.description }, ["192.0.2.1:53"])
         XCTAssertNotEqual(table.generation[0], g0, "workers with long-lived sockets reconnect")
     }
 }
@@ -79,11 +81,11 @@ final class ResolverScript: @unchecked Sendable {
     private let lock = NSLock()
     private var answers: [Answer]
     init(_ answers: [Answer]) { self.answers = answers }
-    func next(port: UInt16) -> Result<SocketAddress, UpstreamTable.ResolveError> {
+    func next(port: UInt16) -> Result<[SocketAddress], UpstreamTable.ResolveError> {
         lock.lock()
         defer { lock.unlock() }
         switch answers.removeFirst() {
-        case .success(let ip): return .success(SocketAddress(ip: IPAddress(literal: ip)!, port: port))
+        case .success(let ip): return .success([SocketAddress(ip: IPAddress(literal: ip)!, port: port)])
         case .failure: return .failure(UpstreamTable.ResolveError("Temporary failure in name resolution"))
         }
     }

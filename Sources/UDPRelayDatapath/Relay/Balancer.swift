@@ -10,6 +10,9 @@ import Darwin
 /// a seedable generator, so tests control both. Called once per session, never per datagram,
 /// and allocates nothing per pick.
 ///
+/// It picks among slots (`UpstreamTable`): each address of a hostname is one, seeded with its
+/// address, so `hash` moves only the clients of an address that comes or goes.
+///
 /// Upstream options: a draining upstream never takes a new session; a backup takes one only
 /// when no primary (neither backup nor draining) is up; every algorithm that spreads honours
 /// `weight`. With equal weights each algorithm makes exactly the choices it made before
@@ -18,9 +21,14 @@ struct Balancer {
     let algorithm: BalanceAlgorithm
     /// What a client's hash covers (`hash_key`): see `clientHash(_:)`.
     let hashKey: HashKey
-    /// One per upstream, from its configured text: rendezvous weights depend on the upstream's
-    /// identity, not its position, so removing one leaves the others' weights unchanged.
-    let seeds: [UInt64]
+    /// One per upstream, from its configured text (for a hostname's address, the address):
+    /// rendezvous weights depend on the upstream's identity, not its position, so removing one
+    /// leaves the others' weights unchanged.
+    private(set) var seeds: [UInt64]
+    /// The order `first` ranks upstreams in (file order), and round-robin walks.
+    let order: [Int]
+    /// The table generation the seeds were taken at (`UpstreamTable.pick`).
+    private(set) var seedGeneration: UInt64 = .max
     /// `weight=N` per upstream (1 when not given).
     let weights: [Int]
     /// `backup` and `drain` per upstream.
@@ -41,11 +49,12 @@ struct Balancer {
     /// Upstreams with options (`weight`, `drain`, `backup`) as configured.
     init(
         algorithm: BalanceAlgorithm, upstreams: [UpstreamEndpoint], hashKey: HashKey = Defaults.hashKey,
-        seed: UInt64 = UInt64.random(in: .min ... .max)
+        order: [Int]? = nil, seed: UInt64 = UInt64.random(in: .min ... .max)
     ) {
         self.algorithm = algorithm
         self.hashKey = hashKey
-        self.seeds = upstreams.map { Mix.fnv1a($0.description) }
+        self.seeds = upstreams.map(Self.seed(of:))
+        self.order = order ?? Array(upstreams.indices)
         self.weights = upstreams.map(\.weight)
         self.backup = upstreams.map(\.backup)
         self.drain = upstreams.map(\.drain)
@@ -59,6 +68,7 @@ struct Balancer {
         self.algorithm = algorithm
         self.hashKey = Defaults.hashKey
         self.seeds = upstreams.map { Mix.fnv1a($0) }
+        self.order = Array(upstreams.indices)
         self.weights = Array(repeating: 1, count: upstreams.count)
         self.backup = Array(repeating: false, count: upstreams.count)
         self.drain = Array(repeating: false, count: upstreams.count)
@@ -68,6 +78,26 @@ struct Balancer {
     }
 
     var count: Int { seeds.count }
+
+    /// The rendezvous seed of an upstream as configured: of its text (as before hostnames
+    /// had several addresses; a hostname's own slot keeps it until it resolves).
+    static func seed(of upstream: UpstreamEndpoint) -> UInt64 { Mix.fnv1a(upstream.description) }
+
+    /// The rendezvous seed of one address of a hostname: of the address, so the same address
+    /// scores the same for a client whatever slot or name holds it, and as a literal would.
+    static func seed(of address: SocketAddress) -> UInt64 { Mix.fnv1a(address.description) }
+
+    /// Takes the seeds of a changed upstream set (`seed(i)` per slot); a slot whose seed
+    /// changed holds another address now and starts its round-robin score afresh.
+    mutating func reseed(generation: UInt64, seed: (Int) -> UInt64) {
+        for i in seeds.indices {
+            let s = seed(i)
+            guard s != 0, s != seeds[i] else { continue }
+            seeds[i] = s
+            current[i] = 0
+        }
+        seedGeneration = generation
+    }
 
     /// The `clientHash` that `pick` takes for `client`: of its address and port, or of its
     /// address only (`hash_key = address`). Process-independent, so every instance with the
@@ -80,14 +110,15 @@ struct Balancer {
     /// The upstream for a client whose key hashes to `clientHash`, skipping those `isUp` says
     /// are down: a primary that is up, else a backup that is up. When none is up it picks as if
     /// every primary were up (every backup, if all primaries drain) and reports `failOpen`.
-    /// Draining upstreams are never picked.
-    mutating func pick(clientHash: UInt64, isUp: (Int) -> Bool) -> (index: Int, failOpen: Bool) {
+    /// Draining upstreams are never picked. `isActive` says which may be picked at all, up or
+    /// down (not a free slot, nor an address that left its hostname's answer).
+    mutating func pick(clientHash: UInt64, isUp: (Int) -> Bool, isActive: (Int) -> Bool = { _ in true }) -> (index: Int, failOpen: Bool) {
         precondition(!seeds.isEmpty)
         if let i = choose(clientHash: clientHash, tier: .primary, isUp: isUp) { return (i, false) }
         if let i = choose(clientHash: clientHash, tier: .backup, isUp: isUp) { return (i, false) }
         let open =
-            choose(clientHash: clientHash, tier: .primary, isUp: { _ in true })
-            ?? choose(clientHash: clientHash, tier: .backup, isUp: { _ in true })
+            choose(clientHash: clientHash, tier: .primary, isUp: isActive)
+            ?? choose(clientHash: clientHash, tier: .backup, isUp: isActive)
         return (open ?? 0, true)
     }
 
@@ -106,13 +137,13 @@ struct Balancer {
         func candidate(_ i: Int) -> Bool { backup[i] == wantBackup && !drain[i] && isUp(i) }
         switch algorithm {
         case .first:
-            return (0..<n).first(where: candidate)
+            return order.first(where: candidate)
         case .roundRobin where uniform:
             for step in 0..<n {
-                let i = (nextIndex + step) % n
-                if candidate(i) {
-                    nextIndex = (i + 1) % n
-                    return i
+                let k = (nextIndex + step) % n
+                if candidate(order[k]) {
+                    nextIndex = (k + 1) % n
+                    return order[k]
                 }
             }
             return nil

@@ -143,7 +143,7 @@ extension RelayWorker {
                 result.unusable += 1
                 continue
             }
-            guard let upstream = addresses.firstIndex(of: e.upstream) else {
+            guard let upstream = addresses.firstIndex(of: e.upstream) ?? upstreams.drainingSlot(for: e.upstream) else {
                 ended(.upstreamRemoved)
                 Syscall.close(h.fd)
                 counters.add(.sessionsClosed)

@@ -129,9 +129,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
         if configuration.sessions.log { self.sessionRecords = LogLimiter(lines: configuration.sessions.logRate, per: .seconds(1)) }
         self.upstreams = upstreams
         self.upCounters = upstreams.counters[workerIndex]
-        self.balancer = Balancer(
-            algorithm: configuration.mode == .balance ? configuration.balance : .first,
-            upstreams: configuration.upstreams, hashKey: configuration.hashKey)
+        self.balancer = upstreams.makeBalancer(
+            algorithm: configuration.mode == .balance ? configuration.balance : .first, hashKey: configuration.hashKey)
         var log = logger
         log[metadataKey: "listener.name"] = "\(configuration.name)"
         self.logger = log
@@ -336,7 +335,7 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
             sessionSocketsFail(nil)
             return .failed
         }
-        let pick = balancer.pick(clientHash: balancer.clientHash(key), isUp: { upstreams.isUp($0, now: now) })
+        let pick = upstreams.pick(&balancer, clientHash: balancer.clientHash(key), now: now)
         if pick.failOpen { counters.add(.failOpen) }
         guard let address = upstreams.address(pick.index) else {
             counters.add(.sessionErrors)

@@ -6,8 +6,8 @@ import UDPRelayConfig
 import Glibc
 #endif
 
-/// Active health checks of an upstream table: one connected UDP socket per upstream, a probe
-/// every `health_interval`, all on `controlQueue`.
+/// Active health checks of an upstream table: one connected UDP socket per upstream (each
+/// address of a hostname is one), a probe every `health_interval`, all on `controlQueue`.
 extension UpstreamTable {
     func startProbes() {
         dispatchPrecondition(condition: .onQueue(controlQueue))
@@ -35,6 +35,12 @@ extension UpstreamTable {
         let gen = generation[0]
         let row = counters[counters.count - 1]
         for i in 0..<count {
+            // Every address that takes sessions is probed, and an entry still without any
+            // (its probes go unanswered); free slots and addresses that left the answer are not.
+            guard isActive(i) || (i < configured.count && address(i) == nil) else {
+                awaiting[i] = false
+                continue
+            }
             if awaiting[i] { recordProbe(i, answered: false, now: now) }
             if probeSockets[i].fd < 0 || gen != probeGeneration { connectProbeSocket(i) }
             let fd = probeSockets[i].fd
@@ -106,9 +112,9 @@ extension UpstreamTable {
         if let down = change {
             if down {
                 let missed = settings.probeFails == 1 ? "health probe" : "\(settings.probeFails) health probes in a row"
-                logger.warning("upstream down", metadata: ["upstream": "\(endpoints[i])", "reason": "\(missed) not answered within \(settings.interval)"])
+                logger.warning("upstream down", metadata: logMetadata(i, ["reason": "\(missed) not answered within \(settings.interval)"]))
             } else {
-                logger.notice("upstream up", metadata: ["upstream": "\(endpoints[i])", "reason": "health probe answered"])
+                logger.notice("upstream up", metadata: logMetadata(i, ["reason": "health probe answered"]))
             }
         }
     }

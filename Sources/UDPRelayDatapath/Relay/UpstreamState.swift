@@ -17,7 +17,8 @@ struct UpstreamFlags: @unchecked Sendable {
     let downUntil: AtomicSlots
     /// Actively down: the last `health_fails` probes went unanswered (0 or 1).
     let probeDown: AtomicSlots
-    /// Has an address (a literal, or a hostname that resolved once) (0 or 1).
+    /// Holds an address that takes new sessions (0 or 1): a literal, or an address of its
+    /// hostname's last answer (0 for a free slot and for an address that left the answer).
     let resolved: AtomicSlots
 
     init(count: Int) {
@@ -46,13 +47,19 @@ struct UpstreamLockedState {
     var health: [HealthState]
     /// The last failure seen per upstream, for `/status` and the page.
     var lastError: [UpstreamError?]
+    /// Per slot: when its address left its hostname's answer (monotonic ns); nil while it is in
+    /// the answer (or a literal, or free).
+    var removedAt: [UInt64?]
+    /// Per slot: its counters when it took its present address (a slot is reused once free).
+    var counterBase: [UpstreamCounterSnapshot]
 }
 
 /// One upstream of a relay listener as the status endpoint shows it.
 public struct UpstreamSnapshot: Sendable, Equatable {
-    /// As configured (`192.0.2.10:53`, `dns.example:53`).
+    /// As configured (`192.0.2.10:53`, `dns.example:53`): every address of a hostname has a
+    /// row of its own with the hostname here.
     public let endpoint: String
-    /// The address in use now; nil while a hostname has never resolved.
+    /// The address of this row; nil while a hostname has no address.
     public let address: SocketAddress?
     /// Marked down by passive or active health checks.
     public let down: Bool
@@ -61,12 +68,33 @@ public struct UpstreamSnapshot: Sendable, Equatable {
     /// The last failure seen (`connection refused`, `health probe not answered within 5s`,
     /// `cannot resolve: ...`), kept after the upstream comes back; nil when none was seen.
     public let lastError: String?
-    /// `drain`: takes no new sessions; its sessions continue (`counters[.sessionsActive]`).
+    /// `drain`, or an address its hostname no longer resolves to: takes no new sessions; its
+    /// sessions continue (`counters[.sessionsActive]`).
     public let draining: Bool
     /// `backup`: takes new sessions only while no primary is up.
     public let backup: Bool
     /// `weight=N` (1 when not given).
     public let weight: Int
+    /// `endpoint` is a hostname: `address` is one of its addresses.
+    public let hostname: Bool
+    /// The address left its hostname's answer: it drains, and goes once its sessions end.
+    public let removed: Bool
+
+    public init(
+        endpoint: String, address: SocketAddress?, down: Bool, counters: UpstreamCounterSnapshot, lastError: String?,
+        draining: Bool, backup: Bool, weight: Int, hostname: Bool = false, removed: Bool = false
+    ) {
+        self.endpoint = endpoint
+        self.address = address
+        self.down = down
+        self.counters = counters
+        self.lastError = lastError
+        self.draining = draining
+        self.backup = backup
+        self.weight = weight
+        self.hostname = hostname
+        self.removed = removed
+    }
 
     /// One lower-case word for status pages: `up`, `down` (health checks), or `unresolved`
     /// (a hostname that has never resolved; it takes no traffic).
