@@ -5,6 +5,9 @@ public struct SessionStatus: Sendable, Equatable {
     public var client: String
     /// The upstream as configured, as `/status` names it in `upstreams[].address`.
     public var upstream: String
+    /// The address the session sends to (for a hostname, the one of its answer the session
+    /// uses); nil when unknown.
+    public var upstreamAddress: String?
     /// Since the session opened, and since its last datagram either way.
     public var ageSeconds: Double
     public var idleSeconds: Double
@@ -13,12 +16,13 @@ public struct SessionStatus: Sendable, Equatable {
     public var toClient: Traffic
 
     public init(
-        listener: String, client: String, upstream: String, ageSeconds: Double, idleSeconds: Double,
+        listener: String, client: String, upstream: String, upstreamAddress: String? = nil, ageSeconds: Double, idleSeconds: Double,
         toUpstream: Traffic, toClient: Traffic
     ) {
         self.listener = listener
         self.client = client
         self.upstream = upstream
+        self.upstreamAddress = upstreamAddress
         self.ageSeconds = ageSeconds
         self.idleSeconds = idleSeconds
         self.toUpstream = toUpstream
@@ -92,6 +96,7 @@ public enum SessionsJSON {
             ("listener", .string(s.listener)),
             ("client", .string(s.client)),
             ("upstream", .string(s.upstream)),
+            ("upstream_address", s.upstreamAddress.map { .string($0) } ?? .null),
             ("age_seconds", .double(max(0, s.ageSeconds))),
             ("idle_seconds", .double(max(0, s.idleSeconds))),
             ("to_upstream", StatusJSON.traffic(s.toUpstream)),

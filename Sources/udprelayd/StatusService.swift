@@ -73,6 +73,7 @@ struct DaemonStatusSource: StatusSource {
     static func sessionStatus(_ s: LiveSession) -> SessionStatus {
         SessionStatus(
             listener: s.listener, client: s.client.map { "\($0)" } ?? "?", upstream: s.upstream,
+            upstreamAddress: s.upstreamAddress.map { "\($0)" },
             ageSeconds: Double(s.ageNanos) / 1e9, idleSeconds: Double(s.idleNanos) / 1e9,
             toUpstream: Traffic(packets: s.requests, bytes: s.requestBytes),
             toClient: Traffic(packets: s.replies, bytes: s.replyBytes))

@@ -54,6 +54,19 @@ final class MultiAddressRelayTests: XCTestCase {
         done.wait()
     }
 
+    /// The live sessions of the listener's worker, as `/sessions` describes them.
+    func liveSessions(_ l: Listener) -> [LiveSession] {
+        let worker = l.workers[0] as! RelayWorker
+        let found = LockedBox<[LiveSession]>([])
+        let done = DispatchSemaphore(value: 0)
+        worker.liveSessions(limit: 1000) { sessions, now in
+            found.value = sessions.map { worker.describe($0.session, lastUsed: $0.lastUsed, now: now) }
+            done.signal()
+        }
+        _ = done.wait(timeout: .now() + 5)
+        return found.value
+    }
+
     /// The row of `address` (`127.0.0.2`) in the listener's upstreams, nil when it has none.
     func row(_ l: Listener, _ ip: String) -> UpstreamSnapshot? {
         l.upstreamSnapshots().first { $0.address.map { "\($0.ip)" } == ip }
@@ -104,6 +117,14 @@ final class MultiAddressRelayTests: XCTestCase {
             XCTAssertEqual(text(clients[i].receive()?.bytes), "b:m\(i)", "client \(i) keeps its upstream")
         }
         XCTAssertEqual(portsOnB("m"), firstPorts, "the upstream sees the same source port")
+        // /sessions names the address each session uses, the drained one included.
+        let byClient = Dictionary(uniqueKeysWithValues: liveSessions(l).compactMap { s in s.client.map { ($0.port, s) } })
+        for (i, c) in clients.enumerated() {
+            let session = try XCTUnwrap(byClient[c.localAddress.port], "client \(i) has no live session")
+            XCTAssertEqual(session.upstream, "svc.test:\(port)")
+            let ip = onB.contains(i) ? "127.0.0.2" : (on["a"]!.contains(i) ? "127.0.0.1" : "127.0.0.3")
+            XCTAssertEqual(session.upstreamAddress.map { "\($0)" }, "\(ip):\(port)", "client \(i)")
+        }
 
         // New clients never land there.
         let before = s[1].datagrams.count

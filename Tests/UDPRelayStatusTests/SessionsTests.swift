@@ -24,7 +24,8 @@ final class SessionsTests: XCTestCase {
 
     static func session(_ i: Int, listener: String = "game-relay", packets: UInt64 = 1) -> SessionStatus {
         SessionStatus(
-            listener: listener, client: "192.0.2.\(i):4\(i)000", upstream: "10.0.0.1:27015", ageSeconds: 30 + Double(i),
+            listener: listener, client: "192.0.2.\(i):4\(i)000", upstream: "10.0.0.1:27015",
+            upstreamAddress: i == 1 ? "10.0.0.1:27015" : nil, ageSeconds: 30 + Double(i),
             idleSeconds: Double(i) / 4, toUpstream: Traffic(packets: packets, bytes: packets * 100),
             toClient: Traffic(packets: packets * 2, bytes: packets * 300))
     }
@@ -53,6 +54,8 @@ final class SessionsTests: XCTestCase {
         XCTAssertEqual(list[0]["client"] as? String, "192.0.2.1:41000", "in the order the source gives")
         XCTAssertEqual(list[0]["listener"] as? String, "game-relay")
         XCTAssertEqual(list[0]["upstream"] as? String, "10.0.0.1:27015")
+        XCTAssertEqual(list[0]["upstream_address"] as? String, "10.0.0.1:27015")
+        XCTAssertTrue(list[1]["upstream_address"] is NSNull, "an address not known is null, not missing")
         XCTAssertEqual(list[0]["age_seconds"] as? Double, 31)
         XCTAssertEqual(list[0]["idle_seconds"] as? Double, 0.25)
         XCTAssertEqual(list[0]["to_upstream"] as? [String: Int], ["packets": 7, "bytes": 700])

@@ -34,7 +34,8 @@ struct Session {
     /// The address the client sent to, on wildcard listeners: replies leave from it. Family 0
     /// when not needed.
     var local = sockaddr_in6()
-    /// Index of its upstream (at most 64). Here and `held` last, where they fit in the padding
+    /// Slot of its upstream in the upstream table (an entry, or one address of a hostname entry:
+    /// a few thousand at most). Here and `held` last, where they fit in the padding
     /// of the fields above, so the record does not grow.
     var upstream: UInt16 = 0
     /// The local port of its socket (the source port the upstream sees), for its record; 0

@@ -10,6 +10,9 @@ public struct LiveSession: Sendable, Equatable {
     public var client: SocketAddress?
     /// The upstream as configured (`upstream =` entry, as `/status` names it).
     public var upstream: String
+    /// The address the session sends to: the entry's, or for a hostname the one of its answer
+    /// the session was opened on (nil while a name has no address).
+    public var upstreamAddress: SocketAddress?
     /// Since the session opened, and since its last datagram either way (nanoseconds).
     public var ageNanos: UInt64
     public var idleNanos: UInt64
@@ -24,12 +27,13 @@ public struct LiveSession: Sendable, Equatable {
     public var replyBytes: UInt64
 
     public init(
-        listener: String, client: SocketAddress?, upstream: String, ageNanos: UInt64, idleNanos: UInt64,
-        lastActiveNanos: UInt64, requests: UInt64, requestBytes: UInt64, replies: UInt64, replyBytes: UInt64
+        listener: String, client: SocketAddress?, upstream: String, upstreamAddress: SocketAddress? = nil, ageNanos: UInt64,
+        idleNanos: UInt64, lastActiveNanos: UInt64, requests: UInt64, requestBytes: UInt64, replies: UInt64, replyBytes: UInt64
     ) {
         self.listener = listener
         self.client = client
         self.upstream = upstream
+        self.upstreamAddress = upstreamAddress
         self.ageNanos = ageNanos
         self.idleNanos = idleNanos
         self.lastActiveNanos = lastActiveNanos
@@ -58,11 +62,12 @@ extension RelayWorker {
     }
 
     /// A session `liveSessions` found at `now`, as `/sessions` shows it. Reads only what does
-    /// not change while the worker runs, so any thread may call it.
+    /// not change while the worker runs, and the upstream table under its lock (a slot keeps its
+    /// address while sessions use it), so any thread may call it.
     func describe(_ s: Session, lastUsed: UInt64, now: UInt64) -> LiveSession {
         LiveSession(
             listener: listenerName, client: s.clientAddress,
-            upstream: upstreams.endpoints[Int(s.upstream)].description,
+            upstream: upstreams.endpoints[Int(s.upstream)].description, upstreamAddress: upstreams.address(Int(s.upstream)),
             ageNanos: now &- min(now, s.started), idleNanos: now &- min(now, lastUsed),
             lastActiveNanos: lastUsed,
             requests: UInt64(s.requests), requestBytes: s.requestBytes,
