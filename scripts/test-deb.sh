@@ -128,7 +128,7 @@ if journal_has 'status listening'; then
 else
   echo "note: this build has no status endpoint; /status and /metrics versions not checked"
 fi
-check "docs installed: example config, changelog, status reference" ct_sh "cd /usr/share/doc/udprelayd && test -f examples/udprelayd.ini && test -f changelog.gz && test -f STATUS.md && test -f status.schema.json"
+check "docs installed: example config, capability drop-ins, changelog, status reference" ct_sh "cd /usr/share/doc/udprelayd && test -f examples/udprelayd.ini && test -f examples/transparent.conf && test -f examples/spoof.conf && test -f changelog.gz && test -f STATUS.md && test -f status.schema.json"
 check "man udprelayd renders" ct_sh "MANPAGER=cat MANWIDTH=80 man udprelayd 2>&1 | grep -q 'UDP echo and relay daemon'"
 check "man udprelayd.ini renders every section" ct_sh "MANPAGER=cat MANWIDTH=80 man 5 udprelayd.ini 2>/dev/null | grep -q 'max_datagram'"
 check "man pages render without warnings" test -z "$(ct_sh 'MANPAGER=cat man --warnings udprelayd udprelayd.ini 2>&1 >/dev/null')"
