@@ -420,6 +420,8 @@ struct ConfigParser {
                 let line = d.keyLines["spoof"] ?? d.line
                 if d.proxyProtocol == .v2 {
                     error(line, "listener \(d.name)", "spoof", "spoof = yes and proxy_protocol = v2 exclude each other (the collectors already see the client)")
+                } else if let mismatch = SpoofProbe.familyMismatch(listen: listen, collectors: d.upstreams ?? []) {
+                    error(line, "listener \(d.name)", "spoof", mismatch)
                 } else if let missing = SpoofProbe.missing(for: d.upstreams ?? []) {
                     error(line, "listener \(d.name)", "spoof", missing)
                 }

@@ -31,6 +31,32 @@ public enum SpoofProbe {
         return missing(families: families.isEmpty ? [AF_INET] : families)
     }
 
+    /// Why no copy of a `spoof = yes` listener could ever be sent, or nil: a copy is spoofed
+    /// only to a collector of its client's family, and the listen addresses decide the clients'
+    /// families (an IPv4 address: IPv4; `[::]`: both, IPv4 clients arriving mapped; another
+    /// IPv6 address: IPv6). A hostname collector may have either family.
+    public static func familyMismatch(listen: [SocketAddress], collectors: [UpstreamEndpoint]) -> String? {
+        var clients: Set<Int32> = []
+        for a in listen {
+            switch a.ip {
+            case .v4: clients.insert(AF_INET)
+            case .v6(0, 0): clients.formUnion([AF_INET, AF_INET6])
+            case let ip: clients.insert(ip.mappedIPv4 != nil ? AF_INET : AF_INET6)
+            }
+        }
+        var reachable: Set<Int32> = []
+        for c in collectors {
+            switch c.host {
+            case .address(let ip): reachable.insert(ip.isIPv6 && ip.mappedIPv4 == nil ? AF_INET6 : AF_INET)
+            case .name: reachable.formUnion([AF_INET, AF_INET6])
+            }
+        }
+        guard !clients.isEmpty, !collectors.isEmpty, clients.isDisjoint(with: reachable) else { return nil }
+        let name = { (f: Int32) in f == AF_INET6 ? "IPv6" : "IPv4" }
+        return "no collector has the family of this listener's clients (clients \(clients.sorted().map(name).joined(separator: ", ")), "
+            + "collectors \(reachable.sorted().map(name).joined(separator: ", "))): every copy would be dropped; add a collector of the clients' family"
+    }
+
     /// The header-included option of `family`.
     public static func headerIncluded(family: Int32) -> (level: Int32, name: Int32) {
         family == AF_INET6 ? ipv6HeaderIncluded : ipv4HeaderIncluded

@@ -64,4 +64,27 @@ final class SpoofKeyTests: XCTestCase, ConfigFileTests {
         let after = try parse(text + "spoof = yes\n").listeners
         XCTAssertEqual(ListenerChanges(from: before, to: after).changed, ["m"])
     }
+
+    /// A copy is spoofed only to a collector of its client's family: a listener whose clients
+    /// can only be of a family no collector has would drop every copy, so the file is refused.
+    func testNoCollectorOfTheClientsFamilyIsAnError() {
+        let e = errors(
+            "[listener v4]\nlisten = 127.0.0.1:9\nmode = mirror\nupstream = [::1]:2055\nspoof = yes\n"
+                + "[listener v6]\nlisten = [::1]:10\nmode = mirror\nupstream = 127.0.0.1:2055, 127.0.0.2:2055\nspoof = yes\n")
+        XCTAssertEqual(
+            e.map(\.description),
+            [
+                "t.ini:5: [listener v4] spoof: no collector has the family of this listener's clients (clients IPv4, collectors IPv6): "
+                    + "every copy would be dropped; add a collector of the clients' family",
+                "t.ini:10: [listener v6] spoof: no collector has the family of this listener's clients (clients IPv6, collectors IPv4): "
+                    + "every copy would be dropped; add a collector of the clients' family",
+            ])
+        XCTAssertNil(
+            SpoofProbe.familyMismatch(listen: [SocketAddress(ip: .v6(high: 0, low: 0), port: 9)], collectors: [try! UpstreamEndpoint(parsing: "127.0.0.1:1")]),
+            "[::] takes IPv4 clients too")
+        XCTAssertNil(
+            SpoofProbe.familyMismatch(
+                listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 9)], collectors: [try! UpstreamEndpoint(parsing: "collector.example:1")]),
+            "a hostname may be either")
+    }
 }
