@@ -182,6 +182,8 @@ public enum StatusPage {
             h += "<section class=\"busiest\" id=\"sessions-\(Format.html(l.name))\"><h2>Busiest sessions \u{2014} \(Format.html(l.name))</h2><ul>"
             for x in list {
                 h += "<li><code>\(Format.html(x.client))</code> \u{2192} <code>\(Format.html(x.upstream))</code>"
+                // A hostname's sessions spread over its addresses: say which one.
+                if let a = x.upstreamAddress, a != x.upstream { h += " (<code>\(Format.html(a))</code>)" }
                 h += " \u{00B7} \(nowrap("\(Format.grouped(x.toUpstream.packets)) pkt / \(Format.bytes(Double(x.toUpstream.bytes))) up"))"
                 h += " \u{00B7} \(nowrap("\(Format.grouped(x.toClient.packets)) pkt / \(Format.bytes(Double(x.toClient.bytes))) down"))"
                 h += " \u{00B7} \(nowrap("age \(Format.duration(x.ageSeconds))")) \u{00B7} \(nowrap("idle \(Format.duration(x.idleSeconds))"))</li>"

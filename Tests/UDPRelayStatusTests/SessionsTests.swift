@@ -132,6 +132,14 @@ final class SessionsTests: XCTestCase {
         XCTAssertTrue(section.contains("7 pkt / 700 B up"), String(section.prefix(600)))
         XCTAssertFalse(page.body.contains("id=\"sessions-dns\""), "an echo listener has no sessions section")
 
+        // A hostname's session names the address it uses; a literal upstream is not repeated.
+        var named = Self.session(9, packets: 9)
+        named.upstream = "game.example:27015"
+        named.upstreamAddress = "10.0.0.9:27015"
+        let withName = await routes(SessionSource([named, Self.session(1)])).respond(method: .GET, uri: "/")
+        XCTAssertTrue(withName.body.contains("<code>game.example:27015</code> (<code>10.0.0.9:27015</code>)"), withName.body)
+        XCTAssertFalse(withName.body.contains("<code>10.0.0.1:27015</code> (<code>10.0.0.1:27015</code>)"))
+
         let none = await routes(SessionSource([])).respond(method: .GET, uri: "/")
         XCTAssertFalse(none.body.contains("Busiest sessions"), "no section without sessions")
     }
