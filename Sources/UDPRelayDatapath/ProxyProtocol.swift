@@ -48,8 +48,8 @@ public enum ProxyProtocolV2 {
     public static func write(
         into out: UnsafeMutableRawPointer, source: UnsafeRawPointer, destination: UnsafeRawPointer, destinationPort: UInt16
     ) -> Int {
-        let sourceV4 = ipv4(source)
-        let destinationV4 = ipv4(destination)
+        let sourceV4 = RawSockaddr.ipv4OrMapped(source)
+        let destinationV4 = RawSockaddr.ipv4OrMapped(destination)
         out.storeBytes(of: signature.0.bigEndian, toByteOffset: 0, as: UInt64.self)
         out.storeBytes(of: signature.1.bigEndian, toByteOffset: 8, as: UInt32.self)
         out.storeBytes(of: versionCommand, toByteOffset: 12, as: UInt8.self)
@@ -87,24 +87,6 @@ public enum ProxyProtocolV2 {
             }
         }
         return Array(bytes[..<n])
-    }
-
-    /// The IPv4 address (network order, as stored) of a `sockaddr_in` or of a `sockaddr_in6`
-    /// holding an IPv4-mapped address; nil otherwise.
-    @inline(__always)
-    private static func ipv4(_ address: UnsafeRawPointer) -> UInt32? {
-        switch Int32(address.loadUnaligned(as: sa_family_t.self)) {
-        case AF_INET:
-            return address.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
-        case AF_INET6:
-            // ::ffff:a.b.c.d: ten zero bytes, two 0xff, then the IPv4 address.
-            let high = address.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-            let middle = address.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
-            guard high == 0, middle == UInt32(0x0000_FFFF).bigEndian else { return nil }
-            return address.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
-        default:
-            return nil
-        }
     }
 
     /// The 16 bytes of an IPv6 address: `address`'s own, or `v4` mapped, or zeros.

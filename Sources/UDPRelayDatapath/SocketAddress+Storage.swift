@@ -35,6 +35,24 @@ enum RawSockaddr {
         raw.loadUnaligned(fromByteOffset: ipv4Offset, as: UInt32.self)
     }
 
+    /// The IPv4 address (network byte order) of an AF_INET address, or of an AF_INET6 one holding
+    /// an IPv4-mapped address (`::ffff:a.b.c.d`: ten zero bytes, two 0xff, the IPv4 address);
+    /// nil for any other.
+    @inline(__always)
+    static func ipv4OrMapped(_ raw: UnsafeRawPointer) -> UInt32? {
+        switch family(raw) {
+        case AF_INET:
+            return ipv4(raw)
+        case AF_INET6:
+            let high = raw.loadUnaligned(fromByteOffset: ipv6Offset, as: UInt64.self)
+            let middle = raw.loadUnaligned(fromByteOffset: ipv6Offset + 8, as: UInt32.self)
+            guard high == 0, middle == UInt32(0x0000_FFFF).bigEndian else { return nil }
+            return raw.loadUnaligned(fromByteOffset: ipv6Offset + 12, as: UInt32.self)
+        default:
+            return nil
+        }
+    }
+
     /// AF_INET6: the sixteen address bytes as two native loads (network byte order in memory).
     @inline(__always)
     static func ipv6(_ raw: UnsafeRawPointer) -> (high: UInt64, low: UInt64) {

@@ -57,23 +57,6 @@ public enum SpoofedHeader {
         return UInt16(v)
     }
 
-    /// The IPv4 address (as stored, network order) of a `sockaddr_in`, or of a `sockaddr_in6`
-    /// holding an IPv4-mapped address; nil otherwise.
-    @inline(__always)
-    static func ipv4(_ address: UnsafeRawPointer) -> UInt32? {
-        switch Int32(address.loadUnaligned(as: sa_family_t.self)) {
-        case AF_INET:
-            return address.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
-        case AF_INET6:
-            let high = address.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-            let middle = address.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
-            guard high == 0, middle == UInt32(0x0000_FFFF).bigEndian else { return nil }
-            return address.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
-        default:
-            return nil
-        }
-    }
-
     /// Writes the headers of a copy from `client` (a `sockaddr_in`, or a `sockaddr_in6` possibly
     /// holding an IPv4-mapped address, as received) to `collector` (a `sockaddr_in` or
     /// `sockaddr_in6`) into `out` (at least `maxSize` bytes), for a payload of `length` bytes
@@ -94,7 +77,7 @@ public enum SpoofedHeader {
         let u: UnsafeMutableRawPointer
         let size: Int
         if Int32(collector.loadUnaligned(as: sa_family_t.self)) == AF_INET {
-            guard let source = ipv4(client) else { return 0 }
+            guard let source = RawSockaddr.ipv4OrMapped(client) else { return 0 }
             let destination = collector.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
             out.storeBytes(of: 0x45, as: UInt8.self)  // version 4, 5 words of header
             out.storeBytes(of: 0, toByteOffset: 1, as: UInt8.self)
@@ -109,7 +92,7 @@ public enum SpoofedHeader {
             u = out + 20
             size = ipv4Size
         } else {
-            guard Int32(client.loadUnaligned(as: sa_family_t.self)) == AF_INET6, ipv4(client) == nil else { return 0 }
+            guard RawSockaddr.family(client) == AF_INET6, RawSockaddr.ipv4OrMapped(client) == nil else { return 0 }
             out.storeBytes(of: UInt32(6 << 28).bigEndian, as: UInt32.self)  // version 6, no class or flow
             out.storeBytes(of: udpLength.bigEndian, toByteOffset: 4, as: UInt16.self)
             out.storeBytes(of: udp, toByteOffset: 6, as: UInt8.self)
