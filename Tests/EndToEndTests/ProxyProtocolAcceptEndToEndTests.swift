@@ -258,8 +258,7 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
     /// session (`/sessions`, `session_log`) and the header its upstream reads name the querier's
     /// own address and port, not dnsdist's.
     func testQueriesThroughDnsdistAreAttributedToTheirClient() throws {
-        let dnsdist = "/usr/bin/dnsdist"
-        guard FileManager.default.isExecutableFile(atPath: dnsdist) else {
+        guard FileManager.default.isExecutableFile(atPath: Dnsdist.path) else {
             throw XCTSkip("dnsdist is not installed (scripts/install-deps.sh test installs it; apt-get install dnsdist)")
         }
         let responder = try UpstreamServer(reply: { d in
@@ -279,42 +278,15 @@ final class ProxyProtocolAcceptEndToEndTests: XCTestCase {
             session_timeout = 1s
             """)
         let relay = try XCTUnwrap(bound["dns"]?.first)
-        let port = try UDPClient().localAddress.port
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udprelayd-dnsdist-accept-\(getpid())-\(port)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: directory) }
-        let config = directory.appendingPathComponent("dnsdist.conf")
-        try """
-        setSecurityPollSuffix('')
-        setLocal('127.0.0.1:\(port)')
-        newServer({address='\(relay)', useProxyProtocol=true})
-        """.write(to: config, atomically: true, encoding: .utf8)
-        let logURL = directory.appendingPathComponent("dnsdist.log")
-        XCTAssertTrue(FileManager.default.createFile(atPath: logURL.path, contents: nil))
-        let log = try FileHandle(forWritingTo: logURL)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: dnsdist)
-        process.arguments = ["--supervised", "--disable-syslog", "-C", config.path]
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let pid = process.processIdentifier
-        addTeardownBlock {
-            kill(pid, SIGTERM)
-            process.waitUntilExit()
-        }
-        func logText() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
-        XCTAssertTrue(
-            waitUntil(20) { logText().contains("Listening on 127.0.0.1:\(port)") || !process.isRunning }, "dnsdist did not start: \(logText())")
-        try XCTSkipUnless(process.isRunning, "dnsdist exited: \(logText())")
+        let dnsdist = try Dnsdist("newServer({address='\(relay)', useProxyProtocol=true})", test: self)
+        func logText() -> String { dnsdist.log }
 
         let client = try UDPClient()
         var reply: [UInt8]?
         // dnsdist has bound its socket once it logs "Listening on"; retries cover a query that
         // arrives before its receive thread runs.
         for id in UInt16(1)...3 where reply == nil {
-            client.send(ProxyProtocolEndToEndTests.query(id: id), to: SocketAddress(ip: .v4(0x7F00_0001), port: port))
+            client.send(ProxyProtocolEndToEndTests.query(id: id), to: dnsdist.address)
             reply = client.receive(timeout: 3).flatMap { ProxyProtocolEndToEndTests.answer($0.bytes, id: id) }
         }
         XCTAssertEqual(reply, [192, 0, 2, 7], "no answer through dnsdist and udprelayd: \(logText())")
