@@ -267,7 +267,7 @@ final class MultiAddressResolutionTests: XCTestCase {
 
     /// "upstream down" names the address of the hostname that went down, not only the name.
     func testHealthLogLinesNameTheAddress() throws {
-        let lines = KeyedLog()
+        let lines = RecordLog()
         let lc = ListenerConfiguration(
             name: "r", listen: [SocketAddress(ip: .v4(0x7F00_0001), port: 0)], mode: .balance,
             upstreams: try Values.upstreams("svc.test:53, 198.51.100.9:53"))
@@ -288,28 +288,5 @@ final class MultiAddressResolutionTests: XCTestCase {
         let done = DispatchGroup()
         t.stop(done: done)
         done.wait()
-    }
-}
-
-/// A log handler that keeps each message with its metadata as text.
-private final class KeyedLog: LogHandler, @unchecked Sendable {
-    // @unchecked: `stored` is guarded by `lock`; the LogHandler value properties are test-only.
-    private let lock = NSLock()
-    private var stored: [(message: String, metadata: [String: String])] = []
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        lock.lock()
-        stored.append(("\(event.message)", (event.metadata ?? [:]).mapValues { "\($0)" }))
-        lock.unlock()
-    }
-    var entries: [(message: String, metadata: [String: String])] {
-        lock.lock()
-        defer { lock.unlock() }
-        return stored
     }
 }
