@@ -73,16 +73,18 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .v4:
-            return bytes.map(String.init).joined(separator: ".")
-        case .v6:
-            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        case .v4(let a):
+            return "\(a >> 24).\(a >> 16 & 0xFF).\(a >> 8 & 0xFF).\(a & 0xFF)"
+        case .v6(let high, let low):
+            // inet_ntop for RFC 5952's shortest form; the address goes in as stored (big-endian).
             var raw = in6_addr()
             withUnsafeMutableBytes(of: &raw) { dst in
-                for (i, b) in bytes.enumerated() { dst[i] = b }
+                dst.storeBytes(of: high.bigEndian, as: UInt64.self)
+                dst.storeBytes(of: low.bigEndian, toByteOffset: 8, as: UInt64.self)
             }
+            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
             _ = inet_ntop(AF_INET6, &raw, &buffer, socklen_t(buffer.count))
-            return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         }
     }
 }
