@@ -53,6 +53,12 @@ enum RawSockaddr {
         }
     }
 
+    /// The length of the address at `raw`: a `sockaddr_in` for AF_INET, else a `sockaddr_in6`.
+    @inline(__always)
+    static func length(_ raw: UnsafeRawPointer) -> socklen_t {
+        socklen_t(family(raw) == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+    }
+
     /// AF_INET6: the sixteen address bytes as two native loads (network byte order in memory).
     @inline(__always)
     static func ipv6(_ raw: UnsafeRawPointer) -> (high: UInt64, low: UInt64) {

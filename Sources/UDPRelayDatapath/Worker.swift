@@ -289,7 +289,7 @@ public class SocketWorker: @unchecked Sendable {
         guard client.pointee.ss_family != 0 else { return true }
         peers[i] = batch.names[i]
         batch.names[i] = client.pointee
-        m.pointee.msg_hdr.msg_namelen = Self.length(of: client)
+        m.pointee.msg_hdr.msg_namelen = RawSockaddr.length(client)
         return true
     }
 
@@ -299,13 +299,7 @@ public class SocketWorker: @unchecked Sendable {
     final func restoreProxySender(_ batch: MessageBatch, _ i: Int) {
         guard let peer = proxyPeer(i) else { return }
         batch.names[i] = peer.pointee
-        batch.messages[i].msg_hdr.msg_namelen = Self.length(of: peer)
-    }
-
-    /// The length of an AF_INET or AF_INET6 address.
-    @inline(__always)
-    private static func length(of address: UnsafePointer<sockaddr_storage>) -> socklen_t {
-        socklen_t(address.pointee.ss_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        batch.messages[i].msg_hdr.msg_namelen = RawSockaddr.length(peer)
     }
 
     /// Logs a refused datagram: the first of each reason at once, then at most once a minute

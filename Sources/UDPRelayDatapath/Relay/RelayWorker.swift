@@ -635,10 +635,8 @@ final class RelayWorker: SocketWorker, @unchecked Sendable {
     @inline(__always)
     private func prepareReply(_ session: Session, slot: Int32) {
         if session.proxied {
-            let proxy = sessionProxies[Int(slot)]
-            replyName.pointee = proxy
-            replyNameLength = socklen_t(
-                proxy.sin6_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+            replyName.pointee = sessionProxies[Int(slot)]
+            replyNameLength = RawSockaddr.length(replyName)
         } else {
             replyName.pointee = session.client
             replyNameLength = session.clientLength
