@@ -67,21 +67,17 @@ public enum SpoofProbe {
     /// (no IPv6: EAFNOSUPPORT) is not a capability problem and is left to the datapath.
     public static func missing(families: Set<Int32>) -> String? {
         for family in families.sorted() {
-            let fd = socket(family, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), rawProtocol)
-            guard fd >= 0 else {
-                let err = errno
-                if err == EAFNOSUPPORT { continue }
+            switch ScratchSocket.tryOption(family: family, type: Int32(SOCK_RAW.rawValue), proto: rawProtocol, option: headerIncluded(family: family)) {
+            case nil, .open(EAFNOSUPPORT):
+                continue
+            case .open(let err):
                 let what = "opening a raw \(family == AF_INET6 ? "IPv6" : "IPv4") socket: \(String(cString: strerror(err)))"
                 if err == EPERM || err == EACCES { return "\(needsCapability) (\(what))" }
                 return "\(what); spoof = yes cannot work here"
-            }
-            defer { close(fd) }
-            let (level, name) = headerIncluded(family: family)
-            var one: Int32 = 1
-            if setsockopt(fd, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            case .option(let err):
                 let option = family == AF_INET6 ? "IPV6_HDRINCL" : "IP_HDRINCL"
-                let reason = String(cString: strerror(errno))
-                return "setting \(option) on a test socket failed: \(reason) (IPv6 needs Linux 4.5 or later); spoof = yes cannot work here"
+                return
+                    "setting \(option) on a test socket failed: \(String(cString: strerror(err))) (IPv6 needs Linux 4.5 or later); spoof = yes cannot work here"
             }
         }
         return nil

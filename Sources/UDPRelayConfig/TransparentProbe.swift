@@ -31,19 +31,14 @@ public enum TransparentProbe {
     /// capability problem and is left to the listener's bind.
     public static func missing(families: Set<Int32>) -> String? {
         for family in families.sorted() {
-            let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { continue }
-            defer { close(fd) }
-            let (level, name) = option(family: family)
-            var one: Int32 = 1
-            if setsockopt(fd, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-                let err = errno
-                let option = family == AF_INET6 ? "IPV6_TRANSPARENT" : "IP_TRANSPARENT"
-                if err == EPERM {
-                    return "\(needsCapability) (setting \(option) on a test socket: \(String(cString: strerror(err))))"
-                }
-                return "setting \(option) on a test socket failed: \(String(cString: strerror(err))); transparent = yes cannot work here"
+            // A family the host lacks (the socket does not open) is left to the listener's bind.
+            guard case .option(let err) = ScratchSocket.tryOption(family: family, type: Int32(SOCK_DGRAM.rawValue), proto: 0, option: option(family: family))
+            else { continue }
+            let option = family == AF_INET6 ? "IPV6_TRANSPARENT" : "IP_TRANSPARENT"
+            if err == EPERM {
+                return "\(needsCapability) (setting \(option) on a test socket: \(String(cString: strerror(err))))"
             }
+            return "setting \(option) on a test socket failed: \(String(cString: strerror(err))); transparent = yes cannot work here"
         }
         return nil
     }
